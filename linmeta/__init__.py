@@ -15,7 +15,9 @@ Example::
     ml = linmeta.meta_lora(src, 1, key=jax.random.key(1))       # recovers A*
     print(linmeta.metrics.base_error(ml.base, truth.A_star, relative=True))
 """
-from . import data, finetune as _finetune_mod, landscape, lora, losses, metrics, problem, retrain, theory
+from . import (data, divergence, finetune as _finetune_mod, landscape, lora, losses, metrics, problem,
+               retrain, theory)
+from .divergence import DivergenceError
 from .data import (Samples, TaskStats, draw_samples, population, sample_tasks, stats_from_arrays,
                    task_statistics)
 from .finetune import FinetuneResult, finetune, reduced_rank_fit
@@ -27,5 +29,5 @@ __version__ = "0.1.0"
 __all__ = ["Truth", "sample_truth", "orthogonal_truth", "load_truth", "save_truth",
            "TaskStats", "Samples", "population", "sample_tasks", "draw_samples",
            "task_statistics", "stats_from_arrays", "standard_retraining", "meta_lora",
-           "RetrainResult", "finetune", "FinetuneResult", "reduced_rank_fit",
-           "data", "landscape", "lora", "losses", "metrics", "problem", "retrain", "theory", "__version__"]
+           "RetrainResult", "finetune", "FinetuneResult", "reduced_rank_fit", "DivergenceError",
+           "data", "divergence", "landscape", "lora", "losses", "metrics", "problem", "retrain", "theory", "__version__"]

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 
 from ._validate import check_array, check_choice, check_int, check_scalar
 from .data import TaskStats
+from .divergence import check_history
 from .lora import asymmetric_delta, asymmetric_grads, init_factor
 from .losses import ols_solution, paper_test_loss, task_loss, task_loss_grad
 from .retrain._common import History, run_steps
@@ -93,6 +94,11 @@ def finetune(base, source: TaskStats, rank, *, key=None, method: str = "gd", ste
 
     Returns:
       :class:`FinetuneResult`.
+
+    Raises:
+      linmeta.DivergenceError: gradient descent diverged (the training loss of some task became
+        non-finite or rose 1000-fold, :mod:`linmeta.divergence`); names ``lr`` and the iteration.
+        Not raised inside a caller's ``jit`` (traced values).
     """
     _check_stats(source)
     check_choice("method", method, ("gd", "exact"))
@@ -119,8 +125,11 @@ def finetune(base, source: TaskStats, rank, *, key=None, method: str = "gd", ste
     U0 = _check_factor("U0", U0, m, d, r, dt)
     V0 = _check_factor("V0", V0, m, d, r, dt)
     record_every = check_int("record_every", record_every, 1)
-    return _gd_kernel(base, source, U0, V0, jnp.asarray(lr, dt), steps=steps,
-                      record_every=record_every)
+    res = _gd_kernel(base, source, U0, V0, jnp.asarray(lr, dt), steps=steps,
+                     record_every=record_every)
+    check_history("fine-tuning (gradient descent)", res.history.step, res.history.value.loss,
+                  {"lr": lr}, final=(res.U, res.V))
+    return res
 
 
 @functools.partial(jax.jit, static_argnames=("rank",))

@@ -71,25 +71,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def _parse_claims(text):
-    from .claims import CLAIM_IDS
+    """Claim ids from ``--claims``: ids (``C1``, ``M2``; a bare number means ``C<number>``) and
+    family names (``paper``, ``bilevel``, ``representation``), comma-separated."""
+    from .claims import CLAIM_IDS, FAMILIES, family_claims
 
     if text is None or str(text).strip() == "":
         return list(CLAIM_IDS)
     items = text if isinstance(text, (list, tuple)) else str(text).split(",")
+    allowed = f"{', '.join(CLAIM_IDS)} or a family ({', '.join(FAMILIES)})"
     out = []
     for item in items:
-        cid = str(item).strip().upper()
-        if not cid:
+        word = str(item).strip()
+        if not word:
             continue
-        if not cid.startswith("C"):
-            cid = "C" + cid
-        if cid not in CLAIM_IDS:
-            raise ValueError(f"--claims must be a comma-separated list of {', '.join(CLAIM_IDS)}; "
-                             f"got {item!r}")
-        if cid not in out:
-            out.append(cid)
+        if word.lower() in FAMILIES:
+            ids = family_claims(word.lower())
+        else:
+            cid = word.upper()
+            if cid.isdigit():
+                cid = "C" + cid
+            if cid not in CLAIM_IDS:
+                raise ValueError(f"--claims must be a comma-separated list of {allowed}; "
+                                 f"got {item!r}")
+            ids = (cid,)
+        out.extend(c for c in ids if c not in out)
     if not out:
-        raise ValueError(f"--claims names no claim; use ids from {', '.join(CLAIM_IDS)}")
+        raise ValueError(f"--claims names no claim; use {allowed}")
     return out
 
 
@@ -131,15 +138,14 @@ def _row_ok(v) -> bool:
 def run_claim(claim: str, setting: str, seed: int, out_dir=None, figures: bool = True):
     """Run one claim (and its figure) and never raise: failures become failed rows.
     Returns ``(ClaimResult, [figure paths])``."""
-    from .claims import claim_module
+    from .claims import CLAIMS, claim_module
 
     t0 = time.perf_counter()
     try:
         mod = claim_module(claim)
     except ModuleNotFoundError as e:
-        if e.name == f"linmeta.claims.{claim.lower()}":
-            return _failed(claim, "module missing", f"linmeta/claims/{claim.lower()}.py not "
-                           "found"), []
+        if e.name == CLAIMS[claim][1]:
+            return _failed(claim, "module missing", f"{CLAIMS[claim][1]} not found"), []
         raise
     try:
         result = mod.run(setting=setting, seed=seed)

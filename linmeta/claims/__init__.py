@@ -1,4 +1,9 @@
-"""One module per claim of THEORY.md (C1-C8); each turns the claim into verdict rows.
+"""One module per claim; each turns the claim into verdict rows.
+
+Claims are grouped in families (:data:`FAMILIES`): ``"paper"`` (C1-C8, the Meta-LoRA paper),
+``"bilevel"`` (M-rows: MAML-style retraining with LoRA inner loops) and ``"representation"``
+(R-rows: shared linear representations). :data:`CLAIMS` maps every claim id to its family and the
+module that implements it; a family registers a claim by adding one entry there.
 
 Contract of a claim module ``linmeta.claims.cN``:
 
@@ -20,7 +25,23 @@ from typing import Any
 from ._verdict import Verdict, fmt
 
 SETTINGS = ("tiny", "quick", "full")
-CLAIM_IDS = ("C1", "C2", "C3", "C4", "C5", "C6", "C7", "C8")
+FAMILIES = ("paper", "bilevel", "representation")
+# the theory document of each family; claim ``X`` has the anchor ``#x`` (lower case) there
+FAMILY_DOCS = {"paper": "docs/theory.md", "bilevel": "docs/bilevel.md",
+               "representation": "docs/representation.md"}
+
+# claim id -> (family, module). Order = the order ``linmeta verify`` runs and reports them.
+CLAIMS: dict[str, tuple[str, str]] = {
+    **{f"C{i}": ("paper", f"linmeta.claims.c{i}") for i in range(1, 9)},
+}
+CLAIM_IDS = tuple(CLAIMS)
+
+
+def family_claims(family: str) -> tuple[str, ...]:
+    """Claim ids of ``family`` (one of :data:`FAMILIES`), in registry order."""
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {', '.join(FAMILIES)}; got {family!r}")
+    return tuple(cid for cid, (fam, _) in CLAIMS.items() if fam == family)
 
 
 @dataclasses.dataclass
@@ -33,11 +54,19 @@ class ClaimResult:
     seconds: float = 0.0
 
 
+def claim_doc(claim_id: str) -> str:
+    """Repository-relative link to the section of the theory documents that states ``claim_id``."""
+    if claim_id not in CLAIMS:
+        raise ValueError(f"claim must be one of {', '.join(CLAIMS)}; got {claim_id!r}")
+    return f"{FAMILY_DOCS[CLAIMS[claim_id][0]]}#{claim_id.lower()}"
+
+
 def claim_module(claim_id: str):
-    """The module implementing ``claim_id`` (``"C1"`` .. ``"C8"``)."""
-    if claim_id not in CLAIM_IDS:
-        raise ValueError(f"claim must be one of {', '.join(CLAIM_IDS)}; got {claim_id!r}")
-    return importlib.import_module(f"linmeta.claims.{claim_id.lower()}")
+    """The module implementing ``claim_id`` (a key of :data:`CLAIMS`)."""
+    if claim_id not in CLAIMS:
+        raise ValueError(f"claim must be one of {', '.join(CLAIMS)}; got {claim_id!r}")
+    return importlib.import_module(CLAIMS[claim_id][1])
 
 
-__all__ = ["Verdict", "ClaimResult", "SETTINGS", "CLAIM_IDS", "claim_module", "fmt"]
+__all__ = ["Verdict", "ClaimResult", "SETTINGS", "FAMILIES", "CLAIMS", "CLAIM_IDS",
+           "FAMILY_DOCS", "family_claims", "claim_doc", "claim_module", "fmt"]

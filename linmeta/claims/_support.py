@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import zlib
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -82,12 +83,16 @@ def settings_value(table: dict, setting: str):
 
 
 def key_for(seed: int, claim: str):
-    """The root PRNG key of a claim run: ``fold_in(key(seed), claim number)``."""
+    """The root PRNG key of a claim run: ``fold_in(key(seed), claim number)`` for ``C1``..``C8``,
+    ``fold_in(key(seed), crc32(id) >> 1)`` for the other families' ids."""
     import jax
 
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise ValueError(f"seed must be an integer, got {seed!r}")
-    return jax.random.fold_in(jax.random.key(int(seed)), int(claim.lstrip("C")))
+    cid = str(claim).upper()
+    # C1..C8 fold in their number (unchanged streams); other ids a stable 31-bit hash of the id
+    num = int(cid[1:]) if cid[:1] == "C" and cid[1:].isdigit() else zlib.crc32(cid.encode()) >> 1
+    return jax.random.fold_in(jax.random.key(int(seed)), num)
 
 
 def pyplot():

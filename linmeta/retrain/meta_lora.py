@@ -43,6 +43,7 @@ from jax import lax
 
 from .._validate import check_array, check_choice, check_int, check_scalar
 from ..data import TaskStats
+from ..divergence import check_history
 from ..lora import init_factor, symmetric_delta, symmetric_grad
 from ..losses import excess_loss, ols_solution, task_loss
 from ._common import History, RetrainResult, run_steps
@@ -186,6 +187,11 @@ def meta_lora(source: TaskStats, rank, *, key=None, method: str = "newton", n_st
       :class:`~linmeta.retrain.RetrainResult` with ``base`` = A_hat, ``adapters`` = U (T, d, r).
       For ``"newton"`` the base is ``A(U)``; ``history.value`` holds the objective per Newton
       iteration of the best start (NaN after it stopped).
+
+    Raises:
+      linmeta.DivergenceError: a gradient method's best start diverged (non-finite, or its
+        objective rose 1000-fold; :mod:`linmeta.divergence`): names the step sizes and the
+        iteration. Not raised inside a caller's ``jit`` (traced values).
     """
     stats = _check_stats(source)
     method = check_choice("method", method, _METHODS)
@@ -225,9 +231,14 @@ def meta_lora(source: TaskStats, rank, *, key=None, method: str = "newton", n_st
     else:
         n_steps = check_int("steps", steps, 0)
     record_every = check_int("record_every", record_every, 1)
-    return _gd_kernel(stats, U0, A0, jnp.asarray(lr_adapter, dt), jnp.asarray(lr_base, dt),
-                      method=method, n_steps=n_steps, inner_steps=inner_steps,
-                      record_every=record_every)
+    res = _gd_kernel(stats, U0, A0, jnp.asarray(lr_adapter, dt), jnp.asarray(lr_base, dt),
+                     method=method, n_steps=n_steps, inner_steps=inner_steps,
+                     record_every=record_every)
+    sizes = {"lr_adapter": lr_adapter} if method == "reduced_gd" else {"lr_adapter": lr_adapter,
+                                                                        "lr_base": lr_base}
+    check_history(f"Meta-LoRA retraining ({method})", res.history.step, res.history.value, sizes,
+                  final=(res.base, res.adapters))
+    return res
 
 
 @functools.partial(jax.jit, static_argnames=("max_iter",))

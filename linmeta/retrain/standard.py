@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from .._validate import check_array, check_choice, check_int, check_scalar
 from ..data import TaskStats
+from ..divergence import check_history
 from ..losses import excess_loss, ols_solution, task_loss_grad
 from ._common import RetrainResult, run_steps
 
@@ -63,6 +64,10 @@ def standard_retraining(source: TaskStats, *, method: str = "exact", steps: int 
 
     Returns:
       :class:`RetrainResult` with ``adapters=None``.
+
+    Raises:
+      linmeta.DivergenceError: ``"gd"`` diverged (see :mod:`linmeta.divergence`); names ``lr`` and
+        the iteration. (Not raised inside a caller's ``jit``, where the values are traced.)
     """
     stats = _check_stats(source)
     check_choice("method", method, ("exact", "gd"))
@@ -77,7 +82,10 @@ def standard_retraining(source: TaskStats, *, method: str = "exact", steps: int 
     d = stats.d
     dt = stats.Sxx.dtype
     A0 = jnp.zeros((d, d), dt) if A0 is None else check_array("A0", A0, shape=(d, d)).astype(dt)
-    return _sr_gd_kernel(stats, A0, jnp.asarray(lr, dt), steps=steps, record_every=record_every)
+    res = _sr_gd_kernel(stats, A0, jnp.asarray(lr, dt), steps=steps, record_every=record_every)
+    check_history("standard retraining (gradient descent)", res.history.step, res.history.value,
+                  {"lr": lr}, final=res.base)
+    return res
 
 
 @functools.partial(jax.jit, static_argnames=("steps", "record_every"))
