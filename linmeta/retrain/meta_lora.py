@@ -44,8 +44,9 @@ Solvers (all compiled, per-task work batched over the task axis, starts vmapped)
 
 Memory: before compiling, :func:`solver_memory` estimates the peak working set of the chosen
 solver, and a problem past :func:`memory_budget` (half the host memory, or 80% of an
-accelerator's) is refused with a ``ValueError`` naming what fits (``method='lbfgs'``, or fewer
-``n_starts``) instead of running out of memory.
+accelerator's) is refused with a ``ValueError`` naming what fits (``method='lbfgs'``) instead of
+running out of memory; L-BFGS runs its starts in batches that fit (:func:`lbfgs_start_batch`) and
+is refused only when one start does not fit.
 """
 from __future__ import annotations
 
@@ -70,7 +71,8 @@ from .standard import _check_stats
 __all__ = ["meta_lora", "meta_lora_objective", "meta_lora_excess", "optimal_base",
            "reduced_objective", "population_reduced_objective", "alternating_step",
            "joint_gd_step", "NewtonInfo", "default_solver", "solver_memory", "memory_budget",
-           "AUTO_NEWTON_MAX_UNKNOWNS", "NEWTON_MAX_UNKNOWNS"]
+           "lbfgs_start_batch", "LbfgsInfo", "AUTO_NEWTON_MAX_UNKNOWNS",
+           "NEWTON_MAX_UNKNOWNS"]
 
 
 def meta_lora_objective(A, U, stats: TaskStats):
@@ -228,7 +230,7 @@ def default_solver(T: int, d: int, rank: int, n_starts: int = 8, itemsize: int =
 
 
 def _gib(x) -> str:
-    return f"{x / 2 ** 30:.2g} GiB"
+    return f"{x / 2 ** 30:.3g} GiB" if x >= 2 ** 30 else f"{x / 2 ** 20:.3g} MiB"
 
 
 def _check_fits(method: str, T: int, d: int, r: int, n_starts: int, itemsize: int) -> None:
@@ -245,15 +247,20 @@ def _check_fits(method: str, T: int, d: int, r: int, n_starts: int, itemsize: in
                              f"objective and {why}; use method='lbfgs' (matrix-free) or "
                              f"method='auto'")
         return
-    need = solver_memory("lbfgs", T, d, r, n_starts, itemsize)
-    if need > budget:
-        fit = next((m for m in range(n_starts - 1, 0, -1)
-                    if solver_memory("lbfgs", T, d, r, m, itemsize) <= budget), 0)
-        hint = (f"use n_starts={fit} (or fewer)" if fit else
-                "no Meta-LoRA solver fits: reduce d, T or rank, or use a machine with more memory")
-        raise ValueError(f"method='lbfgs' with n_starts={n_starts} needs ~{_gib(need)} "
-                         f"(T={T}, d={d}, rank={r}), over the memory budget {_gib(budget)}; "
-                         f"{hint}")
+    if lbfgs_start_batch(T, d, r, n_starts, itemsize) < 1:
+        need = solver_memory("lbfgs", T, d, r, 1, itemsize)
+        raise ValueError(f"method='lbfgs' needs ~{_gib(need)} for one start (T={T}, d={d}, "
+                         f"rank={r}), over the memory budget {_gib(budget)}; no Meta-LoRA solver "
+                         f"fits: reduce d, T or rank, or use a machine with more memory")
+
+
+def lbfgs_start_batch(T: int, d: int, rank: int, n_starts: int, itemsize: int = 8) -> int:
+    """Starts the L-BFGS solver runs at once (vmapped): all ``n_starts`` when their memory
+    estimate fits :func:`memory_budget`, else as many as fit (the batches then run one after
+    another); 0 when not even one start fits."""
+    shared = solver_memory("lbfgs", T, d, rank, 0, itemsize)
+    per_start = solver_memory("lbfgs", T, d, rank, 1, itemsize) - shared
+    return int(max(0, min(n_starts, (memory_budget() - shared) // max(per_start, 1))))
 
 
 def meta_lora(source: TaskStats, rank, *, key=None, method: str = "auto", n_starts=None,
@@ -298,7 +305,7 @@ def meta_lora(source: TaskStats, rank, *, key=None, method: str = "auto", n_star
         iteration. Not raised inside a caller's ``jit`` (traced values).
       ValueError: bad arguments; or a problem too large for the second-order solver asked for
         (``method="newton"`` above :data:`NEWTON_MAX_UNKNOWNS` unknowns or past the memory
-        budget: use ``"lbfgs"``; ``"lbfgs"`` past the budget: fewer ``n_starts``).
+        budget: use ``"lbfgs"``; ``"lbfgs"`` when one start does not fit the budget).
     """
     stats = _check_stats(source)
     method = check_choice("method", method, _METHODS)
@@ -342,7 +349,8 @@ def meta_lora(source: TaskStats, rank, *, key=None, method: str = "auto", n_star
         check_scalar("rtol", rtol, 0.0)
         return _lbfgs_kernel(stats, U0, jnp.asarray(ftol, dt), jnp.asarray(gtol, dt),
                              jnp.asarray(rtol, dt), max_iter=max_iter,
-                             population=_is_population(stats))
+                             population=_is_population(stats),
+                             start_batch=lbfgs_start_batch(T, d, r, n_starts, dt.itemsize))[0]
     check_scalar("lr_adapter", lr_adapter, 0.0, lo_open=True)
     check_scalar("lr_base", lr_base, 0.0, lo_open=True)
     if method == "alternating":
@@ -391,8 +399,20 @@ def _is_population(stats: TaskStats) -> bool:
                                                     Sxx.shape)))
 
 
-@functools.partial(jax.jit, static_argnames=("max_iter", "population"))
-def _lbfgs_kernel(stats, U0, ftol, gtol, rtol, *, max_iter, population):
+class LbfgsInfo(NamedTuple):
+    """Per start: iterations, evaluations of the objective and its gradient, final gradient norm,
+    lowest objective after each iteration (NaN after the stop)."""
+
+    iterations: jax.Array
+    evaluations: jax.Array
+    grad_norm: jax.Array
+    trace: jax.Array
+
+
+@functools.partial(jax.jit, static_argnames=("max_iter", "population", "start_batch"))
+def _lbfgs_kernel(stats, U0, ftol, gtol, rtol, *, max_iter, population, start_batch):
+    """L-BFGS from every start (vmapped in batches of ``start_batch``); returns the
+    :class:`RetrainResult` of the best start and the :class:`LbfgsInfo` of all."""
     _, T, d, r = U0.shape
     if population:  # f = G(U)/T on the centred task matrices: no pseudo-inverse, O(T d^2 r)
         C = centred_task_matrices(stats.Syx)
@@ -415,15 +435,17 @@ def _lbfgs_kernel(stats, U0, ftol, gtol, rtol, *, max_iter, population):
     f_stop = jnp.maximum(ftol, rtol * f(jnp.zeros((T * d * r,), U0.dtype)))
 
     def solve(u0):
-        x, fx, it, gn, trace = lbfgs_minimise(f, u0.reshape(-1), max_iter, f_stop, gtol)
-        U = x.reshape(T, d, r)
-        return base(U), U, fx, NewtonInfo(it, gn, trace)
+        x, fx, it, evals, gn, trace = lbfgs_minimise(f, u0.reshape(-1), max_iter, f_stop, gtol)
+        return x.reshape(T, d, r), fx, LbfgsInfo(it, evals, gn, trace)
 
-    A, U, obj, info = jax.vmap(solve)(U0)
+    if start_batch >= U0.shape[0]:
+        U, obj, info = jax.vmap(solve)(U0)
+    else:
+        U, obj, info = lax.map(solve, U0, batch_size=start_batch)
     obj = jnp.where(jnp.isfinite(obj), obj, jnp.inf)
     best = jnp.argmin(obj)
     hist = History(jnp.arange(max_iter + 1), info.trace[best])
-    return RetrainResult(A[best], U[best], obj[best], hist, obj)
+    return RetrainResult(base(U[best]), U[best], obj[best], hist, obj), info
 
 
 @functools.partial(jax.jit, static_argnames=("method", "n_steps", "inner_steps", "record_every"))
