@@ -1,9 +1,10 @@
 """The persistent compilation cache (linmeta.compile_cache): a second process loads what the first
 compiled; LINMETA_NO_CACHE=1 and --no-compile-cache turn it off; an unusable folder is a warning.
 
-The processes are fresh Python interpreters (the cache is per process and must be switched on
-before the first compilation); each runs one small jitted program and reports JAX's own
-monitoring events (cache hits and misses)."""
+The two processes of the main test are fresh Python interpreters (the cache is per process and is
+switched on before the first compilation); each runs one small jitted program and reports JAX's
+own monitoring events (cache hits and misses). The ways to turn it off, and unusable folders,
+leave JAX's configuration untouched, so they are checked in this process."""
 import argparse
 import json
 import os
@@ -71,15 +72,21 @@ def test_second_process_loads_what_the_first_compiled(tmp_path):
     assert sorted(os.listdir(folder)) == sorted(entries)
 
 
-def test_no_cache_env_turns_it_off(tmp_path):
+def test_no_cache_env_turns_it_off(monkeypatch, tmp_path):
+    # in this process: off means no folder and no change to JAX's configuration
+    import jax
     folder = tmp_path / "cache"
-    res, _ = _child({"LINMETA_CACHE_DIR": str(folder), "LINMETA_NO_CACHE": "1"}, tmp_path,
-                    tries=(None, str(folder)))
-    assert res["paths"] == [None, None] and res["hits"] == res["misses"] == 0
-    assert not folder.exists() and not (tmp_path / "xdg").exists()
+    monkeypatch.setenv("LINMETA_CACHE_DIR", str(folder))
+    monkeypatch.setenv("LINMETA_NO_CACHE", "1")
+    before = jax.config.jax_compilation_cache_dir
+    assert compile_cache.enable() is None and compile_cache.enable(str(folder)) is None
+    assert jax.config.jax_compilation_cache_dir == before and compile_cache.enabled_dir() is None
+    assert not folder.exists()
 
 
-def test_unusable_folder_is_one_warning_line(tmp_path):
+def test_unusable_folder_is_one_warning_line(tmp_path, capsys):
+    # in this process: an unusable folder changes nothing but prints one line per folder
+    import jax
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
     bad = [str(blocker / "cache"), str(blocker)]
@@ -88,9 +95,11 @@ def test_unusable_folder_is_one_warning_line(tmp_path):
         ro.mkdir()
         ro.chmod(0o500)
         bad.append(str(ro))
-    res, err = _child({}, tmp_path, tries=bad + bad)
-    assert res["paths"] == [None] * (2 * len(bad)) and res["hits"] == res["misses"] == 0
-    warnings = [ln for ln in err.splitlines() if "compilation cache off" in ln]
+    before = jax.config.jax_compilation_cache_dir
+    assert [compile_cache.enable(p) for p in bad + bad] == [None] * (2 * len(bad))
+    assert jax.config.jax_compilation_cache_dir == before and compile_cache.enabled_dir() is None
+    warnings = [ln for ln in capsys.readouterr().err.splitlines()
+                if "compilation cache off" in ln]
     assert len(warnings) == len(bad)  # one line per folder, however often it is tried
     for path, line in zip(bad, warnings):
         assert path in line
