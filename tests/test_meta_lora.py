@@ -250,6 +250,14 @@ def test_population_form_is_the_reduced_objective():
     C = mf_mod.centred_task_matrices(pop.Syx)
     np.testing.assert_allclose(retrain.population_reduced_objective(U, C) / T,
                                retrain.reduced_objective(U, pop), rtol=1e-12)
+    # its written-out gradient against autodiff of the general form, also for S_yx that are not
+    # symmetric after centring (statistics with S_xx = I that no Truth produced)
+    for Syx in (pop.Syx, jax.random.normal(jax.random.key(32), pop.Syx.shape)):
+        src = pop._replace(Syx=Syx)
+        f, g = jax.value_and_grad(mf_mod.population_excess)(U, mf_mod.centred_task_matrices(Syx))
+        np.testing.assert_allclose(f, retrain.reduced_objective(U, src), rtol=1e-12)
+        np.testing.assert_allclose(g, jax.grad(retrain.reduced_objective)(U, src), rtol=1e-10,
+                                   atol=1e-12)
     assert ml_mod._is_population(pop)
     assert not ml_mod._is_population(pop._replace(Sxx=pop.Sxx.at[1, 0, 0].set(1.5)))
 

@@ -65,7 +65,8 @@ from ..divergence import check_history
 from ..lora import init_factor, symmetric_delta, symmetric_grad
 from ..losses import excess_loss, ols_solution, task_loss
 from ._common import History, RetrainResult, run_steps
-from ._matrix_free import centred_task_matrices, default_rtol, lbfgs_minimise
+from ._matrix_free import (centred_task_matrices, default_rtol, lbfgs_minimise,
+                           population_excess)
 from .standard import _check_stats
 
 __all__ = ["meta_lora", "meta_lora_objective", "meta_lora_excess", "optimal_base",
@@ -418,7 +419,7 @@ def _lbfgs_kernel(stats, U0, ftol, gtol, rtol, *, max_iter, population, start_ba
         C = centred_task_matrices(stats.Syx)
 
         def f(x):
-            return population_reduced_objective(x.reshape(T, d, r), C) / T
+            return population_excess(x.reshape(T, d, r), C)
 
         def base(U):
             return jnp.mean(stats.Syx - symmetric_delta(U), axis=-3)
