@@ -437,22 +437,29 @@ def plot_recovery(rec: dict, path: str) -> str:
     import matplotlib.pyplot as plt
     from linmeta.results import atomic_write_bytes
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig.subplots_adjust(wspace=0.5)
     for ax, rows, key, fixed in ((axes[0], rec["by_d"], "d", ("k", "T")),
                                  (axes[1], rec["by_T"], "T", ("d", "k"))):
         title = f"against {key} (" + ", ".join(f"{f}={rows[0][f]}" for f in fixed) + ")"
         x = [r[key] for r in rows]
-        ax.loglog(x, [r["cold_s"] for r in rows], "o-", color="tab:blue", label="cold (compile)")
-        ax.loglog(x, [r["warm_s"] for r in rows], "s--", color="tab:blue", label="warm")
+        lines = ax.loglog(x, [r["cold_s"] for r in rows], "o-", color="tab:blue",
+                          label="cold (compile included)")
+        lines += ax.loglog(x, [r["warm_s"] for r in rows], "s--", color="tab:blue",
+                           label="warm")
+        ax.set_xticks(x)
+        ax.set_xticklabels([str(v) for v in x])
+        ax.minorticks_off()
         ax.set_xlabel(key)
         ax.set_ylabel("seconds")
-        ax.set_title(f"population recovery {title}")
+        ax.set_title(f"population recovery {title}", fontsize=10)
         if all("peak_rss_gib" in r for r in rows):
             ax2 = ax.twinx()
-            ax2.loglog(x, [r["peak_rss_gib"] for r in rows], "^-", color="tab:red",
-                       label="peak RSS")
+            lines += ax2.plot(x, [r["peak_rss_gib"] for r in rows], "^-", color="tab:red",
+                              label="peak RSS (GiB)")
+            ax2.set_ylim(0, 1.15 * max(r["peak_rss_gib"] for r in rows))
             ax2.set_ylabel("peak resident memory (GiB)", color="tab:red")
-        ax.legend(loc="upper left", fontsize=8)
+        ax.legend(lines, [ln.get_label() for ln in lines], loc="upper left", fontsize=8)
         for r in rows:
             ax.annotate(f"{r['rel_base_error']:.0e}", (r[key], r["warm_s"]), fontsize=6,
                         textcoords="offset points", xytext=(2, -9))
