@@ -99,7 +99,8 @@ from .retrain import meta_lora, run_steps
 
 __all__ = ["Shape", "Hyper", "RunKeys", "Outcome", "RUN_STREAM", "SR_ADAPTER_STREAM",
            "START_STREAM", "BLOCK", "VARIANTS", "truth_key", "truth_for_seed", "run_keys",
-           "code_keys", "raw_samples", "raw_statistics", "wishart_statistics", "task_statistics",
+           "code_keys", "raw_samples", "raw_statistics", "raw_statistics_pair",
+           "wishart_statistics", "task_statistics",
            "initial_factors", "sr_adapters", "fixed_start", "theory_sr_bias", "run_protocol",
            "meta_lora_alternating", "sr_retraining", "finetune_both", "psd_pinv", "ols_solution",
            "excess_objective", "resolve_ft_rank"]
@@ -319,6 +320,62 @@ def task_statistics(key, M, N: int | None, noise_std, sampler: str = "raw") -> T
     return raw_statistics(key, M, N, noise_std)
 
 
+def raw_statistics_pair(key_a, M_a, N_a: int, key_b, M_b, N_b: int, noise_std,
+                        block: int = BLOCK) -> tuple[TaskStats, TaskStats]:
+    """:func:`raw_statistics` of two streams (retraining and fine-tuning data) in one pass: the
+    same samples, drawn by one random-number kernel instead of one per stream.
+
+    Every block of either stream is drawn at the larger block length (a prefix of that draw is
+    the stream's own block: the draws are prefix-stable) and masked to its own rows, in one
+    ``lax.scan`` over the blocks of both streams (per task in block order, as
+    :func:`raw_statistics`). Equal to two calls of :func:`raw_statistics` up to the rounding of
+    the masked products (tested)."""
+    T_a, T_b, d = M_a.shape[-3], M_b.shape[-3], M_a.shape[-1]
+    dt = M_a.dtype
+    blks = (min(N_a, block), min(N_b, block))
+    nbs = (math.ceil(N_a / blks[0]), math.ceil(N_b / blks[1]))
+    blk = max(blks)
+    # the flat list of blocks: (stream, task, block index), tasks numbered across both streams
+    stream = [0] * (T_a * nbs[0]) + [1] * (T_b * nbs[1])
+    task = [t for t in range(T_a) for _ in range(nbs[0])] + \
+        [t for t in range(T_b) for _ in range(nbs[1])]
+    index = [b for _ in range(T_a) for b in range(nbs[0])] + \
+        [b for _ in range(T_b) for b in range(nbs[1])]
+    slot = [t + (T_a if s else 0) for s, t in zip(stream, task)]
+    rows = [min(blks[s], (N_a, N_b)[s] - b * blks[s]) for s, b in zip(stream, index)]
+    keys = jnp.stack([key_a, key_b])[jnp.asarray(stream)]
+    block_keys = jax.vmap(lambda k, t, b: jax.random.fold_in(jax.random.fold_in(k, t), b))(
+        keys, jnp.asarray(task), jnp.asarray(index))
+    M_all = jnp.concatenate([M_a, M_b])
+    masked = any(r != blk for r in rows)
+
+    def body(carry, x):
+        Sxx, Syx, Syy = carry
+        bkey, j, n_rows = x
+        Z = jax.random.normal(bkey, (blk, 2, d), dt)
+        X, E = Z[:, 0], Z[:, 1]
+        Y = X @ M_all[j].T + noise_std * E
+        if masked:
+            w = (jnp.arange(blk) < n_rows).astype(dt)[:, None]
+            Xw, Yw = X * w, Y * w
+        else:
+            Xw, Yw = X, Y
+        return (Sxx.at[j].add(Xw.T @ X), Syx.at[j].add(Yw.T @ X),
+                Syy.at[j].add(jnp.sum(Yw * Y))), None
+
+    n_all = T_a + T_b
+    zero = (jnp.zeros((n_all, d, d), dt), jnp.zeros((n_all, d, d), dt), jnp.zeros((n_all,), dt))
+    (Sxx, Syx, Syy), _ = lax.scan(body, zero, (block_keys, jnp.asarray(slot),
+                                              jnp.asarray(rows)))
+
+    def stats(lo, hi, M, N):
+        n = hi - lo
+        return TaskStats(Sxx[lo:hi] / N, Syx[lo:hi] / N, Syy[lo:hi] / N,
+                         jnp.full((n,), float(N), dt), M, jnp.full((n,), noise_std, dt))
+
+    return stats(0, T_a, M_a, N_a), stats(T_a, n_all, M_b, N_b)
+
+
 def _take_prefix(z, start, rows: int, cols: int, n_cols, count: int):
     """``count`` blocks of (rows, n_cols) entries of the flat ``z`` from offset ``start`` (traced),
     laid out row-major with ``n_cols`` (traced, <= cols) columns, zero-padded to (count, rows,
@@ -458,6 +515,22 @@ def _T(x):
     return jnp.swapaxes(x, -1, -2)
 
 
+UNROLL = 16   # contractions up to this length are written out as sums of products
+
+
+def _mm(a, b):
+    """``a @ b`` for small matrices: for a contraction of length <= :data:`UNROLL`, the sum of
+    its rank-1 terms (XLA:CPU fuses it into one elementwise loop, several times faster than a
+    batch of tiny matrix products); otherwise ``a @ b``."""
+    n = a.shape[-1]
+    if n > UNROLL:
+        return a @ b
+    out = a[..., :, 0:1] * b[..., 0:1, :]
+    for l in range(1, n):
+        out = out + a[..., :, l:l + 1] * b[..., l:l + 1, :]
+    return out
+
+
 def _all_finite(*xs):
     ok = jnp.asarray(True)
     for x in xs:
@@ -480,14 +553,14 @@ def meta_lora_alternating(stats: TaskStats, U0, lr_adapter, lr_base, *, outer_st
 
     def outer(state):
         A, U = state
-        C = A @ S - Y
+        C = _mm(A, S) - Y
 
         def inner(U, _):
-            G = C + U @ (_T(U) @ S)
-            return U - lr_adapter * ((G + _T(G)) @ U), None
+            G = C + _mm(U, _mm(_T(U), S))
+            return U - lr_adapter * _mm(G + _T(G), U), None
 
         U = lax.scan(inner, U, None, length=inner_steps)[0]
-        G = C + U @ (_T(U) @ S)
+        G = C + _mm(U, _mm(_T(U), S))
         return A - lr_base * _task_mean_matrices(G, n_tasks), U
 
     def record(state):
@@ -516,13 +589,13 @@ def sr_retraining(stats: TaskStats, lr, *, steps: int, record_every: int, B=None
     n = T if n_tasks is None else n_tasks
     if adapters is None:
         def step(A):
-            return A - lr * ((A @ S_sum - Y_sum) / n)
+            return A - lr * ((_mm(A, S_sum) - Y_sum) / n)
     else:
         U_bar = jnp.sum(adapters @ _T(adapters), axis=-3) / n
         Y_shift = Y_sum - U_bar @ S_sum
 
         def step(A):
-            return A - lr * (A @ S_sum - Y_shift)
+            return A - lr * (_mm(A, S_sum) - Y_shift)
 
     A0 = jnp.zeros(S_sum.shape, S_sum.dtype)
     return run_steps(step, A0, steps, record_every,
@@ -540,8 +613,8 @@ def finetune_both(bases, stats: TaskStats, U0, V0, lr, *, steps: int, record_eve
 
     def step(state):
         U, V = state
-        G = C + U @ (_T(V) @ S)
-        return U - lr * (G @ V), V - lr * (_T(G) @ U)
+        G = C + _mm(U, _mm(_T(V), S))
+        return U - lr * _mm(G, V), V - lr * _mm(_T(G), U)
 
     def record(state):
         return jnp.mean(losses.paper_test_loss(bases + state[0] @ _T(state[1]), stats), axis=-1)
@@ -578,6 +651,11 @@ def run_protocol(truth: Truth, keys: RunKeys, hyper: Hyper, shape: Shape,
     d, k, T, m, r = shape.d, shape.k, shape.T, shape.m, shape.ft_rank
     n_tasks, rank = hyper.n_tasks, hyper.rank
     padded = n_tasks is not None or rank is not None
+    if (retrain_stats is None and finetune_stats is None and shape.sampler == "raw"
+            and shape.N is not None and shape.n is not None):
+        retrain_stats, finetune_stats = raw_statistics_pair(
+            keys.retrain, truth.M_star, shape.N, keys.finetune, truth.M_new, shape.n,
+            hyper.noise_std)
     if retrain_stats is None:
         retrain_stats = task_statistics(keys.retrain, truth.M_star, shape.N, hyper.noise_std,
                                         shape.sampler)

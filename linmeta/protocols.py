@@ -617,26 +617,55 @@ class PaperTruth(NamedTuple):
 
 
 @functools.lru_cache(maxsize=None)
+def _truth_program(d: int, k: int, T: int, dtype):
+    """The compiled program ``truth_seed -> (A*, U*, U_new)`` of :func:`paper.truth_for_seed`
+    (from :mod:`linmeta.program_cache` when stored)."""
+    from . import program_cache
+
+    devices = jax.local_devices()[:1]
+    opts = _cpu_options() if devices[0].platform == "cpu" else {}
+    seed = np.zeros((), np.int64 if jax.config.jax_enable_x64 else np.int32)
+
+    def lower():
+        return jax.jit(paper.truth_for_seed, static_argnums=(1, 2, 3, 4)).lower(
+            seed, d, k, T, dtype)
+
+    exe, _ = program_cache.load_or_compile(("linmeta.paper.truth_for_seed", d, k, T,
+                                            str(jnp.dtype(dtype)), str(seed.dtype)), devices,
+                                           lower, opts, (paper.truth_for_seed,))
+    return exe
+
+
 def _truth_jit():
-    opts = _cpu_options() if jax.default_backend() == "cpu" else None
-    return jax.jit(paper.truth_for_seed, static_argnums=(1, 2, 3, 4), compiler_options=opts)
+    """``f(truth_seed, d, k, T, dtype) -> Truth`` through the cached compiled programs."""
+    def draw(truth_seed, d, k, T, dtype):
+        seed = np.asarray(truth_seed, np.int64 if jax.config.jax_enable_x64 else np.int32)
+        return Truth(*_truth_program(d, k, T, jnp.dtype(dtype))(seed))
+    return draw
 
 
-@functools.lru_cache(maxsize=None)
-def _bias_jit():
-    opts = _cpu_options() if jax.default_backend() == "cpu" else None
-
-    def bias(A_star, U_star, U_new, rank, n_tasks):  # a plain tuple in: no eager validation
-        return paper.theory_sr_bias(Truth(A_star, U_star, U_new), rank, n_tasks)
-
-    return jax.jit(bias, compiler_options=opts)
+def sr_bias_host(U_star, U_new, n_tasks: int, rank: int) -> float:
+    """:func:`linmeta.paper.theory_sr_bias` in NumPy on the host (the same closed form as
+    :func:`linmeta.theory.lora_bias` of :func:`linmeta.theory.sr_residual`, tested against them):
+    mean over unseen tasks of ``sum_{i >= rank} sigma_i^2`` of ``U_new U_new^T - Rbar``, Rbar over
+    the first ``n_tasks`` tasks. NumPy, so that preparing a batch compiles nothing and loads no
+    LAPACK module of JAX."""
+    U = np.asarray(U_star, dtype=float)[:n_tasks]
+    Un = np.asarray(U_new, dtype=float)
+    Rbar = np.mean(U @ U.transpose(0, 2, 1), axis=0)
+    s = np.linalg.svd(Un @ Un.transpose(0, 2, 1) - Rbar, compute_uv=False)  # decreasing
+    return float(np.mean(np.sum(s[:, rank:] ** 2, axis=-1)))
 
 
 def _cpu_options() -> dict:
-    # XLA:CPU's default LLVM optimisation level spends seconds on the constant tables of the
-    # counter-based random number generator; level 1 compiles these programs several times
-    # faster and runs their loops as fast (measured with benchmarks/scaling.py).
-    return {"xla_backend_optimization_level": 1}
+    """XLA:CPU compile options of linmeta's programs (jax 0.10; measured on the paper's T sweep,
+    whole program: the same numbers to the last bit). LLVM optimisation level 1: the default
+    level spends seconds on the constant tables of the counter-based random number generator and
+    the loops run no faster. The classic (non-MLIR) fusion emitters: half the compile time, and
+    the loops run ~20 % faster. Codegen split in 2 parts (the default splits in many, which
+    costs more CPU than two cores win back)."""
+    return {"xla_backend_optimization_level": 1, "xla_cpu_use_fusion_emitters": False,
+            "xla_cpu_parallel_codegen_split_count": 2}
 
 
 def _float_dtype():
@@ -665,35 +694,45 @@ def _check_given_truth(truth, cfg):
 def _paper_batch(cfgs: list[dict], given: list | None, dtype, group: list[dict]) -> Batch:
     """Shape, hyperparameters and truths of a batch of one shape group. ``given``: a user truth
     per configuration (or None: drawn from ``truth_seed``); ``group``: the configurations whose
-    sizes the program must fit (the whole shape group, so that its chunks share one compile)."""
+    sizes the program must fit (the whole shape group, so that its chunks share one compile).
+
+    Drawn truths: one draw per ``truth_seed`` at the group's largest T (each smaller T is a prefix
+    of it), with the SR biases of all its (T, rank) pairs, by one small cached program."""
     c0 = cfgs[0]
     pad = _paddable(c0)
     T_pad = max(c["T"] for c in group) if pad else c0["T"]
     r_pad = max(c["ft_rank"] for c in group) if pad else c0["ft_rank"]
-    per_truth: dict[int, tuple] = {}   # id(source) -> (A, U_full, U_new) host arrays
-    truths, cache = [], {}
+    # sources: a given truth object, or a truth_seed; pairs (T, rank) needed of each
+    sources: dict[tuple, Any] = {}
+    pairs: dict[tuple, list] = {}
     for i, c in enumerate(cfgs):
         if given is not None and given[i] is not None:
-            src = given[i]
-            _check_given_truth(src, c)
-            skey = ("given", id(src))
-            if skey not in per_truth:
-                per_truth[skey] = tuple(np.asarray(x, dtype) for x in src)
+            _check_given_truth(given[i], c)
+            skey = ("given", id(given[i]))
+            sources[skey] = given[i]
         else:
-            skey = ("seed", c["truth_seed"], c["d"], c["k"])
-            if skey not in per_truth:  # one draw at the padded T; each T is a prefix of it
-                per_truth[skey] = tuple(np.asarray(x) for x in _truth_jit()(
-                    c["truth_seed"], c["d"], c["k"], T_pad, dtype))
-        key = (skey, c["T"], c["ft_rank"])
-        if key not in cache:
-            A, U, Un = per_truth[skey]
-            U = U[:c["T"]]
-            if pad and c["T"] < T_pad:
-                U = np.concatenate([U, np.zeros((T_pad - c["T"],) + U.shape[1:], U.dtype)])
-            n_tasks = c["T"] if pad else None
-            bias = np.asarray(_bias_jit()(A, U, Un, c["ft_rank"], n_tasks))
-            cache[key] = PaperTruth(A, U, Un, bias)
-        truths.append(cache[key])
+            skey = ("seed", c["truth_seed"])
+        pl = pairs.setdefault(skey, [])
+        if (c["T"], c["ft_rank"]) not in pl:
+            pl.append((c["T"], c["ft_rank"]))
+    prepared: dict[tuple, PaperTruth] = {}
+    for skey, pl in pairs.items():
+        if skey[0] == "seed":
+            A, U, Un = (np.asarray(x) for x in _truth_jit()(skey[1], c0["d"], c0["k"], T_pad,
+                                                            dtype))
+        else:
+            A, U, Un = (np.asarray(x, dtype) for x in sources[skey])
+        biases = [np.asarray(sr_bias_host(U, Un, T, r), dtype) for T, r in pl]
+        for j, (T, r) in enumerate(pl):
+            U_T = U[:T]
+            if T < T_pad:
+                U_T = np.concatenate([U_T, np.zeros((T_pad - T,) + U.shape[1:], U.dtype)])
+            prepared[(skey, T, r)] = PaperTruth(A, U_T, Un, biases[j])
+    truths = []
+    for i, c in enumerate(cfgs):
+        skey = (("given", id(given[i])) if given is not None and given[i] is not None
+                else ("seed", c["truth_seed"]))
+        truths.append(prepared[(skey, c["T"], c["ft_rank"])])
     m = truths[0].U_new.shape[0]
     if any(t.U_new.shape[0] != m for t in truths):
         raise ValueError("the truths of one batch must have the same number of unseen tasks")

@@ -88,7 +88,7 @@ import numpy as np
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from . import protocols
+from . import program_cache, protocols
 from .problem import Truth
 from .protocols import (MAX_CHUNK, SAMPLE_BYTES, TRAIN_BYTES, PAPER_RESULT_KEYS as RESULT_KEYS,
                         truth_for)
@@ -354,7 +354,8 @@ def run_batch(configs: Sequence[Mapping], *, truth: Truth | None = None,
       ``ml_objective`` over ``outer_steps`` (Newton iterations for ``ml_solver="newton"``, NaN
       after it stopped), ``sr_objective`` over ``sr_steps``, ``ml_ft_test_loss``/
       ``sr_ft_test_loss`` over ``ft_steps``) and ``"seconds"`` (of the whole batch: ``compile``
-      (the program's compilation, on the batch that first used it, else 0), ``run``,
+      (the program's compilation, or its loading from the program store of
+      :mod:`linmeta.program_cache`, on the batch that first used it, else 0), ``run``,
       ``prepare`` (truths drawn on the host), ``batch`` = configurations in it including
       padding).
     """
@@ -465,7 +466,12 @@ def _compiled(p: _Prepared, mark_used: bool = True):
     if owner:
         try:
             t0 = time.perf_counter()
-            entry.executable = p.program().lower(*p.args).compile(_compiler_options(p.devices))
+            proto = p.proto
+            code = tuple(f for f in (proto.run, proto.keys, proto.batch, proto.results,
+                                     proto.group_key) if f is not None)
+            entry.executable, _ = program_cache.load_or_compile(
+                ("linmeta.sweep",) + p.cache_key, p.devices,
+                lambda: p.program().lower(*p.args), _compiler_options(p.devices), code)
             entry.seconds = time.perf_counter() - t0
         except BaseException as e:
             entry.error = e

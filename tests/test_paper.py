@@ -245,3 +245,28 @@ def test_fixed_start_is_nested_and_shared_across_runs():
     U, V = paper.fixed_start(key, 2, 50, 8, 0.1, jnp.float64)
     both = np.concatenate([np.ravel(U), np.ravel(V)])
     assert abs(both.std() - 0.1) < 0.01 and abs(both.mean()) < 0.01
+
+
+def test_raw_statistics_pair_equals_two_streams():
+    """Both data streams in one pass (one random-number kernel): the statistics of two
+    raw_statistics calls, including ragged blocks and a stream shorter than one block."""
+    truth = linmeta.sample_truth(jax.random.key(3), 5, 2, 3)
+    ka, kb = jax.random.key(1), jax.random.key(2)
+    pair = jax.jit(paper.raw_statistics_pair, static_argnums=(2, 5, 7))
+    one = jax.jit(paper.raw_statistics, static_argnums=(2, 4))
+    for Na, Nb, block in ((37, 11, 16),):  # a ragged last block; a stream shorter than a block
+        a, b = pair(ka, truth.M_star, Na, kb, truth.M_new, Nb, 0.3, block)
+        for got, want in ((a, one(ka, truth.M_star, Na, 0.3, block)),
+                          (b, one(kb, truth.M_new, Nb, 0.3, block))):
+            for field in ("Sxx", "Syx", "Syy", "n_samples", "M_star", "noise_std"):
+                np.testing.assert_allclose(getattr(got, field), getattr(want, field),
+                                           rtol=1e-13, err_msg=f"{Na} {Nb} {field}")
+
+
+def test_sr_bias_host_matches_theory():
+    truth = linmeta.sample_truth(jax.random.key(4), 6, 2, 4, n_unseen=2)
+    for T, r in ((4, 2), (2, 1)):
+        want = np.mean(linmeta.theory.lora_bias(
+            linmeta.theory.sr_residual(truth.U_star[:T], truth.U_new), r))
+        got = protocols.sr_bias_host(truth.U_star, truth.U_new, T, r)
+        assert abs(got - float(want)) <= 1e-12 * max(1.0, float(want))

@@ -421,3 +421,36 @@ def test_registered_toy_protocol_runs_through_run_sweep_one_compile_per_group():
     bad_cfg = next(c for c in cfgs if c["lr"] == 3.5 and c["steps"] == 8)
     msg = protocols.divergence_message(bad_cfg, bad)
     assert msg.startswith("toy fit diverged at iteration") and "lr=3.5" in msg
+
+
+# ------------------------------------------------------------------------------ program store
+
+def test_program_store_round_trip_and_recovery(tmp_path, monkeypatch):
+    from linmeta import program_cache
+    monkeypatch.setattr(program_cache, "folder", lambda: str(tmp_path))
+    devices = jax.local_devices()[:1]
+    seed = np.zeros((), np.int64)
+
+    def lower():
+        return jax.jit(paper.truth_for_seed, static_argnums=(1, 2, 3)).lower(seed, 3, 1, 2)
+
+    desc = ("test truth", 3, 1, 2)
+    exe, loaded = program_cache.load_or_compile(desc, devices, lower, {}, (paper.truth_for_seed,))
+    assert not loaded and len(list(tmp_path.iterdir())) == 1
+    again, loaded = program_cache.load_or_compile(desc, devices, lower, {},
+                                                  (paper.truth_for_seed,))
+    assert loaded
+    want = paper.truth_for_seed(np.int64(5), 3, 1, 2)
+    for a, b in zip(again(np.int64(5)), want):
+        np.testing.assert_array_equal(a, b)
+    entry = next(tmp_path.iterdir())
+    entry.write_bytes(b"not a program")           # a broken entry is recompiled and replaced
+    _, loaded = program_cache.load_or_compile(desc, devices, lower, {}, (paper.truth_for_seed,))
+    assert not loaded
+    _, loaded = program_cache.load_or_compile(desc, devices, lower, {}, (paper.truth_for_seed,))
+    assert loaded
+    # code outside linmeta is never stored (its source is not part of the key)
+    _, loaded = program_cache.load_or_compile(("other",), devices, lower, {}, (_toy_run,))
+    assert not loaded and len(list(tmp_path.iterdir())) == 1
+    assert program_cache.fingerprint(desc, devices) != program_cache.fingerprint(
+        ("test truth", 3, 1, 3), devices)
