@@ -90,6 +90,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from . import losses, metrics, theory
@@ -223,6 +224,61 @@ def code_keys(seed, truth_seed) -> RunKeys:
     return run_keys(seed)._replace(start=jax.random.fold_in(truth_key(truth_seed), START_STREAM))
 
 
+def _threefry2x32(k0, k1, x0, x1):
+    """The Threefry-2x32 hash (20 rounds), unrolled: the function of JAX's ``threefry2x32``
+    primitive, whose CPU lowering rolls the rounds into a loop (smaller code, ~6x slower)."""
+    def rotl(x, r):
+        return (x << np.uint32(r)) | (x >> np.uint32(32 - r))
+
+    ks = (k0, k1, k0 ^ k1 ^ np.uint32(0x1BD11BDA))
+    rotations = ((13, 15, 26, 6), (17, 29, 16, 24))
+    x0, x1 = x0 + ks[0], x1 + ks[1]
+    for i in range(5):
+        for r in rotations[i % 2]:
+            x0 = x0 + x1
+            x1 = rotl(x1, r) ^ x0
+        x0, x1 = x0 + ks[(i + 1) % 3], x1 + ks[(i + 2) % 3] + np.uint32(i + 1)
+    return x0, x1
+
+
+def _fast_normal_applies(key, dtype) -> bool:
+    return (bool(jax.config.jax_threefry_partitionable)
+            and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+            and str(jax.random.key_impl(key)) == "threefry2x32"
+            and jnp.dtype(dtype) in (jnp.dtype(jnp.float32), jnp.dtype(jnp.float64)))
+
+
+def normal(key, shape, dtype):
+    """``jax.random.normal(key, shape, dtype)``, bit for bit (tested), with the hash unrolled:
+    JAX's partitionable threefry stream (counter = flat index, split in two 32-bit words), its
+    uniform in ``[nextafter(-1, 0), 1)`` from the top mantissa bits and ``sqrt(2) erfinv(u)``.
+    Other key implementations, the non-partitionable stream or other dtypes use
+    ``jax.random.normal`` itself."""
+    shape = tuple(shape)
+    size = math.prod(shape)
+    if not _fast_normal_applies(key, dtype) or size >= 2 ** 32:
+        return jax.random.normal(key, shape, dtype)
+    dt = jnp.dtype(dtype)
+    kd = jax.random.key_data(key)
+    b1, b2 = _threefry2x32(kd[0], kd[1], jnp.zeros(size, jnp.uint32), lax.iota(jnp.uint32, size))
+    if dt == jnp.float64:
+        bits = (b1.astype(jnp.uint64) << np.uint64(32)) | b2.astype(jnp.uint64)
+        nbits, nmant, utype = 64, 52, jnp.uint64
+    else:
+        bits = b1 ^ b2
+        nbits, nmant, utype = 32, 23, jnp.uint32
+    one_bits = np.array(1.0, dt).view(np.uint64 if nbits == 64 else np.uint32)
+    float_bits = (bits >> utype(nbits - nmant)) | utype(one_bits)
+    floats = lax.bitcast_convert_type(float_bits, dt) - dt.type(1.0)
+    lo_v = np.nextafter(np.array(-1.0, dt), np.array(0.0, dt), dtype=dt)
+    hi_v = np.array(1.0, dt)
+    u = lax.max(lo_v, floats * (hi_v - lo_v) + lo_v)
+    z = np.array(np.sqrt(2), dt) * lax.erf_inv(u)
+    # computed flat (long vectorised loops), then reshaped: without the barrier XLA fuses the
+    # reshape and runs the whole computation over the short minor axis of ``shape``
+    return lax.optimization_barrier(z).reshape(shape)
+
+
 def _block_normals(key, t, b, block, d, dtype):
     return jax.random.normal(jax.random.fold_in(jax.random.fold_in(key, t), b), (block, 2, d),
                              dtype)
@@ -348,25 +404,28 @@ def raw_statistics_pair(key_a, M_a, N_a: int, key_b, M_b, N_b: int, noise_std,
         keys, jnp.asarray(task), jnp.asarray(index))
     M_all = jnp.concatenate([M_a, M_b])
     masked = any(r != blk for r in rows)
+    s = jnp.asarray(noise_std, dt)
 
+    # per task: X^T X, E^T X and ||E||^2 summed over its blocks; then, with Y = X M^T + s E,
+    # Y^T X = M X^T X + s E^T X and ||Y||^2 = <M X^T X, M> + 2 s <E^T X, M> + s^2 ||E||^2
     def body(carry, x):
-        Sxx, Syx, Syy = carry
+        XX, EX, EE = carry
         bkey, j, n_rows = x
-        Z = jax.random.normal(bkey, (blk, 2, d), dt)
-        X, E = Z[:, 0], Z[:, 1]
-        Y = X @ M_all[j].T + noise_std * E
+        Z = normal(bkey, (blk, 2, d), dt)
         if masked:
-            w = (jnp.arange(blk) < n_rows).astype(dt)[:, None]
-            Xw, Yw = X * w, Y * w
-        else:
-            Xw, Yw = X, Y
-        return (Sxx.at[j].add(Xw.T @ X), Syx.at[j].add(Yw.T @ X),
-                Syy.at[j].add(jnp.sum(Yw * Y))), None
+            Z = Z * (jnp.arange(blk) < n_rows).astype(dt)[:, None, None]
+        X, E = Z[:, 0], Z[:, 1]
+        W = Z.reshape(blk, 2 * d).T @ X  # [X^T X; E^T X]
+        return (XX.at[j].add(W[:d]), EX.at[j].add(W[d:]), EE.at[j].add(jnp.sum(E * E))), None
 
     n_all = T_a + T_b
     zero = (jnp.zeros((n_all, d, d), dt), jnp.zeros((n_all, d, d), dt), jnp.zeros((n_all,), dt))
-    (Sxx, Syx, Syy), _ = lax.scan(body, zero, (block_keys, jnp.asarray(slot),
-                                              jnp.asarray(rows)))
+    (XX, EX, EE), _ = lax.scan(body, zero, (block_keys, jnp.asarray(slot), jnp.asarray(rows)))
+    MXX = M_all @ XX
+    Sxx = XX
+    Syx = MXX + s * EX
+    Syy = jnp.sum(MXX * M_all, axis=(-2, -1)) + 2 * s * jnp.sum(EX * M_all, axis=(-2, -1)) \
+        + s ** 2 * EE
 
     def stats(lo, hi, M, N):
         n = hi - lo

@@ -23,13 +23,13 @@ by the configuration key ``protocol``.
 
 How to register a protocol
 --------------------------
-Write the run function for ONE configuration (vmapped, sharded and compiled by the sweep), a
+Write the run function for ONE configuration (the sweep vmaps, shards and compiles it), a
 NamedTuple class of its traced hyperparameters (fields = configuration keys) and one of its static
-shape (fields = configuration keys), then register::
+shape (fields = configuration keys), then register (``examples/register_protocol.py`` runs this)::
 
     from typing import NamedTuple
     import jax, jax.numpy as jnp
-    from linmeta import protocols, sample_truth
+    from linmeta import protocols, sample_truth, sweep
 
     class Hyper(NamedTuple):          # traced: a grid over these compiles once
         lr: jax.Array
@@ -40,24 +40,36 @@ shape (fields = configuration keys), then register::
         T: int
         steps: int
 
+    class Record(NamedTuple):         # scalars become result columns, arrays trajectories
+        final_loss: jax.Array
+        loss: jax.Array
+
     def run_protocol(truth, keys, hyper, shape):      # one configuration; jit/vmap-able
-        A = jnp.zeros((shape.d, shape.d))
         def step(A, _):
             A = A - hyper.lr * (A - truth.A_star)
-            return A, jnp.sum((A - truth.A_star) ** 2)
-        A, loss = jax.lax.scan(step, A, None, length=shape.steps)
-        return Result(final_loss=loss[-1], loss=loss)  # a NamedTuple of arrays
+            return A, 0.5 * jnp.sum((A - truth.A_star) ** 2)
+        _, loss = jax.lax.scan(step, jnp.zeros((shape.d, shape.d)), None, length=shape.steps)
+        return Record(loss[-1], loss)
 
     protocols.register(protocols.Protocol(
         name="toy", run=run_protocol, hyper=Hyper, shape=Shape,
-        defaults=dict(d=4, k=1, T=3, steps=100, lr=0.1, seed=0, truth_seed=0),
+        defaults=dict(d=4, k=1, T=3, steps=50, lr=0.1, seed=0, truth_seed=0),
         truth=lambda cfg, dtype: sample_truth(jax.random.key(cfg["truth_seed"]), cfg["d"],
                                               cfg["k"], cfg["T"], dtype=dtype),
         truth_keys=("truth_seed", "d", "k", "T"),
-        stages=(protocols.Stage("fit", "toy fit", fields=("loss",), step_sizes=("lr",)),),
-        checks={"lr": protocols.Check("float", 0, open_lo=True), "k": protocols.Check("int", 1, "d")},
+        stages=(protocols.Stage("fit", "toy gradient descent", fields=("loss",),
+                                step_sizes=("lr",)),),
+        checks={"lr": protocols.Check("float", 0, open_lo=True),
+                "k": protocols.Check("int", 1, "d")},
     ))
-    # then: sweep.run_sweep([{"protocol": "toy", "lr": lr} for lr in (0.1, 0.2)])
+    cfgs = sweep.expand_grid({"grid": {"lr": [0.05, 0.5, 2.5]}, "fixed": {"protocol": "toy"}})
+    results = sweep.run_sweep(cfgs)    # one compile; results[2]["fit_diverged"] is True
+    protocols.divergence_message(cfgs[2], results[2])
+    # 'toy gradient descent diverged at iteration 9: loss 2.44e+04 from 16.5 with lr=2.5; ...'
+
+A family with its own ``run_protocol(truth, keys, hyper, shape)`` (bilevel retraining, the shared
+representation model) registers the same way, from its own module (imported by
+``linmeta/__init__``), with its ``Hyper``, ``Shape``, truth sampler and stages.
 
 Every key in ``defaults`` is validated (``checks``, else by the default's type: integers >= 0,
 finite reals >= 0, strings unchanged); ``seed`` (and ``truth_seed`` if present) are the run's

@@ -270,3 +270,26 @@ def test_sr_bias_host_matches_theory():
             linmeta.theory.sr_residual(truth.U_star[:T], truth.U_new), r))
         got = protocols.sr_bias_host(truth.U_star, truth.U_new, T, r)
         assert abs(got - float(want)) <= 1e-12 * max(1.0, float(want))
+
+
+def test_normal_is_jax_random_normal_bit_for_bit():
+    """linmeta.paper.normal (the hash unrolled) draws exactly jax.random.normal's numbers."""
+    keys = jax.random.split(jax.random.key(11), 3)
+    f = jax.jit(jax.vmap(paper.normal, in_axes=(0, None, None)), static_argnums=(1, 2))
+    for dt in (jnp.float64, jnp.float32):
+        for shape in ((7,), (5, 2, 3)):
+            want = jax.vmap(lambda k: jax.random.normal(k, shape, dt))(keys)
+            got = f(keys, shape, dt)
+            assert got.dtype == want.dtype and jnp.array_equal(got, want), (dt, shape)
+
+
+def test_paper_t_spread_tiny(tmp_path):
+    from experiments import paper_t_spread
+    out = paper_t_spread.main(setting="tiny", out_dir=str(tmp_path))
+    assert (tmp_path / "paper_t_spread.json").exists() and (tmp_path / "paper_t_spread.png").exists()
+    a = out["A"]
+    # the recomputed fine-tuning from each run's own start is the sweep's number
+    np.testing.assert_allclose(out["B"]["gd_fine_tuning_own_start_recomputed"]["mean"],
+                               a["paper"]["2"]["ml"]["mean"], rtol=1e-10)
+    assert set(a) >= {"paper", "paper_code"} and np.isfinite(out["B"]["exact_fine_tuning_optimum"]
+                                                             ["mean"])
