@@ -40,9 +40,10 @@ SETTINGS = {
                  longer=10),
     "quick": dict(runs=20, Ts=(2, 3, 5), base=dict(outer_steps=1000, ft_steps=3000),
                   starts=20, truths=4, truth_runs=10, longer=5),
-    # tiny: a smoke test; factor 1 and one truth reuse the compiled programs of part A
-    "tiny": dict(runs=2, Ts=(2,), base=dict(d=4, N=60, n=20, outer_steps=20, inner_steps=2,
-                                            sr_steps=20, ft_steps=30, record_every=10),
+    # tiny: a smoke test. The shapes of experiments.paper_linear's tiny T panel (compiled
+    # programs are shared within a process); factor 1 and one truth: part B reuses part A's runs
+    "tiny": dict(runs=2, Ts=(2, 3), base=dict(d=6, N=200, n=50, outer_steps=20, inner_steps=3,
+                                              sr_steps=20, ft_steps=50, record_every=5),
                  starts=2, truths=1, truth_runs=2, longer=1),
 }
 
@@ -159,9 +160,17 @@ def main(setting: str = "full", out_dir: str = "figures", seed: int = 0) -> dict
         str(T): dict(zip(("mean", "min", "max"), v)) for T, v in OFFICIAL.items()}}
 
     # A. both protocols, every T
+    done: dict = {}
+
+    def run(cs):  # run_sweep, reusing the runs already done (same configuration id)
+        todo = [c for c in cs if sweep.config_id(c) not in done]
+        for c, r in zip(todo, sweep.run_sweep(todo) if todo else []):
+            done[sweep.config_id(c)] = r
+        return [done[sweep.config_id(c)] for c in cs]
+
     cfgs = [sweep.validate_config(dict(base, T=T, seed=r, protocol=p))
             for p in ("paper", "paper_code") for T in s["Ts"] for r in runs]
-    res = sweep.run_sweep(cfgs)
+    res = run(cfgs)
     finals: dict = {}
     for c, r in zip(cfgs, res):
         finals.setdefault(c["protocol"], {}).setdefault(c["T"], {"ml": [], "sr": []})
@@ -189,7 +198,7 @@ def main(setting: str = "full", out_dir: str = "figures", seed: int = 0) -> dict
     ct = [sweep.validate_config(dict(base, T=2, truth_seed=t, seed=r, protocol=p))
           for p in ("paper", "paper_code") for t in range(s["truths"])
           for r in range(seed, seed + s["truth_runs"])]
-    rl, rm, rt = (sweep.run_sweep(x) for x in (cl, cm, ct))
+    rl, rm, rt = (run(x) for x in (cl, cm, ct))
 
     def ml(cs, rs, p):
         return [r["ml_ft_test_loss"] for c, r in zip(cs, rs) if c["protocol"] == p]
