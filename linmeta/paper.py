@@ -53,6 +53,12 @@ and with the NumPy loops of :mod:`linmeta.reference`):
 - SR: ``(1/T) sum_t (A S_t - Y_t) = (A sum_t S_t - sum_t Y_t) / T``: one product per step.
 - Fine-tuning, base frozen: ``G = C + U (V^T S)`` with ``C = A S - Y`` formed once.
 
+Products of small matrices inside the loops (contraction length <= :data:`UNROLL`) are written
+out as sums of rank-1 terms (:func:`_mm`): XLA:CPU fuses them into one elementwise loop over the
+batch, several times faster than a batch of tiny matrix products. The raw data of both streams
+are drawn in one pass (:func:`raw_statistics_pair`) by :func:`normal`, ``jax.random.normal``
+with the threefry hash unrolled (bit for bit the same numbers).
+
 Padding (for one compiled program across T): ``Hyper.n_tasks`` and ``Hyper.rank`` (traced integers)
 may be smaller than ``Shape.T`` and ``Shape.ft_rank``. Tasks ``t >= n_tasks`` get zero statistics,
 zero adapters and drop out of every mean (divided by ``n_tasks``); adapter columns ``>= rank`` start

@@ -28,6 +28,8 @@ How a sweep runs (for every protocol):
   the programs of later shape groups are compiled in two background threads meanwhile.
 - The ground truth (one draw per ``truth_seed`` and sizes, on the host, by a small cached
   program) and its theory values are passed in, replicated or batched per configuration.
+- Compiled programs are also kept across processes (:mod:`linmeta.program_cache`, beside JAX's
+  persistent compilation cache when that is on): a warm process loads them without tracing.
 - Divergence: each result carries one ``<stage>_diverged`` flag per stage of the protocol,
   computed in the program from the recorded trajectories (:func:`linmeta.divergence.
   divergence_index`: non-finite, or a 1000-fold rise over the first record; Newton traces are
