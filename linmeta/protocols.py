@@ -459,11 +459,23 @@ def stage_flags(proto: Protocol, record, cfg: Mapping) -> dict:
     return flags
 
 
+def _stage_diverged(stage: Stage, cfg: Mapping, result: Mapping) -> bool:
+    flag = f"{stage.name}_diverged"
+    if flag in result:  # computed in the program (linmeta.sweep)
+        return bool(result[flag])
+    traj = result.get("trajectories") or {}  # a result without flags: from its trajectories
+    return any(int(divergence_index(np.asarray(traj[c], dtype=float),
+                                    nan_is_padding=_nan_is_padding(stage, cfg))) >= 0
+               for c in (stage.curves or stage.fields) if c in traj)
+
+
 def diverged_stages(cfg: Mapping, result: Mapping) -> list[str]:
-    """Names of the stages of ``cfg``'s protocol whose ``<name>_diverged`` flag is set in
-    ``result``, in the protocol's order."""
+    """Names of the stages of ``cfg``'s protocol that diverged in ``result``, in the protocol's
+    order: its ``<name>_diverged`` flags (computed by :mod:`linmeta.sweep`), or, for a result
+    without them, the blow-up test on its trajectories. A later stage fed by a diverged one is
+    listed too (its flag is set); :func:`divergence_error` names the first."""
     proto = get(cfg.get("protocol", DEFAULT))
-    return [s.name for s in proto.stages if result.get(f"{s.name}_diverged")]
+    return [s.name for s in proto.stages if _stage_diverged(s, cfg, result)]
 
 
 def divergence_error(cfg: Mapping, result: Mapping) -> DivergenceError | None:
@@ -473,7 +485,7 @@ def divergence_error(cfg: Mapping, result: Mapping) -> DivergenceError | None:
     proto = get(cfg.get("protocol", DEFAULT))
     traj = result.get("trajectories") or {}
     for stage in proto.stages:
-        if not result.get(f"{stage.name}_diverged"):
+        if not _stage_diverged(stage, cfg, result):
             continue
         keys = stage.step_sizes(cfg) if callable(stage.step_sizes) else stage.step_sizes
         sizes = {key: cfg[key] for key in keys if key in cfg}

@@ -212,6 +212,16 @@ def test_divergence_message_names_stage_step_size_and_iteration(lr_results):
     assert err.value > 1e3 * err.start
     assert protocols.diverged_stages(cfg5, res[5])[0] == "sr"
     assert protocols.divergence_message(sweep.validate_config(cfgs[0]), res[0]) is None
+    # a result without engine flags is judged from its trajectories (NaN pads Newton traces)
+    calm = np.array([5.0, 2.0, 1.0])
+    traj = {"ml_objective": calm, "sr_objective": 5.0 * 49.0 ** np.arange(3),
+            "ml_ft_test_loss": calm, "sr_ft_test_loss": calm, "sr_steps": np.array([0, 4, 7])}
+    assert protocols.diverged_stages(cfg3, {"trajectories": traj}) == ["sr"]
+    err = protocols.divergence_error(cfg3, {"trajectories": traj})
+    assert err.iteration == 7 and err.step_sizes == {"sr_lr": cfg3["sr_lr"]}
+    newton = dict(cfg3, ml_solver="newton")
+    padded = dict(traj, ml_objective=np.array([3.0, 1e-9, np.nan]), sr_objective=calm)
+    assert protocols.diverged_stages(newton, {"trajectories": padded}) == []
 
 
 def test_sharded_run_equals_single_device(lr_results):
