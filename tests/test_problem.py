@@ -91,8 +91,9 @@ def test_load_truth_errors(tmp_path):
         linmeta.load_truth(p)
     q = tmp_path / "junk.npz"
     q.write_bytes(b"not a zip")
-    with pytest.raises(ValueError, match="not a readable"):
+    with pytest.raises(ValueError, match="not a valid truth .npz") as e:
         linmeta.load_truth(q)
+    assert "allow_pickle" not in str(e.value) and "A_star (d,d)" in str(e.value)
 
 
 def test_numeric_import_does_not_pull_matplotlib():
@@ -102,3 +103,69 @@ def test_numeric_import_does_not_pull_matplotlib():
                           "print('matplotlib' in sys.modules)"], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "False"
+
+
+# ----------------------------------------------------------------------------- one problem per key
+def _documented_gaussian(key, d, k, T, m, a_scale=1.0):
+    """The float64 draw as documented (and as committed numbers were made)."""
+    ka, ku, kn = jax.random.split(key, 3)
+    A = a_scale * jax.random.normal(ka, (d, d), jnp.float64)
+    return (A + A.T) / 2, jax.random.normal(ku, (T, d, k), jnp.float64), \
+        jax.random.normal(kn, (m, d, k), jnp.float64)
+
+
+def _equal(a, b):
+    for x, y in zip(a, b):
+        assert np.asarray(x).dtype == np.asarray(y).dtype
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_float64_draws_are_the_documented_ones():
+    key = jax.random.key(5)
+    _equal(linmeta.sample_truth(key, 5, 2, 3, n_unseen=2, a_scale=1.5),
+           _documented_gaussian(key, 5, 2, 3, 2, a_scale=1.5))
+
+
+def test_a_key_names_one_problem_in_every_dtype():
+    """float32 truth == float64 truth of the same key rounded to float32: with x64 on
+    (dtype=float32) and off (eagerly, under jit and under vmap), for both samplers."""
+    key = jax.random.key(11)
+    keys = jax.random.split(key, 2)
+    want = [np.asarray(x).astype(np.float32) for x in linmeta.sample_truth(key, 5, 2, 3,
+                                                                            n_unseen=2)]
+    want_o = [np.asarray(x).astype(np.float32)
+              for x in linmeta.orthogonal_truth(key, 6, 1, 3, s=1.5)]
+    want_v = np.stack([np.asarray(linmeta.sample_truth(k, 5, 2, 3, n_unseen=2).A_star)
+                       for k in keys]).astype(np.float32)
+    _equal(linmeta.sample_truth(key, 5, 2, 3, n_unseen=2, dtype=jnp.float32), want)
+    _equal(linmeta.orthogonal_truth(key, 6, 1, 3, s=1.5, dtype=jnp.float32), want_o)
+    with jax.enable_x64(False):
+        _equal(linmeta.sample_truth(key, 5, 2, 3, n_unseen=2), want)
+        _equal(jax.jit(lambda k: linmeta.sample_truth(k, 5, 2, 3, n_unseen=2))(key), want)
+        _equal(linmeta.orthogonal_truth(key, 6, 1, 3, s=1.5), want_o)
+        _equal(linmeta.sample_truth(jax.random.PRNGKey(11), 5, 2, 3, n_unseen=2), want)
+        got_v = jax.vmap(lambda k: linmeta.sample_truth(k, 5, 2, 3, n_unseen=2).A_star)(keys)
+        np.testing.assert_array_equal(np.asarray(got_v), want_v)
+
+
+@pytest.mark.parametrize("bad", [0, 3.5, "seed", np.zeros(3), np.zeros(2, np.int32)])
+def test_key_must_be_a_prng_key(bad):
+    with pytest.raises(ValueError, match=r"^key must be one JAX PRNG key"):
+        linmeta.sample_truth(bad, 3, 1, 1)
+    with pytest.raises(ValueError, match=r"^key must be one JAX PRNG key"):
+        linmeta.orthogonal_truth(bad, 3, 1, 1)
+    with pytest.raises(ValueError, match=r"^key .* shape \(2,\)"):
+        linmeta.sample_truth(jax.random.split(jax.random.key(0), 2), 3, 1, 1)  # a batch of keys
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_save_truth_file_gets_the_mode_the_umask_gives(tmp_path, umask, mode):
+    import os
+
+    t = linmeta.Truth(np.eye(2), np.ones((1, 2, 1)))
+    old = os.umask(umask)
+    try:
+        linmeta.save_truth(tmp_path / "t.npz", t)
+    finally:
+        os.umask(old)
+    assert os.stat(tmp_path / "t.npz").st_mode & 0o777 == mode
