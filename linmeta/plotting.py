@@ -9,7 +9,8 @@ over seeds (runs). From a sweep folder (:mod:`linmeta.results` layout):
   ``||A_hat - A*||_F`` of both methods against the key (mean, min-max over seeds and other keys).
 
 From a run folder: ``finetune_curves`` of that run, beside the retraining objectives (Meta-LoRA
-against its outer iterations, SR against its gradient steps: two axes, since the step counts differ).
+against its outer iterations, SR against its gradient steps: two axes, since the step counts
+differ).
 
 What the figures show, stated on them: the *test loss* is the paper's "test task loss", the sum over
 the n fine-tuning inputs of ``||(M - M*) x_i||^2`` (``n ||M - M*||_F^2`` in expectation; the excess

@@ -15,7 +15,8 @@ Samplers:
 - :class:`Truth` from user arrays (validated) and :func:`load_truth` from an ``.npz`` file.
 
 A key names one problem in every dtype: both samplers draw in float64 and cast (also with x64 off),
-so ``sample_truth(key, ..., dtype=float32)`` is ``sample_truth(key, ...)`` in float64 rounded to float32.
+so ``sample_truth(key, ..., dtype=float32)`` is ``sample_truth(key, ...)`` in float64 rounded to
+float32.
 """
 from __future__ import annotations
 
@@ -158,9 +159,9 @@ def check_key(name: str, key) -> None:
 # cannot mix into a program traced without it, so the float64 draw runs as its own small program:
 # directly for a concrete key, through ``jax.pure_callback`` inside a trace.
 
-def _gaussian_arrays(key, dt, d, k, T, n_unseen, symmetric, a_scale):
+def _gaussian_arrays(key, dt, scale, d, k, T, n_unseen, symmetric):
     ka, ku, kn = jax.random.split(key, 3)
-    A = a_scale * jax.random.normal(ka, (d, d), dt)
+    A = scale * jax.random.normal(ka, (d, d), dt)
     if symmetric:
         A = (A + A.T) / 2
     U = jax.random.normal(ku, (T, d, k), dt)
@@ -168,12 +169,12 @@ def _gaussian_arrays(key, dt, d, k, T, n_unseen, symmetric, a_scale):
     return A, U, U_new
 
 
-def _orthogonal_arrays(key, dt, d, k, T, n_unseen, s):
+def _orthogonal_arrays(key, dt, scale, d, k, T, n_unseen):
     ka, kq = jax.random.split(key)
     A = jax.random.normal(ka, (d, d), dt)
     A = (A + A.T) / 2
     Q, _ = jnp.linalg.qr(jax.random.normal(kq, (d, (T + n_unseen) * k), dt))
-    F = s * Q.T.reshape(T + n_unseen, k, d).transpose(0, 2, 1)  # (T+m, d, k)
+    F = scale * Q.T.reshape(T + n_unseen, k, d).transpose(0, 2, 1)  # (T+m, d, k)
     return A, F[:T], F[T:]
 
 
@@ -181,35 +182,41 @@ _DRAWS = {"gaussian": _gaussian_arrays, "orthogonal": _orthogonal_arrays}
 
 
 @functools.lru_cache(maxsize=None)
-def _float64_program(kind: str, impl, static: tuple):
+def _float64_program(kind: str, impl, sizes: tuple):
     draw = _DRAWS[kind]
-    return jax.jit(lambda data: draw(jax.random.wrap_key_data(data, impl=impl), jnp.float64,
-                                     *static))
+    return jax.jit(lambda data, scale: draw(jax.random.wrap_key_data(data, impl=impl),
+                                            jnp.float64, scale, *sizes))
 
 
-def _host_draw(kind, impl, static, dt, data):
+def _host_draw(kind, impl, sizes, dt, scale, data):
     with jax.enable_x64(True):
-        out = _float64_program(kind, impl, static)(jnp.asarray(np.asarray(data)))
+        out = _float64_program(kind, impl, sizes)(jnp.asarray(np.asarray(data)),
+                                                  jnp.asarray(np.asarray(scale, np.float64)))
         return tuple(np.asarray(x).astype(dt) for x in out)
 
 
-def _draw_in_float64(kind: str, key, dt, static: tuple, shapes) -> tuple:
-    """``_DRAWS[kind](key, float64, *static)``, cast to ``dt``."""
+def _draw_in_float64(kind: str, key, dt, scale, sizes: tuple, shapes) -> tuple:
+    """``_DRAWS[kind](key, float64, scale, *sizes)``, cast to ``dt``. A traced ``scale`` without x64
+    is applied after the draw (equal up to one rounding)."""
     if jax.config.jax_enable_x64:
-        return tuple(x.astype(dt) for x in _DRAWS[kind](key, jnp.float64, *static))
+        return tuple(x.astype(dt) for x in _DRAWS[kind](key, jnp.float64, scale, *sizes))
     typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
     impl = str(jax.random.key_impl(key)) if typed else None
     data = jax.random.key_data(key) if typed else key
-    host = functools.partial(_host_draw, kind, impl, static, np.dtype(dt))
+    after = None
+    if not is_concrete(scale):
+        scale, after = 1.0, scale
+    host = functools.partial(_host_draw, kind, impl, sizes, np.dtype(dt),
+                             float(np.asarray(scale)))  # a Python float: exact in float64
     if is_concrete(data):
-        return tuple(jnp.asarray(x) for x in host(data))
-    out = tuple(jax.ShapeDtypeStruct(shape, dt) for shape in shapes)
-    return jax.pure_callback(host, out, data, vmap_method="sequential")
-
-
-def _static_scalar(x):
-    """A concrete scalar as a Python float (a static argument of the float64 draw)."""
-    return float(np.asarray(x)) if is_concrete(x) else None
+        out = tuple(jnp.asarray(x) for x in host(data))
+    else:
+        out = jax.pure_callback(host, tuple(jax.ShapeDtypeStruct(s, dt) for s in shapes), data,
+                                vmap_method="sequential")
+    if after is not None:
+        out = (after * out[0], out[1], out[2]) if kind == "gaussian" else (
+            out[0], after * out[1], after * out[2])
+    return tuple(out)
 
 
 def sample_truth(key, d, k, T, *, n_unseen: int = 1, symmetric: bool = True, a_scale=1.0,
@@ -227,15 +234,9 @@ def sample_truth(key, d, k, T, *, n_unseen: int = 1, symmetric: bool = True, a_s
     d, k, T, n_unseen = _check_sizes(d, k, T, n_unseen)
     check_scalar("a_scale", a_scale)
     dt = float_dtype(dtype)
-    scale = _static_scalar(a_scale)
-    shapes = ((d, d), (T, d, k), (n_unseen, d, k))
-    if scale is None and not jax.config.jax_enable_x64:  # a traced scale: applied after the draw
-        A, U, U_new = _draw_in_float64("gaussian", key, dt, (d, k, T, n_unseen, symmetric, 1.0),
-                                       shapes)
-        return Truth(a_scale * A, U, U_new)
-    A, U, U_new = _draw_in_float64("gaussian", key, dt,
-                                   (d, k, T, n_unseen, symmetric,
-                                    a_scale if scale is None else scale), shapes)
+    A, U, U_new = _draw_in_float64("gaussian", key, dt, a_scale, (d, k, T, n_unseen,
+                                                                  bool(symmetric)),
+                                   ((d, d), (T, d, k), (n_unseen, d, k)))
     return Truth(A, U, U_new)
 
 
@@ -256,13 +257,8 @@ def orthogonal_truth(key, d, k, T, *, s=1.0, n_unseen: int = 1, dtype=None) -> T
         raise ValueError(f"orthogonal_truth needs (T + n_unseen) * k <= d; got "
                          f"({T} + {n_unseen}) * {k} = {cols} > d={d}")
     dt = float_dtype(dtype)
-    scale = _static_scalar(s)
-    shapes = ((d, d), (T, d, k), (n_unseen, d, k))
-    if scale is None and not jax.config.jax_enable_x64:
-        A, U, U_new = _draw_in_float64("orthogonal", key, dt, (d, k, T, n_unseen, 1.0), shapes)
-        return Truth(A, s * U, s * U_new)
-    A, U, U_new = _draw_in_float64("orthogonal", key, dt,
-                                   (d, k, T, n_unseen, s if scale is None else scale), shapes)
+    A, U, U_new = _draw_in_float64("orthogonal", key, dt, s, (d, k, T, n_unseen),
+                                   ((d, d), (T, d, k), (n_unseen, d, k)))
     return Truth(A, U, U_new)
 
 

@@ -5,8 +5,8 @@ For a truth ``(A*, U*_1..U*_T, U_new)`` and an adapter rank r, from the truth al
 - C1: the population SR minimiser is ``A_SR = A* + Rbar``, ``Rbar = (1/T) sum_t U*_t U*_t^T``; its
   base error is ``||Rbar||_F`` (relative: over ``||A*||_F``).
 - C2: on an unseen task the SR base leaves the residual ``R = U_new U_new^T - Rbar``; generically of
-  rank ``min((T+1)k, d)``, with k positive and Tk negative eigenvalues. The best rank-r adapter error
-  is the Eckart-Young tail ``E_SR(r) = sum_{i>r} s_i(R)^2`` (asymmetric ``U V^T``) or, for a PSD
+  rank ``min((T+1)k, d)``, with k positive and Tk negative eigenvalues. The best rank-r adapter
+  error is the Eckart-Young tail ``E_SR(r) = sum_{i>r} s_i(R)^2`` (asymmetric ``U V^T``) or, for a PSD
   adapter ``U U^T``, the squares of every eigenvalue not among the r largest positive ones.
 - C3-C5: what Meta-LoRA's base should be for this T (recovery of A* for T >= 3; the rank-2k
   ambiguity at T = 2, fitted by a rank-3k adapter; no recovery at T = 1).

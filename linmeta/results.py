@@ -2,8 +2,8 @@
 
 Every file is written atomically: to a temporary file in the same folder, then ``os.replace``, so a
 reader (or a restarted sweep) sees either the old complete file or the new complete file, never half
-of one. Files get the mode the user's umask gives (0o644 under umask 022), so the results of a shared
-sweep are readable by whoever the umask allows.
+of one. Files get the mode the user's umask gives (0o644 under umask 022), so the results of a
+shared sweep are readable by whoever the umask allows.
 
 Layout written by ``linmeta run --out DIR``::
 
@@ -38,7 +38,8 @@ import tempfile
 import numpy as np
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_write_npz",
-           "atomic_write_csv", "read_csv", "TEXT_COLUMNS", "to_jsonable", "environment", "file_sha256",
+           "atomic_write_csv", "read_csv", "TEXT_COLUMNS", "to_jsonable", "environment",
+           "file_sha256",
            "now_iso", "check_writable_dir", "SweepStore", "load_sweep", "load_trajectories",
            "RUN_RECORD", "TRAJECTORIES",
            "MANIFEST", "RESULTS_CSV", "TRAJ_DIR"]

@@ -1,4 +1,5 @@
-"""One configuration run and recorded; a grid run into a resumable folder (``linmeta run``/``sweep``).
+"""One configuration run and recorded; a grid run into a resumable folder (``linmeta run``,
+``linmeta sweep``).
 
 :func:`run` runs one configuration of the paper's protocol (:mod:`linmeta.paper` through
 :func:`linmeta.sweep.run_batch`: retrain with Meta-LoRA and with standard retraining (SR), fine-tune
