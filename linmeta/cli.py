@@ -29,7 +29,6 @@ import json
 import math
 import os
 import sys
-import time
 
 __all__ = ["main", "build_parser"]
 

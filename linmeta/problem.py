@@ -201,7 +201,8 @@ def _draw_in_float64(kind: str, key, dt, scale, sizes: tuple, shapes) -> tuple:
     if jax.config.jax_enable_x64:
         return tuple(x.astype(dt) for x in _DRAWS[kind](key, jnp.float64, scale, *sizes))
     typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
-    impl = str(jax.random.key_impl(key)) if typed else None
+    # a raw uint32 key is a key of the default implementation: one program for both kinds
+    impl = str(jax.random.key_impl(key)) if typed else str(jax.config.jax_default_prng_impl)
     data = jax.random.key_data(key) if typed else key
     after = None
     if not is_concrete(scale):
