@@ -269,6 +269,9 @@ def _cmd_sweep(args) -> int:
                                        progress=not args.no_progress,
                                        on_chunk=lambda store: _SWEEP_HOOK and _SWEEP_HOOK(store))
     except KeyboardInterrupt:
+        if not os.path.exists(os.path.join(out, MANIFEST)):
+            print(f"{PROG} sweep: interrupted before anything was saved", file=sys.stderr)
+            return 130
         manifest, rows = load_sweep(out)
         print(f"{PROG} sweep: interrupted; {len(rows)} of {manifest.get('planned')} "
               f"configurations are saved in {out}; run the same command again to resume",
