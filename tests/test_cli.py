@@ -393,6 +393,18 @@ def test_sweep_with_diverged_configurations_exits_3_with_a_summary(tmp_path, cap
     assert "3 when the sweep finished but some configurations" in " ".join(out.split())
 
 
+def test_sweep_interrupted_by_the_user_exits_130_keeping_the_chunk(tmp_path, capsys,
+                                                                   monkeypatch):
+    def ctrl_c(store):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_SWEEP_HOOK", ctrl_c)
+    spec = _write_spec(tmp_path, suffix=".json")
+    rc, _, err = call(capsys, "sweep", spec, "--out", tmp_path / "s", "--no-progress")
+    assert rc == 130 and "2 of 4 configurations are saved" in err and "resume" in err
+    assert results.load_sweep(tmp_path / "s")[0]["status"] == "interrupted"
+
+
 def test_sweep_progress_bar_on_stderr(tmp_path, capsys):
     spec = dict(SPEC, seeds=1, grid={"noise_std": [0.01]})
     rc, out, err = call(capsys, "sweep", _write_spec(tmp_path, spec, ".json"),
