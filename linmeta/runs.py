@@ -230,7 +230,8 @@ def divergence_error(cfg: Mapping, result: Mapping) -> ValueError | None:
         i = _first_bad(y, nan_is_padding=False)
         if i >= 0 and (found is None or i < found[1]):
             found = (y, i, axis)
-    dtype = str(np.asarray(next(iter(traj.values()), np.zeros(0))).dtype) if traj else "float"
+    dtype = next((str(np.asarray(v).dtype) for v in traj.values()
+                  if np.issubdtype(np.asarray(v).dtype, np.floating)), "float64")
     if found is None:  # the engine flagged its final state only
         y, i, axis = None, None, None
         iteration, value, start, stride = (cfg.get({"ml": "outer_steps", "sr": "sr_steps",
@@ -245,8 +246,7 @@ def divergence_error(cfg: Mapping, result: Mapping) -> ValueError | None:
         value = float(row[~np.isfinite(row)][0]) if np.any(~np.isfinite(row)) else float(
             np.max(row))
         start = float(np.max(np.abs(y[0])))
-    huge = math.sqrt(float(np.finfo(np.dtype(dtype) if dtype.startswith("float")
-                                    else np.float64).max))
+    huge = math.sqrt(float(np.finfo(np.dtype(dtype)).max))
     if found is not None and (i == 0 or (not math.isfinite(value) and start > huge)):
         # non-finite before any step, or a loss already near the overflow range: the sizes of
         # the data or of the initial adapters are to blame, not a step size
