@@ -31,10 +31,15 @@ same starting point:
 - ``"alternating"``: the paper's protocol (:func:`linmeta.retrain.alternating_step`, as in
   ``meta_lora(method="alternating")``): from ``A = 0``, ``alt_outer`` outer iterations of 10
   adapter steps (lr 0.003) and one base step (lr 0.03) on the population statistics. A gradient
-  method stops near, not at, a critical point, so every end point is polished by ``polish_iter``
-  Levenberg-Marquardt iterations on ``||grad G||^2`` (:func:`linmeta.landscape.find_critical_points`,
-  which converges to the nearby critical point of any index) and the polished point is
-  classified. A run whose objective became non-finite or rose 1000-fold
+  method stops near, not at, a critical point, so every end point ``U_end`` is polished by
+  ``polish_iter`` Levenberg-Marquardt iterations on ``||grad G||^2``
+  (:func:`linmeta.landscape.find_critical_points`, which converges to the nearby critical point of
+  any index). The run takes the class of that critical point when the polishing moved it by at
+  most :data:`POLISH_RADIUS` (1%) of ``||U_end||_F``; otherwise it is ``global`` if
+  ``G(U_end) <= 1e-12 c^2`` and ``not converged`` if not (the protocol was still on its way, e.g.
+  passing a saddle slowly). The class of the nearest critical point at any distance is recorded
+  beside it (``"nearest critical point (polished)"``), with the raw objective and the relative
+  distance the polishing moved. A run whose objective became non-finite or rose 1000-fold
   (:func:`linmeta.divergence.divergence_index`; ``meta_lora`` raises ``DivergenceError`` there)
   counts as escaped.
 - ``"critical points"``: :func:`linmeta.landscape.find_critical_points` itself from the start
@@ -111,13 +116,14 @@ CLAIM = "C8"
 SCHEMA = "linmeta.c8_census/1"
 SCALES = (0.1, 0.5, 1.0, 2.0)
 METHODS = ("newton", "alternating", "critical points")
+POLISH_RADIUS = 1e-2    # alternating: polishing moved the end point by at most this (relative)
 IDENTIFIED = 1e-6       # ||A_hat - A*||_F / ||A*||_F at or below: A_hat = A* (C3's threshold)
 NOT_IDENTIFIED = 1e-3   # above: A_hat != A*
 NEWTON_FTOL, NEWTON_GTOL = 1e-26, 1e-14   # meta_lora(method="newton") defaults
 LR_ADAPTER, LR_BASE, INNER_STEPS = 0.003, 0.03, 10  # the paper's alternating protocol
 
 SETTINGS = {
-    "tiny": dict(d=(2, 3), k=(1,), T=(3,), truths=2, starts=8, newton_iter=60, alt_outer=300,
+    "tiny": dict(d=(3,), k=(1,), T=(3,), truths=2, starts=8, newton_iter=60, alt_outer=300,
                  polish_iter=100, cp_iter=150),
     "quick": dict(d=(3,), k=(1,), T=(3,), truths=2, starts=12, newton_iter=200, alt_outer=3000,
                   polish_iter=150, cp_iter=200),
@@ -157,14 +163,17 @@ def _starts(Z):
     return scales[:, None, None, None] * Z
 
 
-def _evidence(info, U, truth, size_mid, diverged=None, extra=None):
-    """Per-run arrays from the classifier's :class:`~linmeta.landscape.PointInfo` at end points U."""
+def _evidence(info, U, truth, size_mid, diverged=None, extra=None, label=None, size=None):
+    """Per-run arrays from the classifier's :class:`~linmeta.landscape.PointInfo` at end points U
+    (``label``/``size``: the run's own, when they differ from the classified point's)."""
     c = info.scale
+    label = info.label if label is None else label
+    size = info.size if size is None else size
     Ebar = jnp.mean(truth.R_star - U @ jnp.swapaxes(U, -1, -2), axis=-3)  # A(U) - A*
     base_error = jnp.linalg.norm(Ebar, axis=(-2, -1)) / jnp.linalg.norm(truth.A_star)
-    esc = landscape.escaped(info.label, size_mid, info.size, diverged)
-    out = dict(label=info.label, n_flat=info.n_flat, objective=info.objective / c ** 2,
-               grad_norm=info.grad_norm / c ** 1.5, min_eig=info.min_eig / c, size=info.size,
+    esc = landscape.escaped(label, size_mid, size, diverged)
+    out = dict(label=label, n_flat=info.n_flat, objective=info.objective / c ** 2,
+               grad_norm=info.grad_norm / c ** 1.5, min_eig=info.min_eig / c, size=size,
                size_mid=size_mid, escaped=esc, base_error=base_error, U=U)
     out.update(extra or {})
     return out
@@ -218,14 +227,29 @@ def _alternating_stage(A, U, U_new, Z, lr_adapter, lr_base, *, outer, inner, pol
             diverged = (divergence_index(value) >= 0) | ~jnp.all(jnp.isfinite(Uf))
             return Uf, value[-1], sq[i_mid], diverged
 
-        raw, raw_obj, sq_mid, diverged = jax.vmap(run)(_starts(Z))
+        raw, _, sq_mid, diverged = jax.vmap(run)(_starts(Z))
         safe = jnp.where(diverged[:, None, None, None], 0.0, raw)
-        pol = landscape.find_critical_points(truth.R_star, safe, max_iter=polish_iter)
-        c = pol.info.scale
+        R = truth.R_star
+        pol = landscape.find_critical_points(R, safe, max_iter=polish_iter)
+        info = pol.info
+        c = info.scale
+        tol = landscape.default_tolerances(R.dtype)
+        # where the protocol stopped: G and ||grad G|| at the raw end point (closed forms)
+        E = R - safe @ jnp.swapaxes(safe, -1, -2)
+        D = E - jnp.mean(E, axis=-3, keepdims=True)
+        raw_G = 0.5 * jnp.sum(D * D, axis=(1, 2, 3)) / c ** 2
+        raw_grad = jnp.sqrt(jnp.sum((-2 * D @ safe) ** 2, axis=(1, 2, 3))) / c ** 1.5
         moved = jnp.sqrt(jnp.sum((pol.U - safe) ** 2, axis=(1, 2, 3))
                          / jnp.maximum(jnp.sum(safe ** 2, axis=(1, 2, 3)), jnp.finfo(c.dtype).tiny))
-        return _evidence(pol.info, pol.U, truth, sq_mid / c, diverged,
-                         dict(raw_objective=T * raw_obj / c ** 2, moved=moved))
+        # the run's class: global if it stopped at G <= tol; the class of the critical point the
+        # polishing reaches if that lies within POLISH_RADIUS of where it stopped; else not converged
+        label = jnp.where(moved <= POLISH_RADIUS, info.label,
+                          jnp.where(raw_G <= tol.objective, landscape.GLOBAL_MIN,
+                                    landscape.NOT_CONVERGED))
+        return _evidence(info, pol.U, truth, sq_mid / c, diverged,
+                         dict(raw_objective=raw_G, raw_grad=raw_grad, moved=moved,
+                              polished_label=info.label),
+                         label=label, size=jnp.sum(safe * safe, axis=(1, 2, 3)) / c)
 
     return lax.map(one, (A, U, U_new, Z))
 
@@ -360,13 +384,15 @@ def summarise_runs(r: dict) -> dict:
         m = np.isclose(r["scale"], s)
         by_scale[f"{s:g}"] = landscape.census_counts(r["label"][m], r["n_flat"][m], esc[m])
     counts["by scale"] = by_scale
-    if "raw_objective" in r:   # the alternating protocol: where it stopped before polishing
+    if "polished_label" in r:   # the alternating protocol: where it stopped, before polishing
         raw, moved = np.asarray(r["raw_objective"], float), np.asarray(r["moved"], float)
         ok = ~esc & np.isfinite(raw)
         counts["raw objective / c^2 (median, max)"] = (
             [float(np.median(raw[ok])), float(np.max(raw[ok]))] if ok.any() else None)
         counts["polish moved (median, max)"] = (
             [float(np.median(moved[ok])), float(np.max(moved[ok]))] if ok.any() else None)
+        counts["nearest critical point (polished)"] = landscape.census_counts(
+            r["polished_label"], r["n_flat"], esc)
     return counts
 
 
@@ -392,13 +418,16 @@ def _header(cfg, setting, seed) -> dict:
         tolerances=dict(objective=float(tol.objective), gradient=float(tol.gradient),
                         hessian=float(tol.hessian), orbit=float(tol.orbit),
                         escape_growth=landscape.ESCAPE_GROWTH,
-                        escape_size=landscape.ESCAPE_SIZE, identified=IDENTIFIED,
+                        escape_size=landscape.ESCAPE_SIZE, polish_radius=POLISH_RADIUS,
+                        identified=IDENTIFIED,
                         not_identified=NOT_IDENTIFIED),
         methods={
             "newton": "saddle-free damped Newton of meta_lora(method='newton') on G/T",
             "alternating": "the paper's alternating protocol (10 adapter steps lr 0.003, one base "
-                           "step lr 0.03 per outer iteration, from A = 0), end point polished by "
-                           "Levenberg-Marquardt on ||grad G||^2",
+                           "step lr 0.03 per outer iteration, from A = 0); a run takes the class of "
+                           "the critical point Levenberg-Marquardt on ||grad G||^2 reaches from its "
+                           "end point when that moved it by at most polish_radius (relative), else "
+                           "global if G <= tol.objective c^2, else not converged",
             "critical points": "Levenberg-Marquardt on ||grad G||^2 (critical points of any index)"},
         classes={
             "global": "G <= tol.objective c^2",
