@@ -125,7 +125,7 @@ LR_ADAPTER, LR_BASE, INNER_STEPS = 0.003, 0.03, 10  # the paper's alternating pr
 SETTINGS = {
     "tiny": dict(d=(3,), k=(1,), T=(3,), truths=2, starts=8, newton_iter=60, alt_outer=300,
                  polish_iter=100, cp_iter=150),
-    "quick": dict(d=(3,), k=(1,), T=(3,), truths=2, starts=12, newton_iter=200, alt_outer=3000,
+    "quick": dict(d=(2,), k=(1,), T=(4,), truths=2, starts=12, newton_iter=200, alt_outer=3000,
                   polish_iter=150, cp_iter=200),
     "full": dict(d=tuple(range(2, 10)), k=(1, 2, 3), T=(3, 4, 5), truths=2, starts=64,
                  newton_iter=200, alt_outer=3000, polish_iter=200, cp_iter=300),
@@ -514,15 +514,21 @@ def write_census(record, path) -> Path:
 
 
 # ----------------------------------------------------------------------------- verdicts
-def _spurious(c, m):
-    r = c["methods"][m]
-    return r["strict spurious"] + r["degenerate spurious"]
+def _far(c, m):
+    """Degenerate spurious minima of cell c, method m, far out (||U||^2/c >= ESCAPE_SIZE): a
+    solver stalled on a direction where G flattens towards infinity."""
+    return sum(1 for s in c["methods"][m]["spurious"]
+               if s["n_flat"] > 0 and s["size"] >= landscape.ESCAPE_SIZE)
 
 
 def _cell_list(cells, m):
-    parts = [f"({c['d']},{c['k']},{c['T']}): {c['methods'][m]['strict spurious']}+"
-             f"{c['methods'][m]['degenerate spurious']}/{c['methods'][m]['runs']}"
-             for c in cells if _spurious(c, m)]
+    """``(d,k,T): strict/degenerate (far)/runs`` for the cells with spurious minima."""
+    parts = []
+    for c in cells:
+        r = c["methods"][m]
+        if r["strict spurious"] + r["degenerate spurious"]:
+            parts.append(f"({c['d']},{c['k']},{c['T']}): {r['strict spurious']}/"
+                         f"{r['degenerate spurious']} ({_far(c, m)})/{r['runs']}")
     return ", ".join(parts) if parts else "none"
 
 
@@ -582,18 +588,20 @@ def verdicts(record) -> list:
             runs = sum(c["methods"][m]["runs"] for c in sub)
             strict = sum(c["methods"][m]["strict spurious"] for c in sub)
             degen = sum(c["methods"][m]["degenerate spurious"] for c in sub)
+            far = sum(_far(c, m) for c in sub)
             tot = {n: sum(c["methods"][m][n] for c in sub) for n in landscape.CENSUS_KEYS[1:]}
             finite = all(np.isfinite(s["objective"]) for c in sub
                          for s in c["methods"][m]["spurious"])
-            note = (f"{len(sub)} cells; census " + ", ".join(f"{n}: {v}" for n, v in tot.items())
-                    + f"; cells with spurious minima (strict+degenerate/runs): "
-                    f"{_cell_list(sub, m)}")
+            note = (f"{len(sub)} cells, {runs} runs; census " + ", ".join(
+                f"{n}: {v}" for n, v in tot.items()) + f" (degenerate spurious far out, "
+                f"||U||^2/c >= {landscape.ESCAPE_SIZE:g}: {far}); cells with spurious minima "
+                f"(strict/degenerate (far)/runs): {_cell_list(sub, m)}")
             if m == "alternating":
-                note += f"; {cfg['alt_outer']} outer iterations, polished"
+                note += f"; {cfg['alt_outer']} outer iterations"
             rows.append(Verdict(
-                CLAIM, f"{m}: fraction of runs at spurious local minima (strict + degenerate), "
-                f"{name}", "measured", (strict + degen) / max(runs, 1), float("nan"),
-                "spurious: critical point, G > 1e-12 c^2, restricted eig >= -1e-6 c", finite,
+                CLAIM, f"{m}: fraction of runs at strict spurious local minima, {name}",
+                "measured", strict / max(runs, 1), float("nan"),
+                "strict spurious: critical point, G > 1e-12 c^2, restricted eig > 1e-6 c", finite,
                 "measured", note + f"; {dtype}"))
     return rows
 
@@ -620,20 +628,18 @@ def run(setting: str = "quick", seed: int = 0, *, checkpoint=None, log=None) -> 
 
 # ----------------------------------------------------------------------------- figures
 def _shares(record, m, what):
-    cells = record["cells"]
+    """(d, k, T) -> (share of runs, text) for the map panels."""
     out = {}
-    for c in cells:
+    for c in record["cells"]:
         r = c["methods"][m]
         if what == "spurious":
-            num, den = r["strict spurious"] + r["degenerate spurious"], r["runs"]
-            txt = f"{r['strict spurious']}+{r['degenerate spurious']}" if num else "0"
-        elif what == "saddle":
-            num, den = r["saddle"], r["runs"]
-            txt = str(num)
+            num = r["strict spurious"]
+            txt = (f"{r['strict spurious']}/{r['degenerate spurious']}"
+                   if r["strict spurious"] + r["degenerate spurious"] else "")
         else:
-            num, den = r[what], r["runs"]
-            txt = str(num)
-        out[(c["d"], c["k"], c["T"])] = (num / max(den, 1), txt)
+            num = r[what]
+            txt = str(num) if num else ""
+        out[(c["d"], c["k"], c["T"])] = (num / max(r["runs"], 1), txt)
     return out
 
 
@@ -647,26 +653,29 @@ def _identifiability(record):
 
 
 def draw_map(record):
-    """The census as maps over (d, k), one column per T (as the C3 phase map): identifiability
-    at the global minima found, spurious minima per method, runs escaped to infinity (critical
-    points), and the Hessian evidence at every spurious minimum. Returns the figure."""
+    """The census as maps over (d, k), one column per T (like the C3 phase map): identifiability
+    of the global minima found, strict spurious minima per method, runs of the alternating protocol
+    that had not converged, and the Hessian evidence at every spurious minimum. Returns the figure."""
     plt = pyplot()
     cells = record["cells"]
     ds = sorted({c["d"] for c in cells})
     ks = sorted({c["k"] for c in cells})
     Ts = sorted({c["T"] for c in cells})
-    panels = [("identifiability: global minima found with A_hat != A*\n(all methods; text: "
-               "non-identifying/global)", _identifiability(record), "Purples")]
+    outer = record["config"]["alt_outer"]
+    panels = [("global minima found with A_hat != A*, all methods (share; text: "
+               "non-identifying/global)", _identifiability(record), "Purples", 1.0)]
     for m in METHODS:
-        panels.append((f"{m}: runs at spurious minima\n(text: strict+degenerate)",
-                       _shares(record, m, "spurious"), "Reds"))
-    panels.append(("critical points: runs escaped to infinity",
-                   _shares(record, "critical points", "escaped to infinity"), "Greys"))
+        panels.append((f"{m}: runs at strict spurious minima (share; text: strict/degenerate "
+                       "spurious)", _shares(record, m, "spurious"), "Reds", None))
+    panels.append((f"alternating: runs not converged after {outer} outer iterations (share; "
+                   "text: count)", _shares(record, "alternating", "not converged"), "Greys", 1.0))
     nrow, ncol = len(panels), len(Ts)
-    fig = plt.figure(figsize=(2.2 * ncol + 4.6, 1.5 + 0.32 * len(ds) * nrow + 0.4 * nrow))
-    gs = fig.add_gridspec(nrow, ncol + 1, width_ratios=[1] * ncol + [1.9])
-    for pi, (title, vals, cmap) in enumerate(panels):
-        vmax = max([v[0] for v in vals.values() if np.isfinite(v[0])] + [1e-9])
+    fig = plt.figure(figsize=(2.2 * ncol + 4.6, 1.2 + (0.3 * len(ds) + 0.9) * nrow))
+    gs = fig.add_gridspec(nrow, ncol + 1, width_ratios=[1] * ncol + [1.9], hspace=0.6,
+                          wspace=0.45, left=0.06, right=0.98, bottom=0.05, top=0.9)
+    for pi, (title, vals, cmap, vmax) in enumerate(panels):
+        if vmax is None:
+            vmax = max([v[0] for v in vals.values() if np.isfinite(v[0])] + [0.05])
         for ti, T in enumerate(Ts):
             ax = fig.add_subplot(gs[pi, ti])
             grid = np.full((len(ds), len(ks)), np.nan)
@@ -680,16 +689,17 @@ def draw_map(record):
             for j, k in enumerate(ks):  # the line 3k = d: cells on and above it have 3k <= d
                 y = next((i for i, d in enumerate(ds) if d >= 3 * k), len(ds)) - 0.5
                 ax.plot([j - 0.5, j + 0.5], [y, y], "b-", lw=2)
-            ax.set_xticks(range(len(ks)), [str(k) for k in ks], fontsize=7)
+            ax.set_xticks(range(len(ks)), [str(k) for k in ks] if pi == nrow - 1 else [],
+                          fontsize=7)
             ax.set_yticks(range(len(ds)), [str(d) for d in ds], fontsize=7)
             ax.set_ylim(-0.5, len(ds) - 0.5)
             if pi == nrow - 1:
                 ax.set_xlabel("k", fontsize=8)
+            ax.set_title(f"T={T}", fontsize=7, pad=2)
             if ti == 0:
                 ax.set_ylabel("d", fontsize=8)
-                ax.set_title(f"T={T}   {title}", fontsize=7, loc="left")
-            else:
-                ax.set_title(f"T={T}", fontsize=7)
+                ax.text(-0.25, 1.22, f"({'abcdefgh'[pi]}) {title}", transform=ax.transAxes,
+                        fontsize=7.5, ha="left", va="bottom").set_in_layout(False)
     ax = fig.add_subplot(gs[:, ncol])
     markers = {"newton": "o", "alternating": "s", "critical points": "^"}
     any_point = False
@@ -697,17 +707,23 @@ def draw_map(record):
         for m in METHODS:
             for s in c["methods"][m]["spurious"]:
                 any_point = True
-                ax.scatter(max(s["objective"], 1e-30), s["min_eig"], marker=markers[m], s=16,
-                           color="tab:red" if s["n_flat"] == 0 else "tab:orange", alpha=0.6,
-                           edgecolors="k", linewidths=0.3)
+                color = "tab:red" if s["n_flat"] == 0 else "tab:orange"
+                far = s["size"] >= landscape.ESCAPE_SIZE
+                ax.scatter(max(s["objective"], 1e-30), s["min_eig"], marker=markers[m], s=18,
+                           facecolors="none" if far else color, edgecolors=color if far else "k",
+                           linewidths=0.8 if far else 0.3, alpha=0.7)
     for m in METHODS:
         ax.scatter([], [], marker=markers[m], color="gray", label=m)
     ax.scatter([], [], marker="s", color="tab:red", label="strict (n_flat = 0)")
     ax.scatter([], [], marker="s", color="tab:orange", label="degenerate (n_flat > 0)")
+    ax.scatter([], [], marker="s", facecolors="none", edgecolors="tab:orange",
+               label=f"hollow: far out, ||U||^2/c >= {landscape.ESCAPE_SIZE:g}")
     ax.axvline(1e-12, color="k", ls=":", lw=1)
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xscale("log")
     ax.set_yscale("symlog", linthresh=1e-6)
+    lo, hi = ax.get_ylim()
+    ax.set_ylim(min(lo, -1e-5), max(hi, 1.0))
     ax.set_xlabel(r"$G/c^2$ (global tolerance $10^{-12}$ dotted)", fontsize=8)
     ax.set_ylabel("smallest restricted Hessian eigenvalue / c", fontsize=8)
     ax.set_title("Hessian evidence at every spurious minimum" + ("" if any_point else
@@ -719,7 +735,6 @@ def draw_map(record):
                  f"{cfg['truths']} truths x {cfg['starts_per_truth']} starts at scales "
                  f"{', '.join(f'{s:g}' for s in cfg['scales'])} per cell and method; blue step: "
                  "3k = d, cells above it have 3k <= d)", fontsize=9)
-    fig.tight_layout(rect=(0, 0, 1, 0.97))
     return fig
 
 
