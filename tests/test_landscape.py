@@ -339,3 +339,29 @@ def test_census_record_schema_aggregation_and_resume(tmp_path, monkeypatch):
     assert len(failed) == 1 and "3k <= d" in failed[0].quantity
     with pytest.raises(ValueError, match="setting"):
         c8.run("huge")
+
+
+def test_committed_full_census_is_complete_and_consistent():
+    """figures/c8_census.json (the full run): every cell of the grid, classes partition the runs,
+    totals add up, and its verdict rows pass."""
+    import json
+    import os
+
+    from linmeta.claims import c8
+
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "figures", "c8_census.json")
+    rec = json.loads(open(path).read())
+    cfg = c8.SETTINGS["full"]
+    assert rec["schema"] == c8.SCHEMA and rec["complete"] is True and rec["setting"] == "full"
+    assert [(c["d"], c["k"], c["T"]) for c in rec["cells"]] == c8.grid_cells(cfg["d"], cfg["k"],
+                                                                              cfg["T"])
+    for c in rec["cells"]:
+        for m in c8.METHODS:
+            r = c["methods"][m]
+            assert r["runs"] == cfg["truths"] * cfg["starts"]
+            assert sum(r[n] for n in L.CENSUS_KEYS[1:]) == r["runs"]
+            assert r["global, A_hat = A*"] + r["global, A_hat != A*"] + r["global, undecided"] \
+                == r["global"]
+            assert len(r["spurious"]) == r["strict spurious"] + r["degenerate spurious"]
+    assert rec["totals"] == c8.totals(rec)
+    assert all(v.passed for v in c8.verdicts(rec))
