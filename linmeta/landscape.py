@@ -1,7 +1,7 @@
 """Critical points of the Meta-LoRA reduced objective and their Hessians (claims C4 and C8).
 
-**Objective.** With the base eliminated (``docs/theory.md``, Meta-LoRA), the population objective over the
-adapters ``U = (U_1, ..., U_T)``, ``U_t`` of shape (d, k), is
+**Objective.** With the base eliminated (``docs/theory.md``, Meta-LoRA), the population objective
+over the adapters ``U = (U_1, ..., U_T)``, ``U_t`` of shape (d, k), is
 
     G(U) = 1/2 sum_t ||E_t - Ebar||_F^2,   E_t = R*_t - U_t U_t^T,   Ebar = (1/T) sum_t E_t
 

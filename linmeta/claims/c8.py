@@ -261,8 +261,9 @@ def _alternating_stage(A, U, U_new, Z, lr_adapter, lr_base, *, outer, inner, pol
         raw_grad = jnp.sqrt(jnp.sum((-2 * D @ safe) ** 2, axis=(1, 2, 3))) / c ** 1.5
         moved = jnp.sqrt(jnp.sum((pol.U - safe) ** 2, axis=(1, 2, 3))
                          / jnp.maximum(jnp.sum(safe ** 2, axis=(1, 2, 3)), jnp.finfo(c.dtype).tiny))
-        # the run's class: global if it stopped at G <= tol; the class of the critical point the
-        # polishing reaches if that lies within POLISH_RADIUS of where it stopped; else not converged
+        # the run's class: the class of the critical point the polishing reaches if that lies
+        # within POLISH_RADIUS of where it stopped; else global if G <= tol there, else not
+        # converged
         label = jnp.where(moved <= POLISH_RADIUS, info.label,
                           jnp.where(raw_G <= tol.objective, landscape.GLOBAL_MIN,
                                     landscape.NOT_CONVERGED))
@@ -443,12 +444,14 @@ def _header(cfg, setting, seed) -> dict:
                         not_identified=NOT_IDENTIFIED),
         methods={
             "newton": "saddle-free damped Newton of meta_lora(method='newton') on G/T",
-            "alternating": "the paper's alternating protocol (10 adapter steps lr 0.003, one base "
-                           "step lr 0.03 per outer iteration, from A = 0); a run takes the class of "
-                           "the critical point Levenberg-Marquardt on ||grad G||^2 reaches from its "
-                           "end point when that moved it by at most polish_radius (relative), else "
-                           "global if G <= tol.objective c^2, else not converged",
-            "critical points": "Levenberg-Marquardt on ||grad G||^2 (critical points of any index)"},
+            "alternating": "the paper's alternating protocol (10 adapter steps lr 0.003, one "
+                           "base step lr 0.03 per outer iteration, from A = 0); a run takes the "
+                           "class of the critical point Levenberg-Marquardt on ||grad G||^2 "
+                           "reaches from its end point when that moved it by at most "
+                           "polish_radius (relative), else global if G <= tol.objective c^2, else "
+                           "not converged",
+            "critical points": "Levenberg-Marquardt on ||grad G||^2 (critical points of any "
+                               "index)"},
         classes={
             "global": "G <= tol.objective c^2",
             "strict spurious": "critical point, G above the global tolerance, restricted Hessian "
@@ -677,7 +680,8 @@ def _identifiability(record):
 def draw_map(record):
     """The census as maps over (d, k), one column per T (like the C3 phase map): identifiability
     of the global minima found, strict spurious minima per method, runs of the alternating protocol
-    that had not converged, and the Hessian evidence at every spurious minimum. Returns the figure."""
+    that had not converged, and the Hessian evidence at every spurious minimum. Returns the
+    figure."""
     plt = pyplot()
     cells = record["cells"]
     ds = sorted({c["d"] for c in cells})
