@@ -69,9 +69,11 @@ undecided.
   orbit generator (``||H z|| <= 10 n eps ||H||_F ||z||``);
 - where C3 claims recovery (T >= 3, 3k <= d) no global minimum found has ``A_hat != A*``.
 
-Everything else is ``"measured"`` (no theory predicts it): per method, the share of runs at spurious
-minima over all cells, at k = 1, at 3k > d and at T = 4, 5 (the note lists the cells with
-spurious minima and their counts); where identifiability fails (3k > d).
+Everything else is ``"measured"`` (no theory predicts it): per method, the share of runs at strict
+spurious minima over all cells, at k = 1, at 3k > d and at T = 4, 5 (a subset row only where it
+differs from all cells; the note gives the census, the degenerate spurious minima and how many lie
+far out, and the cells with spurious minima with their counts); where identifiability fails
+(3k > d). The first row is Newton's share over all cells.
 
 **Found** (full setting, seed 0: ``figures/c8_census.json``, map ``figures/c8_census_map.png``;
 69 cells x 128 runs per method):
