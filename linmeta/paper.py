@@ -44,7 +44,8 @@ Two variants (``variant=``), which differ only in steps 4 and 5:
 Every step is the update of the core's step functions (:func:`linmeta.retrain.alternating_step`,
 :func:`linmeta.retrain.sr_gradient_step`, :func:`linmeta.finetune.finetune_gd_step`), rearranged
 so that what stays fixed over many steps is computed once (exact in exact arithmetic; tests check
-equality with :func:`linmeta.meta_lora`, :func:`linmeta.standard_retraining`, :func:`linmeta.finetune`
+equality with :func:`linmeta.meta_lora`, :func:`linmeta.standard_retraining`,
+:func:`linmeta.finetune`
 and with the NumPy loops of :mod:`linmeta.reference`):
 
 - Meta-LoRA adapter steps, base A fixed: ``G_t = (A + U_t U_t^T) S_t - Y_t = C_t + U_t (U_t^T S_t)``
@@ -112,7 +113,7 @@ __all__ = ["Shape", "Hyper", "RunKeys", "Outcome", "RUN_STREAM", "SR_ADAPTER_STR
            "meta_lora_alternating", "sr_retraining", "finetune_both", "psd_pinv", "ols_solution",
            "excess_objective", "resolve_ft_rank"]
 
-RUN_STREAM = 0x5EED         # folded into the run key so that seed == truth_seed never reuses a stream
+RUN_STREAM = 0x5EED         # folded into the run key: seed == truth_seed never reuses a stream
 SR_ADAPTER_STREAM = 0x5A    # folded into the init key: paper_code's untrained SR adapters
 START_STREAM = 0x57A7       # folded into the truth key: paper_code's fixed fine-tuning start
 BLOCK = 512                 # raw samples drawn (and reduced) per block and task
@@ -713,7 +714,7 @@ def run_protocol(truth: Truth, keys: RunKeys, hyper: Hyper, shape: Shape,
         raise ValueError(f"variant must be one of {', '.join(map(repr, VARIANTS))}; "
                          f"got {variant!r}")
     dt = truth.A_star.dtype
-    d, k, T, m, r = shape.d, shape.k, shape.T, shape.m, shape.ft_rank
+    d, k, m, r = shape.d, shape.k, shape.m, shape.ft_rank
     n_tasks, rank = hyper.n_tasks, hyper.rank
     padded = n_tasks is not None or rank is not None
     if (retrain_stats is None and finetune_stats is None and shape.sampler == "raw"

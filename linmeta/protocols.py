@@ -88,8 +88,7 @@ import functools
 import math
 import numbers
 import threading
-import types
-from typing import Any, Callable, Hashable, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp

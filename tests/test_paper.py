@@ -286,7 +286,8 @@ def test_normal_is_jax_random_normal_bit_for_bit():
 def test_paper_t_spread_tiny(tmp_path):
     from experiments import paper_t_spread
     out = paper_t_spread.main(setting="tiny", out_dir=str(tmp_path))
-    assert (tmp_path / "paper_t_spread.json").exists() and (tmp_path / "paper_t_spread.png").exists()
+    for name in ("paper_t_spread.json", "paper_t_spread.png"):
+        assert (tmp_path / name).exists()
     a = out["A"]
     # the recomputed fine-tuning from each run's own start is the sweep's number
     np.testing.assert_allclose(out["B"]["gd_fine_tuning_own_start_recomputed"]["mean"],
