@@ -97,13 +97,13 @@ from .protocols import (MAX_CHUNK, SAMPLE_BYTES, TRAIN_BYTES, PAPER_RESULT_KEYS 
 
 __all__ = ["DEFAULTS", "validate_config", "config_id", "expand_grid", "shape_key",
            "group_by_shape", "run_batch", "run_sweep", "truth_for", "default_chunk_size",
-           "RESULT_KEYS", "SAMPLE_BYTES"]
+           "RESULT_KEYS", "SAMPLE_BYTES", "TRAIN_BYTES", "MAX_CHUNK"]
 
 # Every key of the default protocol and its default ("protocol" first).
 DEFAULTS: dict[str, Any] = {"protocol": protocols.DEFAULT, **protocols.PAPER_DEFAULTS}
 
-# RESULT_KEYS: scalar results of every paper configuration (plus "trajectories" and "seconds").
-_ = (TRAIN_BYTES, MAX_CHUNK)
+# RESULT_KEYS: scalar results of every paper configuration (plus "trajectories" and "seconds");
+# RESULT_KEYS, SAMPLE_BYTES, TRAIN_BYTES, MAX_CHUNK live in linmeta.protocols (re-exported here).
 
 
 # --------------------------------------------------------------------------------------------
