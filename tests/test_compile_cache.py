@@ -39,7 +39,10 @@ def program(x):
     return jnp.linalg.norm(jnp.tanh(x @ x.T) + jnp.cumsum(x, axis=0))
 
 program(jnp.ones((8, 8))).block_until_ready()
-print("RESULT " + json.dumps({"paths": paths, "path": paths[-1], "again": again, **events}))
+compile_cache.disable()
+off = jax.config.jax_compilation_cache_dir is None and compile_cache.enabled_dir() is None
+print("RESULT " + json.dumps({"paths": paths, "path": paths[-1], "again": again, "off": off,
+                              **events}))
 """
 
 
@@ -48,8 +51,8 @@ def _child(env_extra: dict, tmp_path, tries=(None,)) -> tuple[dict, str]:
            if k not in ("LINMETA_NO_CACHE", "LINMETA_CACHE_DIR", "JAX_COMPILATION_CACHE_DIR")}
     env.update(JAX_PLATFORMS="cpu", XDG_CACHE_HOME=str(tmp_path / "xdg"),
                PYTHONPATH=ROOT + os.pathsep + env.get("PYTHONPATH", ""), **env_extra)
-    proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(list(tries))], env=env, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(list(tries))], env=env,
+                          capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     assert line, proc.stdout + proc.stderr
@@ -61,7 +64,7 @@ def test_second_process_loads_what_the_first_compiled(tmp_path):
     # by LINMETA_CACHE_DIR
     folder = tmp_path / "xdg" / "linmeta"
     first, _ = _child({}, tmp_path)
-    assert first["path"] == first["again"] == str(folder)
+    assert first["path"] == first["again"] == str(folder) and first["off"]
     assert first["misses"] >= 1 and first["hits"] == 0
     entries = os.listdir(folder)
     assert entries

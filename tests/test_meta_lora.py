@@ -236,7 +236,7 @@ def test_public_functions_work_inside_jit_with_captured_arrays():
     np.testing.assert_allclose(fit(jax.random.key(0)), truth.A_star, atol=1e-10)
 
 
-# ------------------------------------------------------- the matrix-free solver (L-BFGS) and the switch
+# ---------------------------------------------------- the matrix-free solver (L-BFGS) and the switch
 
 LB = (8, 2, 3)  # (d, k, T) of the small L-BFGS tests (3k <= d): one shape, shared compiled programs
 

@@ -29,10 +29,10 @@ Stopping (per start): ``f <= max(ftol, rtol * f_ref)`` with ``f_ref`` = f at U =
 standard retraining, the scale of the problem), ``||grad f|| <= gtol``, no new best point in
 :data:`PATIENCE` consecutive iterations (a lower value, or a value equal to rounding with a
 smaller gradient: at a nonzero minimum, finite N, the gradient keeps resolving the minimiser after
-the values stop), a non-finite value, or ``max_iter`` iterations. In float64 the default ``rtol = 1e-28`` puts the
-relative base error at 1e-12 or below on the problems tested (condition numbers up to 1e4 at
-the identifiability boundary 3k = d, T = 3); rounding bounds f below at about
-``eps^2 f_ref``.
+the values stop), a non-finite value, or ``max_iter`` iterations. In float64 the default
+``rtol = 1e-28`` puts the relative base error at 1e-12 or below on the problems tested
+(condition numbers up to 1e4 at the identifiability boundary 3k = d, T = 3); rounding bounds f
+below at about ``eps^2 f_ref``.
 """
 from __future__ import annotations
 
