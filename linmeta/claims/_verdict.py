@@ -39,7 +39,7 @@ import dataclasses
 import math
 from typing import Any
 
-__all__ = ["Verdict", "Tolerance", "RULES", "audit", "fmt", "ROUNDING_CAP", "FACTOR_CAP", "P_MIN",
+__all__ = ["Verdict", "Tolerance", "RULES", "audit", "audited", "fmt", "ROUNDING_CAP", "FACTOR_CAP", "P_MIN",
            "ASYMPTOTIC_CAP"]
 
 ROUNDING_CAP = 1e-8   # largest float64 rounding tolerance without a stated reason
@@ -296,6 +296,21 @@ def audit(tol: Tolerance, float64: bool = True) -> str:
     elif tol.rule == "stated" and not i.get("why"):
         return "a stated tolerance needs its reason"
     return ""
+
+
+def audited(verdicts, float64: bool = True) -> list:
+    """The rows with every check whose structured tolerance fails :func:`audit` marked failed
+    (``passed=False``, the reason first in the note). Rows without a :class:`Tolerance` pass
+    through unchanged."""
+    out = []
+    for v in verdicts:
+        if v.kind == "check" and isinstance(getattr(v, "tol", None), Tolerance):
+            problem = audit(v.tol, float64)
+            if problem:
+                v = dataclasses.replace(v, passed=False,
+                                        note=f"tolerance audit failed: {problem}; {v.note}")
+        out.append(v)
+    return out
 
 
 @dataclasses.dataclass(frozen=True)

@@ -297,7 +297,7 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
                 eig=eig, rank=g["rank"], n_pos=n_pos, n_neg=n_neg, exact=g["exact"],
                 pred=g["pred"], pred_psd=g["pred_psd"], gd=g["gd"], rbar_dev=g["rbar_dev"],
                 limit=g["limit"], n=cfg["n"], noise_std=NOISE_STD, ortho=np.asarray(ortho),
-                o_bias=o_bias, o_pred=o_pred)
+                o_bias=o_bias, o_pred=o_pred, o_ey=o_ey, o_psd=o_psd)
     return ClaimResult(CLAIM, rows, data, time.perf_counter() - t0)
 
 
@@ -310,7 +310,7 @@ def plot(result: ClaimResult, out_dir) -> list:
     ranks = D["ranks"]
     cmap = plt.get_cmap("viridis")
     colors = [cmap(i / max(len(Ts) - 1, 1)) for i in range(len(Ts))]
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
+    fig, axes = plt.subplots(2, 3, figsize=(16.5, 8.5))
 
     ax = axes[0, 0]
     idx = np.arange(1, d + 1)
@@ -358,7 +358,8 @@ def plot(result: ClaimResult, out_dir) -> list:
     ax.set_xlabel("adapter rank r")
     ax.set_ylabel(r"$E_{SR}(r) = \min_{rank \leq r} \|M^*_{new} - A_{SR} - \Delta\|_F^2$")
     ax.set_title("best rank-r fine-tuning error after SR (mean over seeds)")
-    ax.legend(fontsize=7, ncol=2)
+    # beside the axes: inside, it covers the curves
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
 
     ax = axes[1, 0]
     ik = int(np.where(ranks == k)[0][0])
@@ -392,16 +393,27 @@ def plot(result: ClaimResult, out_dir) -> list:
     ax.legend(fontsize=8)
 
     ax = axes[1, 2]
-    lo, hi = min(D["o_pred"].min(), D["o_bias"].min()), max(D["o_pred"].max(), D["o_bias"].max())
-    ax.plot([lo / 2, hi * 2], [lo / 2, hi * 2], "k--", lw=1, label="measured = theory")
-    for (kk, T, s), p, m in zip(D["ortho"], D["o_pred"], D["o_bias"]):
-        ax.plot(p, m, "o", label=f"k={int(kk)}, T={int(T)}, s={s:g}")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel(r"theory $k s^4 / T$")
-    ax.set_ylabel("measured rank-k error (exact fine-tuning)")
-    ax.set_title("orthogonal worked case")
-    ax.legend(fontsize=7)
+    # every rank: closed forms (lines) and lora_bias of the measured residual (markers)
+    rr = np.arange(d + 1)
+    ocol = plt.get_cmap("tab10")
+    for i, ((kk, T, s), ey, ps) in enumerate(zip(D["ortho"], D["o_ey"], D["o_psd"])):
+        kk, T = int(kk), int(T)
+        c = ocol(i)
+        ey_th = [theory.orthogonal_case_bias(kk, s, T, rank=r) for r in rr]
+        ps_th = [theory.orthogonal_case_bias(kk, s, T, rank=r, psd=True) for r in rr]
+        ax.plot(rr, ey_th, "-", color=c, lw=1.2, label=f"k={kk}, T={T}, s={s:g}: $UV^T$")
+        ax.plot(rr, ps_th, ":", color=c, lw=1.5, label="   PSD $UU^T$")
+        ax.plot(rr, ey, "o", color=c, ms=4, mfc="none")
+        ax.plot(rr, ps, "x", color=c, ms=5)
+        ax.plot([kk], [theory.orthogonal_case_bias(kk, s, T)], "s", color=c, ms=9, mfc="none")
+    ax.plot([], [], "ko", mfc="none", ms=4, label="lora_bias of the SR residual")
+    ax.plot([], [], "ks", mfc="none", ms=9, label=r"$E_{SR}(k) = k s^4/T$")
+    ax.set_yscale("symlog", linthresh=1e-2)
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("adapter rank r")
+    ax.set_ylabel("best rank-r error (orthogonal truth)")
+    ax.set_title("orthogonal worked case: closed forms at every rank")
+    ax.legend(fontsize=6.5, loc="lower left")
     for a in axes.ravel():
         a.grid(True, which="both", alpha=0.3)
     fig.suptitle(f"C2  SR is not low-rank adaptable   Gaussian truth d={d}, k={k}, "

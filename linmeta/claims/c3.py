@@ -413,13 +413,22 @@ def plot(result: ClaimResult, out_dir) -> list:
         best = np.nanmin(np.where(np.isfinite(e), e, np.nan), axis=2)  # best start per problem
         ax.plot(T_sel, np.maximum(np.nanmax(best, axis=1), floor), "o:", color=color, lw=0.8,
                 label=f"population, k={k} (worst problem)")
-    for c, mk in zip(D["core"], ["s", "D", "^"]):
+    n_marks = ["s", "D", "^", "v", "P"]           # one marker per N (distinct for every N)
+    n_cols = plt.get_cmap("Greys")(np.linspace(0.45, 1.0, max(len(D["Ns"]), 1)))
+    for ci, c in enumerate(D["core"]):
         d, k, T = c["shape"]
         for j, N in enumerate(D["Ns"]):
-            ax.plot([T + 0.05 * j], [c["ml_err"][:, j + 1].mean()], mk, mfc="none", color="k",
-                    label=f"meta_lora d={d},k={k}, N={N}")
-        ax.plot([T], [c["sr_err"][:, -1].mean()], mk, color="tab:red",
-                label=f"SR d={d},k={k}, N={D['Ns'][-1]}")
+            ax.plot([T + 0.08 * (j - (len(D["Ns"]) - 1) / 2)], [c["ml_err"][:, j + 1].mean()],
+                    n_marks[j % len(n_marks)], mfc="none", mew=1.4, ms=7, color=n_cols[j],
+                    label=f"meta_lora d={d},k={k}, N={N}" if ci == 0 or j == 0 else None)
+        ax.plot([T], [c["sr_err"][:, -1].mean()], "s", color="tab:red",
+                label=f"SR d={d},k={k}, N={D['Ns'][-1]}" if ci == 0 else None)
+    alt = D.get("alt")
+    if alt is not None:
+        ad, ak, aT = alt["shape"]
+        ax.plot(np.full(alt["paper_err"].shape, aT + 0.25), alt["paper_err"], "*", ms=8,
+                color="tab:green", label=f"alternating (paper), {alt['leg']} outer steps, "
+                f"d={ad},k={ak}")
     ax.axhline(RECOVERED, color="gray", ls=":", lw=1)
     ax.set_yscale("log")
     ax.set_xticks(Ts)
