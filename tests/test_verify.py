@@ -148,12 +148,12 @@ def test_unwritable_out_is_one_line_and_exit_2(tmp_path, capsys):
     bad = str(blocker / "sub")              # a folder inside a regular file cannot be created
     assert verify.main(["--tiny", "--claims", "C1", "--out", bad]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "not writable; choose a writable --out" in err
+    assert len(err.splitlines()) == 1 and "is not writable" in err and "choose a writable --out" in err
     from linmeta import cli
 
     assert cli.main(["verify", "--tiny", "--claims", "C1", "--out", bad]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "not writable; choose a writable --out" in err
+    assert len(err.splitlines()) == 1 and "is not writable" in err and "choose a writable --out" in err
 
 
 # ----------------------------------------------------------------------------- tolerances as data
@@ -168,7 +168,8 @@ def test_tolerance_rules_and_audit():
     edited = Tolerance(1e-4, "rounding", dict(factor=100.0, eps=eps, cond=1.0), "edited")
     assert "differs from its derivation" in audit(edited)
     assert "p =" in audit(Tolerance.seeds(0.1, 5, p=1e-9))
-    assert "why" in audit(Tolerance(0.5, "seeds", dict(p=0.01, n_seeds=5, se=0.1, bias=0.2), ""))
+    assert "why" in audit(Tolerance.seeds(0.1, 5, bias=0.2))             # a bias without its reason
+    assert audit(Tolerance.seeds(0.1, 5, bias=0.2, bias_why="d/N")) == ""
     with pytest.raises(ValueError, match="why"):
         Tolerance.stated(1e-6, "")
     band = Tolerance.chi2(1000, p=1e-6)
