@@ -223,14 +223,15 @@ def run_verify(root: Path, setting: str, claims: str | None, timeout: int) -> di
         p = subprocess.run(cmd, cwd=root, env=_env(root), capture_output=True, text=True,
                            timeout=timeout)
     except subprocess.TimeoutExpired:
-        return dict(rc=None, failing=["(timed out)"], seconds=timeout)
+        return dict(rc=None, failing=[], error=f"timed out after {timeout} s",
+                    seconds=timeout)
     secs = time.perf_counter() - t0
-    failing = []
     try:
         data = json.loads(p.stdout)
         failing = [f"{v['claim']}: {v['quantity']}" for v in data["verdicts"] if not v["passed"]]
     except (json.JSONDecodeError, KeyError):
-        failing = [f"(no report: exit {p.returncode}: {p.stderr.strip()[-300:]})"]
+        return dict(rc=p.returncode, failing=[], seconds=round(secs, 1),
+                    error=f"no report (exit {p.returncode}): {p.stderr.strip()[-300:]}")
     return dict(rc=p.returncode, failing=failing, seconds=round(secs, 1))
 
 
@@ -260,16 +261,25 @@ def audit_one(m: dict, *, setting: str, claims: str | None, tests: bool, timeout
             apply(root, m)
         rec = dict(id=m["id"], what=m["what"], where=f"{m['file']}:{line}",
                    verify=run_verify(root, setting, claims, timeout))
+        if rec["verify"].get("error"):  # a run that did not report (e.g. timed out): once more
+            first = rec["verify"]["error"]
+            rec["verify"] = run_verify(root, setting, claims, timeout)
+            rec["verify"]["first_attempt"] = first
         if tests and m.get("tests"):
             rec["tests"] = run_tests(root, m["tests"], timeout)
-    rec["caught_by_verify"] = bool(rec["verify"]["failing"])
+    # caught: verify reported and failed rows (a run that crashed or hung is not a catch)
+    rec["caught_by_verify"] = bool(rec["verify"]["failing"]) and not rec["verify"].get("error")
     rec["harmless"] = m.get("harmless", "")
     return rec
 
 
 # ----------------------------------------------------------------------------- report
-def _cell(items, limit=4):
-    items = [i.replace("|", "\\|") for i in items]
+def _md(text: str) -> str:
+    return str(text).replace("|", "\\|")
+
+
+def _cell(items, limit=4, width=90):
+    items = [_md(i if len(i) <= width else i[: width - 3] + "...") for i in items]
     if not items:
         return "**none**"
     more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
@@ -291,10 +301,12 @@ def markdown(records, meta) -> str:
              "|---|---|---|---|---|"]
     for i, r in enumerate(records, 1):
         v = _cell(r["verify"]["failing"])
-        if not r["caught_by_verify"] and r["harmless"]:
-            v = f"harmless: {r['harmless']}"
+        if r["verify"].get("error"):
+            v = f"**no report**: {_md(r['verify']['error'])}"
+        elif not r["caught_by_verify"] and r["harmless"]:
+            v = f"harmless: {_md(r['harmless'])}"
         t = _cell(r["tests"]["failing"]) if "tests" in r else "(not run)"
-        lines.append(f"| {i} | `{r['id']}`: {r['what']} | `{r['where']}` | {v} | {t} |")
+        lines.append(f"| {i} | `{r['id']}`: {_md(r['what'])} | `{r['where']}` | {v} | {t} |")
     return "\n".join(lines) + "\n"
 
 
@@ -308,7 +320,14 @@ def _write(out: Path, records, meta):
                       json.dumps(dict(meta=meta, records=records), indent=2) + "\n")
 
 
+def _terminate(signum, frame):  # SIGTERM: unwind, so runs are killed and scratch copies removed
+    raise SystemExit(128 + signum)
+
+
 def main(argv=None) -> int:
+    import signal
+
+    signal.signal(signal.SIGTERM, _terminate)
     p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     p.add_argument("--only", metavar="ID,ID", help="comma-separated mutation ids (see --list)")
     p.add_argument("--tests", action="store_true", help="also run the covering test files")
@@ -317,7 +336,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None,
                    help=f"folder for mutation_audit.md/.json (default {DEFAULT_OUT} for a full "
                         "run; --only and --smoke runs write only with --out)")
-    p.add_argument("--timeout", type=int, default=1800, help="seconds per run (default 1800)")
+    p.add_argument("--timeout", type=int, default=600,
+                   help="seconds per run (default 600; a run that times out is repeated once)")
     p.add_argument("--list", action="store_true", help="list the mutants and exit")
     p.add_argument("--smoke", action="store_true",
                    help="one mutant (noise_std_as_variance) with verify --tiny --claims C1")
@@ -341,8 +361,8 @@ def main(argv=None) -> int:
     base = audit_one(dict(id="baseline", file="linmeta/data.py", old="", what="no mutation"),
                      setting=a.setting, claims=a.claims, tests=False, timeout=a.timeout) \
         if not a.smoke else None
-    if base is not None and base["caught_by_verify"]:
-        print(f"baseline (no mutation) fails: {base['verify']['failing']}", file=sys.stderr)
+    if base is not None and (base["verify"]["failing"] or base["verify"].get("error")):
+        print(f"baseline (no mutation) fails: {base['verify']}", file=sys.stderr)
         return 2
     records = []
     for m in chosen:

@@ -1,4 +1,4 @@
-"""Closed-form predictions of THEORY.md, from the ground truth alone.
+"""Closed-form predictions of the theory (docs/theory.md), from the ground truth alone.
 
 This module never imports a solver, so checking a solver against it stays a check.
 

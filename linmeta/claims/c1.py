@@ -54,7 +54,7 @@ GD_RECORD, GD_CHECK_STEPS = 50, 100  # trajectory recorded every 50 steps, check
 
 SETTINGS = {
     "tiny": dict(d=6, k=1, T=3, seeds=4, Ns=(100, 1000, 10000)),
-    "quick": dict(d=10, k=1, T=3, seeds=8, Ns=(100, 300, 1000, 3000, 10000, 30000)),
+    "quick": dict(d=10, k=1, T=3, seeds=16, Ns=(100, 300, 1000, 3000, 10000, 30000)),
     "full": dict(d=10, k=1, T=3, seeds=32, Ns=(100, 300, 1000, 3000, 10000, 30000, 100000)),
 }
 

@@ -17,7 +17,7 @@ exactly (Eckart-Young bias 0), a rank-k adapter generically does not.
 
 Rows:
 
-(a) The hyperbolic family of THEORY.md (k = 1, ``U*_1 = e1``, ``U*_2 = e2``,
+(a) The hyperbolic family of docs/theory.md (k = 1, ``U*_1 = e1``, ``U*_2 = e2``,
     ``u1 = cosh(th) e1 + sinh(th) e2``, ``u2 = sinh(th) e1 + cosh(th) e2``): G = 0 for every th
     (float64 tolerance 1e-12), ``||A_hat(th) - A*||_F`` equals the closed form
     ``sqrt(((cosh 2th - 1)^2 + sinh^2 2th) / 2)`` (A_hat from the library's ``optimal_base``), and
@@ -39,7 +39,15 @@ Rows:
     ``result.data["spurious"]``). At the global minima found, the number of discounted zero modes is
     checked against ``k(2k-1)`` with no further flat direction.
 
-Tolerances are for float64 (looser float32 values apply when x64 is off).
+(d) The landscape module's closed-form gradient and Hessian of G (:mod:`linmeta.landscape`,
+    used by the critical-point finder and the classifier) against automatic differentiation of
+    :func:`linmeta.retrain.population_reduced_objective` at critical points found.
+
+Tolerances (:class:`~linmeta.claims._verdict.Tolerance`): objectives that vanish in exact arithmetic
+to squared rounding (``(10 d eps scale)^2``, the scale being the size of the matrices that cancel),
+distances and derivatives to rounding, the Newton-based rows to Newton's stopping rule (excess
+objective 1e-26, times 2T) or the rounding floor, counts and ranks exactly (numerical rank with
+rtol 1e-8).
 
 Settings: ``tiny`` (tests, a few seconds), ``quick`` (d=8, k=2: ~9 s in ``linmeta verify --quick``),
 ``full`` (Gaussian groups d=10, k=1,2,3 with 32 seeds and 10000 gradient-descent steps; critical

@@ -15,6 +15,11 @@ O(1); (2) the library's Meta-LoRA (Newton) returns ``A_hat = A* + R*_1 - U U^T``
 zero objective and relative base error far above the recovery threshold 1e-6 of C3; (3) the paper's
 alternating protocol ends on the same family, away from A*; (4) SR's ``A* + R*_1`` has zero
 objective.
+
+Tolerances (:class:`~linmeta.claims._verdict.Tolerance`): zero objectives to squared rounding
+``(10 d eps scale)^2`` and identities to rounding ``10 d eps scale / ||A*||``, the scale being
+``||A*|| + ||R*_1|| + ||U U^T||`` (the matrices that cancel); "not recovered" against C3's stated
+recovery threshold 1e-6.
 """
 from __future__ import annotations
 
