@@ -257,7 +257,8 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
     keep = np.min(g["pred_psd"] / neg_sq[..., None])  # over r = 1..d
     rows.append(Verdict(
         CLAIM, "PSD rank-r bias / sum of squared negative eigenvalues (min over r, T, seeds)",
-        ">= 1", float(keep), float("nan"), tol_spec, tol_spec.below(1 - keep), "check", note + "; equality for r >= #positive eigenvalues"))
+        ">= 1", float(keep), float("nan"), tol_spec, tol_spec.below(1 - keep), "check",
+        note + "; equality for r >= #positive eigenvalues; passes when 1 - min < tolerance"))
 
     # --- orthogonal worked case
     o_pred = np.array([theory.orthogonal_case_bias(kk, s, T) for kk, T, s in ortho])
