@@ -212,27 +212,65 @@ def _env(root: Path) -> dict:
     return env
 
 
-def run_verify(root: Path, setting: str, claims: str | None, timeout: int) -> dict:
+def _cpu_ticks(pid: int) -> int | None:
+    """utime + stime of a process (Linux /proc), None when unavailable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _run_watched(cmd, root: Path, timeout: int, stall: int):
+    """Run ``cmd``; kill it after ``timeout`` s, or after ``stall`` s without CPU progress (a
+    deadlocked XLA program sleeps). Returns ``(returncode, stdout, stderr, error)``."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        p = subprocess.Popen(cmd, cwd=root, env=_env(root), stdout=out, stderr=err, text=True)
+        t0 = last_change = time.monotonic()
+        ticks = None
+        error = None
+        try:
+            while p.poll() is None:
+                time.sleep(2)
+                now = time.monotonic()
+                t = _cpu_ticks(p.pid)
+                if t != ticks:
+                    ticks, last_change = t, now
+                if now - t0 > timeout:
+                    error = f"timed out after {timeout} s"
+                elif t is not None and now - last_change > stall:
+                    error = f"stalled (no CPU time for {stall} s)"
+                if error:
+                    p.kill()
+                    break
+        finally:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+        out.seek(0)
+        err.seek(0)
+        return p.returncode, out.read(), err.read(), error
+
+
+def run_verify(root: Path, setting: str, claims: str | None, timeout: int,
+               stall: int = 90) -> dict:
     """``python -m linmeta.verify --<setting> --json --no-figures`` in the copy: failing rows."""
     cmd = [sys.executable, "-m", "linmeta.verify", f"--{setting}", "--json", "--no-figures",
            "--out", str(root / "_verify_out")]
     if claims:
         cmd += ["--claims", claims]
     t0 = time.perf_counter()
+    rc, stdout, stderr, error = _run_watched(cmd, root, timeout, stall)
+    secs = round(time.perf_counter() - t0, 1)
+    if error:
+        return dict(rc=None, failing=[], error=error, seconds=secs)
     try:
-        p = subprocess.run(cmd, cwd=root, env=_env(root), capture_output=True, text=True,
-                           timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return dict(rc=None, failing=[], error=f"timed out after {timeout} s",
-                    seconds=timeout)
-    secs = time.perf_counter() - t0
-    try:
-        data = json.loads(p.stdout)
+        data = json.loads(stdout)
         failing = [f"{v['claim']}: {v['quantity']}" for v in data["verdicts"] if not v["passed"]]
     except (json.JSONDecodeError, KeyError):
-        return dict(rc=p.returncode, failing=[], seconds=round(secs, 1),
-                    error=f"no report (exit {p.returncode}): {p.stderr.strip()[-300:]}")
-    return dict(rc=p.returncode, failing=failing, seconds=round(secs, 1))
+        return dict(rc=rc, failing=[], seconds=secs,
+                    error=f"no report (exit {rc}): {stderr.strip()[-300:]}")
+    return dict(rc=rc, failing=failing, seconds=secs)
 
 
 def run_tests(root: Path, files: list[str], timeout: int) -> dict:
@@ -263,17 +301,18 @@ def _claim_ids(claims: str | None) -> list[str]:
 def verify_rows(root: Path, setting: str, claims: str | None, timeout: int,
                 per_claim: bool) -> dict:
     """The failing rows of ``linmeta verify`` on the copy: one run for all claims, or (default)
-    one run per claim, so that a run that hangs (jaxlib 0.10.2's LAPACK thread-pool deadlock, see
-    the README's known issues) costs one claim's timeout; a run that does not report is repeated
-    once."""
+    one run per claim, so that a run that hangs (jaxlib 0.10.2's batched-LAPACK thread-pool
+    deadlock: the process sleeps with no CPU progress) costs one claim; a run that stalls, times
+    out or crashes is repeated up to twice."""
     groups = [c for c in _claim_ids(claims)] if per_claim else [claims]
     out = dict(rc=0, failing=[], seconds=0.0)
     for g in groups:
         r = run_verify(root, setting, g, timeout)
-        if r.get("error"):
-            first = r["error"]
+        for _ in range(2):  # a run that hung or crashed: up to two more
+            if not r.get("error"):
+                break
+            out.setdefault("retried", []).append(f"{g or 'all'}: {r['error']}")
             r = run_verify(root, setting, g, timeout)
-            out.setdefault("retried", []).append(f"{g or 'all'}: {first}")
         out["failing"] += r["failing"]
         out["seconds"] = round(out["seconds"] + r["seconds"], 1)
         if r.get("error"):
@@ -366,9 +405,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None,
                    help=f"folder for mutation_audit.md/.json (default {DEFAULT_OUT} for a full "
                         "run; --only and --smoke runs write only with --out)")
-    p.add_argument("--timeout", type=int, default=400,
-                   help="seconds per verify run (default 400; a run that times out is repeated "
-                        "once)")
+    p.add_argument("--timeout", type=int, default=600,
+                   help="seconds per verify run (default 600; a run that times out, or stalls 90 s "
+                        "without CPU progress, is repeated up to twice)")
     p.add_argument("--whole", action="store_true",
                    help="one verify run for all claims (default: one run per claim)")
     p.add_argument("--list", action="store_true", help="list the mutants and exit")
