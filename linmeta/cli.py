@@ -164,7 +164,8 @@ def _cmd_run(args) -> int:
 
     file_cfg, truth_path = ({}, None) if args.config is None else load_run_config(
         args.config, check_truth=args.truth is None)
-    user = merge(file_cfg, {k: getattr(args, k, None) for k in _defaults()})
+    user = merge(file_cfg, {k: getattr(args, k, None) for k in _defaults()},
+                 dict(args.set or ()))
     plan = runs.plan(user, truth=args.truth if args.truth is not None else truth_path)
     out = None if args.no_write else (args.out or os.path.join("results", f"run-{plan.id}"))
     record = runs.run(plan, out=out, overwrite=args.overwrite,
@@ -179,6 +180,8 @@ def _cmd_run(args) -> int:
 
 def _print_run_summary(record: dict) -> None:
     cfg, r, th, env = record["config"], record["results"], record["theory"], record["environment"]
+    if cfg.get("protocol", "paper") not in ("paper", "paper_code"):
+        return _print_protocol_summary(record)
     sizes = " ".join(f"{k}={cfg[k]}" for k in ("d", "k", "T", "N", "n", "noise_std", "seed")
                      if k in cfg)
     truth = record["truth"]
@@ -220,6 +223,45 @@ def _print_run_summary(record: dict) -> None:
           f"(compile included)")
     if files:
         print(f"  wrote {files['record']} and {files['trajectories']}")
+
+
+def _print_protocol_summary(record: dict) -> None:
+    """A family protocol's run: its configuration, every scalar result, divergence, files."""
+    cfg, r, env = record["config"], record["results"], record["environment"]
+    print(f"linmeta run {record['id']}: protocol {cfg['protocol']}; {env['dtype']} on "
+          f"{env['device']}")
+    print("  " + _one_line(" ".join(f"{k}={v}" for k, v in cfg.items() if k != "protocol")))
+    width = max((len(k) for k in r), default=10)
+    for key, value in r.items():
+        print(f"  {key:{width}s}  {_fmt(value):>12s}")
+    div = record.get("divergence") or {}
+    if div.get("stages"):
+        print(f"  diverged: {div.get('message')}")
+    files = record.get("files") or {}
+    if record.get("reused"):
+        print(f"  stored in {files.get('record')} (created {record.get('created')}); not "
+              "recomputed: pass --overwrite to run it again")
+        return
+    t = record["timings"]
+    print(f"  time: {t['total_seconds']:.2f} s total, {t['run_batch_seconds']:.2f} s in run_batch "
+          f"(compile included)")
+    if files:
+        print(f"  wrote {files['record']} and {files['trajectories']}")
+
+
+def _key_value(text: str):
+    """``KEY=VALUE`` of ``--set``: the value as TOML reads it (int, float, bool, "string"), else
+    the bare text."""
+    import tomllib
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"--set needs KEY=VALUE, got {text!r}")
+    try:
+        parsed = tomllib.loads(f"v = {value.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value.strip()
+    return key.strip(), parsed
 
 
 # ----------------------------------------------------------------------------- sweep
@@ -290,7 +332,7 @@ def _cmd_sweep(args) -> int:
             for stage in d["stages"]:
                 by_stage[stage] = by_stage.get(stage, 0) + 1
         names = {"ml": "Meta-LoRA retraining", "sr": "standard retraining", "ft": "fine-tuning"}
-        stages = ", ".join(f"{names[s]} {c}" for s, c in by_stage.items())
+        stages = ", ".join(f"{names.get(s, s)} {c}" for s, c in by_stage.items())
         ids = ", ".join(d["id"] for d in diverged[:5]) + (", ..." if len(diverged) > 5 else "")
         print(f"{PROG} sweep: {len(diverged)} of {n} configurations diverged ({stages}; NaN/inf "
               f"or a recorded loss that grew {runs.BLOWUP_FACTOR:g}-fold); they are in the table "
@@ -477,6 +519,9 @@ def build_parser(command: str | None = "verify") -> argparse.ArgumentParser:
                    help="recompute and replace the run stored in --out (default: a folder holding "
                         "the same run is reused, one holding another run is refused)")
     p.add_argument("--json", action="store_true", help="print the run record as JSON")
+    p.add_argument("--set", metavar="KEY=VALUE", action="append", type=_key_value,
+                   help="a configuration key of any protocol, e.g. --set outer_steps=200 "
+                        "(repeatable; overrides --config and the flags)")
     precision(p)
     _add_config_flags(p, with_defaults=defaults)
     p.set_defaults(func=_cmd_run)

@@ -32,6 +32,9 @@ __all__ = ["PARAMETERS", "SPEC_KEYS", "load_file", "load_run_config", "load_swee
 
 # Help text of every configuration key (the values and defaults come from linmeta.sweep.DEFAULTS).
 PARAMETERS: dict[str, tuple[str, str]] = {
+    "protocol": ("choice", "the protocol: 'paper' (clean), 'paper_code' (the official code's SR "
+                 "baseline and fine-tuning starts), or a family's ('bilevel', 'representation'; "
+                 "their keys go in --set KEY=VALUE or --config)"),
     # key: (kind, help)
     "d": ("int", "input = output dimension d (>= 1)"),
     "k": ("int", "rank k of each task shift U*_t U*_t^T (1 <= k <= d)"),
@@ -132,6 +135,21 @@ def merge(*layers: dict | None) -> dict:
     return out
 
 
+def _protocol_keys(*layers: dict) -> list:
+    """Keys allowed in a file: those of the protocol it names (key ``protocol`` in any layer,
+    default ``"paper"``), so a family's file is checked against its own keys."""
+    from . import protocols
+
+    name = next((layer["protocol"] for layer in layers
+                 if isinstance(layer, dict) and isinstance(layer.get("protocol"), str)),
+                protocols.DEFAULT)
+    try:
+        proto = protocols.get(name)
+    except ValueError:
+        return ["protocol"]  # the unknown name is reported by validation, naming the choices
+    return ["protocol", *proto.defaults]
+
+
 def load_run_config(path, *, check_truth: bool = True) -> tuple[dict, str | None]:
     """A run config file: flat keys of DEFAULTS plus an optional ``truth`` path.
 
@@ -139,8 +157,6 @@ def load_run_config(path, *, check_truth: bool = True) -> tuple[dict, str | None
     ``linmeta run --config results/run-x/record.json`` repeats a run; with ``check_truth`` its
     truth file must still have the recorded sha256. Returns (config, truth path).
     """
-    from .sweep import DEFAULTS
-
     data = load_file(path)
     if isinstance(data.get("config"), dict):  # a run record
         truth = data["truth"] if isinstance(data.get("truth"), dict) else {}
@@ -162,7 +178,7 @@ def load_run_config(path, *, check_truth: bool = True) -> tuple[dict, str | None
                 raise ValueError(f"config file {os.fspath(path)!r}: truth must be a path string, "
                                  f"got {truth_path!r}")
             truth_path = resolve_path(truth_path, os.fspath(path))
-    _check_keys(f"config file {os.fspath(path)!r}", data, list(DEFAULTS))
+    _check_keys(f"config file {os.fspath(path)!r}", data, _protocol_keys(data))
     return data, truth_path
 
 
@@ -170,11 +186,10 @@ def load_sweep_spec(path) -> tuple[dict, str | None]:
     """A sweep spec file (see the module docstring). Returns (spec, truth path or None).
 
     The returned spec has ``grid``, ``fixed`` and ``seeds`` (and ``chunk_size``/``name``/
-    ``description`` when given); its keys are checked against DEFAULTS here, its values by
-    :func:`linmeta.sweep.validate_config` when the grid is expanded.
+    ``description`` when given); its keys are checked against the named protocol's keys here
+    (the paper's by default), its values by :func:`linmeta.sweep.validate_config` when the grid
+    is expanded.
     """
-    from .sweep import DEFAULTS
-
     where = f"sweep spec {os.fspath(path)!r}"
     data = load_file(path)
     _check_keys(where, data, SPEC_KEYS)
@@ -182,8 +197,9 @@ def load_sweep_spec(path) -> tuple[dict, str | None]:
     fixed = data.get("fixed", {})
     if not isinstance(grid, dict) or not isinstance(fixed, dict):
         raise ValueError(f"{where}: 'grid' and 'fixed' must be tables of config keys")
-    _check_keys(f"{where} [grid]", grid, list(DEFAULTS))
-    _check_keys(f"{where} [fixed]", fixed, list(DEFAULTS))
+    allowed = _protocol_keys(fixed, grid)
+    _check_keys(f"{where} [grid]", grid, allowed)
+    _check_keys(f"{where} [fixed]", fixed, allowed)
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise ValueError(f"{where}: grid.{key} must be a non-empty list of values, "

@@ -44,6 +44,15 @@ __all__ = ["RunPlan", "plan", "run", "run_id", "write", "load", "diverged_stages
            "BLOWUP_FACTOR"]
 
 STAGES = {"ml": "Meta-LoRA retraining", "sr": "standard retraining", "ft": "fine-tuning"}
+PAPER_PROTOCOLS = ("paper", "paper_code")
+
+
+def _is_paper(cfg: Mapping) -> bool:
+    """True for the paper's protocols (their records carry closed forms and a truth file may be
+    given); other registered protocols (the families') go through :mod:`linmeta.protocols`."""
+    from .protocols import DEFAULT
+
+    return cfg.get("protocol", DEFAULT) in PAPER_PROTOCOLS
 
 
 # ----------------------------------------------------------------------------- truth and ids
@@ -118,12 +127,16 @@ def plan(config: Mapping | None = None, *, truth=None) -> RunPlan:
         raise ValueError(f"config must be a mapping of configuration keys, got "
                          f"{type(config).__name__}")
     user = dict(config or {})
+    if truth is not None and not _is_paper(user):
+        raise ValueError(f"truth: a truth file or arrays are for the paper's protocols "
+                         f"({', '.join(PAPER_PROTOCOLS)}); protocol {user.get('protocol')!r} "
+                         "draws its own from its configuration keys")
     truth_obj, info = truth_source(truth)
     if truth_obj is not None:
         user = config_for_truth(user, truth_obj)
     cfg = validate_config(user)
     if truth_obj is None:
-        info = {"source": "sampled", "truth_seed": cfg["truth_seed"]}
+        info = {"source": "sampled", "truth_seed": cfg.get("truth_seed")}
     dtype = _dtype_name()
     return RunPlan(cfg, truth_obj, info, dtype, run_id(cfg, dtype, info.get("sha256")))
 
@@ -165,8 +178,16 @@ def _stage_curves(cfg: Mapping, result: Mapping) -> dict:
 
 
 def divergence_flags(cfg: Mapping, result: Mapping) -> dict:
-    """``{"ml_diverged", "sr_diverged", "ft_diverged"}``: the engine's NaN/inf flag of each stage,
-    or a blow-up of one of its recorded losses."""
+    """``{"<stage>_diverged": bool}`` per stage of the configuration's protocol: for the paper's
+    ``{"ml_diverged", "sr_diverged", "ft_diverged"}``, the engine's NaN/inf flag of each stage or
+    a blow-up of one of its recorded losses; for another protocol its stages' flags
+    (:func:`linmeta.protocols.diverged_stages`)."""
+    if not _is_paper(cfg):
+        from . import protocols
+
+        bad = set(protocols.diverged_stages(cfg, result))
+        return {f"{st.name}_diverged": st.name in bad
+                for st in protocols.get(cfg["protocol"]).stages}
     out = {}
     for stage, curves in _stage_curves(cfg, result).items():
         out[f"{stage}_diverged"] = bool(result.get(f"{stage}_diverged")) or any(
@@ -178,6 +199,10 @@ def diverged_stages(cfg: Mapping, result: Mapping) -> list[str]:
     """The stages that diverged, causes only, in order: ``"ml"`` (Meta-LoRA retraining), ``"sr"``
     (standard retraining), ``"ft"`` (fine-tuning; not when only the fine-tuning of a diverged SR
     base blew up, which is a consequence)."""
+    if not _is_paper(cfg):
+        from . import protocols
+
+        return protocols.diverged_stages(cfg, result)
     flags = divergence_flags(cfg, result)
     stages = [s for s in ("ml", "sr") if flags[f"{s}_diverged"]]
     ml_ft = _first_bad(_curve(result, "ml_ft_test_loss"), True) >= 0
@@ -213,6 +238,10 @@ def divergence_error(cfg: Mapping, result: Mapping) -> ValueError | None:
     - otherwise a :class:`linmeta.DivergenceError` naming the stage's step size(s), the one
       furthest above its default first.
     """
+    if not _is_paper(cfg):
+        from . import protocols
+
+        return protocols.divergence_error(cfg, result)
     stages = diverged_stages(cfg, result)
     if not stages:
         return None
@@ -292,10 +321,11 @@ def _compute(p: RunPlan, command) -> dict:
     t0 = time.perf_counter()
     result = run_batch([p.config], truth=p.truth)[0]
     t_batch = time.perf_counter() - t0
-    truth = p.truth if p.truth is not None else truth_for(p.config)
     scalars = {k: v for k, v in result.items() if k not in ("trajectories", "seconds")}
     scalars.update(divergence_flags(p.config, result))
-    scalars["theory_sr_base_error"] = _sr_minimiser_error(truth)
+    if _is_paper(p.config):
+        truth = p.truth if p.truth is not None else truth_for(p.config)
+        scalars["theory_sr_base_error"] = _sr_minimiser_error(truth)
     err = divergence_error(p.config, result)
     return {
         "kind": "linmeta.run", "format_version": res.FORMAT_VERSION, "id": p.id,
@@ -482,6 +512,10 @@ def sweep_to_folder(spec, out, *, truth=None, chunk_size: int | None = None,
                                    or chunk_size < 1):
         raise ValueError(f"--chunk-size must be an integer >= 1, got {chunk_size!r}")
     configs = expand_grid({k: spec[k] for k in ("grid", "fixed", "seeds") if k in spec})
+    if truth_obj is not None and not all(_is_paper(c) for c in configs):
+        raise ValueError(f"truth: a truth file is for the paper's protocols "
+                         f"({', '.join(PAPER_PROTOCOLS)}); {where!r} selects another protocol, "
+                         "which draws its own truth from its configuration keys")
     ids = [config_id(c) for c in configs]
     if len(set(ids)) != len(ids):
         raise ValueError(f"{where!r} gives duplicate configurations (a grid list repeats a "
@@ -523,7 +557,8 @@ def sweep_to_folder(spec, out, *, truth=None, chunk_size: int | None = None,
     diverged = []
     for cid in ids:
         row = store.rows.get(cid, {})
-        stages = [c.split("_")[0] for c in FLAG_COLUMNS if row.get(c) is True]
+        stages = [c[:-len("_diverged")] for c in row
+                  if c.endswith("_diverged") and row.get(c) is True]
         if stages:
             diverged.append({"id": cid, "stages": stages})
     return {"out": folder, "planned": len(configs), "computed": len(configs) - n_done,

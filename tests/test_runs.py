@@ -111,3 +111,54 @@ def test_sweep_to_folder_with_a_truth_given_as_arrays(tmp_path):
     other = linmeta.sample_truth(jax.random.key(8), 4, 1, 3)
     with pytest.raises(ValueError, match="different sweep"):
         runs.sweep_to_folder(spec, tmp_path / "s", truth=other)
+
+
+# ----------------------------------------------------------------------------- registered protocols
+def _toy_protocol():
+    """examples/register_protocol.py's toy protocol (gradient descent on 1/2 ||A - A*||^2)."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "examples",
+                        "register_protocol.py")
+    spec = importlib.util.spec_from_file_location("register_protocol_example", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # registers "toy" (replace=True)
+    return module
+
+
+def test_run_and_sweep_reach_a_registered_protocol_by_name(tmp_path, capsys):
+    from linmeta import cli
+
+    _toy_protocol()
+    cfg = {"protocol": "toy", "steps": 30, "lr": 0.2}
+    record = runs.run(cfg, out=tmp_path / "run")
+    engine = linmeta.sweep.run_batch([linmeta.sweep.validate_config(cfg)])[0]
+    assert record["results"]["final_loss"] == engine["final_loss"]
+    assert record["results"]["fit_diverged"] is False and record["theory"] == {}
+    assert record["divergence"] == {"stages": [], "message": None}
+    # the command line: --protocol and --set, a family-style summary
+    assert cli.main(["run", "--protocol", "toy", "--set", "steps=30", "--set", "lr=0.2",
+                     "--no-write", "--no-compile-cache"]) == 0
+    out = capsys.readouterr().out
+    assert "protocol toy" in out and f"{engine['final_loss']:.4g}" in out
+    # a diverging step size: flagged, raised by run, exit 2 on the command line naming lr
+    with pytest.raises(linmeta.DivergenceError, match="lr"):
+        runs.run({"protocol": "toy", "steps": 30, "lr": 2.5})
+    bad = runs.run({"protocol": "toy", "steps": 30, "lr": 2.5}, check_divergence=False)
+    assert bad["results"]["fit_diverged"] is True and bad["divergence"]["stages"] == ["fit"]
+    assert cli.main(["run", "--protocol", "toy", "--set", "lr=2.5", "--no-write"]) == 2
+    assert "lr" in capsys.readouterr().err
+    # keys of another protocol are refused by name; a truth file is for the paper's protocols
+    with pytest.raises(ValueError, match="'outer_steps'"):
+        runs.plan({"protocol": "toy", "outer_steps": 3})
+    with pytest.raises(ValueError, match="truth"):
+        runs.plan({"protocol": "toy"}, truth=linmeta.sample_truth(jax.random.key(0), 4, 1, 3))
+    # a sweep spec that names the protocol: its keys are checked against the protocol's
+    spec = tmp_path / "toy.toml"
+    spec.write_text('seeds = 2\n[fixed]\nprotocol = "toy"\nsteps = 30\n[grid]\nlr = [0.2, 2.5]\n')
+    assert cli.main(["sweep", str(spec), "--out", str(tmp_path / "sw"), "--no-progress"]) == 3
+    manifest, rows = results.load_sweep(tmp_path / "sw")
+    assert len(rows) == 4
+    assert sorted(r["fit_diverged"] for r in rows) == [False, False, True, True]
+    assert "2 of 4 configurations diverged (fit 2" in capsys.readouterr().err
