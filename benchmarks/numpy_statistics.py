@@ -1,13 +1,13 @@
 """The strongest simple baseline: the paper's protocol as a plain NumPy loop over sufficient statistics.
 
 One configuration at a time, written the way a careful NumPy user would: reduce the raw samples
-once to per-task statistics (THEORY.md section 3)
+once to per-task statistics (docs/theory.md#losses)
 
     S_xx,t = X_t^T X_t / N,   S_yx,t = Y_t^T X_t / N          (O(T N d^2), once)
 
 and then run every step on them, O(d^3) per step whatever N:
 
-- Meta-LoRA, the paper's alternating protocol (THEORY.md section 4): per outer iteration
+- Meta-LoRA, the paper's alternating protocol (docs/theory.md#meta-lora): per outer iteration
   ``inner_steps`` adapter steps ``U_t <- U_t - lr_adapter (G_t + G_t^T) U_t`` with
   ``G_t = (A + U_t U_t^T) S_xx,t - S_yx,t``, then one base step ``A <- A - lr_base mean_t G_t``;
 - standard retraining: ``A <- A - sr_lr mean_t (A S_xx,t - S_yx,t)``;

@@ -1,6 +1,7 @@
 """Benchmark: the paper's synthetic T sweep end to end, linmeta against the strongest simple baseline.
 
-The protocol (THEORY.md section 6, :mod:`linmeta.paper`): d=10, k=1, N=5000, n=100, T in {2,3,5},
+The protocol (docs/theory.md#protocol, :mod:`linmeta.paper`): d=10, k=1, N=5000, n=100,
+T in {2,3,5},
 5 runs; Meta-LoRA by 3000 outer iterations of 10 adapter steps + 1 base step; SR by 3000 gradient
 steps; 10000 fine-tuning steps for each base (rank k, 3k at T = 2); noise std 0.01 (the paper's
 sigma^2); float64 everywhere; the same configurations and the same data on every side.

@@ -1,4 +1,4 @@
-"""The paper's synthetic linear experiment (THEORY.md section 6): five one-at-a-time sweeps.
+"""The paper's synthetic linear experiment (docs/theory.md#protocol): five one-at-a-time sweeps.
 
 Defaults d=10, T=3, N=5000, n=100, k=1; one parameter varies at a time: T in {2,3,5}, k in {1,2,3},
 d in {5,10,20}, N in {100,1000,10000}, n in {100,1000,10000}. Each run follows the protocol of

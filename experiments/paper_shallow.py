@@ -1,4 +1,5 @@
-"""The paper's shallow-network experiment, T sweep (THEORY.md section 6; :mod:`linmeta.shallow`).
+"""The paper's shallow-network experiment, T sweep (docs/theory.md#protocol;
+:mod:`linmeta.shallow`).
 
 Task t: ``y = c*^T sigmoid((A* + U*_t U*_t^T) x) + eps``. Meta-LoRA retraining (shared ``A, c`` plus
 one low-rank adapter per task) against standard retraining (one ``A, c``), both with full-batch AdamW

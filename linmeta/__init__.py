@@ -3,7 +3,7 @@
 Data flows one way: ground truth (:mod:`linmeta.problem`) -> task statistics (:mod:`linmeta.data`,
 population or finite samples) -> retraining (:mod:`linmeta.retrain`: standard or Meta-LoRA) ->
 fine-tuning (:mod:`linmeta.finetune`) -> metrics (:mod:`linmeta.metrics`) beside the closed forms of
-:mod:`linmeta.theory`. See THEORY.md for the claims C1-C8.
+:mod:`linmeta.theory`. See docs/theory.md for the claims C1-C8.
 
 Example::
 

@@ -9,7 +9,8 @@ Each command parses its arguments, calls one library function and prints what it
   one compiled program per chunk of configurations of one shape (:mod:`linmeta.sweep`), a progress
   bar on stderr, results written as it goes; started again on the same folder it skips finished
   work.
-- ``verify``: the claim checks of THEORY.md (:mod:`linmeta.verify`).
+- ``verify``: the claim checks of docs/theory.md, docs/bilevel.md and docs/representation.md
+  (:mod:`linmeta.verify`).
 - ``plot``: :func:`linmeta.plotting.plot_results`, figures from a stored run or sweep folder,
   without recomputing.
 - ``theory``: :func:`linmeta.report.theory`, the closed forms of :mod:`linmeta.theory` for one
@@ -256,7 +257,7 @@ def _key_value(text: str):
 
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
-        raise argparse.ArgumentTypeError(f"--set needs KEY=VALUE, got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be KEY=VALUE, got {text!r}")
     try:
         parsed = tomllib.loads(f"v = {value.strip()}")["v"]
     except tomllib.TOMLDecodeError:
@@ -549,7 +550,8 @@ def build_parser(command: str | None = "verify") -> argparse.ArgumentParser:
 
     # verify
     p = sub.add_parser("verify", help="check every claim of the theory (C1-C8)",
-                       description="Run the claim checks of THEORY.md and print one row per "
+                       description="Run the claim checks of docs/theory.md, docs/bilevel.md and "
+                                   "docs/representation.md and print one row per "
                                    "claim; exit code 1 if a claim fails.",
                        epilog=_VERIFY_EPILOG, formatter_class=_FMT, allow_abbrev=False)
     verify = _verify_module() if command == "verify" else None

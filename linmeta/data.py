@@ -1,4 +1,4 @@
-"""Task data as sufficient statistics (THEORY.md sections 2-3; DESIGN.md "one idea carries the core").
+"""Task data as sufficient statistics (docs/theory.md#model and #losses).
 
 The empirical loss of task t, ``L_t(M) = 1/(2N) sum_i ||y_i - M x_i||^2``, depends on the data only
 through

@@ -1,4 +1,5 @@
-"""Fine-tuning a frozen base on unseen tasks with an asymmetric rank-r adapter (THEORY.md section 4, C2, C6).
+"""Fine-tuning a frozen base on unseen tasks with an asymmetric rank-r adapter
+(docs/theory.md#fine-tuning, C2, C6).
 
 The base ``A_hat`` is frozen; task j learns ``M_j = A_hat + U_j V_j^T`` (U_j, V_j of shape d x r) from its
 statistics (n samples, or the population).

@@ -1,4 +1,4 @@
-"""Low-rank adapters (THEORY.md section 4).
+"""Low-rank adapters (docs/theory.md#meta-lora).
 
 - Symmetric adapter (retraining): ``Delta = U U^T``, U of shape (..., d, r); PSD, rank <= r.
 - Asymmetric adapter (fine-tuning): ``Delta = U V^T``, U, V of shape (..., d, r); rank <= r.

@@ -1,4 +1,4 @@
-"""Quadratic task losses on sufficient statistics (THEORY.md section 3).
+"""Quadratic task losses on sufficient statistics (docs/theory.md#losses).
 
 For task t with statistics (S_xx, S_yx, S_yy) (see :mod:`linmeta.data`):
 

@@ -1,4 +1,4 @@
-"""The paper's synthetic linear protocol for one configuration (THEORY.md sections 4 and 6).
+"""The paper's synthetic linear protocol for one configuration (docs/theory.md, methods and protocol).
 
 One run, as in the paper's code (``jacob-block/peft-ml``, folder ``linear/``):
 

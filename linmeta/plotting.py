@@ -1,6 +1,6 @@
 """Figures from stored results (``linmeta plot``); reads files only, never recomputes.
 
-The figure conventions are the paper's (THEORY.md section 6): fine-tuning test loss against
+The figure conventions are the paper's (docs/theory.md#protocol): fine-tuning test loss against
 iteration on a log scale, Meta-LoRA beside standard retraining (SR), a mean line with a min-max band
 over seeds (runs). From a sweep folder (:mod:`linmeta.results` layout):
 

@@ -1,4 +1,4 @@
-"""Ground truth of the multitask linear model (THEORY.md section 2).
+"""Ground truth of the multitask linear model (docs/theory.md#model).
 
 A :class:`Truth` holds the shared matrix ``A*`` (d x d), the retraining tasks' low-rank factors
 ``U*_t`` (T x d x k) and the factors of unseen tasks ``U_new`` (m x d x k). Task ``t`` has parameter
@@ -222,7 +222,7 @@ def _draw_in_float64(kind: str, key, dt, scale, sizes: tuple, shapes) -> tuple:
 
 def sample_truth(key, d, k, T, *, n_unseen: int = 1, symmetric: bool = True, a_scale=1.0,
                  dtype=None) -> Truth:
-    """The paper's Gaussian ground truth (THEORY.md section 2).
+    """The paper's Gaussian ground truth (docs/theory.md#model).
 
     ``A*`` has i.i.d. N(0, a_scale^2) entries, symmetrised ``(A* + A*^T)/2`` when ``symmetric``;
     ``U*_t`` (T of them) and ``U_new`` (``n_unseen`` of them) have i.i.d. N(0, 1) entries.

@@ -1,5 +1,5 @@
-"""Protocols: named, registered values that :mod:`linmeta.sweep` runs (DESIGN.md "A protocol is a
-value, the sweep is generic").
+"""Protocols: named, registered values that :mod:`linmeta.sweep` runs (a protocol is a value; the
+sweep is generic).
 
 A protocol is what one configuration (a flat dict of keys) computes, as a pure function
 
@@ -559,6 +559,7 @@ _PAPER_INT = {"d": (1, None), "k": (1, "d"), "T": (1, None), "seed": (0, SEED_MA
               "record_every": (1, None)}
 _PAPER_POSITIVE = ("lr_adapter", "lr_base", "sr_lr", "ft_lr", "init_scale")
 _PAPER_CHOICES = {"ml_solver": ("alternating", "newton"), "sampler": ("raw", "wishart")}
+NOISE_STD_MAX = 1e150          # its square (the noise variance, in the closed forms) stays finite
 _PAPER_HYPER = ("noise_std", "lr_adapter", "lr_base", "sr_lr", "ft_lr", "init_scale")
 _NEWTON_MAX_ITER = 200        # linmeta.meta_lora's default for method="newton"
 SAMPLE_BYTES = 64 * 2 ** 20   # temporary memory of the data draws per device (raw sampler)
@@ -581,7 +582,7 @@ def _paper_validate(cfg: Mapping) -> dict:
         res[key] = _as_int(key, out[key], lo, hi, res)
     for key in ("N", "n"):
         res[key] = _as_count(key, out[key])
-    res["noise_std"] = _as_float("noise_std", out["noise_std"])
+    res["noise_std"] = _as_float("noise_std", out["noise_std"], hi=NOISE_STD_MAX)
     for key in _PAPER_POSITIVE:
         res[key] = _as_float(key, out[key], open_lo=True)
     for key, choices in _PAPER_CHOICES.items():

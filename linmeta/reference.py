@@ -5,7 +5,7 @@ so agreement with them is an independent check, and they are the baseline of
 ``benchmarks/paper_protocol.py``. Conventions: ``X``, ``Y`` of shape (T, N, d), samples as rows,
 ``Y = X M^T + noise``; loss of task t is ``1/(2N) sum_i ||y_i - M x_i||^2``.
 
-- :func:`alternating_protocol`: the paper's Meta-LoRA protocol (THEORY.md section 4), per outer
+- :func:`alternating_protocol`: the paper's Meta-LoRA protocol (docs/theory.md#meta-lora), per outer
   iteration ``inner_steps`` adapter steps ``U_t -= lr_adapter (G_t + G_t^T) U_t`` then one base step
   ``A -= lr_base mean_t G_t``, with ``G_t = (1/N) sum_i ((A + U_t U_t^T) x_i - y_i) x_i^T``.
 - :func:`standard_gd`: gradient descent on the pooled samples.

@@ -1,4 +1,5 @@
-"""Closed-form predictions for one ground truth (``linmeta theory``): claims C1-C6 of THEORY.md.
+"""Closed-form predictions for one ground truth (``linmeta theory``): claims C1-C6 of
+docs/theory.md.
 
 For a truth ``(A*, U*_1..U*_T, U_new)`` and an adapter rank r, from the truth alone (no training):
 

@@ -1,5 +1,5 @@
-"""The paper's shallow-network experiment (THEORY.md section 6): Meta-LoRA vs standard retraining
-when the task model is a two-layer network, trained with AdamW (optax).
+"""The paper's shallow-network experiment (docs/theory.md#protocol): Meta-LoRA vs standard
+retraining when the task model is a two-layer network, trained with AdamW (optax).
 
 Source: the paper's code, github.com/jacob-block/peft-ml, folder ``shallow/`` (``run_vary_T.py``,
 ``utils.py``, ``make_plot.py``). This module follows that code; where it departs, it says so.
@@ -19,7 +19,7 @@ errors, no 1/2). Both ``A`` and ``c`` are learned in retraining and frozen in fi
 - Meta-LoRA: minimise ``sum_t MSE_t(A + Delta_t, c)`` jointly over ``(A, c, Delta_1..Delta_T)``;
   the adapters are discarded afterwards. ``retrain_adapter="asymmetric"`` (the paper's *code*):
   ``Delta_t = B_t C_t^T`` with ``B_t = 0`` and ``C_t`` PyTorch-default uniform at the start (LoRA's
-  initialisation). ``retrain_adapter="symmetric"`` (the paper's *text* and THEORY.md):
+  initialisation). ``retrain_adapter="symmetric"`` (the paper's *text* and docs/theory.md):
   ``Delta_t = U_t U_t^T`` with ``U_t ~ Uniform(-1/sqrt(d), 1/sqrt(d))`` (a zero start would never
   move).
 - Fine-tuning on the unseen task: ``f(A_hat + B C^T, c_hat)`` with rank r (r = k, and r = 3k as well

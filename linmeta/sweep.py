@@ -2,8 +2,8 @@
 
 A configuration is a flat dict; its key ``protocol`` names a registered protocol
 (:mod:`linmeta.protocols`; default ``"paper"``, the paper's protocol of :mod:`linmeta.paper`,
-THEORY.md sections 4 and 6, claims C2-C7; ``"paper_code"`` is the same with the official code's
-SR baseline and fine-tuning starts). :data:`DEFAULTS` lists the keys of the default protocol. One
+docs/theory.md, methods and protocol, claims C2-C7; ``"paper_code"`` is the same with the
+official code's SR baseline and fine-tuning starts). :data:`DEFAULTS` lists the keys of the default protocol. One
 paper configuration samples the truth (from ``truth_seed``), draws N retraining samples per task
 (from ``seed``), retrains with Meta-LoRA and with standard retraining, fine-tunes both bases on the
 unseen task on the same n samples, and records strided trajectories.
@@ -58,7 +58,9 @@ configurations, and call, before anything else touches JAX::
 ``run_batch`` then builds the global input arrays with ``jax.make_array_from_callback`` (each host
 fills only its own shards), runs one SPMD program over the global mesh and gathers the results on
 every host with ``multihost_utils.process_allgather``; write results from ``jax.process_index() ==
-0`` only. (Tested here only with simulated CPU devices in one process.)
+0`` only. Tested with two processes on one machine (``tests/test_multiprocess.py``: two
+``jax.distributed`` processes over the gloo CPU collectives give the numbers of one process, bit for
+bit); not tested on several physical hosts.
 
 Random streams: see :mod:`linmeta.paper` (``truth_for_seed``, ``run_keys``, ``code_keys``). The
 noise level ``noise_std`` is the standard deviation of the noise actually drawn; the paper's code

@@ -464,6 +464,8 @@ def test_python_m_linmeta_and_console_script_smoke(tmp_path):
     (["--n", -1], "n"),              # n < 1 (0 and inf mean the population)
     (["--d", 0], "d"),
     (["--ml-solver", "sgd"], "ml_solver"),  # unknown method
+    (["--noise-std", "1e200"], "noise_std"),  # its square would overflow the closed forms
+    (["--set", "outer_steps"], "--set"),      # not KEY=VALUE
 ])
 def test_bad_sizes_and_methods_exit_2_with_one_line(tmp_path, capsys, flags, names):
     out_dir = tmp_path / "never"

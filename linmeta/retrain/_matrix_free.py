@@ -1,4 +1,5 @@
-"""Matrix-free Meta-LoRA solver: L-BFGS on the reduced objective (THEORY.md section 4, claim C3).
+"""Matrix-free Meta-LoRA solver: L-BFGS on the reduced objective (docs/theory.md#meta-lora,
+claim C3).
 
 The unknowns are the adapters U (T x d x r); the base is eliminated, ``A = A(U)`` (see
 :mod:`linmeta.retrain.meta_lora`), and the reduced excess objective

@@ -1,4 +1,4 @@
-"""Meta-LoRA (LoRA-ML) retraining, THEORY.md section 4 and claims C3-C5.
+"""Meta-LoRA (LoRA-ML) retraining, docs/theory.md#meta-lora and claims C3-C5.
 
 Joint objective over a shared base A and per-task symmetric adapters U_t (d x r):
 

@@ -1,4 +1,4 @@
-"""Standard retraining (SR), THEORY.md section 4 and claim C1.
+"""Standard retraining (SR), docs/theory.md#standard-retraining and claim C1.
 
 SR fits all T tasks with one matrix: ``min_A sum_t L_t(A)``. On statistics the minimiser is pooled
 least squares,
