@@ -288,5 +288,8 @@ if __name__ == "__main__":
     parser.add_argument("--setting", choices=tuple(SETTINGS), default="full")
     parser.add_argument("--out", default="figures")
     parser.add_argument("--seed", type=int, default=0)
+    from linmeta import compile_cache
+    compile_cache.add_argument(parser)
     args = parser.parse_args()
+    compile_cache.enable_from_args(args)
     _print(main(args.setting, args.out, args.seed))

@@ -287,7 +287,10 @@ def _cli(argv=None):
                         "and fine-tuning starts); the T panel shows both")
     p.add_argument("--truth-seed", type=int, default=0, help="seed of the ground truth")
     p.add_argument("--float32", action="store_true", help="run in float32 (default float64)")
+    from linmeta import compile_cache
+    compile_cache.add_argument(p)
     a = p.parse_args(argv)
+    compile_cache.enable_from_args(a)
     import jax
     jax.config.update("jax_enable_x64", not a.float32)
     main(a.setting, a.out, tuple(a.which), a.truth_seed, a.protocol)

@@ -198,7 +198,10 @@ if __name__ == "__main__":
                         default="asymmetric")
     parser.add_argument("--Ts", type=int, nargs="+", help="task counts (default: the setting's)")
     parser.add_argument("--json", help="also write the summary rows to this JSON file")
+    from linmeta import compile_cache
+    compile_cache.add_argument(parser)
     args = parser.parse_args()
+    compile_cache.enable_from_args(args)
     s = main(args.setting, args.out, args.seed, args.retrain_adapter, args.Ts)
     _print(s)
     if args.json:

@@ -302,7 +302,10 @@ def _cli(argv=None):
     p.add_argument("--setting", choices=tuple(SETTINGS), default="full")
     p.add_argument("--out", default="figures", help="output folder (default: figures)")
     p.add_argument("--seed", type=int, default=0, help="first run seed")
+    from linmeta import compile_cache
+    compile_cache.add_argument(p)
     a = p.parse_args(argv)
+    compile_cache.enable_from_args(a)
     import jax
     jax.config.update("jax_enable_x64", True)
     main(a.setting, a.out, a.seed)

@@ -461,8 +461,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m linmeta.verify",
                                      description="Check every claim of the theory (C1-C8), "
                                                  "print one row per claim, write REPORT.md.")
+    from . import compile_cache
+
     add_arguments(parser)
+    compile_cache.add_argument(parser)
     args = parser.parse_args(argv)
+    compile_cache.enable_from_args(args)
     try:
         return run_from_args(args)
     except ValueError as e:

@@ -174,11 +174,15 @@ def experiment_cli(main, doc: str, argv=None):
     """``--setting {tiny,quick,full}`` (default full), ``--out`` (default figures), ``--seed``."""
     import argparse
 
+    from linmeta import compile_cache
+
     p = argparse.ArgumentParser(description=(doc or "").strip().splitlines()[0])
     p.add_argument("--setting", choices=("tiny", "quick", "full"), default="full")
     p.add_argument("--out", default="figures", help="figure folder (default: figures)")
     p.add_argument("--seed", type=int, default=0)
+    compile_cache.add_argument(p)
     a = p.parse_args(argv)
+    compile_cache.enable_from_args(a)
     rows = main(setting=a.setting, out_dir=a.out, seed=a.seed)
     return 0 if all(v.passed for v in rows) else 1
 
