@@ -706,9 +706,13 @@ def draw_map(record):
         f"cell{'s' if len(cells) > 1 else ''}, {cfg['truths']} truths x "
         f"{cfg['starts_per_truth']} starts at scales {', '.join(f'{s:g}' for s in cfg['scales'])} "
         "per cell and method; blue step: 3k = d, cells above it have 3k <= d)", 70 + 45 * ncol)
-    height = 1.0 + (0.24 * len(ds) + 0.6 + 0.15 * lines) * nrow
+    row_height = 0.24 * len(ds) + 0.6 + 0.15 * lines
+    # the top margin (inches) holds the suptitle's lines, then panel (a)'s title, which sits
+    # 0.12 of an axes height above its axes, its lines stacked upwards
+    margin = 0.25 + 0.17 * (suptitle.count("\n") + 1) + 0.12 * row_height + 0.15 * lines + 0.1
+    height = margin + 0.4 + row_height * nrow
     fig = plt.figure(figsize=(2.2 * ncol + 4.6, height))
-    top = 1 - (0.5 + 0.18 * suptitle.count("\n") + 0.15 * lines) / height
+    top = 1 - margin / height
     gs = fig.add_gridspec(nrow, ncol + 1, width_ratios=[1] * ncol + [1.9],
                           hspace=0.3 + 0.2 * lines, wspace=0.45, left=0.06, right=0.98,
                           bottom=0.05, top=top)
@@ -768,7 +772,7 @@ def draw_map(record):
                                                                   " (none found)"), fontsize=8)
     ax.legend(fontsize=6, loc="lower left")
     ax.grid(True, alpha=0.3)
-    fig.suptitle(suptitle, fontsize=9)
+    fig.suptitle(suptitle, fontsize=9, y=1 - 0.12 / height, va="top")
     return fig
 
 
