@@ -18,11 +18,13 @@ with :mod:`pickle` (as JAX's own cache holds executables).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
 import pickle
 import platform
+import threading
 import zlib
 from typing import Any, Callable
 
@@ -97,6 +99,55 @@ def _in_package(fns) -> bool:
     return True
 
 
+_HITS = threading.local()
+
+
+def _count_hit(event, **kwargs):
+    if event == "/jax/compilation_cache/cache_hits":
+        _HITS.n = getattr(_HITS, "n", 0) + 1
+
+
+jax.monitoring.register_event_listener(_count_hit)
+
+
+@contextlib.contextmanager
+def _jax_cache_bypassed():
+    """JAX's persistent compilation cache unused inside the block (JAX has no public switch once
+    its cache is initialised; this sets its private flag and restores it). Yields False when that
+    flag does not exist in this JAX version."""
+    try:
+        from jax._src import compilation_cache as cc
+
+        lock, _ = cc._cache_initialized_mutex, cc._cache_used
+    except (ImportError, AttributeError):
+        yield False
+        return
+    cc.is_cache_used(jax.devices()[0].client)  # initialise the flags before changing them
+    with lock:
+        old = cc._cache_used
+        cc._cache_used = False
+    try:
+        yield True
+    finally:
+        with lock:
+            cc._cache_used = old
+
+
+def _compiled_here(lower: Callable[[], Any], options: dict):
+    """``lower().compile(options)`` compiled by XLA in this process without JAX's persistent
+    cache, or None when that cache cannot be bypassed (or answered anyway). With jax 0.10 an
+    XLA:CPU executable that JAX read from its cache, or compiled after reading the same program
+    from it in this process, serializes without some of its functions (the next process fails
+    with "Function ... not found"; tested in tests/test_compile_cache.py). A code change of
+    linmeta changes this store's key but not the program's HLO, so JAX's cache would answer."""
+    with _jax_cache_bypassed() as bypassed:
+        if not bypassed:
+            return None
+        _HITS.n = 0
+        exe = lower().compile(options)
+    return exe if _HITS.n == 0 else None
+
+
 def load_or_compile(description: Any, devices, lower: Callable[[], Any], options: dict,
                     code: tuple = ()) -> tuple[Any, bool]:
     """The compiled program: from the store when an entry for ``description`` exists, else
@@ -118,7 +169,9 @@ def load_or_compile(description: Any, devices, lower: Callable[[], Any], options
             pass
         except Exception:  # unreadable or incompatible entry: compile again and replace it
             pass
-        exe = lower().compile(options)
+        exe = _compiled_here(lower, options)
+        if exe is None:  # JAX's cache answered and could not be bypassed: usable, not stored
+            return lower().compile(options), False
         try:
             from jax.experimental import serialize_executable
 

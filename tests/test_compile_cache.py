@@ -132,3 +132,30 @@ def test_flag_turns_it_off_without_touching_jax():
     assert jax.config.jax_compilation_cache_dir == before
     assert compile_cache.enabled_dir() is None
     assert p.parse_args([]).no_compile_cache is False
+
+
+def test_stored_programs_run_after_a_code_change(tmp_path):
+    # A code change of linmeta gives new program-store keys while JAX's own cache still holds the
+    # programs (same HLO). The program then stored must be one XLA compiled in that process: with
+    # jax 0.10 a copy read from JAX's cache serializes without some of its functions, and the
+    # next process failed with "Function ... not found". Simulated by deleting the store.
+    import shutil
+
+    from linmeta import program_cache
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("LINMETA_NO_CACHE", "LINMETA_CACHE_DIR", "JAX_COMPILATION_CACHE_DIR")}
+    env.update(JAX_PLATFORMS="cpu", LINMETA_CACHE_DIR=str(tmp_path / "cache"),
+               PYTHONPATH=ROOT + os.pathsep + env.get("PYTHONPATH", ""))
+    cmd = [sys.executable, "-m", "linmeta", "run", "--no-write", "--json", "--d", "4",
+           "--outer-steps", "5", "--inner-steps", "1", "--sr-steps", "5", "--ft-steps", "5",
+           "--N", "20", "--n", "20"]
+    losses = []
+    for i in range(3):
+        if i == 1:
+            shutil.rmtree(tmp_path / "cache" / program_cache.FOLDER_NAME)
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        losses.append(json.loads(proc.stdout)["results"]["ml_ft_test_loss"])
+    assert os.listdir(tmp_path / "cache" / program_cache.FOLDER_NAME)
+    assert losses[0] == losses[1] == losses[2]
