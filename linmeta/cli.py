@@ -211,6 +211,11 @@ def _print_run_summary(record: dict) -> None:
         if "theory_ft_error" in th:
             print(f"    C6 LoRA fine-tuning error sigma^2 dof / n:       "
                   f"{_fmt(th['theory_ft_error']):>10s}   (vs Meta-LoRA excess risk)")
+    _print_run_end(record)
+
+
+def _print_run_end(record: dict) -> None:
+    """The last lines of a run summary: divergence, where it is stored, time, files."""
     div = record.get("divergence") or {}
     if div.get("stages"):
         print(f"  diverged: {div.get('message')}")
@@ -235,19 +240,7 @@ def _print_protocol_summary(record: dict) -> None:
     width = max((len(k) for k in r), default=10)
     for key, value in r.items():
         print(f"  {key:{width}s}  {_fmt(value):>12s}")
-    div = record.get("divergence") or {}
-    if div.get("stages"):
-        print(f"  diverged: {div.get('message')}")
-    files = record.get("files") or {}
-    if record.get("reused"):
-        print(f"  stored in {files.get('record')} (created {record.get('created')}); not "
-              "recomputed: pass --overwrite to run it again")
-        return
-    t = record["timings"]
-    print(f"  time: {t['total_seconds']:.2f} s total, {t['run_batch_seconds']:.2f} s in run_batch "
-          f"(compile included)")
-    if files:
-        print(f"  wrote {files['record']} and {files['trajectories']}")
+    _print_run_end(record)
 
 
 def _key_value(text: str):
