@@ -237,12 +237,12 @@ def bench_devices(base: dict, B: int, x64: bool, in_process: bool = False) -> di
     return out
 
 
-_MEMORY_CHILD = r"""
+# the children's own peak memory: VmHWM, this process's peak resident set (ru_maxrss would also
+# carry the parent's peak, which Linux hands down through fork and exec)
+_PEAK_KIB = r"""
 import json, resource, sys, time
 
 def peak_kib():
-    # VmHWM: this process's own peak resident set (ru_maxrss would also carry the parent's peak,
-    # which Linux hands down through fork and exec)
     try:
         with open("/proc/self/status") as f:
             for line in f:
@@ -251,7 +251,9 @@ def peak_kib():
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+"""
 
+_MEMORY_CHILD = _PEAK_KIB + r"""
 import jax
 jax.config.update("jax_enable_x64", sys.argv[3] == "64")
 sys.path.insert(0, sys.argv[4])
@@ -300,20 +302,7 @@ def bench_memory(base: dict, n: int, x64: bool, in_process: bool = False) -> dic
     return out
 
 
-_RECOVERY_CHILD = r"""
-import json, sys, time
-
-def peak_kib():
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
+_RECOVERY_CHILD = _PEAK_KIB + r"""
 import jax
 jax.config.update("jax_enable_x64", sys.argv[5] == "64")
 sys.path.insert(0, sys.argv[6])
