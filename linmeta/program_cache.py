@@ -99,6 +99,19 @@ def _in_package(fns) -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=1)
+def _lapack_ready() -> None:
+    """Lower (not compile) a tiny SVD once: that initialises jaxlib's CPU LAPACK kernels. A stored
+    program that calls LAPACK, loaded into a process that has lowered no LAPACK call yet, would
+    call uninitialised kernels (a segmentation fault; ``jax.export`` initialises them before it
+    runs a deserialised program, for the same reason)."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    jax.jit(jnp.linalg.svd, static_argnames=("full_matrices", "compute_uv")).lower(
+        np.zeros((2, 2), np.float32), compute_uv=False)
+
+
 _HITS = threading.local()
 
 
@@ -161,6 +174,8 @@ def load_or_compile(description: Any, devices, lower: Callable[[], Any], options
             with open(path, "rb") as f:
                 payload, in_tree, out_tree = pickle.loads(zlib.decompress(f.read()))
             from jax.experimental import serialize_executable
+            if devices[0].platform == "cpu":
+                _lapack_ready()
             exe = serialize_executable.deserialize_and_load(
                 payload, in_tree, out_tree, backend=devices[0].client,
                 execution_devices=list(devices))
