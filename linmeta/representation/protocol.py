@@ -1,0 +1,252 @@
+"""The shared-representation protocol for one configuration (jit/vmap-able; claims R1-R7).
+
+One run, given a :class:`~linmeta.representation.RepTruth` (source tasks and ``n_target`` target
+tasks):
+
+1. Source statistics: population (``Shape.n`` None) or n samples per task
+   (:func:`linmeta.representation.samples_from_betas` on ``keys.source``), noise ``noise_std``.
+2. Training, each from the same random orthonormal start (``keys.init``; ANIL's scaled by
+   ``init_scale / sqrt(alpha)``): FrozenRep (``frozen_steps`` alternating steps of size
+   ``frozen_lr``), FedRep (``fedrep_steps`` steps of size ``eta``), ANIL (``anil_steps`` outer
+   steps, ``alpha``/``beta``, w0 = 0), AdaptRep (``adapt_steps`` outer steps, ``adapt_inner``
+   inner updates, ``adapt_lr``, ``lam``/``gamma``; ``n_starts`` starts, the first the common one,
+   best objective kept). The updates are :mod:`linmeta.representation.methods`' step functions
+   driven by :func:`linmeta.retrain.run_steps`.
+3. Targets: m fresh samples of each target task (``keys.target``); fine-tuning of FrozenRep's B
+   (head only, and head and representation), AdaptRep's B (head and representation, and head
+   only), ANIL's B (head only), and least squares from scratch; AdaptRep-style fine-tuning uses
+   ``target_lam``/``target_gamma`` and ``target_steps`` updates.
+4. Record: subspace distances to B* (sine of the largest principal angle, ``||sin Theta||_F^2``),
+   objectives, ``||alpha B^T B - I||_2`` for ANIL, target excess risks (mean over target tasks),
+   closed forms beside them (:mod:`linmeta.representation.theory`: the frozen floor and the
+   frozen target risk of FrozenRep's B, the scratch risk, the late rates), divergence flags and
+   the distance trajectories.
+
+Random streams: ``run_keys(seed)`` folds :data:`RUN_STREAM` into ``jax.random.key(seed)`` and
+splits it into ``(source, target, init)``.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from .. import metrics
+from ..data import task_statistics
+from ..divergence import divergence_index
+from ..retrain._common import run_steps
+from . import theory
+from .methods import (adaptrep_inner, adaptrep_objective, adaptrep_step, alternating_step,
+                      anil_objective, anil_step, frozen_heads, frozen_objective, orthonormalise)
+from .target import head_and_representation_fit, head_only_fit, scratch_fit, target_excess_risk
+from .tasks import population_from_betas, samples_from_betas
+from .truth import RepTruth, orthonormal_columns
+
+__all__ = ["Shape", "Hyper", "RunKeys", "Outcome", "RUN_STREAM", "run_keys", "default_hyper",
+           "run_protocol", "METHODS"]
+
+RUN_STREAM = 0x4E7  # folded into the run key (keeps seed == truth seed from reusing a stream)
+METHODS = ("frozen_rep", "fedrep", "anil", "adapt_rep")
+
+
+class Shape(NamedTuple):
+    """Static part of a configuration (sizes and loop lengths); ``n`` None = population source."""
+
+    d: int
+    k: int
+    T: int
+    n: int | None
+    m: int
+    n_target: int
+    frozen_steps: int = 300
+    fedrep_steps: int = 300
+    anil_steps: int = 600
+    adapt_steps: int = 600
+    adapt_inner: int = 5
+    n_starts: int = 1
+    target_steps: int = 50
+    record_every: int = 10
+
+
+class Hyper(NamedTuple):
+    """Traced part of a configuration (arrays; one value per run when batched)."""
+
+    noise_std: jax.Array
+    frozen_lr: jax.Array
+    eta: jax.Array
+    alpha: jax.Array
+    beta: jax.Array
+    adapt_lr: jax.Array
+    lam: jax.Array
+    gamma: jax.Array
+    target_lam: jax.Array
+    target_gamma: jax.Array
+    init_scale: jax.Array
+
+
+def default_hyper(dtype=None, **overrides) -> Hyper:
+    """Defaults: noise 0.5, FrozenRep/FedRep/AdaptRep steps 0.5, ANIL alpha 0.5 and beta 0.2,
+    AdaptRep lam 0.1, gamma 0.01, target lam 10, gamma 1e-3, ANIL init scale 0.5."""
+    dt = jnp.asarray(0.0).dtype if dtype is None else dtype
+    vals = dict(noise_std=0.5, frozen_lr=0.5, eta=0.5, alpha=0.5, beta=0.2, adapt_lr=0.5,
+                lam=0.1, gamma=0.01, target_lam=10.0, target_gamma=1e-3, init_scale=0.5)
+    unknown = set(overrides) - set(vals)
+    if unknown:
+        raise ValueError(f"unknown hyperparameter(s) {', '.join(sorted(unknown))}; allowed: "
+                         f"{', '.join(vals)}")
+    vals.update(overrides)
+    return Hyper(**{k: jnp.asarray(v, dt) for k, v in vals.items()})
+
+
+class RunKeys(NamedTuple):
+    source: jax.Array
+    target: jax.Array
+    init: jax.Array
+
+
+def run_keys(seed) -> RunKeys:
+    """The three independent streams of a run: source data, target data, initialisation."""
+    return RunKeys(*jax.random.split(jax.random.fold_in(jax.random.key(seed), RUN_STREAM), 3))
+
+
+class Outcome(NamedTuple):
+    """Arrays of one run (see the module docstring). ``*_sin_max``: sine of the largest principal
+    angle to B*; ``*_sin_fro2``: ``||sin Theta||_F^2``; ``*_risk``: mean target excess risk."""
+
+    frozen_sin_max: jax.Array
+    frozen_sin_fro2: jax.Array
+    fedrep_sin_max: jax.Array
+    fedrep_sin_fro2: jax.Array
+    anil_sin_max: jax.Array
+    anil_sin_fro2: jax.Array
+    adapt_sin_max: jax.Array
+    adapt_sin_fro2: jax.Array
+    frozen_objective: jax.Array
+    adapt_objective: jax.Array
+    anil_objective: jax.Array
+    anil_gram_error: jax.Array
+    frozen_head_risk: jax.Array
+    frozen_finetune_risk: jax.Array
+    adapt_finetune_risk: jax.Array
+    adapt_head_risk: jax.Array
+    anil_head_risk: jax.Array
+    scratch_risk: jax.Array
+    theory_frozen_floor: jax.Array
+    theory_frozen_risk: jax.Array
+    theory_scratch_risk: jax.Array
+    theory_anil_rate: jax.Array
+    theory_fedrep_rate: jax.Array
+    frozen_diverged: jax.Array
+    fedrep_diverged: jax.Array
+    anil_diverged: jax.Array
+    adapt_diverged: jax.Array
+    frozen_traj: jax.Array
+    fedrep_traj: jax.Array
+    anil_traj: jax.Array
+    adapt_traj: jax.Array
+
+
+def _diverged(B, objective_history):
+    """Non-finite end point, or a recorded objective that blew up (:mod:`linmeta.divergence`)."""
+    return ~jnp.all(jnp.isfinite(B)) | (divergence_index(objective_history) >= 0)
+
+
+def _dist(B, Bs):
+    return metrics.subspace_distance(B, Bs), metrics.sin_theta_frobenius_sq(B, Bs)
+
+
+def run_protocol(truth: RepTruth, keys: RunKeys, hyper: Hyper, shape: Shape) -> Outcome:
+    """One run of the protocol (module docstring); jit- and vmap-able (``shape`` is static)."""
+    d, k, T, m = shape.d, shape.k, shape.T, shape.m
+    Bs = truth.B_star
+    dt = Bs.dtype
+    betas, betas0 = truth.betas, truth.target_betas
+    if shape.n is None:
+        src = population_from_betas(betas, hyper.noise_std)
+    else:
+        src = task_statistics(samples_from_betas(keys.source, betas, shape.n, hyper.noise_std))
+    tgt = task_statistics(samples_from_betas(keys.target, betas0, m, hyper.noise_std))
+    kinit, kstarts = jax.random.split(keys.init)
+    B0 = orthonormal_columns(kinit, d, k, dt)
+    re = shape.record_every
+
+    def traj(B):
+        return metrics.subspace_distance(B, Bs)
+
+    # FrozenRep and FedRep: the same alternating iteration, own step sizes
+    B_fr, fr_hist = run_steps(lambda b: alternating_step(b, src, hyper.frozen_lr), B0,
+                              shape.frozen_steps, re, lambda b: (traj(b), frozen_objective(b, src)))
+    B_fe, fe_hist = run_steps(lambda b: alternating_step(b, src, hyper.eta), B0,
+                              shape.fedrep_steps, re, lambda b: (traj(b), frozen_objective(b, src)))
+    # ANIL from w0 = 0
+    w0 = jnp.zeros((k,), dt)
+    A0 = hyper.init_scale / jnp.sqrt(hyper.alpha) * B0
+    B_an, an_hist = run_steps(lambda b: anil_step(b, src, hyper.alpha, hyper.beta, w0), A0,
+                              shape.anil_steps, re,
+                              lambda b: (traj(b), anil_objective(b, src, hyper.alpha, w0)))
+    # AdaptRep, n_starts starts (the first the common one)
+    starts = B0[None]
+    if shape.n_starts > 1:
+        extra = jax.vmap(lambda kk: orthonormal_columns(kk, d, k, dt))(
+            jax.random.split(kstarts, shape.n_starts - 1))
+        starts = jnp.concatenate([starts, extra])
+
+    def adapt(b0):
+        D0 = jnp.zeros((T, d, k), dt)
+        s0 = (b0, D0, frozen_heads(b0, src, hyper.gamma))
+        (B, D, w), hist = run_steps(
+            lambda s: adaptrep_step(s[0], s[1], s[2], src, hyper.adapt_lr, hyper.lam, hyper.gamma,
+                                    shape.adapt_inner), s0, shape.adapt_steps, re,
+            lambda s: (traj(s[0]), adaptrep_objective(s[0], s[1], s[2], src, hyper.lam,
+                                                      hyper.gamma)))
+        D, w = adaptrep_inner(B, src, hyper.lam, hyper.gamma, shape.adapt_inner, D, w)
+        return B, adaptrep_objective(B, D, w, src, hyper.lam, hyper.gamma), hist
+
+    B_ad_all, obj_ad_all, ad_hist_all = jax.vmap(adapt)(starts)
+    obj_ad_all = jnp.where(jnp.isfinite(obj_ad_all), obj_ad_all, jnp.inf)
+    best = jnp.argmin(obj_ad_all)
+    B_ad, obj_ad = B_ad_all[best], obj_ad_all[best]
+    ad_hist = jax.tree.map(lambda x: x[best], ad_hist_all.value)
+
+    # targets
+    def risk(v):
+        return jnp.mean(target_excess_risk(v, tgt))
+
+    fz_head = risk(head_only_fit(B_fr, tgt)[0])
+    fz_ft = risk(head_and_representation_fit(B_fr, tgt, hyper.target_lam, hyper.target_gamma,
+                                             shape.target_steps)[0])
+    ad_ft = risk(head_and_representation_fit(B_ad, tgt, hyper.target_lam, hyper.target_gamma,
+                                             shape.target_steps)[0])
+    ad_head = risk(head_only_fit(B_ad, tgt)[0])
+    an_head = risk(head_only_fit(B_an, tgt)[0])
+    scratch = risk(scratch_fit(tgt))
+
+    floor = jnp.mean(theory.frozen_floor(B_fr, betas0))
+    nan = jnp.asarray(jnp.nan, dt)
+    th_frozen = (jnp.mean(theory.frozen_target_risk(B_fr, betas0, hyper.noise_std, m))
+                 if m > k + 1 else nan)
+    th_scratch = theory.scratch_risk(d, m, hyper.noise_std) if m > d + 1 else nan
+    Sig = truth.head_moment
+    s_fr, f_fr = _dist(B_fr, Bs)
+    s_fe, f_fe = _dist(B_fe, Bs)
+    s_an, f_an = _dist(B_an, Bs)
+    s_ad, f_ad = _dist(B_ad, Bs)
+    gram = jnp.linalg.norm(hyper.alpha * B_an.T @ B_an - jnp.eye(k, dtype=dt), ord=2)
+    return Outcome(
+        frozen_sin_max=s_fr, frozen_sin_fro2=f_fr, fedrep_sin_max=s_fe, fedrep_sin_fro2=f_fe,
+        anil_sin_max=s_an, anil_sin_fro2=f_an, adapt_sin_max=s_ad, adapt_sin_fro2=f_ad,
+        frozen_objective=frozen_objective(B_fr, src), adapt_objective=obj_ad,
+        anil_objective=anil_objective(B_an, src, hyper.alpha, w0), anil_gram_error=gram,
+        frozen_head_risk=fz_head, frozen_finetune_risk=fz_ft, adapt_finetune_risk=ad_ft,
+        adapt_head_risk=ad_head, anil_head_risk=an_head, scratch_risk=scratch,
+        theory_frozen_floor=floor, theory_frozen_risk=jnp.asarray(th_frozen, dt),
+        theory_scratch_risk=jnp.asarray(th_scratch, dt),
+        theory_anil_rate=1 - hyper.alpha * hyper.beta * jnp.linalg.eigvalsh(Sig)[0],
+        theory_fedrep_rate=1 - hyper.eta * jnp.linalg.eigvalsh(Sig)[0],
+        frozen_diverged=_diverged(B_fr, fr_hist.value[1]),
+        fedrep_diverged=_diverged(B_fe, fe_hist.value[1]),
+        anil_diverged=_diverged(B_an, an_hist.value[1]),
+        adapt_diverged=_diverged(B_ad, ad_hist[1]),
+        frozen_traj=fr_hist.value[0], fedrep_traj=fe_hist.value[0], anil_traj=an_hist.value[0],
+        adapt_traj=ad_hist[0])
