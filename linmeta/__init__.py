@@ -3,7 +3,8 @@
 Data flows one way: ground truth (:mod:`linmeta.problem`) -> task statistics (:mod:`linmeta.data`,
 population or finite samples) -> retraining (:mod:`linmeta.retrain`: standard or Meta-LoRA) ->
 fine-tuning (:mod:`linmeta.finetune`) -> metrics (:mod:`linmeta.metrics`) beside the closed forms of
-:mod:`linmeta.theory`. See THEORY.md for the claims C1-C8.
+:mod:`linmeta.theory`. See THEORY.md for the claims C1-C8. The shared-representation family
+(scalar outputs, heads and a representation; claims R1-R7) is :mod:`linmeta.representation`.
 
 Example::
 
@@ -16,7 +17,7 @@ Example::
     print(linmeta.metrics.base_error(ml.base, truth.A_star, relative=True))
 """
 from . import (data, divergence, finetune as _finetune_mod, landscape, lora, losses, metrics, problem,
-               retrain, theory)
+               representation, retrain, theory)
 from .divergence import DivergenceError
 from .data import (Samples, TaskStats, draw_samples, population, sample_tasks, stats_from_arrays,
                    task_statistics)
@@ -30,4 +31,5 @@ __all__ = ["Truth", "sample_truth", "orthogonal_truth", "load_truth", "save_trut
            "TaskStats", "Samples", "population", "sample_tasks", "draw_samples",
            "task_statistics", "stats_from_arrays", "standard_retraining", "meta_lora",
            "RetrainResult", "finetune", "FinetuneResult", "reduced_rank_fit", "DivergenceError",
-           "data", "divergence", "landscape", "lora", "losses", "metrics", "problem", "retrain", "theory", "__version__"]
+           "data", "divergence", "landscape", "lora", "losses", "metrics", "problem", "representation",
+           "retrain", "theory", "__version__"]
