@@ -108,7 +108,7 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
                         -1.0, float(np.mean(sl2)), spread(sl2), "",
                         bool(np.all(np.isfinite(sl2))), "measured", note))
     data = dict(setting=setting, lams=lams, gap_rel=gap_rel, adapt_lams=np.asarray(LAMBDAS),
-                dist=dist, fro2=out["adapt_vs_frozen_fro2"], cases=cases)
+                dist=dist, cases=cases)
     return ClaimResult(CLAIM, rows, data, time.perf_counter() - t0)
 
 

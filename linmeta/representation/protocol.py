@@ -11,7 +11,12 @@ tasks):
    steps, ``alpha``/``beta``, w0 = 0), AdaptRep (``adapt_steps`` outer steps, ``adapt_inner``
    inner updates, ``adapt_lr``, ``lam``/``gamma``; ``n_starts`` starts, the first the common one,
    best objective kept). The updates are :mod:`linmeta.representation.methods`' step functions
-   driven by :func:`linmeta.retrain.run_steps`.
+   driven by :func:`linmeta.retrain.run_steps`: the same numbers as
+   :func:`~linmeta.representation.frozen_rep`, :func:`~linmeta.representation.fedrep`,
+   :func:`~linmeta.representation.adapt_rep` and :func:`~linmeta.representation.anil` with
+   those settings (tested). FrozenRep, FedRep and AdaptRep run as lanes of one loop of
+   ``max(frozen_steps, fedrep_steps, adapt_steps)`` iterations, a lane with fewer steps holding
+   its state; trajectories are recorded every ``record_every`` iterations of that loop.
 3. Targets: m fresh samples of each target task (``keys.target``); fine-tuning of FrozenRep's B
    (head only, and head and representation), AdaptRep's B (head and representation, and head
    only), ANIL's B (head only), and least squares from scratch; AdaptRep-style fine-tuning uses
@@ -37,8 +42,8 @@ from ..data import task_statistics
 from ..divergence import divergence_index
 from ..retrain._common import run_steps
 from . import theory
-from .methods import (adaptrep_inner, adaptrep_objective, adaptrep_step, alternating_step,
-                      anil_objective, anil_step, frozen_heads, frozen_objective, orthonormalise)
+from .methods import (adaptrep_inner, adaptrep_objective, adaptrep_step, anil_objective,
+                      frozen_heads, meta_step)
 from .target import head_and_representation_fit, head_only_fit, scratch_fit, target_excess_risk
 from .tasks import population_from_betas, samples_from_betas
 from .truth import RepTruth, orthonormal_columns
@@ -157,7 +162,12 @@ def _dist(B, Bs):
 
 
 def run_protocol(truth: RepTruth, keys: RunKeys, hyper: Hyper, shape: Shape) -> Outcome:
-    """One run of the protocol (module docstring); jit- and vmap-able (``shape`` is static)."""
+    """One run of the protocol (module docstring); jit- and vmap-able (``shape`` is static).
+
+    FrozenRep, FedRep and the AdaptRep starts are lanes of one vmapped loop of
+    :func:`~linmeta.representation.methods.adaptrep_step` (``lam = inf`` for the first two), ANIL
+    is :func:`~linmeta.representation.methods.meta_step`; the target fits are vmapped over the
+    representations: one compiled program per shape, every hyperparameter traced."""
     d, k, T, m = shape.d, shape.k, shape.T, shape.m
     Bs = truth.B_star
     dt = Bs.dtype
@@ -170,56 +180,65 @@ def run_protocol(truth: RepTruth, keys: RunKeys, hyper: Hyper, shape: Shape) -> 
     kinit, kstarts = jax.random.split(keys.init)
     B0 = orthonormal_columns(kinit, d, k, dt)
     re = shape.record_every
+    inf = jnp.asarray(jnp.inf, dt)
 
-    def traj(B):
-        return metrics.subspace_distance(B, Bs)
-
-    # FrozenRep and FedRep: the same alternating iteration, own step sizes
-    B_fr, fr_hist = run_steps(lambda b: alternating_step(b, src, hyper.frozen_lr), B0,
-                              shape.frozen_steps, re, lambda b: (traj(b), frozen_objective(b, src)))
-    B_fe, fe_hist = run_steps(lambda b: alternating_step(b, src, hyper.eta), B0,
-                              shape.fedrep_steps, re, lambda b: (traj(b), frozen_objective(b, src)))
-    # ANIL from w0 = 0
-    w0 = jnp.zeros((k,), dt)
-    A0 = hyper.init_scale / jnp.sqrt(hyper.alpha) * B0
-    B_an, an_hist = run_steps(lambda b: anil_step(b, src, hyper.alpha, hyper.beta, w0), A0,
-                              shape.anil_steps, re,
-                              lambda b: (traj(b), anil_objective(b, src, hyper.alpha, w0)))
-    # AdaptRep, n_starts starts (the first the common one)
+    # lanes: FrozenRep, FedRep, AdaptRep x n_starts (the first start is the common B0)
     starts = B0[None]
     if shape.n_starts > 1:
         extra = jax.vmap(lambda kk: orthonormal_columns(kk, d, k, dt))(
             jax.random.split(kstarts, shape.n_starts - 1))
         starts = jnp.concatenate([starts, extra])
+    nl = 2 + shape.n_starts
+    lane_B0 = jnp.concatenate([B0[None], B0[None], starts])
+    lane_lr = jnp.concatenate([jnp.stack([hyper.frozen_lr, hyper.eta]),
+                               jnp.full((shape.n_starts,), hyper.adapt_lr)])
+    lane_lam = jnp.concatenate([jnp.stack([inf, inf]), jnp.full((shape.n_starts,), hyper.lam)])
+    lane_gamma = jnp.concatenate([jnp.zeros((2,), dt), jnp.full((shape.n_starts,), hyper.gamma)])
+    steps = max(shape.frozen_steps, shape.fedrep_steps, shape.adapt_steps)
+    lane_steps = jnp.asarray([shape.frozen_steps, shape.fedrep_steps]
+                             + [shape.adapt_steps] * shape.n_starts)
 
-    def adapt(b0):
-        D0 = jnp.zeros((T, d, k), dt)
-        s0 = (b0, D0, frozen_heads(b0, src, hyper.gamma))
-        (B, D, w), hist = run_steps(
-            lambda s: adaptrep_step(s[0], s[1], s[2], src, hyper.adapt_lr, hyper.lam, hyper.gamma,
-                                    shape.adapt_inner), s0, shape.adapt_steps, re,
-            lambda s: (traj(s[0]), adaptrep_objective(s[0], s[1], s[2], src, hyper.lam,
-                                                      hyper.gamma)))
-        D, w = adaptrep_inner(B, src, hyper.lam, hyper.gamma, shape.adapt_inner, D, w)
-        return B, adaptrep_objective(B, D, w, src, hyper.lam, hyper.gamma), hist
+    def lane(b0, lr, lam, gamma, n_steps):
+        s0 = (b0, jnp.zeros((T, d, k), dt), frozen_heads(b0, src, gamma))
 
-    B_ad_all, obj_ad_all, ad_hist_all = jax.vmap(adapt)(starts)
-    obj_ad_all = jnp.where(jnp.isfinite(obj_ad_all), obj_ad_all, jnp.inf)
-    best = jnp.argmin(obj_ad_all)
-    B_ad, obj_ad = B_ad_all[best], obj_ad_all[best]
-    ad_hist = jax.tree.map(lambda x: x[best], ad_hist_all.value)
+        def step(c):
+            s, i = c
+            new = adaptrep_step(s[0], s[1], s[2], src, lr, lam, gamma, shape.adapt_inner)
+            keep = i < n_steps  # lanes with fewer steps stop (masked)
+            return jax.tree.map(lambda a, b: jnp.where(keep, a, b), new, s), i + 1
+
+        def record(c):
+            s = c[0]
+            return metrics.subspace_distance(s[0], Bs), adaptrep_objective(
+                s[0], s[1], s[2], src, lam, gamma)
+
+        (s, _), hist = run_steps(step, (s0, jnp.asarray(0)), steps, re, record)
+        D, w = adaptrep_inner(s[0], src, lam, gamma, shape.adapt_inner, s[1], s[2])
+        return s[0], adaptrep_objective(s[0], D, w, src, lam, gamma), hist.value
+
+    B_l, obj_l, hist_l = jax.vmap(lane)(lane_B0, lane_lr, lane_lam, lane_gamma, lane_steps)
+    B_fr, B_fe = B_l[0], B_l[1]
+    obj_ad_all = jnp.where(jnp.isfinite(obj_l[2:]), obj_l[2:], jnp.inf)
+    best = 2 + jnp.argmin(obj_ad_all)
+    B_ad, obj_ad = B_l[best], obj_l[best]
+
+    # ANIL from w0 = 0
+    w0 = jnp.zeros((k,), dt)
+    A0 = hyper.init_scale / jnp.sqrt(hyper.alpha) * B0
+    (B_an, _), an_hist = run_steps(
+        lambda s: meta_step(s[0], s[1], src, hyper.alpha, hyper.beta, 0.0, 0.0, 0.0), (A0, w0),
+        shape.anil_steps, re,
+        lambda s: (metrics.subspace_distance(s[0], Bs), anil_objective(s[0], src, hyper.alpha,
+                                                                       w0)))
 
     # targets
     def risk(v):
         return jnp.mean(target_excess_risk(v, tgt))
 
-    fz_head = risk(head_only_fit(B_fr, tgt)[0])
-    fz_ft = risk(head_and_representation_fit(B_fr, tgt, hyper.target_lam, hyper.target_gamma,
-                                             shape.target_steps)[0])
-    ad_ft = risk(head_and_representation_fit(B_ad, tgt, hyper.target_lam, hyper.target_gamma,
-                                             shape.target_steps)[0])
-    ad_head = risk(head_only_fit(B_ad, tgt)[0])
-    an_head = risk(head_only_fit(B_an, tgt)[0])
+    Bh = jnp.stack([B_fr, B_ad, B_an])
+    head = jax.vmap(lambda B: risk(head_only_fit(B, tgt)[0]))(Bh)
+    ft = jax.vmap(lambda B: risk(head_and_representation_fit(
+        B, tgt, hyper.target_lam, hyper.target_gamma, shape.target_steps)[0]))(Bh[:2])
     scratch = risk(scratch_fit(tgt))
 
     floor = jnp.mean(theory.frozen_floor(B_fr, betas0))
@@ -227,26 +246,26 @@ def run_protocol(truth: RepTruth, keys: RunKeys, hyper: Hyper, shape: Shape) -> 
     th_frozen = (jnp.mean(theory.frozen_target_risk(B_fr, betas0, hyper.noise_std, m))
                  if m > k + 1 else nan)
     th_scratch = theory.scratch_risk(d, m, hyper.noise_std) if m > d + 1 else nan
-    Sig = truth.head_moment
-    s_fr, f_fr = _dist(B_fr, Bs)
-    s_fe, f_fe = _dist(B_fe, Bs)
-    s_an, f_an = _dist(B_an, Bs)
-    s_ad, f_ad = _dist(B_ad, Bs)
+    lam_min = jnp.min(jnp.linalg.eigvalsh(truth.head_moment))
+    ends = jnp.stack([B_fr, B_fe, B_an, B_ad])
+    sin_max = jax.vmap(lambda B: metrics.subspace_distance(B, Bs))(ends)
+    sin_fro2 = jax.vmap(lambda B: metrics.sin_theta_frobenius_sq(B, Bs))(ends)
     gram = jnp.linalg.norm(hyper.alpha * B_an.T @ B_an - jnp.eye(k, dtype=dt), ord=2)
     return Outcome(
-        frozen_sin_max=s_fr, frozen_sin_fro2=f_fr, fedrep_sin_max=s_fe, fedrep_sin_fro2=f_fe,
-        anil_sin_max=s_an, anil_sin_fro2=f_an, adapt_sin_max=s_ad, adapt_sin_fro2=f_ad,
-        frozen_objective=frozen_objective(B_fr, src), adapt_objective=obj_ad,
+        frozen_sin_max=sin_max[0], frozen_sin_fro2=sin_fro2[0], fedrep_sin_max=sin_max[1],
+        fedrep_sin_fro2=sin_fro2[1], anil_sin_max=sin_max[2], anil_sin_fro2=sin_fro2[2],
+        adapt_sin_max=sin_max[3], adapt_sin_fro2=sin_fro2[3],
+        frozen_objective=obj_l[0], adapt_objective=obj_ad,
         anil_objective=anil_objective(B_an, src, hyper.alpha, w0), anil_gram_error=gram,
-        frozen_head_risk=fz_head, frozen_finetune_risk=fz_ft, adapt_finetune_risk=ad_ft,
-        adapt_head_risk=ad_head, anil_head_risk=an_head, scratch_risk=scratch,
+        frozen_head_risk=head[0], frozen_finetune_risk=ft[0], adapt_finetune_risk=ft[1],
+        adapt_head_risk=head[1], anil_head_risk=head[2], scratch_risk=scratch,
         theory_frozen_floor=floor, theory_frozen_risk=jnp.asarray(th_frozen, dt),
         theory_scratch_risk=jnp.asarray(th_scratch, dt),
-        theory_anil_rate=1 - hyper.alpha * hyper.beta * jnp.linalg.eigvalsh(Sig)[0],
-        theory_fedrep_rate=1 - hyper.eta * jnp.linalg.eigvalsh(Sig)[0],
-        frozen_diverged=_diverged(B_fr, fr_hist.value[1]),
-        fedrep_diverged=_diverged(B_fe, fe_hist.value[1]),
+        theory_anil_rate=1 - hyper.alpha * hyper.beta * lam_min,
+        theory_fedrep_rate=1 - hyper.eta * lam_min,
+        frozen_diverged=_diverged(B_fr, hist_l[1][0]),
+        fedrep_diverged=_diverged(B_fe, hist_l[1][1]),
         anil_diverged=_diverged(B_an, an_hist.value[1]),
-        adapt_diverged=_diverged(B_ad, ad_hist[1]),
-        frozen_traj=fr_hist.value[0], fedrep_traj=fe_hist.value[0], anil_traj=an_hist.value[0],
-        adapt_traj=ad_hist[0])
+        adapt_diverged=_diverged(B_ad, hist_l[1][best]),
+        frozen_traj=hist_l[0][0], fedrep_traj=hist_l[0][1], anil_traj=an_hist.value[0],
+        adapt_traj=hist_l[0][best])

@@ -54,12 +54,13 @@ def target_excess_risk(v, stats: TaskStats):
 
 
 def head_only_fit(B, stats: TaskStats, gamma=0.0):
-    """Heads ``a_t = (B^T S_t B + gamma I)^+ B^T s_t`` (pseudo-inverse: minimum norm when m < k;
+    """Heads ``a_t = (B^T S_t B + gamma I)^+ B^T s_t`` (any leading batch axes; pseudo-inverse:
+    minimum norm when m < k;
     :func:`linmeta.paper.psd_pinv`, matrix products only); returns ``(predictors (m, d),
     heads (m, k))``."""
     k = B.shape[-1]
-    G = jnp.einsum("dk,tde,el->tkl", B, stats.Sxx, B) + gamma * jnp.eye(k, dtype=B.dtype)
-    a = jnp.einsum("tkl,tl->tk", psd_pinv(G), _s(stats) @ B)
+    G = jnp.einsum("dk,...de,el->...kl", B, stats.Sxx, B) + gamma * jnp.eye(k, dtype=B.dtype)
+    a = jnp.einsum("...kl,...l->...k", psd_pinv(G), _s(stats) @ B)
     return a @ B.T, a
 
 
@@ -73,7 +74,7 @@ def head_and_representation_fit(B, stats: TaskStats, lam, gamma, steps: int):
 def scratch_fit(stats: TaskStats):
     """Least squares in d dimensions, ``S^+ s`` (m, d): the core's OLS solution
     (:func:`linmeta.paper.ols_solution`'s pseudo-inverse, matrix products only)."""
-    return jnp.einsum("tde,te->td", psd_pinv(stats.Sxx), _s(stats))
+    return jnp.einsum("...de,...e->...d", psd_pinv(stats.Sxx), _s(stats))
 
 
 @functools.partial(jax.jit, static_argnames=("method", "steps"))
