@@ -1,12 +1,13 @@
 """Claim R6: AdaptRep's penalty identity and its lambda -> infinity limit (FrozenRep).
 
-Thin script over :mod:`linmeta.claims.r6`: min over Delta w = v of lambda/2||Delta||^2 + gamma/2||w||^2 against sqrt(lambda gamma)||v|| (numerical
-minimisation), and AdaptRep approaching FrozenRep as lambda grows.
+Thin script over :mod:`linmeta.claims.r6`: min over Delta w = v of lambda/2||Delta||^2 +
+gamma/2||w||^2 against sqrt(lambda gamma)||v|| (numerical minimisation), and AdaptRep approaching
+FrozenRep as lambda grows.
 
 Run ``python -m experiments.rep_adaptrep --setting full --out figures``: writes
-``figures/rep_r6_adaptrep.png`` and ``.pdf`` and prints the verdict rows (exit code 1 if a check fails).
-``--setting tiny`` takes seconds (the tests run it); ``quick`` is the ``linmeta verify --quick``
-setting.
+``figures/rep_r6_adaptrep.png`` and ``.pdf`` and prints the verdict rows (exit code 1 if a check
+fails). ``--setting tiny`` takes seconds (the tests run it); ``quick`` is the ``linmeta verify
+--quick`` setting.
 """
 from __future__ import annotations
 

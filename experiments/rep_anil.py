@@ -1,12 +1,13 @@
 """Claim R3: ANIL, first-order ANIL, one-step MAML and average loss in the population.
 
-Thin script over :mod:`linmeta.claims.r3`: Late contraction 1 - alpha beta lambda_min(Sigma), alpha B^T B -> I, the wrong-subspace update shared by
-ANIL and first-order ANIL, average loss keeping its column space, one-step MAML equal to ANIL at w0 = 0.
+Thin script over :mod:`linmeta.claims.r3`: late contraction 1 - alpha beta lambda_min(Sigma), alpha
+B^T B -> I, the wrong-subspace update shared by ANIL and first-order ANIL, average loss keeping its
+column space, one-step MAML equal to ANIL at w0 = 0.
 
 Run ``python -m experiments.rep_anil --setting full --out figures``: writes
-``figures/rep_r3_anil.png`` and ``.pdf`` and prints the verdict rows (exit code 1 if a check fails).
-``--setting tiny`` takes seconds (the tests run it); ``quick`` is the ``linmeta verify --quick``
-setting.
+``figures/rep_r3_anil.png`` and ``.pdf`` and prints the verdict rows (exit code 1 if a check
+fails). ``--setting tiny`` takes seconds (the tests run it); ``quick`` is the ``linmeta verify
+--quick`` setting.
 """
 from __future__ import annotations
 

@@ -1,12 +1,12 @@
 """Claim R5: FedRep's late contraction 1 - eta lambda_min(Sigma) in the population.
 
-Thin script over :mod:`linmeta.claims.r5`: Alternating minimisation (heads exactly, a step eta on B, QR): the fitted late rate of the largest
-principal angle against 1 - eta lambda_min(Sigma).
+Thin script over :mod:`linmeta.claims.r5`: alternating minimisation (heads exactly, a step eta on
+B, QR): the fitted late rate of the largest principal angle against 1 - eta lambda_min(Sigma).
 
 Run ``python -m experiments.rep_fedrep --setting full --out figures``: writes
-``figures/rep_r5_fedrep.png`` and ``.pdf`` and prints the verdict rows (exit code 1 if a check fails).
-``--setting tiny`` takes seconds (the tests run it); ``quick`` is the ``linmeta verify --quick``
-setting.
+``figures/rep_r5_fedrep.png`` and ``.pdf`` and prints the verdict rows (exit code 1 if a check
+fails). ``--setting tiny`` takes seconds (the tests run it); ``quick`` is the ``linmeta verify
+--quick`` setting.
 """
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ from hypothesis import given, strategies as st
 import linmeta
 from linmeta import metrics
 from linmeta import representation as rep
-from linmeta.representation import methods, theory
+from linmeta.representation import _linalg, methods, theory
 from helpers import dtype, tol
 
 pytestmark = pytest.mark.core
@@ -275,14 +275,24 @@ def _sines(key, d, k):
     X = jax.random.normal(kx, (d, k), dt)
     Y = X + 0.3 * jax.random.normal(ky, (d, k), dt)
     Qx, Qy = jnp.linalg.qr(X)[0], jnp.linalg.qr(Y)[0]
+    M = X.T @ X
+    M2 = jnp.diag(jnp.asarray([2.0] + [2.0] + [1.0] * (k - 2), dt))  # a tied top eigenvalue
     return (metrics.sin_theta_frobenius_sq(X, Y),
             jnp.sum(jnp.sin(metrics.principal_angles(X, Y)) ** 2), k - jnp.sum((Qx.T @ Qy) ** 2),
-            metrics.sin_theta_frobenius_sq(X, 2 * X))
+            metrics.sin_theta_frobenius_sq(X, 2 * X),
+            _linalg.sin_theta_fro2(X, Y), _linalg.sin_theta_max(X, Y),
+            metrics.subspace_distance(X, Y), _linalg.lambda_max_psd(jnp.stack([M, M2])),
+            jnp.stack([jnp.linalg.eigvalsh(M)[-1], 2.0]))
 
 
 @given(st.integers(0, 10 ** 6))
 def test_sin_theta_frobenius_against_principal_angles(seed):
-    got, angles, cancel, same = _sines(jax.random.key(seed), 6, 3)
+    got, angles, cancel, same, fro2, smax, smax_core, lmax, lmax_want = _sines(
+        jax.random.key(seed), 6, 3)
     np.testing.assert_allclose(got, angles, rtol=tol(1e-10, 1e-4))
     np.testing.assert_allclose(got, cancel, atol=tol(1e-12, 1e-5))
     assert 0 <= float(same) < tol(1e-28, 1e-12)  # same subspace: zero, no cancellation
+    # the LAPACK-free versions used inside compiled loops and the protocol
+    np.testing.assert_allclose(fro2, got, rtol=tol(1e-12, 1e-4), atol=tol(1e-15, 1e-6))
+    np.testing.assert_allclose(smax, smax_core, rtol=tol(1e-10, 1e-3), atol=tol(1e-14, 1e-5))
+    np.testing.assert_allclose(lmax, lmax_want, rtol=tol(1e-12, 1e-5))

@@ -9,12 +9,13 @@ i.i.d. Gaussian heads ``N(0, Sigma)``, and the Gaussian heads with perturbed rep
 (``Delta*_t`` entries ``N(0, 0.3^2 / d)``). One random orthonormal start ``B0``. Then:
 
 - alternating minimisation (FrozenRep's and FedRep's iteration) on the four runs (balanced heads,
-  step ``eta``: FedRep; the three sets, step ``1 / lambda_1(C)``: FrozenRep);
+  step ``eta``: FedRep; the three sets, step ``1.9 / lambda_1(C)``: FrozenRep);
 - ANIL from ``B0 * 0.5 / sqrt(alpha)``, w0 = 0, on balanced (beta 0.4) and Gaussian heads
   (beta 0.2); first-order ANIL
   on balanced heads; one-step MAML with w0 learned (balanced and Gaussian heads) and fixed at 0
   (Gaussian heads); average-loss training (balanced heads, mean zero);
 - every ANIL and first-order-ANIL step against the closed form of the wrong-subspace update;
+- one-step MAML's update (w0 learned) from every ANIL iterate at w0 = 0, on balanced heads;
 - the MAML gradient in w0 at w0 = 0, autodiff and closed form (Gaussian heads);
 - AdaptRep on the perturbed tasks for lambda in :data:`LAMBDAS` (gamma 0.01, step
   ``1 / lambda_1(C)``, 2 inner updates per step), and its inner problem
@@ -38,12 +39,11 @@ from linmeta import representation as rep
 from linmeta.representation import methods, theory
 from linmeta.representation.tasks import population_from_betas
 from linmeta.retrain import run_steps
-from linmeta.representation.truth import _balanced_from, _qr_haar
 
 from ._support import key_for
 
 SETTINGS = {
-    "tiny": dict(d=5, k=2, T=4, seeds=5, steps=400),
+    "tiny": dict(d=5, k=2, T=8, seeds=5, steps=400),
     "quick": dict(d=6, k=2, T=8, seeds=5, steps=400),
     "full": dict(d=16, k=3, T=24, seeds=16, steps=600),
 }
@@ -55,6 +55,9 @@ NOISE_STD, DELTA_SCALE, GAMMA = 0.1, 0.3, 0.01
 LAMBDAS = (1e2, 1e4, 1e6)
 GAP_LAMBDAS = (1e2, 1e3, 1e4, 1e5, 1e6)
 INNER_STEPS = 2
+# FrozenRep's step 1.9 / lambda_1(C): modes contract by 1 - step (lambda_i - lambda_j), all within
+# (-1, 1) for a step below 2 / lambda_1; the slowest is 1 - 1.9 (lambda_k - lambda_{k+1}) / lambda_1
+FROZEN_STEP = 1.9
 STREAM = "R1R3R5R6"  # one random stream for the four claims
 KINDS = ("balanced heads", "Gaussian heads", f"perturbed (delta {DELTA_SCALE})")
 
@@ -74,18 +77,38 @@ def _stack(*trees):
     return jax.tree.map(lambda *x: jnp.stack(x), *trees)
 
 
-def _one_seed(key, *, d, k, T, steps):
-    z = _draw(key, d, k, T)
-    Bs = _qr_haar(z["B"])
-    Q = _qr_haar(z["Q"])
-    Sigma = (Q * jnp.linspace(LAMBDA_MIN, 1.0, k)) @ Q.T
-    Wb = _balanced_from(z["G0"], Sigma)
-    Wg = z["Wg"] @ jnp.linalg.cholesky(Sigma).T
+def _haar(Z):
+    Q, R = np.linalg.qr(Z)
+    return Q * np.sign(np.diagonal(R))
+
+
+def _instances(key, d, k, T):
+    """The three source-task sets of one seed and the start: one Gaussian draw (JAX), the rest in
+    NumPy (the construction of :func:`linmeta.representation.balanced_heads`; no compiled
+    LAPACK call)."""
+    z = {n: np.asarray(v, float) for n, v in _draw(key, d, k, T).items()}
+    Bs = _haar(z["B"])
+    Q = _haar(z["Q"])
+    Sigma = (Q * np.linspace(LAMBDA_MIN, 1.0, k)) @ Q.T
+    L = np.linalg.cholesky(Sigma)
+    w, V = np.linalg.eigh(z["G0"].T @ z["G0"])
+    G = math.sqrt(T / 2) * z["G0"] @ (V / np.sqrt(w)) @ V.T @ L.T
+    Wb = np.concatenate([G, -G])  # balanced: second moment exactly Sigma
+    Wg = z["Wg"] @ L.T
     Delta = DELTA_SCALE / math.sqrt(d) * z["D"]
-    betas = jnp.stack([Wb @ Bs.T, Wg @ Bs.T, jnp.einsum("tdk,tk->td", Bs + Delta, Wg)])
+    betas = np.stack([Wb @ Bs.T, Wg @ Bs.T, np.einsum("tdk,tk->td", Bs + Delta, Wg)])
+    lam_C = np.linalg.eigvalsh(np.swapaxes(betas, -1, -2) @ betas / T)  # (3, d), increasing
+    dt = jnp.asarray(0.0).dtype
+    return {n: jnp.asarray(v, dt) for n, v in dict(Bs=Bs, Wb=Wb, betas=betas, B0=_haar(z["B0"]),
+                                                   lam_C=lam_C).items()}
+
+
+def _loops(inst, *, d, k, T, steps):
+    """Every iterative run of one seed: two vmapped loops, no LAPACK call (compiled)."""
+    betas, B0, lam_C = inst["betas"], inst["B0"], inst["lam_C"]
     stats = jax.vmap(lambda b: population_from_betas(b, NOISE_STD))(betas)  # 3 kinds
-    sb, sg, sp = (jax.tree.map(lambda x, i=i: x[i], stats) for i in range(3))
-    B0 = _qr_haar(z["B0"])
+    sb = jax.tree.map(lambda x: x[0], stats)
+    sg = jax.tree.map(lambda x: x[1], stats)
     A0 = INIT_SCALE / math.sqrt(ALPHA) * B0
     w0 = jnp.zeros((k,))
     out = {}
@@ -94,11 +117,10 @@ def _one_seed(key, *, d, k, T, steps):
     # FrozenRep and FedRep). Lanes: FedRep (balanced, eta); FrozenRep on the three kinds (step
     # 1 / lambda_1(C)); AdaptRep on the perturbed tasks, lam in LAMBDAS; and AdaptRep's inner
     # problem at the fixed B0 (step 0) on the perturbed tasks, lam in (inf,) + GAP_LAMBDAS.
-    lam_C = jax.vmap(lambda b: jnp.linalg.eigvalsh(b.T @ b / T))(betas)  # increasing
     nl, ng = len(LAMBDAS), len(GAP_LAMBDAS) + 1
     lane_kind = jnp.asarray([0, 0, 1, 2] + [2] * (nl + ng))
     lane_stats = jax.tree.map(lambda x: x[lane_kind], stats)
-    lane_lr = jnp.concatenate([jnp.asarray([ETA]), 1.0 / lam_C[:, -1],
+    lane_lr = jnp.concatenate([jnp.asarray([ETA]), FROZEN_STEP / lam_C[:, -1],
                                jnp.full((nl,), 1.0 / lam_C[2, -1]), jnp.zeros((ng,))])
     lane_lam = jnp.asarray([jnp.inf] * 4 + list(LAMBDAS) + [jnp.inf] + list(GAP_LAMBDAS))
     lane_gamma = jnp.asarray([0.0] * 4 + [GAMMA] * (nl + ng))
@@ -110,15 +132,8 @@ def _one_seed(key, *, d, k, T, steps):
             steps, 1, lambda c: c[0])
         return B, methods.adaptrep_objective(B, D, w, st, lam, g), hist.value
 
-    B_rep, obj_rep, traj_rep = jax.vmap(rep_lane)(lane_stats, lane_lr, lane_lam, lane_gamma)
-    pca = jax.vmap(lambda b: theory.pca_subspace(b, k)[0])(betas)
-    want = 0.5 * jnp.sum(lam_C[:, :-k], axis=1) + NOISE_STD ** 2 / 2
-    out["r1_obj_rel"] = jnp.abs(obj_rep[1:4] - want) / want
-    out["r1_rate"] = 1 - (lam_C[:, -k] - lam_C[:, -k - 1]) / lam_C[:, -1]
-    gap_obj = obj_rep[4 + nl:]
-    out["gap_scaled"] = jnp.asarray(GAP_LAMBDAS) * (gap_obj[0] - gap_obj[1:])
-    out["gap_limit"] = theory.adaptrep_gap_limit(B0, betas[2], GAMMA)
-    out["gap_B_moved"] = jnp.max(jnp.abs(B_rep[4 + nl:] - B0))  # step 0: B stays at B0
+    out["B_rep"], out["obj_rep"], out["traj_rep"] = jax.vmap(rep_lane)(lane_stats, lane_lr,
+                                                                       lane_lam, lane_gamma)
 
     # ANIL, first-order ANIL, one-step MAML, average loss: lanes of one vmapped loop of
     # meta_step (its flags). Lanes: ANIL (balanced), ANIL (Gaussian), first-order ANIL
@@ -139,52 +154,109 @@ def _one_seed(key, *, d, k, T, steps):
             1, lambda c: c[0])
         return B, w, hist.value
 
-    B_meta, w_meta, Bm = jax.vmap(meta_lane)(meta_stats, starts, heads0, alphas, betas_, flags)
-    eye = jnp.eye(k)
-    out["lambda_min"] = jnp.linalg.eigvalsh(Wb.T @ Wb / T)[0]
-    out["anil_gram"] = jnp.linalg.norm(ALPHA * B_meta[0].T @ B_meta[0] - eye, 2)
-    out["fo_gram"] = jnp.linalg.norm(ALPHA * B_meta[2].T @ B_meta[2] - eye, 2)
-    # ANIL's and first-order ANIL's steps against the closed form, along their trajectories
-    C = theory.task_moment(betas[0])
-    Pp = theory.projector_complement(Bs)
-    prev = jnp.concatenate([Bm[0, :-1], Bm[2, :-1]])
-    nxt = jnp.concatenate([Bm[0, 1:], Bm[2, 1:]])
-    pred = jax.vmap(lambda B: theory.anil_wrong_subspace_update(B, Bs, C, ALPHA, BETA))(prev)
-    gap = (jnp.linalg.norm(jnp.einsum("de,nek->ndk", Pp, nxt) - pred, axis=(1, 2))
-           / jnp.linalg.norm(prev, axis=(1, 2)))
-    out["closed_form_gap"], out["fo_closed_form_gap"] = jnp.max(gap[:steps]), jnp.max(gap[steps:])
-    out["maml_sym_gap"] = jnp.max(jnp.abs(Bm[3] - Bm[0]))
-    out["maml_gauss_gap"] = jnp.max(jnp.abs(B_meta[4] - B_meta[1]))
-    out["maml_fixed_gap"] = jnp.max(jnp.abs(Bm[5] - Bm[1]))
-    out["maml_sym_w0"] = jnp.linalg.norm(w_meta[3])
-    out["maml_gauss_w0"] = jnp.linalg.norm(w_meta[4])
-    g_auto = jax.grad(methods.maml_objective, argnums=1)(A0, w0, sg, ALPHA)
-    g_cf = theory.maml_head_init_gradient(A0, betas[1], ALPHA)
-    out["maml_grad_rel"] = jnp.linalg.norm(g_auto - g_cf) / jnp.linalg.norm(g_cf)
+    out["B_meta"], out["w_meta"], out["traj_meta"] = jax.vmap(meta_lane)(
+        meta_stats, starts, heads0, alphas, betas_, flags)
 
-    # subspace distances: one vmapped call for every trajectory and end point
-    trajs = jnp.concatenate([traj_rep[:4], Bm[jnp.asarray([0, 1, 2, 6])]])  # (8, steps+1, d, k)
-    refs = jnp.stack([Bs, pca[0], pca[1], pca[2], Bs, Bs, Bs, Bs])
-    ends = jnp.concatenate([B_meta[jnp.asarray([3, 4])], B_rep[4:4 + nl]])
-    end_refs = jnp.concatenate([jnp.stack([Bs, Bs]), jnp.broadcast_to(B_rep[3], (nl, d, k))])
-    allB = jnp.concatenate([trajs.reshape(-1, d, k), ends])
-    allR = jnp.concatenate([jnp.repeat(refs, steps + 1, axis=0), end_refs])
-    dist = jax.vmap(metrics.subspace_distance)(allB, allR)
-    dist_t = dist[:8 * (steps + 1)].reshape(8, steps + 1)
-    dist_e = dist[8 * (steps + 1):]
-    out["fedrep_traj"], out["r1_traj"] = dist_t[0], dist_t[1:4]
-    out["anil_traj"], out["anil_gauss_traj"], out["fo_traj"], out["avg_traj"] = dist_t[4:8]
-    out["maml_sym_dist"], out["maml_gauss_dist"] = dist_e[0], dist_e[1]
-    out["adapt_vs_frozen"] = dist_e[2:]
+    # one-step MAML's update (w0 learned) from every ANIL iterate at w0 = 0, symmetric heads:
+    # equal to ANIL's next iterate, and no move of w0
+    Ban = out["traj_meta"][0]
+    Bn, wn = jax.vmap(lambda B: methods.meta_step(B, w0, sb, ALPHA, BETA, 1.0, 1.0, 0.0))(
+        Ban[:-1])
+    out["maml_step_gap"] = jnp.max(jnp.abs(Bn - Ban[1:]))
+    out["maml_step_w0"] = jnp.max(jnp.abs(wn))
+    out["maml_grad"] = jax.grad(methods.maml_objective, argnums=1)(A0, w0, sg, ALPHA)
+    return out
+
+
+def _measures(inst, loop, *, d, k, T, steps):
+    """Distances and closed forms for all seeds at once (leading axis: seeds). The library's
+    LAPACK-based functions (theory, metrics) are called eagerly, each on one batch, so their LAPACK
+    calls run one at a time; the remaining arithmetic is NumPy."""
+    S = inst["Bs"].shape[0]
+    Bs, betas, B0 = inst["Bs"], inst["betas"], inst["B0"]
+    lam_C = np.asarray(inst["lam_C"])
+    nl = len(LAMBDAS)
+    out = {}
+    obj_rep = np.asarray(loop["obj_rep"])
+    want = 0.5 * lam_C[:, :, :-k].sum(axis=2) + NOISE_STD ** 2 / 2
+    out["r1_obj_rel"] = np.abs(obj_rep[:, 1:4] - want) / want
+    out["r1_rate"] = 1 - FROZEN_STEP * (lam_C[:, :, -k] - lam_C[:, :, -k - 1]) / lam_C[:, :, -1]
+    gap_obj = obj_rep[:, 4 + nl:]
+    out["gap_scaled"] = np.asarray(GAP_LAMBDAS) * (gap_obj[:, :1] - gap_obj[:, 1:])
+    out["gap_limit"] = np.asarray([theory.adaptrep_gap_limit(B0[i], betas[i, 2], GAMMA)
+                                   for i in range(S)])
+    Bm = np.asarray(loop["traj_meta"])  # (S, 7, steps + 1, d, k)
+    B_meta, w_meta = np.asarray(loop["B_meta"]), np.asarray(loop["w_meta"])
+    lam_w = np.linalg.eigvalsh(np.swapaxes(np.asarray(inst["Wb"]), -1, -2)
+                               @ np.asarray(inst["Wb"]) / T)
+    out["lambda_min"] = lam_w[:, 0]
+    eye = np.eye(k)
+    out["anil_gram"] = np.linalg.norm(ALPHA * np.swapaxes(B_meta[:, 0], -1, -2) @ B_meta[:, 0]
+                                      - eye, 2, axis=(-2, -1))
+    out["fo_gram"] = np.linalg.norm(ALPHA * np.swapaxes(B_meta[:, 2], -1, -2) @ B_meta[:, 2]
+                                    - eye, 2, axis=(-2, -1))
+    # ANIL's and first-order ANIL's steps against the closed form, along their trajectories
+    cf, fo = [], []
+    for i in range(S):
+        C = theory.task_moment(betas[i, 0])
+        Pp = np.asarray(theory.projector_complement(Bs[i]))
+        prev = np.concatenate([Bm[i, 0, :-1], Bm[i, 2, :-1]])
+        nxt = np.concatenate([Bm[i, 0, 1:], Bm[i, 2, 1:]])
+        pred = np.asarray(theory.anil_wrong_subspace_update(prev, Bs[i], C, ALPHA, BETA))
+        gap = (np.linalg.norm(Pp @ nxt - pred, axis=(1, 2)) / np.linalg.norm(prev, axis=(1, 2)))
+        cf.append(gap[:steps].max())
+        fo.append(gap[steps:].max())
+    out["closed_form_gap"], out["fo_closed_form_gap"] = np.asarray(cf), np.asarray(fo)
+    out["maml_step_gap"] = np.asarray(loop["maml_step_gap"])
+    out["maml_step_w0"] = np.asarray(loop["maml_step_w0"])
+    out["maml_sym_gap"] = np.abs(Bm[:, 3] - Bm[:, 0]).max(axis=(1, 2, 3))
+    out["maml_gauss_gap"] = np.abs(B_meta[:, 4] - B_meta[:, 1]).max(axis=(1, 2))
+    out["maml_fixed_gap"] = np.abs(Bm[:, 5] - Bm[:, 1]).max(axis=(1, 2, 3))
+    out["maml_sym_w0"] = np.linalg.norm(w_meta[:, 3], axis=1)
+    out["maml_gauss_w0"] = np.linalg.norm(w_meta[:, 4], axis=1)
+    A0 = INIT_SCALE / math.sqrt(ALPHA) * np.asarray(B0)
+    g_cf = np.asarray([theory.maml_head_init_gradient(A0[i], betas[i, 1], ALPHA)
+                       for i in range(S)])
+    out["maml_grad_rel"] = (np.linalg.norm(np.asarray(loop["maml_grad"]) - g_cf, axis=1)
+                            / np.linalg.norm(g_cf, axis=1))
+    # subspace distances: one batched call of the core's metric for every trajectory and end point
+    pca = np.stack([np.stack([np.asarray(theory.pca_subspace(betas[i, j], k)[0])
+                              for j in range(3)]) for i in range(S)])  # (S, 3, d, k)
+    Bsn = np.asarray(Bs)
+    trajs = np.concatenate([np.asarray(loop["traj_rep"])[:, :4], Bm[:, [0, 1, 2, 6]]], axis=1)
+    refs = np.concatenate([Bsn[:, None], pca, np.repeat(Bsn[:, None], 4, axis=1)], axis=1)
+    B_rep = np.asarray(loop["B_rep"])
+    ends = np.concatenate([B_meta[:, [3, 4]], B_rep[:, 4:4 + nl]], axis=1)
+    end_refs = np.concatenate([np.repeat(Bsn[:, None], 2, axis=1),
+                               np.repeat(B_rep[:, 3:4], nl, axis=1)], axis=1)
+    n_t = 8 * (steps + 1)
+    allB = np.concatenate([trajs.reshape(S, -1, d, k), ends], axis=1)
+    allR = np.concatenate([np.repeat(refs, steps + 1, axis=1), end_refs], axis=1)
+    dist = np.asarray(metrics.subspace_distance(allB.reshape(-1, d, k),
+                                                allR.reshape(-1, d, k))).reshape(S, -1)
+    dist_t = dist[:, :n_t].reshape(S, 8, steps + 1)
+    dist_e = dist[:, n_t:]
+    out["fedrep_traj"], out["r1_traj"] = dist_t[:, 0], dist_t[:, 1:4]
+    out["anil_traj"], out["anil_gauss_traj"] = dist_t[:, 4], dist_t[:, 5]
+    out["fo_traj"], out["avg_traj"] = dist_t[:, 6], dist_t[:, 7]
+    out["maml_sym_dist"], out["maml_gauss_dist"] = dist_e[:, 0], dist_e[:, 1]
+    out["adapt_vs_frozen"] = dist_e[:, 2:]
     return out
 
 
 @functools.lru_cache(maxsize=4)
 def population_runs(setting: str, seed: int):
-    """NumPy arrays of :func:`_one_seed` for every seed of ``setting`` (cached: R1, R3, R5, R6
-    read the same run)."""
+    """NumPy arrays for every seed of ``setting`` (cached: R1, R3, R5, R6 read the same run).
+
+    Three phases per seed: the instances (eager), every iterative run (one compiled program over
+    all seeds, no LAPACK call), the distances and closed forms (eager). Eager evaluation runs the
+    LAPACK calls one at a time: concurrent batched LAPACK calls inside one compiled program were
+    seen to hang XLA:CPU (jax 0.10)."""
     cfg = SETTINGS[setting]
-    one = functools.partial(_one_seed, d=cfg["d"], k=cfg["k"], T=cfg["T"], steps=cfg["steps"])
+    sizes = dict(d=cfg["d"], k=cfg["k"], T=cfg["T"])
     keys = jax.random.split(key_for(seed, STREAM), cfg["seeds"])
-    out = jax.jit(lambda ks: jax.lax.map(one, ks))(keys)
-    return {n: np.asarray(v) for n, v in out.items()}
+    insts = [_instances(kk, **sizes) for kk in keys]
+    stacked = jax.tree.map(lambda *x: jnp.stack(x), *insts)
+    loops = jax.jit(lambda i: jax.lax.map(functools.partial(_loops, steps=cfg["steps"],
+                                                            **sizes), i))(stacked)
+    return _measures(stacked, loops, steps=cfg["steps"], **sizes)

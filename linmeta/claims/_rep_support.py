@@ -22,7 +22,8 @@ RATE_WINDOW = (1e-10, 1e-4)
 
 
 def random_diversity(key, k, lo=0.3, hi=1.0, dtype=None):
-    """``Q diag(lam) Q^T``: Haar Q (k x k), eigenvalues ``lo, ..., hi`` evenly spaced (k = 1: lo)."""
+    """``Q diag(lam) Q^T``: Haar Q (k x k), eigenvalues ``lo, ..., hi`` evenly spaced
+    (k = 1: lo)."""
     dt = jnp.asarray(0.0).dtype if dtype is None else dtype
     Q, R = jnp.linalg.qr(jax.random.normal(key, (k, k), dt))
     Q = Q * jnp.sign(jnp.diagonal(R))

@@ -6,16 +6,16 @@ With population losses (``S_t = I``, ``s_t = beta_t``) and the heads minimised o
     F(B) = mean_t 1/2 ||(I - B B^T) beta_t||^2 + sigma^2/2 = 1/2 tr((I - B B^T) C) + sigma^2/2,
 
 ``C = (1/T) sum_t beta_t beta_t^T``: minimised by the top-k eigenvectors of C (Ky Fan), with
-minimum ``1/2 sum_{i>k} lambda_i(C) + sigma^2/2``. Checked by the library's solver
-(FrozenRep's alternating minimisation, :func:`linmeta.representation.frozen_rep`'s iteration) against
-an independent eigendecomposition (:func:`linmeta.representation.theory.pca_subspace`) on random
+minimum ``1/2 sum_{i>k} lambda_i(C) + sigma^2/2``. Checked by the library's solver (FrozenRep's
+alternating minimisation, :func:`linmeta.representation.frozen_rep`'s iteration) against an
+independent eigendecomposition (:func:`linmeta.representation.theory.pca_subspace`) on random
 instances of three kinds: balanced heads (exactly shared), Gaussian heads, and perturbed tasks
 (``beta_t = (B* + Delta*_t) w*_t``, where the PCA subspace is no longer B*). The runs come from the
-population program shared with R3, R5 and R6 (:mod:`linmeta.claims._rep_population`). Tolerances: 1e-10
-(float64; 1e-4 in float32) on the sine of the largest principal angle, 1e-12 (1e-5) relative on the
-objective. The solver's step is ``1 / lambda_1(C)``; its contraction per step,
-``1 - (lambda_k - lambda_{k+1}) / lambda_1``, is reported (the largest over the runs, raised to the
-number of steps, bounds the remaining iteration error).
+population program shared with R3, R5 and R6 (:mod:`linmeta.claims._rep_population`). Tolerances:
+1e-10 (float64; 1e-4 in float32) on the sine of the largest principal angle, 1e-12 (1e-5) relative
+on the objective. The solver's step is ``1.9 / lambda_1(C)``; its asymptotic contraction per step,
+``1 - 1.9 (lambda_k - lambda_{k+1}) / lambda_1``, raised to half the number of steps (the other
+half allowed for the transient) is added to each run's tolerance.
 """
 from __future__ import annotations
 
@@ -40,14 +40,15 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
     traj = out["r1_traj"]  # (seeds, kinds, steps + 1): distance to the PCA subspace
     dist, rel, rate = traj[..., -1], out["r1_obj_rel"], out["r1_rate"]
     tol_d, tol_o = float_tol(1e-10, 1e-4), float_tol(1e-12, 1e-5)
-    bound = tol_d + rate ** steps  # dtype + the asymptotic iteration error
+    bound = tol_d + rate ** (steps // 2)  # dtype + the iteration error (half the steps allowed
+    # for the transient before the asymptotic contraction sets in)
     note = (f"d={d}, k={k}, T={T}, noise {NOISE_STD}, {S} seeds x {len(KINDS)} kinds, {steps} "
-            f"steps of size 1/lambda_1(C), {jnp.asarray(0.0).dtype}; slowest contraction "
-            f"{rate.max():.3f}^{steps} = {rate.max() ** steps:.1e}")
+            f"steps of size 1.9/lambda_1(C), {jnp.asarray(0.0).dtype}; slowest contraction "
+            f"{rate.max():.3f}^{steps // 2} = {rate.max() ** (steps // 2):.1e}")
     rows = [
         Verdict(CLAIM, "FrozenRep (population) vs top-k eigenvectors of sum_t beta_t beta_t^T: "
                 "sin of the largest principal angle", 0.0, float(dist.max()), spread(dist),
-                f"every run < {tol_d:g} (dtype) + its contraction^steps",
+                f"every run < {tol_d:g} (dtype) + its contraction^(steps/2)",
                 bool(np.all(dist < bound)), "check",
                 note + "; " + ", ".join(f"{kind}: max {dist[:, i].max():.1e}"
                                         for i, kind in enumerate(KINDS))),

@@ -25,7 +25,8 @@ which tasks carry the shift matters).
 Measured per instance (population source tasks, noise 0.5 on the targets): the subspaces of
 FrozenRep, AdaptRep (lambda 0.1, gamma 0.01, 4 starts) and ANIL (w0 = 0, alpha 1,
 beta 0.2 / ||C||_F, within ANIL's stability bound; its population objective
-``1/2 tr((alpha B B^T - I)^2 C)`` depends on the tasks only through C, like FrozenRep's); target risk
+``1/2 tr((alpha B B^T - I)^2 C)`` depends on the tasks only through C, like FrozenRep's); target
+risk
 ``E||beta_hat - beta_0||^2`` against the target sample size m for head-only fine-tuning on each
 representation, AdaptRep's fine-tuning of head and representation (target lambda 10, gamma 1e-3) on
 FrozenRep's and AdaptRep's, and least squares from scratch; beside them the closed forms of the
@@ -55,6 +56,7 @@ from linmeta import metrics
 from linmeta import representation as rep
 from linmeta.data import TaskStats
 from linmeta.representation import methods, theory
+from linmeta.representation._linalg import orthonormalise
 from linmeta.representation.target import (head_and_representation_fit, head_only_fit,
                                            scratch_fit, target_excess_risk)
 from linmeta.retrain import run_steps
@@ -192,8 +194,7 @@ def _train(truths, key, cfg):
     def one(truth, key):
         ks, ka = jax.random.split(key)
         src = rep.population(truth)
-        starts = jax.vmap(lambda kk: rep.orthonormal_columns(kk, d, k))(
-            jax.random.split(ks, cfg["starts"]))
+        starts = orthonormalise(jax.random.normal(ks, (cfg["starts"], d, k)))
         s_ = truth.betas
         C = s_.T @ s_ / s_.shape[0]
         cnorm = jnp.sqrt(jnp.sum(C * C))
@@ -215,22 +216,27 @@ def _train(truths, key, cfg):
         best = 1 + jnp.argmin(jnp.where(jnp.isfinite(obj_l[1:]), obj_l[1:], jnp.inf))
         B_fr, B_ad = B_l[0], B_l[best]
         w0 = jnp.zeros((k,))
-        A0 = rep.orthonormal_columns(ka, d, k) * 0.5 / math.sqrt(ALPHA)
+        A0 = orthonormalise(jax.random.normal(ka, (d, k))) * 0.5 / math.sqrt(ALPHA)
         (B_an, _), _ = run_steps(
             lambda c: methods.meta_step(c[0], c[1], src, ALPHA, BETA / cnorm, 0.0, 0.0, 0.0),
             (A0, w0), cfg["anil_steps"], cfg["anil_steps"], lambda c: c[0])
         reps = jnp.stack([B_fr, B_ad, B_an])
-        dist = jax.vmap(lambda B: metrics.subspace_distance(B, truth.B_star))(reps)
         b0 = truth.target_betas  # (n_phi, d)
         th = jnp.stack([jnp.stack([theory.frozen_target_risk(B, b0, NOISE_STD, m) for m in ms],
                                   axis=-1) for B in (B_fr, B_ad)])
-        return dict(reps=reps, dist=dist, th_frozen=th[0], th_adapt_head=th[1],
+        return dict(reps=reps, th_frozen=th[0], th_adapt_head=th[1],
                     floor=theory.frozen_floor(B_fr, b0), adapt_starts=obj_l[1:],
                     anil_finite=jnp.all(jnp.isfinite(B_an)))
 
     keys = jax.random.split(key, truths.heads.shape[0])
     out = jax.jit(lambda t, kk: jax.lax.map(lambda a: one(*a), (t, kk)))(truths, keys)
-    return {name: np.asarray(v) for name, v in out.items()}
+    out = {name: np.asarray(v) for name, v in out.items()}
+    # distances after the compiled program, eagerly (one batched LAPACK call at a time)
+    n = out["reps"].shape[0]
+    ref = jnp.repeat(jnp.asarray(truths.B_star), 3, axis=0)
+    out["dist"] = np.asarray(metrics.subspace_distance(jnp.asarray(out["reps"]).reshape(
+        n * 3, d, k), ref)).reshape(n, 3)
+    return out
 
 
 def _monte_carlo(reps, betas0, key, cfg):

@@ -3,9 +3,9 @@
 Everything runs on :class:`linmeta.TaskStats` with p = 1 (:mod:`linmeta.representation.tasks`), so
 the same call works on the population and on finite samples. A predictor ``v`` of task t has the
 core's loss ``L_t(v) = 1/2 v^T S_t v - <s_t, v> + 1/2 S_yy,t`` (:func:`linmeta.losses.task_loss`
-with ``M = v^T``; ``S_t = S_xx,t``, ``s_t = S_yx,t``), gradient ``g_t = S_t v - s_t``. Objectives are
-means over the T tasks. Every loop is a ``lax.scan`` (:func:`linmeta.retrain.run_steps`), tasks are
-a batch axis, step sizes are traced arrays.
+with ``M = v^T``; ``S_t = S_xx,t``, ``s_t = S_yx,t``), gradient ``g_t = S_t v - s_t``. Objectives
+are means over the T tasks. Every loop is a ``lax.scan`` (:func:`linmeta.retrain.run_steps`),
+tasks are a batch axis, step sizes are traced arrays.
 
 - **FrozenRep** (average loss with per-task heads, heads minimised out):
   ``F(B) = mean_t min_w [L_t(B w) + gamma/2 ||w||^2]`` over orthonormal B; heads
@@ -25,8 +25,8 @@ a batch axis, step sizes are traced arrays.
   never involves B* when the heads average to zero (claim R3).
 - **AdaptRep** (Chua et al. 2021; :func:`adaptrep_step`): ``F(B) = mean_t min_{Delta, w} L_t((B +
   Delta) w) + lambda/2 ||Delta||_F^2 + gamma/2 ||w||^2`` over orthonormal B. Inner problem by exact
-  alternating minimisation: ``w = ((B+Delta)^T S (B+Delta) + gamma I)^{-1} (B+Delta)^T s``; for fixed
-  w, ``u = Delta w`` solves ``(lambda I + ||w||^2 S) u = -||w||^2 (S B w - s)`` (conjugate
+  alternating minimisation: ``w = ((B+Delta)^T S (B+Delta) + gamma I)^{-1} (B+Delta)^T s``; for
+  fixed w, ``u = Delta w`` solves ``(lambda I + ||w||^2 S) u = -||w||^2 (S B w - s)`` (conjugate
   gradients) and
   ``Delta = -(S (B w + u) - s) w^T / lambda``. Then a step on B with the envelope gradient
   ``mean_t g_t w_t^T`` and QR.
@@ -61,6 +61,7 @@ from ..divergence import check_history
 from ..losses import task_loss, task_loss_grad
 from ..retrain._common import History, run_steps
 from ..retrain.standard import _check_stats
+from ._linalg import orthonormalise, shifted_solve as _shifted_solve, spd_solve
 from .tasks import moment_matrix
 from .truth import orthonormal_columns
 
@@ -131,46 +132,12 @@ def predictor_grad(v, stats: TaskStats):
     return task_loss_grad(v[..., None, :], stats)[..., 0, :]
 
 
-def orthonormalise(B):
-    """Orthonormal basis of the columns of B (..., d, k): Gram-Schmidt applied twice (the Q of the
-    thin QR decomposition with a positive diagonal in R), written out over the k columns so the
-    solver loops need no LAPACK call."""
-    cols = []
-    for j in range(B.shape[-1]):
-        v = B[..., :, j]
-        for _ in range(2):
-            for q in cols:
-                v = v - jnp.sum(q * v, axis=-1, keepdims=True) * q
-        cols.append(v / jnp.linalg.norm(v, axis=-1, keepdims=True))
-    return jnp.stack(cols, axis=-1)
-
-
 def _outer_mean(g, w):
     """``mean_t g_t w_t^T`` for g (T, d), w (T, k)."""
     return jnp.swapaxes(g, -1, -2) @ w / g.shape[-2]
 
 
 # ----------------------------------------------------------------------------- FrozenRep / FedRep
-def spd_solve(G, r):
-    """``G^{-1} r`` for symmetric positive definite G (..., k, k) and r (..., k): Cholesky
-    factorisation and the two triangular solves written out over the k columns (k is small), so
-    the solver loops need no LAPACK call (concurrent LAPACK calls inside loops were seen to hang
-    XLA:CPU in jax 0.10)."""
-    k = G.shape[-1]
-    L = [[None] * k for _ in range(k)]
-    for j in range(k):
-        L[j][j] = jnp.sqrt(G[..., j, j] - sum(L[j][p] ** 2 for p in range(j)))
-        for i in range(j + 1, k):
-            L[i][j] = (G[..., i, j] - sum(L[i][p] * L[j][p] for p in range(j))) / L[j][j]
-    y = []
-    for i in range(k):
-        y.append((r[..., i] - sum(L[i][p] * y[p] for p in range(i))) / L[i][i])
-    x = [None] * k
-    for i in reversed(range(k)):
-        x[i] = (y[i] - sum(L[p][i] * x[p] for p in range(i + 1, k))) / L[i][i]
-    return jnp.stack(x, axis=-1)
-
-
 def frozen_heads(B, stats: TaskStats, gamma=0.0):
     """``w_t = (B^T S_t B + gamma I)^{-1} B^T s_t`` (T, k)."""
     k = B.shape[-1]
@@ -185,7 +152,8 @@ def frozen_objective(B, stats: TaskStats, gamma=0.0):
 
 
 def alternating_step(B, stats: TaskStats, lr, gamma=0.0):
-    """Heads exactly, one gradient step of size ``lr`` on B, QR (FrozenRep's and FedRep's update)."""
+    """Heads exactly, one gradient step of size ``lr`` on B, QR (FrozenRep's and FedRep's
+    update)."""
     w = frozen_heads(B, stats, gamma)
     G = _outer_mean(predictor_grad(w @ B.T, stats), w)
     return orthonormalise(B - lr * G)
@@ -263,7 +231,7 @@ def fedrep(source: TaskStats, k, *, eta, key=None, B0=None, steps: int = 500,
     return res._replace(perturbations=None, start_objectives=None)
 
 
-# ----------------------------------------------------------------------------- ANIL, MAML, average loss
+# ------------------------------------------------------------------ ANIL, MAML, average loss
 def anil_heads(B, stats: TaskStats, alpha, w0):
     """Heads after the inner step: ``w'_t = w0 - alpha B^T g_t(B w0)`` (T, k)."""
     g0 = predictor_grad(B @ w0, stats)
@@ -434,29 +402,6 @@ def _check_lam(lam):
 
 def _inv(lam):
     return 1.0 / lam  # 0 for lam = inf: the frozen limit
-
-
-def _shifted_solve(S, c, rhs):
-    """``(I + c S)^{-1} rhs`` per task (S (T, d, d) PSD, c (T,) >= 0, rhs (T, d)) by conjugate
-    gradients, 2d iterations from 0 (the matrix has eigenvalues in [1, 1 + c ||S||], so this is exact
-    to rounding for any reasonable c; matrix products only, no LAPACK call in the solver loops)."""
-    def mv(x):
-        return x + c[:, None] * jnp.einsum("tde,te->td", S, x)
-
-    def body(carry, _):
-        x, r, p, rr = carry
-        Ap = mv(p)
-        pAp = jnp.sum(p * Ap, axis=-1)
-        alpha = jnp.where(pAp > 0, rr / jnp.where(pAp > 0, pAp, 1.0), 0.0)
-        x = x + alpha[:, None] * p
-        r = r - alpha[:, None] * Ap
-        rr_new = jnp.sum(r * r, axis=-1)
-        beta = jnp.where(rr > 0, rr_new / jnp.where(rr > 0, rr, 1.0), 0.0)
-        return (x, r, r + beta[:, None] * p, rr_new), None
-
-    x0 = jnp.zeros_like(rhs)
-    rr0 = jnp.sum(rhs * rhs, axis=-1)
-    return lax.scan(body, (x0, rhs, rhs, rr0), None, length=2 * rhs.shape[-1])[0][0]
 
 
 def adaptrep_inner_step(B, Delta, w, stats: TaskStats, lam, gamma):

@@ -21,7 +21,10 @@ tasks):
    (head only, and head and representation), AdaptRep's B (head and representation, and head
    only), ANIL's B (head only), and least squares from scratch; AdaptRep-style fine-tuning uses
    ``target_lam``/``target_gamma`` and ``target_steps`` updates.
-4. Record: subspace distances to B* (sine of the largest principal angle, ``||sin Theta||_F^2``),
+4. Record: subspace distances to B* (sine of the largest principal angle, ``||sin Theta||_F^2``;
+   computed without LAPACK by :mod:`linmeta.representation._linalg`, equal to
+   :func:`linmeta.metrics.subspace_distance` and :func:`linmeta.metrics.sin_theta_frobenius_sq` up
+   to rounding, tested: the protocol calls no LAPACK routine, so it is safe to batch and shard),
    objectives, ``||alpha B^T B - I||_2`` for ANIL, target excess risks (mean over target tasks),
    closed forms beside them (:mod:`linmeta.representation.theory`: the frozen floor and the
    frozen target risk of FrozenRep's B, the scratch risk, the late rates), divergence flags and
@@ -37,7 +40,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from .. import metrics
 from ..data import task_statistics
 from ..divergence import divergence_index
 from ..retrain._common import run_steps
@@ -46,10 +48,11 @@ from .methods import (adaptrep_inner, adaptrep_objective, adaptrep_step, anil_ob
                       frozen_heads, meta_step)
 from .target import head_and_representation_fit, head_only_fit, scratch_fit, target_excess_risk
 from .tasks import population_from_betas, samples_from_betas
-from .truth import RepTruth, orthonormal_columns
+from ._linalg import lambda_max_psd, orthonormalise, sin_theta_fro2, sin_theta_max
+from .truth import RepTruth
 
 __all__ = ["Shape", "Hyper", "RunKeys", "Outcome", "RUN_STREAM", "run_keys", "default_hyper",
-           "run_protocol", "METHODS"]
+           "check_shape", "check_hyper", "run_protocol", "METHODS"]
 
 RUN_STREAM = 0x4E7  # folded into the run key (keeps seed == truth seed from reusing a stream)
 METHODS = ("frozen_rep", "fedrep", "anil", "adapt_rep")
@@ -102,6 +105,41 @@ def default_hyper(dtype=None, **overrides) -> Hyper:
                          f"{', '.join(vals)}")
     vals.update(overrides)
     return Hyper(**{k: jnp.asarray(v, dt) for k, v in vals.items()})
+
+
+def check_shape(shape: Shape) -> Shape:
+    """Validate a :class:`Shape` eagerly (ValueError naming the field and its range)."""
+    from .._validate import check_int
+
+    if not isinstance(shape, Shape):
+        raise ValueError(f"shape must be a linmeta.representation.protocol.Shape, got "
+                         f"{type(shape).__name__}")
+    d = check_int("d", shape.d, 1)
+    check_int("k", shape.k, 1, d, hi_label="d")
+    check_int("T", shape.T, 1)
+    if shape.n is not None:
+        check_int("n", shape.n, 1)
+    check_int("m", shape.m, 1)
+    check_int("n_target", shape.n_target, 1)
+    for name in ("frozen_steps", "fedrep_steps", "anil_steps", "adapt_steps"):
+        check_int(name, getattr(shape, name), 0)
+    for name in ("adapt_inner", "n_starts", "target_steps", "record_every"):
+        check_int(name, getattr(shape, name), 1)
+    return shape
+
+
+def check_hyper(hyper: Hyper) -> Hyper:
+    """Validate concrete hyperparameters (scalars or one value per run): step sizes and lam > 0,
+    noise_std, gamma, target_gamma >= 0, all finite."""
+    import numpy as np
+
+    for name, value in hyper._asdict().items():
+        v = np.asarray(value, dtype=float)
+        positive = name not in ("noise_std", "gamma", "target_gamma")
+        if not np.all(np.isfinite(v)) or np.any(v < 0) or (positive and np.any(v <= 0)):
+            rng = "(0, inf)" if positive else "[0, inf)"
+            raise ValueError(f"hyper.{name} must be finite and in {rng}, got {value!r}")
+    return hyper
 
 
 class RunKeys(NamedTuple):
@@ -157,8 +195,10 @@ def _diverged(B, objective_history):
     return ~jnp.all(jnp.isfinite(B)) | (divergence_index(objective_history) >= 0)
 
 
-def _dist(B, Bs):
-    return metrics.subspace_distance(B, Bs), metrics.sin_theta_frobenius_sq(B, Bs)
+def _lambda_min_psd(M):
+    k = M.shape[-1]
+    t = jnp.trace(M, axis1=-2, axis2=-1)[..., None, None]
+    return t[..., 0, 0] - lambda_max_psd(t * jnp.eye(k, dtype=M.dtype) - M)
 
 
 def run_protocol(truth: RepTruth, keys: RunKeys, hyper: Hyper, shape: Shape) -> Outcome:
@@ -178,15 +218,14 @@ def run_protocol(truth: RepTruth, keys: RunKeys, hyper: Hyper, shape: Shape) -> 
         src = task_statistics(samples_from_betas(keys.source, betas, shape.n, hyper.noise_std))
     tgt = task_statistics(samples_from_betas(keys.target, betas0, m, hyper.noise_std))
     kinit, kstarts = jax.random.split(keys.init)
-    B0 = orthonormal_columns(kinit, d, k, dt)
+    B0 = orthonormalise(jax.random.normal(kinit, (d, k), dt))
     re = shape.record_every
     inf = jnp.asarray(jnp.inf, dt)
 
     # lanes: FrozenRep, FedRep, AdaptRep x n_starts (the first start is the common B0)
     starts = B0[None]
     if shape.n_starts > 1:
-        extra = jax.vmap(lambda kk: orthonormal_columns(kk, d, k, dt))(
-            jax.random.split(kstarts, shape.n_starts - 1))
+        extra = orthonormalise(jax.random.normal(kstarts, (shape.n_starts - 1, d, k), dt))
         starts = jnp.concatenate([starts, extra])
     nl = 2 + shape.n_starts
     lane_B0 = jnp.concatenate([B0[None], B0[None], starts])
@@ -209,7 +248,7 @@ def run_protocol(truth: RepTruth, keys: RunKeys, hyper: Hyper, shape: Shape) -> 
 
         def record(c):
             s = c[0]
-            return metrics.subspace_distance(s[0], Bs), adaptrep_objective(
+            return sin_theta_max(s[0], Bs), adaptrep_objective(
                 s[0], s[1], s[2], src, lam, gamma)
 
         (s, _), hist = run_steps(step, (s0, jnp.asarray(0)), steps, re, record)
@@ -228,8 +267,7 @@ def run_protocol(truth: RepTruth, keys: RunKeys, hyper: Hyper, shape: Shape) -> 
     (B_an, _), an_hist = run_steps(
         lambda s: meta_step(s[0], s[1], src, hyper.alpha, hyper.beta, 0.0, 0.0, 0.0), (A0, w0),
         shape.anil_steps, re,
-        lambda s: (metrics.subspace_distance(s[0], Bs), anil_objective(s[0], src, hyper.alpha,
-                                                                       w0)))
+        lambda s: (sin_theta_max(s[0], Bs), anil_objective(s[0], src, hyper.alpha, w0)))
 
     # targets
     def risk(v):
@@ -246,11 +284,12 @@ def run_protocol(truth: RepTruth, keys: RunKeys, hyper: Hyper, shape: Shape) -> 
     th_frozen = (jnp.mean(theory.frozen_target_risk(B_fr, betas0, hyper.noise_std, m))
                  if m > k + 1 else nan)
     th_scratch = theory.scratch_risk(d, m, hyper.noise_std) if m > d + 1 else nan
-    lam_min = jnp.min(jnp.linalg.eigvalsh(truth.head_moment))
+    lam_min = _lambda_min_psd(truth.head_moment)
     ends = jnp.stack([B_fr, B_fe, B_an, B_ad])
-    sin_max = jax.vmap(lambda B: metrics.subspace_distance(B, Bs))(ends)
-    sin_fro2 = jax.vmap(lambda B: metrics.sin_theta_frobenius_sq(B, Bs))(ends)
-    gram = jnp.linalg.norm(hyper.alpha * B_an.T @ B_an - jnp.eye(k, dtype=dt), ord=2)
+    sin_max = jax.vmap(lambda B: sin_theta_max(B, Bs))(ends)
+    sin_fro2 = jax.vmap(lambda B: sin_theta_fro2(B, Bs))(ends)
+    G = hyper.alpha * B_an.T @ B_an - jnp.eye(k, dtype=dt)
+    gram = jnp.sqrt(jnp.maximum(lambda_max_psd(G.T @ G), 0.0))  # ||G||_2 without LAPACK
     return Outcome(
         frozen_sin_max=sin_max[0], frozen_sin_fro2=sin_fro2[0], fedrep_sin_max=sin_max[1],
         fedrep_sin_fro2=sin_fro2[1], anil_sin_max=sin_max[2], anil_sin_fro2=sin_fro2[2],

@@ -3,7 +3,8 @@
 Task t's loss of a predictor ``v`` (d,) is the core's quadratic (:mod:`linmeta.data`) with p = 1,
 ``M = v^T``:
 
-    L_t(v) = 1/(2n) sum_i (y_i - <x_i, v>)^2 = 1/2 v^T S_xx v - <s_t, v> + 1/2 S_yy,   s_t = S_yx[t, 0],
+    L_t(v) = 1/(2n) sum_i (y_i - <x_i, v>)^2 = 1/2 v^T S_xx v - <s_t, v> + 1/2 S_yy,
+    s_t = S_yx[t, 0],
 
 so :class:`linmeta.TaskStats` with ``Syx`` of shape (T, 1, d) carries it, and
 :func:`linmeta.data.task_statistics` reduces raw samples to it. In the population (n -> infinity,
@@ -66,8 +67,9 @@ def population(truth: RepTruth, noise_std=0.0, *, tasks: str = "source") -> Task
 
 
 def samples_from_betas(key, betas, n, noise_std) -> Samples:
-    """n samples per task: ``x ~ N(0, I_d)``, ``y = <x, beta_t> + eps``, ``eps ~ N(0, noise_std^2)``;
-    ``X`` (T, n, d), ``Y`` (T, n, 1) (one ``jax.random.normal`` call)."""
+    """n samples per task: ``x ~ N(0, I_d)``, ``y = <x, beta_t> + eps``,
+    ``eps ~ N(0, noise_std^2)``; ``X`` (T, n, d), ``Y`` (T, n, 1) (one ``jax.random.normal``
+    call)."""
     betas = _check_betas(betas)
     n = check_int("n", n, 1)
     check_scalar("noise_std", noise_std, 0.0)

@@ -1,6 +1,8 @@
 """Closed forms of the shared-representation model (docs/representation.md; claims R1-R7).
 
-This module never imports a solver, so checking a solver against it stays a check. Notation:
+This module never imports a solver, so checking a solver against it stays a check (it uses the
+LAPACK-free linear algebra of :mod:`linmeta.representation._linalg` and, for the independent
+eigendecomposition of R1 and R4, ``jnp.linalg.eigh``). Notation:
 ``C = (1/T) sum_t beta_t beta_t^T`` (:func:`task_moment`); in the exactly shared model
 ``C = B* Sigma_hat B*^T`` with ``Sigma_hat`` the heads' second moment.
 
@@ -29,6 +31,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from .._validate import check_array, check_int, check_scalar
+from ._linalg import orthonormalise
 
 __all__ = ["task_moment", "pca_subspace", "projector_complement", "frozen_floor",
            "frozen_target_risk", "scratch_risk", "anil_wrong_subspace_update", "anil_late_rate",
@@ -72,9 +75,10 @@ def pca_subspace(betas, k):
 
 
 def projector_complement(B):
-    """``I - Q Q^T`` with Q an orthonormal basis of the columns of B."""
+    """``I - Q Q^T`` with Q an orthonormal basis of the columns of B (Gram-Schmidt: no LAPACK
+    call, so the closed forms can sit in compiled loops)."""
     B = _rep(B)
-    Q, _ = jnp.linalg.qr(B)
+    Q = orthonormalise(B)
     return jnp.eye(B.shape[0], dtype=B.dtype) - Q @ Q.T
 
 
@@ -113,15 +117,18 @@ def scratch_risk(d, m, noise_std):
 def anil_wrong_subspace_update(B, B_star, C, alpha, beta):
     """``(I - P*) B+`` after one population step of ANIL or first-order ANIL from w0 = 0 (claim
     R3), ``P* = B* B*^T``, when C lives in col(B*): ``(I - P*) B (I - alpha^2 beta B^T C B)``.
+    ``B`` may be a stack (..., d, k).
 
     ANIL's gradient is ``alpha (P C + C P) B`` with ``P = alpha B B^T - I``, first-order ANIL's is
     ``alpha P C B``; ``(I - P*) C = 0`` removes the second term of ANIL's, and
     ``(I - P*) P C B = alpha (I - P*) B B^T C B`` for both."""
-    B = _rep(B)
+    B = check_array("B", B)
+    if B.ndim < 2 or B.shape[-1] > B.shape[-2]:
+        raise ValueError(f"B must have shape (..., d, k) with k <= d, got {tuple(B.shape)}")
     Pp = projector_complement(_rep(B_star, "B_star"))
-    C = check_array("C", C, shape=(B.shape[0], B.shape[0]))
-    k = B.shape[1]
-    return Pp @ B @ (jnp.eye(k, dtype=B.dtype) - alpha ** 2 * beta * B.T @ C @ B)
+    d, k = B.shape[-2:]
+    C = check_array("C", C, shape=(d, d))
+    return Pp @ B @ (jnp.eye(k, dtype=B.dtype) - alpha ** 2 * beta * _T(B) @ C @ B)
 
 
 def _lambda_min(Sigma):
@@ -139,7 +146,8 @@ def anil_late_rate(alpha, beta, Sigma):
 
 
 def fedrep_late_rate(eta, Sigma):
-    """``1 - eta lambda_min(Sigma)``: FedRep's late contraction (tangent of the principal angles)."""
+    """``1 - eta lambda_min(Sigma)``: FedRep's late contraction (of the largest principal
+    angle)."""
     check_scalar("eta", eta, 0.0, lo_open=True)
     return 1 - eta * _lambda_min(Sigma)
 

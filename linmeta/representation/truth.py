@@ -5,10 +5,10 @@ Scalar outputs: task t has a parameter vector
     beta_t = (B* + Delta*_t) w*_t,     y = <x, beta_t> + eps,  x ~ N(0, I_d),  eps ~ N(0, sigma^2),
 
 with ``B*`` (d x k) orthonormal (the shared representation), ``w*_t`` (k,) the task's head and
-``Delta*_t`` (d x k) a task-specific perturbation of the representation (zero when the tasks share it
-exactly). Task diversity is ``Sigma_w = E[w* w*^T]`` (k x k, positive definite); the closed forms of
-:mod:`linmeta.representation.theory` use the heads' own second moment
-``(1/T) sum_t w*_t w*_t^T`` (:attr:`RepTruth.head_moment`), which equals ``Sigma_w`` exactly for
+``Delta*_t`` (d x k) a task-specific perturbation of the representation (zero when the tasks share
+it exactly). Task diversity is ``Sigma_w = E[w* w*^T]`` (k x k, positive definite); the closed
+forms of :mod:`linmeta.representation.theory` use the heads' own second moment ``(1/T) sum_t w*_t
+w*_t^T`` (:attr:`RepTruth.head_moment`), which equals ``Sigma_w`` exactly for
 :func:`balanced_heads`. Target tasks (the tasks fine-tuned after training) have their own heads and
 perturbations.
 
