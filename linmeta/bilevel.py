@@ -19,12 +19,16 @@ One run, every step the core's own function:
    Asymmetric adapters start as LoRA does (U ~ N(0, s^2) on the used columns, V = 0); symmetric
    ones from U ~ N(0, s^2). ``hyper.start_lr > 0`` learns the start.
 4. Reference: standard retraining's exact minimiser on the pooled statistics (support and query
-   together), :func:`linmeta.retrain.pooled_least_squares`.
+   together): ``(sum_t S_yx,t)(sum_t S_xx,t)^+`` (the mean of the ``M*_t`` in the population).
 5. Fine-tuning on the unseen tasks: the exact rank-``ft_rank`` adapter
    (:func:`linmeta.reduced_rank_fit`) on n samples (or the population) of each unseen task, for the
    bilevel base and SR's; recorded as ``||M_ft - M*_new||_F^2`` (mean over unseen tasks) and, for
    the n -> infinity limit, the Eckart-Young bias of ``M*_new - A_hat`` at rank ``ft_rank``
-   (:func:`linmeta.theory.lora_bias`).
+   (:func:`linmeta.theory.lora_bias`); in the population the two are equal.
+
+Everything but the fine-tuning fit at finite n (and the SVD of the bias) is LAPACK-free (the
+least-squares solutions use :func:`linmeta.paper.psd_pinv`), as the sweep's sharded CPU
+programs require.
 
 Divergence: ``diverged`` (the recorded objective blew up or the base is non-finite) and
 ``inner_diverged`` (some record's inner loop blew up from a finite start), computed in the
@@ -47,9 +51,8 @@ from ._validate import check_choice, check_int, check_scalar
 from .data import TaskStats
 from .divergence import divergence_index
 from .finetune import reduced_rank_fit
-from .losses import excess_loss, ols_solution
 from .problem import Truth
-from .retrain import pooled_least_squares, run_steps
+from .retrain import run_steps
 from .retrain.maml import (METHODS, BilevelHyper, BilevelState, Factors, adapt_with_trace,
                            adapter_delta, bilevel_step)
 
@@ -214,6 +217,12 @@ def initial_start(key, shape: Shape, hyper: Hyper, dtype) -> Factors:
     return Factors((1 - f) * U, f * eye)
 
 
+def _ols(stats: TaskStats, N):
+    """``S_yx S_xx^+`` without LAPACK (:func:`linmeta.paper.ols_solution`); ``None`` when
+    ``N <= d`` (least squares interpolates: ``min L_t = 0``)."""
+    return paper.ols_solution(stats, N)
+
+
 def _method_arg(shape: Shape, hyper: Hyper):
     return hyper.method if shape.methods == "all" else shape.methods
 
@@ -225,17 +234,18 @@ def run_protocol(truth: Truth, keys: paper.RunKeys, hyper: Hyper, shape: Shape) 
     sup, qry, pooled = retrain_statistics(truth, keys.retrain, shape, hyper.noise_std)
     fs = paper.task_statistics(keys.finetune, truth.M_new, shape.n, hyper.noise_std,
                                shape.sampler)
-    Bs, Bq = ols_solution(sup), ols_solution(qry)
+    Bs = _ols(sup, shape.support if shape.N is not None else None)
+    Bq = Bs if shape.N is None else _ols(qry, shape.N - shape.support)
     bh = BilevelHyper(hyper.inner_lr, hyper.outer_lr, hyper.start_lr, hyper.inner_steps,
                       1 - hyper.inner_full)
     kw = dict(adapter=shape.adapter, length=shape.inner_length)
     method = _method_arg(shape, hyper)
 
     def record(s):
-        theta, trace = adapt_with_trace(s.base, s.start, sup, bh.inner_lr, bh.inner_steps,
-                                        train_v=bh.train_v, B=Bs, **kw)
-        obj = jnp.mean(excess_loss(s.base + adapter_delta(theta, shape.adapter), qry, Bq),
-                       axis=-1)
+        theta, trace = adapt_with_trace(
+            s.base, s.start, sup, bh.inner_lr, bh.inner_steps, train_v=bh.train_v,
+            excess_fn=lambda M: paper.excess_objective(M, sup, Bs), **kw)
+        obj = paper.excess_objective(s.base + adapter_delta(theta, shape.adapter), qry, Bq)
         return obj, metrics.base_error(s.base, truth.A_star), trace
 
     state0 = BilevelState(jnp.zeros((d, d), dt), initial_start(keys.init, shape, hyper, dt))
@@ -245,21 +255,26 @@ def run_protocol(truth: Truth, keys: paper.RunKeys, hyper: Hyper, shape: Shape) 
     A = state.base
     obj = obj_traj[-1]
 
-    A_sr = pooled_least_squares(pooled)
-    bases = jnp.stack([A, A_sr])
-    safe = jnp.where(jnp.isfinite(bases), bases, 0.0)
-
-    def finetune(base):
-        U, V = reduced_rank_fit(base, fs, r_ft)
-        M = base + U @ jnp.swapaxes(V, -1, -2)
-        risk = jnp.mean(jnp.sum((M - truth.M_new) ** 2, axis=(-2, -1)))
-        bias = jnp.mean(theory.lora_bias(truth.M_new - base, r_ft))
-        return risk, bias
-
-    risk, bias = jax.vmap(finetune)(safe)
+    # SR's exact minimiser on the pooled statistics (LAPACK-free, as the paper protocol)
+    if shape.N is None:
+        A_sr = jnp.mean(pooled.Syx, axis=0)
+    else:
+        A_sr = jnp.sum(pooled.Syx, axis=0) @ paper.psd_pinv(jnp.sum(pooled.Sxx, axis=0))
     ok = jnp.all(jnp.isfinite(A))
-    risk = jnp.where(jnp.arange(2) == 0, jnp.where(ok, risk, jnp.inf), risk)
-    bias = jnp.where(jnp.arange(2) == 0, jnp.where(ok, bias, jnp.inf), bias)
+    bases = jnp.stack([jnp.where(ok, A, 0.0), A_sr])
+    bias = jax.vmap(lambda b: jnp.mean(theory.lora_bias(truth.M_new - b, r_ft)))(bases)
+    if shape.n is None:  # the exact rank-r fit leaves exactly the Eckart-Young bias
+        risk = bias
+    else:
+        def finetune(base):
+            U, V = reduced_rank_fit(base, fs, r_ft)
+            M = base + U @ jnp.swapaxes(V, -1, -2)
+            return jnp.mean(jnp.sum((M - truth.M_new) ** 2, axis=(-2, -1)))
+
+        risk = jax.vmap(finetune)(bases)
+    first = jnp.arange(2) == 0
+    risk = jnp.where(first & ~ok, jnp.inf, risk)
+    bias = jnp.where(first & ~ok, jnp.inf, bias)
 
     diverged = (divergence_index(obj_traj) >= 0) | ~ok
     inner_bad = jax.vmap(lambda row: jnp.isfinite(row[0]) & (divergence_index(row) >= 0))(traces)

@@ -28,12 +28,12 @@ import numpy as np
 import linmeta
 from linmeta import bilevel_theory
 from linmeta.retrain import run_steps, sr_gradient_step
-from linmeta.retrain.maml import BilevelHyper, Factors, method_weights, split_support_query
+from linmeta.retrain.maml import BilevelHyper, Factors, method_weights
 
 from . import ClaimResult, Verdict
-from ._bilevel import rel_diff, trajectories
-from ._draws import draw, gaussian_truth, truth_shapes
-from ._support import figure_dpi, float_tol, key_for, pyplot, save_figure, settings_value
+from ._bilevel import (numpy_population, numpy_split, numpy_truths, rel_diff, rng_for,
+                       task_matrices, to_jax, trajectories)
+from ._support import figure_dpi, float_tol, pyplot, save_figure, settings_value
 
 CLAIM = "M1"
 ALPHA, BETA = 0.1, 0.3          # inner and outer steps of items 1-2
@@ -49,28 +49,17 @@ def _stack(stats_list):
     return jax.tree.map(lambda *xs: jnp.stack(xs), *stats_list)
 
 
-@functools.partial(jax.jit, static_argnames=("S", "d", "k", "T", "N"))
-def _problems(key, *, S, d, k, T, N):
+def _problems(rng, *, S, d, k, T, N):
     """Population statistics and finite (support, query) statistics (N/2 samples each, noise
     std 0.1) of S Gaussian truths, and three starts (width d): the LoRA start (U random on k
-    columns, V = 0), the zero start and the full-rank start (W = 0, V = I). One Gaussian draw
-    (:func:`linmeta.claims._draws.draw`: one random-number kernel to compile)."""
-    dt = jnp.asarray(0.0).dtype
-    shapes = [(S,) + s for s in truth_shapes(d, k, T)] + [(S, T, N, d), (S, T, N, d), (d, d)]
-    A, U, Un, X, E, Z = draw(key, shapes, dt)
-
-    def one(A, U, Un, X, E):
-        tr = gaussian_truth(A, U, Un)
-        pop = linmeta.population(tr, 0.1)
-        Y = X @ jnp.swapaxes(tr.M_star, -1, -2) + 0.1 * E
-        smp = linmeta.Samples(X, Y, tr.M_star, jnp.full((T,), 0.1, dt))
-        sp, qr = split_support_query(smp, N // 2)
-        return pop, sp, qr
-
-    zero = jnp.zeros((d, d), dt)
-    lora = Factors(0.1 * Z * (jnp.arange(d) < k), zero)
-    starts = (lora, Factors(zero, zero), Factors(zero, jnp.eye(d, dtype=dt)))
-    return jax.vmap(one)(A, U, Un, X, E), starts
+    columns, V = 0), the zero start and the full-rank start (W = 0, V = I). NumPy."""
+    A, U, _ = numpy_truths(rng, S, d, k, T)
+    M = task_matrices(A, U)
+    sup, qry = numpy_split(rng, M, N, 0.1)
+    zero = np.zeros((d, d))
+    lora = (0.1 * rng.standard_normal((d, d)) * (np.arange(d) < k), zero)
+    starts = (lora, (zero, zero), (zero, np.eye(d)))
+    return (numpy_population(M, 0.1), sup, qry), starts
 
 
 def _configs(S, K_zero):
@@ -95,7 +84,7 @@ def _run_all(problems, starts, *, S, K_zero, steps):
     pick = lambda tree, i: jax.tree.map(lambda x: x[i], tree)  # noqa: E731
     sup = _stack([pick(pop if r[2] == "population" else sp, r[1]) for r in runs])
     qry = _stack([pick(pop if r[2] == "population" else qr, r[1]) for r in runs])
-    st = _stack([starts[r[3]] for r in runs])
+    st = _stack([Factors(*starts[r[3]]) for r in runs])
     hyp = BilevelHyper(jnp.asarray([r[5] for r in runs], dt), jnp.full(len(runs), BETA, dt),
                        jnp.zeros(len(runs), dt), jnp.asarray([r[4] for r in runs], jnp.int32),
                        jnp.asarray([r[6] for r in runs], dt))
@@ -117,21 +106,21 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
     t0 = time.perf_counter()
     d, k, T, S, steps, N = cfg["d"], cfg["k"], cfg["T"], cfg["seeds"], cfg["steps"], cfg["N"]
     dt = jnp.asarray(0.0).dtype
-    key = key_for(seed, CLAIM)
     tol = float_tol(1e-12, 1e-4)
     note = f"d={d}, k={k}, T={T}, {S} seeds, {steps} outer steps, {dt}"
 
-    problems, starts = _problems(key, S=S, d=d, k=k, T=T, N=N)
+    problems, starts = _problems(rng_for(seed, CLAIM), S=S, d=d, k=k, T=T, N=N)
+    problems, starts = tuple(to_jax(p) for p in problems), to_jax(starts)
     bases, sr_bases = _run_all(problems, starts, S=S, K_zero=cfg["K_zero"], steps=steps)
     tags = [r[0] for r in _configs(S, cfg["K_zero"])]
     bases, sr_bases = np.asarray(bases), np.asarray(sr_bases)
     diffs = {}
     for i, (name, src) in enumerate(tags):
         diffs.setdefault((name, src), []).append(rel_diff(bases[i], sr_bases[i]))
-    pop0 = jax.tree.map(lambda x: x[0], problems[0])
+    pop0 = linmeta.TaskStats(*(np.asarray(x)[0] for x in problems[0]))
     pub_diff = None
     if setting == "full":  # the public entry point (the tests check it at every setting)
-        U0 = np.asarray(starts[0].U[:, :k])
+        U0 = np.asarray(starts[0][0])[:, :k]
         pub = linmeta.maml(pop0, k, method="maml", inner_steps=0, outer_steps=steps,
                            outer_lr=BETA, U0=U0, V0=np.zeros_like(U0), record_every=1)
         sr0 = linmeta.standard_retraining(pop0, method="gd", steps=steps, lr=BETA,

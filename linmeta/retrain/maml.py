@@ -178,15 +178,22 @@ def adapt(A, start: Factors, support: TaskStats, inner_lr, inner_steps, *, adapt
 
 
 def adapt_with_trace(A, start: Factors, support: TaskStats, inner_lr, inner_steps, *,
-                     adapter: str, length: int, train_v=1.0, B=None):
+                     adapter: str, length: int, train_v=1.0, B=None, excess_fn=None):
     """:func:`adapt` and the support excess loss (mean over tasks) before every inner step and
-    after the last one, shape (length + 1,) (constant after step K)."""
-    B = ols_solution(support) if B is None else B
+    after the last one, shape (length + 1,) (constant after step K). The excess is
+    ``excess_fn(M)`` if given, else :func:`linmeta.losses.excess_loss` with ``B`` (default the
+    least-squares solution of ``support``)."""
+    if excess_fn is None:
+        B = ols_solution(support) if B is None else B
+
+        def excess_fn(M):
+            return jnp.mean(excess_loss(M, support, B), axis=-1)
+
     theta0 = _broadcast_start(start, support.T)
     lrs = _active_lr(inner_lr, inner_steps, length, support.Sxx.dtype)
 
     def excess(th):
-        return jnp.mean(excess_loss(A + adapter_delta(th, adapter), support, B), axis=-1)
+        return excess_fn(A + adapter_delta(th, adapter))
 
     def body(th, lr):
         return inner_step(A, th, support, lr, adapter, train_v), excess(th)
