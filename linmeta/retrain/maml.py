@@ -513,9 +513,9 @@ def maml(source, rank, *, key=None, method: str = "maml", inner_steps: int = 10,
                          jnp.asarray(start_lr if learn_start else 0.0, dt),
                          jnp.asarray(K, jnp.int32),
                          jnp.asarray(0.0 if adapter == "full" else 1.0, dt))
-    res, inner_trace = _maml_kernel(sup, qry, A0, theta0, hyper, method=method,
-                                    adapter=_structure(adapter), length=length,
-                                    outer_steps=outer_steps, record_every=record_every)
+    res, inner_trace = _kernel()(sup, qry, A0, theta0, hyper, method=method,
+                                 adapter=_structure(adapter), length=length,
+                                 outer_steps=outer_steps, record_every=record_every)
     sizes = {"outer_lr": outer_lr, "inner_lr": inner_lr}
     if learn_start:
         sizes["start_lr"] = start_lr
@@ -547,8 +547,16 @@ def check_bilevel_divergence(steps, objective, inner_trace, K: int, step_sizes, 
                   final=final)
 
 
-@functools.partial(jax.jit, static_argnames=("method", "adapter", "length", "outer_steps",
-                                             "record_every"))
+@functools.lru_cache(maxsize=None)
+def _kernel():
+    """The jitted :func:`_maml_kernel`, created on first use. On CPU it is compiled at XLA's
+    backend optimisation level 1 (as :mod:`linmeta.sweep` does): measured on these programs
+    (d = 10, K = 100, 1000 outer steps) it compiles about a quarter faster and runs as fast."""
+    opts = {"xla_backend_optimization_level": 1} if jax.default_backend() == "cpu" else None
+    return jax.jit(_maml_kernel, static_argnames=("method", "adapter", "length", "outer_steps",
+                                                  "record_every"), compiler_options=opts)
+
+
 def _maml_kernel(support, query, A0, theta0, hyper, *, method, adapter, length, outer_steps,
                  record_every):
     Bs = ols_solution(support)
