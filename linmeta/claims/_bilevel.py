@@ -126,7 +126,7 @@ class Run(dict):
     """One configuration of the grid: its parameters plus the outcome arrays over seeds."""
 
 
-PARTS = ("K", "rank", "alpha")
+PARTS = ("K", "rank", "alpha")   # "T" (configurations of the sweep over T) on request
 
 
 def configs(cfg: dict, parts=PARTS) -> list[dict]:
@@ -151,6 +151,11 @@ def configs(cfg: dict, parts=PARTS) -> list[dict]:
             out.append(dict(base, method=method, inner_steps=cfg["K_ablation"],
                             start_lr=cfg["start_lr"]))
             out.append(dict(base, method=method, inner_steps=0))
+    if "T" in parts:      # the sweep over T (M4, full setting): matched and full-rank inner
+        for method in methods:
+            out.append(dict(base, method=method, inner_steps=cfg["K_ablation"]))
+            out.append(dict(base, method=method, inner_steps=cfg["K_ablation"],
+                            inner_full=True))
     if "alpha" in parts:
         for method, a in itertools.product(methods, cfg["as_"]):
             out.append(dict(base, method=method, inner_steps=cfg["K_alpha"], a=a))
@@ -168,29 +173,34 @@ def configs(cfg: dict, parts=PARTS) -> list[dict]:
     return uniq
 
 
-def _width(c, cfg) -> int:
-    return cfg["d"] if (c["inner_full"] or c["inner_rank"] > cfg["k"]) else cfg["k"]
+def _group(c, cfg) -> tuple:
+    """(factor width, inner scan length) of the program that runs configuration ``c``: with
+    ``cfg["split_width"]`` rank-k runs use k columns, the others d (else all d); with
+    ``cfg["split_length"]`` each K has its own scan length (else the grid's largest K)."""
+    w = cfg["d"] if (c["inner_full"] or c["inner_rank"] > cfg["k"]) else cfg["k"]
+    return (w if cfg.get("split_width") else cfg["d"],
+            c["inner_steps"] if cfg.get("split_length") else None)
 
 
 def grid(cfg: dict, rng: np.random.Generator, T: int, parts=PARTS):
     """Run :func:`configs` on ``cfg["seeds"]`` Gaussian truths with T tasks (population) with
-    the family's protocol (:func:`linmeta.bilevel.run_batch`). Configurations run as one batch per
-    factor width (``cfg["split_width"]``: rank-k runs with k columns, the others with d; else all
-    with d: one compiled program), in chunks of ``cfg["chunk"]``. Returns ``(runs, lambdas,
-    truths)``: :class:`Run` per configuration (arrays over seeds), the per-seed ``lambda`` and
-    the truths (NumPy)."""
+    the family's protocol (:func:`linmeta.bilevel.run_batch`), one batch per program group
+    (:func:`_group`; at the quick setting a single program), in chunks of ``cfg["chunk"]``.
+    Returns ``(runs, lambdas, truths)``: :class:`Run` per configuration (arrays over seeds), the
+    per-seed ``lambda = max_t ||M*_t||_2`` and the truths (NumPy)."""
     d, k, S, m = cfg["d"], cfg["k"], cfg["seeds"], cfg["m"]
     A, U, Un = numpy_truths(rng, S, d, k, T, m)
     lam = np.max(np.linalg.norm(task_matrices(A, U), ord=2, axis=(-2, -1)), axis=-1)   # (S,)
     cfgs = configs(cfg, parts)
-    length = max(c["inner_steps"] for c in cfgs)
-    widths = sorted({_width(c, cfg) if cfg.get("split_width") else d for c in cfgs})
+    longest = max(c["inner_steps"] for c in cfgs)
+    groups: dict = {}
+    for i, c in enumerate(cfgs):
+        groups.setdefault(_group(c, cfg), []).append(i)
     out = {}
-    for w in widths:
-        members = [i for i, c in enumerate(cfgs)
-                   if (_width(c, cfg) if cfg.get("split_width") else d) == w]
+    for (w, length), members in groups.items():
         shape = bilevel.make_shape(d, k, T, m=m, ft_rank=cfg["ft_rank"], width=w,
-                                   inner_length=length, outer_steps=cfg["outer_steps"],
+                                   inner_length=longest if length is None else length,
+                                   outer_steps=cfg["outer_steps"],
                                    record_every=cfg["record_every"])
         jobs = [(i, s) for i in members for s in range(S)]
         chunk = cfg.get("chunk") or len(jobs)
@@ -296,8 +306,8 @@ GRID = {
     "full": dict(d=10, k=1, ft_rank=1, m=4, seeds=6, methods=METHODS, a=0.5, beta=0.3,
                  Ks=(0, 5, 10, 25, 50, 100, 200), ranks=(1, 2, 3, 5, 10), K_ablation=100,
                  as_=(0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0), K_alpha=50, alpha_full=True,
-                 start_lr=0.05,
-                 outer_steps=1000, record_every=50, chunk=64, split_width=True),
+                 start_lr=0.05, outer_steps=500, record_every=25, chunk=64, split_width=True,
+                 split_length=True),
 }
 
 

@@ -110,8 +110,7 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
     if own["T_sweep"]:
         sweep = {}
         for T in own["T_sweep"]:
-            parts = ("rank",)
-            runs, lam, refs = grid_cached(cfg, seed, T, parts=parts, newton=True)
+            runs, lam, refs = grid_cached(cfg, seed, T, parts=("T",), newton=True)
             for m in cfg["methods"]:
                 r = select(runs, method=m, inner_steps=cfg["K_ablation"], inner_full=False,
                            inner_rank=cfg["k"], start_lr=0.0)[0]
