@@ -55,7 +55,7 @@ BASES = ("A=0", "A*", "A_SR", "random A")
 SETTINGS = {
     "tiny": dict(d=4, k=1, T=3, r=1, seeds=2, K=1500, bfgs_seeds=1),
     "quick": dict(d=5, k=1, T=3, r=1, seeds=3, K=2000, bfgs_seeds=2),
-    "full": dict(d=8, k=2, T=4, r=2, seeds=8, K=4000, bfgs_seeds=8),
+    "full": dict(d=8, k=2, T=4, r=2, seeds=8, K=20000, bfgs_seeds=8),
 }
 
 
