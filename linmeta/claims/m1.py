@@ -179,8 +179,8 @@ def plot(result: ClaimResult, out_dir) -> list:
     for m, tr in zip(D["full_methods"], D["full_traj"]):
         ax1.semilogy(steps, np.maximum(tr, 1e-18), label=f"plain {m} (full-rank inner)")
     ax1.set_xlabel("outer iteration")
-    ax1.set_ylabel(r"$\|A - (A^* + \bar R)\|_F$")
-    ax1.set_title("plain MAML heads for SR's minimiser $A^*+\\bar R$")
+    ax1.set_ylabel("||A - (A* + Rbar)||_F")
+    ax1.set_title("plain MAML heads for SR's minimiser A* + Rbar")
     ax1.legend(fontsize=8)
     fig.suptitle(f"M1  bilevel retraining reduces to SR  d={D['d']}, k={D['k']}, T={D['T']} "
                  f"({D['setting']})", fontsize=10)

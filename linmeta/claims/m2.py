@@ -54,7 +54,7 @@ CLAIM = "M2"
 BASES = ("A=0", "A*", "A_SR", "random A")
 SETTINGS = {
     "tiny": dict(d=4, k=1, T=3, r=1, seeds=2, K=1500, bfgs_seeds=1),
-    "quick": dict(d=5, k=1, T=3, r=1, seeds=3, K=2000, bfgs_seeds=2),
+    "quick": dict(d=5, k=1, T=3, r=1, seeds=3, K=2000, bfgs_seeds=1),
     "full": dict(d=8, k=2, T=4, r=2, seeds=8, K=20000, bfgs_seeds=8),
 }
 
@@ -195,7 +195,7 @@ def plot(result: ClaimResult, out_dir) -> list:
     ax0.set_yscale("log")
     ax0.set_xticks(x)
     ax0.set_xticklabels(BASES)
-    ax0.set_ylabel(r"$F_\infty(A)$ / F(no adaptation)")
+    ax0.set_ylabel("F_inf(A) / F(no adaptation)")
     ax0.set_title("objective with the adapters minimised out")
     ax0.legend(fontsize=8)
     groups = [("exact solve vs closed form", D["rel"].ravel()),

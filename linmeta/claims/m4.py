@@ -151,9 +151,9 @@ def plot(result: ClaimResult, out_dir) -> list:
         fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
         x = np.asarray(cfg["Ks"], float)
         xp = np.where(x == 0, 0.5, x)  # K = 0 drawn at 0.5 on the log axis
-        for j, (key, ylab) in enumerate(((1, r"$\|\hat A - A^*\|_F / \|A^*\|_F$"),
+        for j, (key, ylab) in enumerate(((1, "||A_hat - A*||_F / ||A*||_F"),
                                          (2, f"rank-{cfg['ft_rank']} fine-tuning error "
-                                             r"$\min\|M^*_{new} - \hat A - \Delta\|_F^2$"))):
+                                             "min ||M*_new - A_hat - Delta||_F^2"))):
             ax = axes[j]
             for m in cfg["methods"]:
                 _panel(ax, xp, P["lora"][m][key], METHOD_COLOR[m],
@@ -171,7 +171,7 @@ def plot(result: ClaimResult, out_dir) -> list:
             ax.set_yscale("log")
             ax.set_xlabel("inner steps K  (K = 0 at 0.5)")
             ax.set_ylabel(ylab)
-            ax.grid(True, which="both", alpha=0.3)
+            ax.grid(True, alpha=0.3)
         axes[0].legend(fontsize=7, ncol=2)
         fig.suptitle(f"bilevel retraining against K, T={T}, d={cfg['d']}, k={cfg['k']}, "
                      f"population, median and min-max over {cfg['seeds']} seeds "
@@ -192,11 +192,11 @@ def plot(result: ClaimResult, out_dir) -> list:
                ls=":")
         ax.set_yscale("log")
         ax.set_xlabel("retraining tasks T")
-        ax.set_ylabel(r"$\|\hat A - A^*\|_F / \|A^*\|_F$")
+        ax.set_ylabel("||A_hat - A*||_F / ||A*||_F")
         ax.set_title(f"against T, K={cfg['K_ablation']}, d={cfg['d']}, k={cfg['k']}",
                      fontsize=10)
         ax.legend(fontsize=7)
-        ax.grid(True, which="both", alpha=0.3)
+        ax.grid(True, alpha=0.3)
         fig.tight_layout()
         paths += save_figure(fig, out_dir, "bilevel_vs_T", dpi=figure_dpi(D["setting"]))
     return paths
