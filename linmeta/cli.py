@@ -1,19 +1,24 @@
 """The ``linmeta`` command line: ``run``, ``sweep``, ``verify``, ``plot``, ``theory``.
 
-- ``run``: one configuration (flags and/or ``--config FILE``), Meta-LoRA against standard
-  retraining (SR) then fine-tuning on the unseen task; prints a summary (``--json`` for scripts)
-  and writes a run record with its provenance (:mod:`linmeta.results`).
-- ``sweep``: a grid from a spec file (:mod:`linmeta.config`), one compiled program per chunk of
-  configurations of one shape (:mod:`linmeta.sweep`), a progress bar on stderr, results written as
-  it goes; started again on the same folder it skips finished work.
-- ``verify``: the claim checks of THEORY.md (delegated to :mod:`linmeta.verify`).
-- ``plot``: figures from a stored run or sweep folder, without recomputing
-  (:mod:`linmeta.plotting`).
-- ``theory``: the closed forms of :mod:`linmeta.theory` for one problem (claims C1, C2, C4, C6).
+Each command parses its arguments, calls one library function and prints what it returns:
 
-Bad input (sizes out of range, a broken truth file, an unknown solver, a diverging learning rate,
-an unwritable folder) ends with one line on stderr naming the problem and the allowed values, exit
-code 2.
+- ``run``: :func:`linmeta.runs.run`, one configuration (flags and/or ``--config FILE``), Meta-LoRA
+  against standard retraining (SR), then fine-tuning on the unseen task; prints a summary
+  (``--json`` for scripts) and writes the run record (:mod:`linmeta.results` layout).
+- ``sweep``: :func:`linmeta.runs.sweep_to_folder`, a grid from a spec file (:mod:`linmeta.config`),
+  one compiled program per chunk of configurations of one shape (:mod:`linmeta.sweep`), a progress
+  bar on stderr, results written as it goes; started again on the same folder it skips finished
+  work.
+- ``verify``: the claim checks of THEORY.md (:mod:`linmeta.verify`).
+- ``plot``: :func:`linmeta.plotting.plot_results`, figures from a stored run or sweep folder,
+  without recomputing.
+- ``theory``: :func:`linmeta.report.theory`, the closed forms of :mod:`linmeta.theory` for one
+  problem (claims C1, C2, C4, C6).
+
+Exit codes: 0 done; 1 ``verify`` found a failing check; 2 bad input (sizes out of range, a broken
+truth file, an unknown solver, a run that diverged, an unwritable folder), with one line on stderr
+naming the problem and the allowed values; 3 ``sweep`` finished but some configurations diverged
+(they are in the table, flagged); 130 interrupted.
 Float64 is on by default (``--float32`` to run in single precision).
 """
 from __future__ import annotations
@@ -24,9 +29,8 @@ import json
 import math
 import os
 import sys
-import time
 
-__all__ = ["main", "build_parser", "theory_report", "diverged_stages"]
+__all__ = ["main", "build_parser"]
 
 PROG = "linmeta"
 
@@ -126,96 +130,11 @@ def _fmt(x, digits=4) -> str:
     return f"{v:.{digits - 1}e}"
 
 
-def _truth_from(path):
-    import linmeta
-
-    return linmeta.load_truth(path)
-
-
-def _truth_info(path, truth_seed=None) -> dict:
-    from .results import file_sha256
-
-    if path is None:
-        return {"source": "sampled", "truth_seed": truth_seed}
-    return {"source": "file", "path": os.path.abspath(path), "sha256": file_sha256(path)}
-
-
-# ----------------------------------------------------------------------------- divergence
-BLOWUP_FACTOR = 1e3  # a recorded loss this many times above its start counts as diverged
-
-
-def _blew_up(curve) -> bool:
-    """NaN/inf anywhere, or a rise by :data:`BLOWUP_FACTOR` over the first recorded value.
-
-    Gradient descent with a stable step never raises a quadratic loss; a learning rate past the
-    stability limit grows it geometrically, and in a few steps that is still finite (50 SR steps of
-    lr 50 give 1e84), so finiteness alone misses it. (Newton trajectories are NaN-padded after
-    convergence, so NaN there means "stopped": only the finite part is checked.)"""
-    import numpy as np
-
-    if curve is None:
-        return False
-    y = np.asarray(curve, dtype=float)
-    if y.ndim == 0 or y.size == 0:
-        return False
-    y = y.reshape(y.shape[0], -1)
-    if np.any(np.isinf(y)):
-        return True
-    start = y[0]
-    fin = np.where(np.isfinite(y), y, -np.inf)
-    return bool(np.any(np.isfinite(start) & (np.max(fin, axis=0) > BLOWUP_FACTOR
-                                             * np.maximum(np.abs(start), 1e-300))))
-
-
-def diverged_stages(cfg: dict, result: dict) -> list[str]:
-    """Stages that diverged: the engine's NaN/inf flags plus a loss that blew up (:func:`_blew_up`):
-    ``"ml"`` (Meta-LoRA retraining), ``"sr"`` (standard retraining), ``"ft"`` (fine-tuning)."""
-    traj = result.get("trajectories") or {}
-    stages = []
-    ml_curve = traj.get("ml_objective") if cfg.get("ml_solver") == "alternating" else None
-    if result.get("ml_diverged") or _blew_up(ml_curve):
-        stages.append("ml")
-    if result.get("sr_diverged") or _blew_up(traj.get("sr_objective")):
-        stages.append("sr")
-    ft = [traj.get("ml_ft_test_loss")] + ([] if "sr" in stages else [traj.get("sr_ft_test_loss")])
-    if result.get("ft_diverged") and not stages or any(_blew_up(c) for c in ft):
-        stages.append("ft")
-    return stages
-
-
-def _divergence_message(cfg: dict, result: dict) -> str | None:
-    """One line naming the learning rate(s) of the first stage that diverged."""
-    stages = diverged_stages(cfg, result)
-    if not stages:
-        return None
-    defaults = _defaults()
-
-    def ratio(key):
-        try:
-            return float(cfg[key]) / float(defaults[key])
-        except (KeyError, TypeError, ZeroDivisionError, ValueError):
-            return 1.0
-
-    if stages[0] == "ml":
-        if cfg.get("ml_solver") == "alternating":
-            key = max(("lr_adapter", "lr_base"), key=ratio)
-            other = "lr_base" if key == "lr_adapter" else "lr_adapter"
-            return (f"{key}={cfg[key]} diverged (NaN/inf or a blown-up loss in Meta-LoRA "
-                    f"retraining, with {other}={cfg[other]}); try a smaller value "
-                    f"(default {defaults.get(key)})")
-        return (f"Meta-LoRA retraining ({cfg.get('ml_solver')}) produced NaN/inf; try "
-                f"ml_solver='alternating' or smaller sizes")
-    if stages[0] == "sr":
-        return (f"sr_lr={cfg['sr_lr']} diverged (NaN/inf or a blown-up loss in standard "
-                f"retraining); try a smaller value (default {defaults.get('sr_lr')})")
-    return (f"ft_lr={cfg['ft_lr']} diverged (NaN/inf or a blown-up loss in fine-tuning); try a "
-            f"smaller value (default {defaults.get('ft_lr')})")
-
-
 # ----------------------------------------------------------------------------- run
 _RUN_EPILOG = """\
 examples:
-  linmeta run                                   # the paper's defaults: d=10 k=1 T=3 N=5000 n=100
+  linmeta run                                   # defaults: d=10 k=1 T=3 N=5000 n=100, 1000 ft steps
+  linmeta run --ft-steps 10000                  # the paper's protocol (10000 fine-tuning steps)
   linmeta run --T 5 --k 2 --outer-steps 500 --ft-steps 500 --out results/run-T5
   linmeta run --config run.toml --seed 3 --json # flags override the file
   linmeta run --truth my_truth.npz --N inf      # your own A*, U* (and U_new) from an .npz
@@ -228,102 +147,44 @@ A config file (TOML or JSON) holds the same keys as the flags, with underscores:
   noise_std = 0.01
   truth = "my_truth.npz"   # optional, relative to the file
 
-Writes OUT/record.json (config, seed, truth, results, theory, versions of linmeta/JAX/NumPy,
-dtype, device, timings) and OUT/trajectories.npz. The record can be passed back as --config to
-repeat a run.
+Writes OUT/record.json (config, seed, truth, results, theory, divergence flags, versions of
+linmeta/JAX/NumPy, dtype, device, timings) and OUT/trajectories.npz. The record can be passed back
+as --config to repeat a run. The run id names the configuration, the dtype (-float32) and a truth
+file's contents (-truth<sha256 prefix>): a folder holding the same run is reused (its record is
+printed, nothing is recomputed; --overwrite recomputes), one holding another run is refused.
+A run that diverges (NaN/inf, or a loss that grew 1000-fold) writes nothing and exits with 2,
+naming the stage, the iteration and the setting to change.
 """
 
 
-def _scalar_results(result: dict) -> dict:
-    return {k: v for k, v in result.items() if k not in ("trajectories", "seconds")}
-
-
 def _cmd_run(args) -> int:
-    import numpy as np
+    from . import runs
+    from .config import load_run_config, merge
+    from .results import to_jsonable
 
-    from . import results as res
-    from .config import config_for_truth, load_run_config, merge
-    from .sweep import config_id, run_batch, validate_config
-
-    t_start = time.perf_counter()
     file_cfg, truth_path = ({}, None) if args.config is None else load_run_config(
         args.config, check_truth=args.truth is None)
-    flags = {k: getattr(args, k, None) for k in _defaults()}
-    user = merge(file_cfg, flags)
-    truth_path = args.truth if args.truth is not None else truth_path
-    truth = None
-    if truth_path is not None:
-        truth = _truth_from(truth_path)
-        user = config_for_truth(user, truth)
-    cfg = validate_config(user)
-    cid = config_id(cfg)
-
-    out = None
-    created = False
-    if not args.no_write:
-        out = os.path.abspath(args.out or os.path.join("results", f"run-{cid}"))
-        if os.path.exists(os.path.join(out, res.MANIFEST)):
-            raise ValueError(f"output folder {out!r} holds a sweep (manifest.json); give 'linmeta "
-                             "run' a folder of its own with --out")
-        created = not os.path.exists(out)
-        res.check_writable_dir(out)
-    try:
-        env = res.environment()
-        t0 = time.perf_counter()
-        result = run_batch([cfg], truth=truth)[0]
-        t_batch = time.perf_counter() - t0
-        message = _divergence_message(cfg, result)
-        if message:
-            raise ValueError(message)
-    except BaseException:
-        if created and out and os.path.isdir(out) and not os.listdir(out):
-            os.rmdir(out)  # nothing half-written: drop the folder this run made
-        raise
-
-    scalars = _scalar_results(result)
-    scalars["theory_sr_base_error"] = _sr_minimiser_error(truth if truth is not None
-                                                          else _sample_truth(cfg))
-    record = {
-        "kind": "linmeta.run", "format_version": res.FORMAT_VERSION, "id": cid,
-        "created": res.now_iso(), "command": ["linmeta"] + list(args.argv or []),
-        "config": cfg, "seed": cfg.get("seed"),
-        "truth": _truth_info(truth_path, cfg.get("truth_seed")),
-        "results": {k: v for k, v in scalars.items() if not k.startswith("theory_")},
-        "theory": {k: v for k, v in scalars.items() if k.startswith("theory_")},
-        "environment": env,
-        "timings": {"run_batch_seconds": t_batch, "engine_seconds": result.get("seconds"),
-                    "total_seconds": time.perf_counter() - t_start},
-    }
-    if out:
-        record["files"] = {"record": os.path.join(out, res.RUN_RECORD),
-                           "trajectories": os.path.join(out, res.TRAJECTORIES)}
-        trajectories = result.get("trajectories") or {}
-        res.atomic_write_npz(os.path.join(out, res.TRAJECTORIES),
-                             {k: np.asarray(v) for k, v in trajectories.items()})
-        res.atomic_write_json(os.path.join(out, res.RUN_RECORD), record)
+    user = merge(file_cfg, {k: getattr(args, k, None) for k in _defaults()})
+    plan = runs.plan(user, truth=args.truth if args.truth is not None else truth_path)
+    out = None if args.no_write else (args.out or os.path.join("results", f"run-{plan.id}"))
+    record = runs.run(plan, out=out, overwrite=args.overwrite,
+                      command=["linmeta"] + list(args.argv or []))
     if args.json:
-        print(json.dumps(res.to_jsonable(record), indent=2))
+        print(json.dumps(to_jsonable({k: v for k, v in record.items()
+                                      if k not in ("trajectories", "reused")}), indent=2))
     else:
-        _print_run_summary(record, out)
+        _print_run_summary(record)
     return 0
 
 
-def _sr_minimiser_error(truth) -> float:
-    """C1: the population SR minimiser is A* + Rbar, so its base error is ||Rbar||_F."""
-    import numpy as np
-
-    from . import theory
-
-    return float(np.linalg.norm(np.asarray(theory.sr_bias_matrix(truth.U_star))))
-
-
-def _print_run_summary(record: dict, out) -> None:
+def _print_run_summary(record: dict) -> None:
     cfg, r, th, env = record["config"], record["results"], record["theory"], record["environment"]
     sizes = " ".join(f"{k}={cfg[k]}" for k in ("d", "k", "T", "N", "n", "noise_std", "seed")
                      if k in cfg)
     truth = record["truth"]
-    tsrc = (f"truth file {truth['path']}" if truth["source"] == "file"
-            else f"sampled truth (truth_seed={truth.get('truth_seed')})")
+    tsrc = {"file": f"truth file {truth.get('path')}",
+            "arrays": f"truth arrays (sha256 {str(truth.get('sha256'))[:12]})"}.get(
+        truth["source"], f"sampled truth (truth_seed={truth.get('truth_seed')})")
     print(f"linmeta run {record['id']}: {sizes}")
     print(f"  {tsrc}; Meta-LoRA solver {cfg.get('ml_solver')}; {env['dtype']} on {env['device']}")
     rows = [("base error ||A_hat - A*||_F", "ml_base_error", "sr_base_error"),
@@ -346,158 +207,96 @@ def _print_run_summary(record: dict, out) -> None:
         if "theory_ft_error" in th:
             print(f"    C6 LoRA fine-tuning error sigma^2 dof / n:       "
                   f"{_fmt(th['theory_ft_error']):>10s}   (vs Meta-LoRA excess risk)")
+    div = record.get("divergence") or {}
+    if div.get("stages"):
+        print(f"  diverged: {div.get('message')}")
+    files = record.get("files") or {}
+    if record.get("reused"):
+        print(f"  stored in {files.get('record')} (created {record.get('created')}); not "
+              "recomputed: pass --overwrite to run it again")
+        return
     t = record["timings"]
     print(f"  time: {t['total_seconds']:.2f} s total, {t['run_batch_seconds']:.2f} s in run_batch "
           f"(compile included)")
-    if out:
-        print(f"  wrote {os.path.join(out, 'record.json')} and trajectories.npz")
+    if files:
+        print(f"  wrote {files['record']} and {files['trajectories']}")
 
 
 # ----------------------------------------------------------------------------- sweep
 _SWEEP_EPILOG = """\
-example spec (TOML; JSON with the same structure works too):
-  # t_sweep.toml -- the paper's T sweep, 5 runs
+example spec: examples/t_sweep.toml in the source tree (TOML; JSON with the same structure works
+too), the paper's T sweep with 5 seeds:
+  name = "T sweep (paper protocol)"
   seeds = 5                 # seeds 0..4 (or a list, e.g. [0, 7, 9])
-  chunk_size = 16           # optional: configurations per compiled call
-  # truth = "my_truth.npz"  # optional: your own ground truth
+  # chunk_size = 16         # optional: configurations per compiled call
+  # truth = "my_truth.npz"  # optional: your own ground truth (path relative to the spec)
   [fixed]
   d = 10
   N = 5000
+  n = 100
+  noise_std = 0.01
   ft_steps = 10000
   [grid]
   T = [2, 3, 5]
 
 examples:
-  linmeta sweep t_sweep.toml --out results/t_sweep
-  linmeta sweep t_sweep.toml --out results/t_sweep   # again: skips finished configurations
+  linmeta sweep examples/t_sweep.toml --out results/t_sweep
+  linmeta sweep examples/t_sweep.toml --out results/t_sweep   # again: skips finished work
   linmeta plot results/t_sweep
 
 Writes OUT/results.csv (one row per configuration x seed, in grid order), OUT/trajectories/<id>.npz
 and OUT/manifest.json (spec, versions, device, dtype, times, finished ids, per-chunk timings), each
 file atomically after every chunk. Interrupt it at any time and run the same command again.
-Diverged configurations are kept in the table (ml_diverged, sr_diverged, ft_diverged columns);
---strict makes them an error (exit 2).
+
+Exit code: 0 when every configuration converged; 3 when the sweep finished but some configurations
+diverged (NaN/inf, or a recorded loss that grew 1000-fold): they are kept in the table with their
+ml_diverged, sr_diverged, ft_diverged columns set, and a summary on stderr names them; 2 for bad
+input; 130 when interrupted (what is written stays; run the command again to resume).
 
 Keys allowed in [fixed] and [grid] (defaults and meaning: 'linmeta run --help'):
   {keys}
 """
 
 
-def _chunks_for(configs: list[dict], chunk_size: int | None):
-    """Deterministic chunks ``(configs, batch size)``: each shape group (first-appearance order)
-    split into equal chunks of at most ``chunk_size`` (default
-    :func:`linmeta.sweep.default_chunk_size`); a short last chunk is padded to the batch size when
-    it runs, so every group compiles once (as :func:`linmeta.sweep.run_sweep`).
-
-    The chunks depend only on the planned configurations and the chunk size, so a resumed sweep
-    runs exactly the chunks an uninterrupted one would (same compiled programs, same numbers)."""
-    from .sweep import default_chunk_size, group_by_shape
-
-    for group in group_by_shape(configs):
-        cs = chunk_size or default_chunk_size(group[0])
-        n_chunks = -(-len(group) // cs)
-        size = -(-len(group) // n_chunks)
-        for i in range(n_chunks):
-            yield group[i * size:(i + 1) * size], size
-
-
-def _row(cid: str, cfg: dict, result: dict) -> dict:
-    row = {"id": cid}
-    row.update(cfg)
-    for k, v in result.items():
-        if k in ("trajectories", "seconds"):
-            continue
-        row[k] = v
-    return row
-
-
 def _cmd_sweep(args) -> int:
-    from . import results as res
-    from .config import config_for_truth, load_sweep_spec
-    from .sweep import config_id, expand_grid, run_batch
+    from . import runs
+    from .results import MANIFEST, RESULTS_CSV, TRAJ_DIR, load_sweep
 
-    spec, truth_path = load_sweep_spec(args.spec)
-    if args.truth is not None:
-        truth_path = os.path.abspath(args.truth)
-    truth = None
-    if truth_path is not None:
-        truth = _truth_from(truth_path)
-        for key in ("d", "k", "T"):
-            if key in spec["grid"]:
-                raise ValueError(f"grid key {key!r} cannot vary with a truth file (it fixes "
-                                 f"d={truth.d}, k={truth.k}, T={truth.T}); remove it from [grid]")
-        spec["fixed"] = config_for_truth(spec["fixed"], truth)
-    if args.chunk_size is not None:
-        if args.chunk_size < 1:
-            raise ValueError(f"--chunk-size must be an integer >= 1, got {args.chunk_size}")
-    engine_spec = {k: spec[k] for k in ("grid", "fixed", "seeds")}
-    configs = expand_grid(engine_spec)
-    ids = [config_id(c) for c in configs]
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"sweep spec {args.spec!r} gives duplicate configurations (a grid list "
-                         "repeats a value); make every grid value distinct")
-    by_id = dict(zip(ids, configs))
-    chunk_size = args.chunk_size or spec.get("chunk_size")  # None: linmeta.sweep's default
-
-    out = res.check_writable_dir(args.out)
-    store = res.SweepStore(out, spec, ids, truth_info=_truth_info(truth_path),
-                           chunk_size=chunk_size, env=res.environment())
-    n_done = store.open()
-    chunk_size = store.chunk_size  # a resumed sweep keeps its chunks
-    todo = [(c, size) for c, size in _chunks_for(configs, chunk_size)
-            if not all(store.finished(config_id(x)) for x in c)]
-    n_div = 0
-
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=len(configs), initial=n_done, unit="cfg", desc="linmeta sweep",
-               disable=args.no_progress, file=sys.stderr, dynamic_ncols=True)
-    status = "interrupted"
+    out = os.path.abspath(args.out)
     try:
-        for chunk, size in todo:
-            chunk = [c for c in chunk if not store.finished(config_id(c))]
-            batch = chunk + [chunk[-1]] * (size - len(chunk))  # padded: one compile per group
-            t0 = time.perf_counter()
-            results = run_batch(batch, truth=truth)[:len(chunk)]
-            seconds = time.perf_counter() - t0
-            rows, trajs = [], []
-            for cfg, r in zip(chunk, results):
-                cid = config_id(cfg)
-                rows.append(_row(cid, by_id[cid], r))
-                trajs.append(r.get("trajectories") or {})
-                n_div += bool(diverged_stages(cfg, r))
-            columns = list(rows[0])
-            store.add_chunk(rows, trajs, seconds, columns)
-            bar.update(len(chunk))
-            if _SWEEP_HOOK is not None:
-                _SWEEP_HOOK(store)
-        status = "finished"
+        summary = runs.sweep_to_folder(args.spec, out, truth=args.truth,
+                                       chunk_size=args.chunk_size,
+                                       progress=not args.no_progress,
+                                       on_chunk=lambda store: _SWEEP_HOOK and _SWEEP_HOOK(store))
     except KeyboardInterrupt:
-        bar.close()
-        store.close("interrupted")
-        status = "reported"
-        print(f"{PROG} sweep: interrupted; {len(store.rows)} of {len(configs)} configurations "
-              f"are saved in {out}; run the same command again to resume", file=sys.stderr)
+        if not os.path.exists(os.path.join(out, MANIFEST)):
+            print(f"{PROG} sweep: interrupted before anything was saved", file=sys.stderr)
+            return 130
+        manifest, rows = load_sweep(out)
+        print(f"{PROG} sweep: interrupted; {len(rows)} of {manifest.get('planned')} "
+              f"configurations are saved in {out}; run the same command again to resume",
+              file=sys.stderr)
         return 130
-    finally:
-        if status != "reported":
-            bar.close()
-        if status == "interrupted":  # an exception is on its way up: keep what is written
-            store.close("interrupted")
-    store.close("finished")
+    n, reused = summary["planned"], summary["reused"]
     if not args.quiet:
-        print(f"sweep finished: {len(configs)} configurations ({len(configs) - n_done} computed "
-              f"now, {n_done} from an earlier run) in {out}")
-        print(f"  table {os.path.join(out, res.RESULTS_CSV)}; trajectories "
-              f"{os.path.join(out, res.TRAJ_DIR)}/<id>.npz; manifest "
-              f"{os.path.join(out, res.MANIFEST)}")
-    if n_div:
-        msg = (f"{n_div} of the configurations computed now diverged (NaN/inf or a loss that "
-               f"grew {BLOWUP_FACTOR:g}-fold; see the *_diverged columns and the trajectories); "
-               f"try smaller learning rates")
-        if args.strict:
-            raise ValueError(msg)
-        print(f"{PROG} sweep: warning: {msg}", file=sys.stderr)
+        print(f"sweep finished: {n} configurations ({n - reused} computed now, {reused} from an "
+              f"earlier run) in {out}")
+        print(f"  table {os.path.join(out, RESULTS_CSV)}; trajectories "
+              f"{os.path.join(out, TRAJ_DIR)}/<id>.npz; manifest {os.path.join(out, MANIFEST)}")
+    diverged = summary["diverged"]
+    if diverged:
+        by_stage = {}
+        for d in diverged:
+            for stage in d["stages"]:
+                by_stage[stage] = by_stage.get(stage, 0) + 1
+        names = {"ml": "Meta-LoRA retraining", "sr": "standard retraining", "ft": "fine-tuning"}
+        stages = ", ".join(f"{names[s]} {c}" for s, c in by_stage.items())
+        ids = ", ".join(d["id"] for d in diverged[:5]) + (", ..." if len(diverged) > 5 else "")
+        print(f"{PROG} sweep: {len(diverged)} of {n} configurations diverged ({stages}; NaN/inf "
+              f"or a recorded loss that grew {runs.BLOWUP_FACTOR:g}-fold); they are in the table "
+              f"with their *_diverged columns set (ids {ids}); try smaller learning rates "
+              f"(exit code 3)", file=sys.stderr)
+        return 3
     return 0
 
 
@@ -523,129 +322,19 @@ The truth is the one 'linmeta run' uses for the same --truth-seed (or --truth fi
 """
 
 
-_THEORY_JIT = None
-
-
-def _theory_arrays():
-    """One jitted program for every closed form of :func:`theory_report` (one compile per shape
-    instead of one per eager operation)."""
-    global _THEORY_JIT
-    if _THEORY_JIT is None:
-        import functools
-
-        import jax
-        import jax.numpy as jnp
-
-        from . import metrics, theory
-
-        @functools.partial(jax.jit, static_argnames=("r_max",))
-        def arrays(A_star, U_star, U_new, *, r_max):
-            resid = theory.sr_residual(U_star, U_new)                     # (m, d, d)
-            asym = jnp.stack([theory.lora_bias(resid, r) for r in range(1, r_max + 1)], -1)
-            psd = jnp.stack([theory.lora_bias(resid, r, psd=True)
-                             for r in range(1, r_max + 1)], -1)
-            return (jnp.linalg.norm(theory.sr_bias_matrix(U_star)), jnp.linalg.norm(A_star),
-                    theory.residual_spectrum(resid), metrics.numerical_rank(resid), asym, psd)
-
-        _THEORY_JIT = arrays
-    return _THEORY_JIT
-
-
-def theory_report(truth, *, rank: int, n: int, noise_std: float, truth_info: dict) -> dict:
-    """Closed-form predictions of :mod:`linmeta.theory` for ``truth`` (a JSON-able dict)."""
-    import numpy as np
-
-    from . import theory
-
-    d, k, T, m = truth.d, truth.k, truth.T, truth.n_unseen
-    if m < 1:
-        raise ValueError("the truth has no unseen task (U_new with m >= 1 is needed for the SR "
-                         "residual); add an array U_new of shape (m, d, k) to the truth file")
-    if not 1 <= rank <= d:
-        raise ValueError(f"rank must be an integer in [1, d={d}], got {rank}")
-    generic = theory.generic_sr_residual_rank(d, k, T)
-    r_max = max(rank, min(generic, d))
-    sr_err, a_norm, spectra, ranks, bias_asym, bias_psd = (
-        np.asarray(x) for x in _theory_arrays()(truth.A_star, truth.U_star, truth.U_new,
-                                                r_max=r_max))
-    sr_err, a_norm = float(sr_err), float(a_norm)
-    scale = np.maximum(np.max(np.abs(spectra), axis=-1, keepdims=True), 1e-300)
-    tol = d * np.finfo(spectra.dtype).eps * scale
-    unseen = []
-    for j in range(m):
-        unseen.append({
-            "eigenvalues": spectra[j].tolist(),
-            "rank": int(ranks[j]),
-            "n_positive": int(np.sum(spectra[j] > tol[j])),
-            "n_negative": int(np.sum(spectra[j] < -tol[j])),
-            "bias_asymmetric": bias_asym[j].tolist(),
-            "bias_psd": bias_psd[j].tolist(),
-        })
-    dof = theory.adapter_dof(d, rank)
-    if T >= 3:
-        ml_note = ("T >= 3: Meta-LoRA's population global minimisers have A_hat = A* (C3; needs "
-                   "task diversity, e.g. generic Gaussian U* with 3k <= d); the unseen residual "
-                   "U_new U_new^T has rank k, so a rank-k adapter leaves no bias")
-    elif T == 2:
-        ml_note = (f"T = 2: not identifiable (C4): rank(A_hat - A*) <= 2k = {2 * k}, so a rank-3k "
-                   f"= {theory.t2_adapter_rank(k)} adapter fits the unseen task exactly")
-    else:
-        ml_note = ("T = 1: no recovery (C5): every A* + R*_1 - U U^T is a global minimiser; SR is "
-                   "one")
-    return {
-        "d": d, "k": k, "T": T, "n_unseen": m, "truth": truth_info,
-        "dtype": str(truth.A_star.dtype),
-        "rank": rank, "n": n, "noise_std": noise_std,
-        "sr_base_error": sr_err,
-        "sr_base_rel_error": sr_err / a_norm,
-        "generic_residual_rank": generic,
-        "unseen": unseen,
-        "ranks": list(range(1, r_max + 1)),
-        "sr_bias": float(np.mean(bias_asym[:, rank - 1])),
-        "sr_bias_psd": float(np.mean(bias_psd[:, rank - 1])),
-        "meta_lora_bias": 0.0 if T >= 3 else None,
-        "meta_lora_note": ml_note,
-        "dof": int(dof),
-        "predicted_ft_error": (0.0 if n == "inf" else
-                               float(theory.predicted_finetune_error(d, rank, n, noise_std))),
-        "full_ft_dof": d * d,
-        "predicted_full_ft_error": 0.0 if n == "inf" else float(noise_std ** 2 * d * d / n),
-    }
-
-
 def _cmd_theory(args) -> int:
-    from . import results as res
-    from .config import config_for_truth, merge
-    from .sweep import validate_config
+    from .config import merge
+    from .report import theory
+    from .results import to_jsonable
 
     user = merge({k: getattr(args, k, None) for k in ("d", "k", "T", "n", "noise_std",
                                                       "truth_seed")})
-    if args.truth is not None:
-        truth = _truth_from(args.truth)
-        user = config_for_truth(user, truth)
-        info = _truth_info(args.truth)
-    else:
-        truth = None
-    cfg = validate_config(user)
-    if truth is None:
-        truth = _sample_truth(cfg)
-        info = _truth_info(None, cfg["truth_seed"])
-    k, T = cfg["k"], cfg["T"]
-    rank = args.rank if args.rank is not None else cfg["ft_rank"]  # k, or 3k at T = 2
-    report = theory_report(truth, rank=rank, n=cfg["n"], noise_std=float(cfg["noise_std"]),
-                           truth_info=info)
+    report = theory(user, truth=args.truth, rank=args.rank)
     if args.json:
-        print(json.dumps(res.to_jsonable(report), indent=2))
-        return 0
-    _print_theory(report)
+        print(json.dumps(to_jsonable(report), indent=2))
+    else:
+        _print_theory(report)
     return 0
-
-
-def _sample_truth(cfg: dict):
-    """The truth ``linmeta run`` uses for ``cfg`` (sizes and truth_seed)."""
-    from .sweep import truth_for
-
-    return truth_for(cfg)
 
 
 def _print_theory(rep: dict) -> None:
@@ -716,8 +405,8 @@ examples:
   linmeta verify --quick                    # every claim C1-C8, under two minutes on 2 CPU cores
   linmeta verify --full                     # the documented full checks
   linmeta verify --tiny --claims C1,C3 --no-figures --json
-Prints one row per claim, writes OUT/REPORT.md, OUT/verdicts.json and the figures (OUT defaults
-to figures/), and exits with 1 if a claim fails. Runs in float64.
+Prints one row per claim, writes OUT/REPORT.md, OUT/verdicts.json and the figures (--out: see its
+default above), and exits with 1 if a claim fails. Runs in float64.
 """
 
 
@@ -745,9 +434,11 @@ _MAIN_EPILOG = """\
 examples:
   linmeta theory --d 10 --k 1 --T 3
   linmeta run --outer-steps 500 --ft-steps 500
-  linmeta sweep t_sweep.toml --out results/t_sweep && linmeta plot results/t_sweep
+  linmeta sweep examples/t_sweep.toml --out results/t_sweep && linmeta plot results/t_sweep
   linmeta verify --quick
 Run 'linmeta COMMAND --help' for the options of each command.
+Exit codes: 0 done; 1 verify found a failing check; 2 bad input or a diverged run (one line on
+stderr); 3 a sweep finished with diverged configurations (flagged in its table); 130 interrupted.
 """
 
 
@@ -762,6 +453,7 @@ def build_parser(command: str | None = "verify") -> argparse.ArgumentParser:
                                  "models, verified (Meta-LoRA vs standard retraining).",
                      epilog=_MAIN_EPILOG)
     parser.add_argument("--version", action="version", version=f"linmeta {linmeta.__version__}")
+    # process-wide options go here (and their effect in _before_command)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
 
     def precision(p):
@@ -779,8 +471,12 @@ def build_parser(command: str | None = "verify") -> argparse.ArgumentParser:
                    help="ground truth: arrays A_star (d,d), U_star (T,d,k), U_new (m,d,k); sets d, "
                         "k, T")
     p.add_argument("--out", metavar="DIR",
-                   help="output folder (default: results/run-<config id>)")
+                   help="output folder (default: results/run-<run id>; the id names the "
+                        "configuration, the dtype and the truth)")
     p.add_argument("--no-write", action="store_true", help="print only, write no files")
+    p.add_argument("--overwrite", action="store_true",
+                   help="recompute and replace the run stored in --out (default: a folder holding "
+                        "the same run is reused, one holding another run is refused)")
     p.add_argument("--json", action="store_true", help="print the run record as JSON")
     precision(p)
     _add_config_flags(p, with_defaults=defaults)
@@ -801,8 +497,8 @@ def build_parser(command: str | None = "verify") -> argparse.ArgumentParser:
                         "linmeta.sweep.default_chunk_size, a memory budget); a resumed sweep keeps "
                         "the size it started with")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--strict", action="store_true",
-                   help="exit 2 if any configuration diverged (default: keep it in the table)")
+    p.add_argument("--strict", action="store_true",  # kept for old scripts: exit 3 is the rule
+                   help=argparse.SUPPRESS)
     p.add_argument("--quiet", action="store_true", help="no summary on stdout")
     precision(p)
     p.set_defaults(func=_cmd_sweep)
@@ -847,6 +543,12 @@ def build_parser(command: str | None = "verify") -> argparse.ArgumentParser:
     return parser
 
 
+def _before_command(args) -> None:
+    """Process-wide set-up shared by every command, after parsing and before the command runs:
+    the one place for options such as the persistent compilation cache (its flags are added in
+    :func:`build_parser`, next to ``--version``)."""
+
+
 def main(argv=None) -> int:
     """Entry point of the ``linmeta`` console script; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -861,6 +563,7 @@ def main(argv=None) -> int:
     args.argv = argv
     where = f"{PROG} {args.command}"
     try:
+        _before_command(args)
         with _precision(getattr(args, "float32", False)):
             return int(args.func(args) or 0)
     except ValueError as e:

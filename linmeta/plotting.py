@@ -8,15 +8,24 @@ over seeds (runs). From a sweep folder (:mod:`linmeta.results` layout):
 - ``final_vs_<key>``: for each swept key, the final fine-tuning test loss and the base error
   ``||A_hat - A*||_F`` of both methods against the key (mean, min-max over seeds and other keys).
 
-From a run folder: ``finetune_curves`` of that run (and the Meta-LoRA retraining objective when it
-was recorded). matplotlib is imported inside the functions, with the "Agg" backend, so importing
-linmeta never pulls it in.
+From a run folder: ``finetune_curves`` of that run, beside the retraining objectives (Meta-LoRA
+against its outer iterations, SR against its gradient steps: two axes, since the step counts
+differ).
+
+What the figures show, stated on them: the *test loss* is the paper's "test task loss", the sum over
+the n fine-tuning inputs of ``||(M - M*) x_i||^2`` (``n ||M - M*||_F^2`` in expectation; the excess
+risk at the population); its theory levels are SR's rank-r bias ``n E_SR(r)`` (C2) and the LoRA
+estimation floor ``n sigma^2 dof / n = sigma^2 dof``, ``dof = r(2d - r)``, ``sigma`` = noise_std
+(C6). Against T, a point whose fine-tuning rank differs from its neighbours' (the paper's rank 3k
+at T = 2, claim C4) is drawn apart, not joined, and the figure says so.
+
+matplotlib is imported inside the functions, with the "Agg" backend, so importing linmeta never
+pulls it in.
 """
 from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -112,9 +121,21 @@ def _theory_lines(ax, rows: list[dict]) -> None:
 
     bias, floor = mean_of("theory_sr_bias"), mean_of("theory_ft_error")
     if bias and bias > 0:
-        ax.axhline(bias, color=SR_COLOR, ls="--", lw=1, label="theory: SR bias n E_SR(r)")
+        ax.axhline(bias, color=SR_COLOR, ls="--", lw=1, label="theory: SR bias n E_SR(r) (C2)")
     if floor and floor > 0:
-        ax.axhline(floor, color=ML_COLOR, ls="--", lw=1, label="theory: sigma^2 dof")
+        ax.axhline(floor, color=ML_COLOR, ls="--", lw=1, label="theory: sigma^2 dof (C6)")
+
+
+TEST_LOSS_LABEL = "test loss (sum over the n samples)"
+TEST_LOSS_NOTE = ("test loss = sum over the n fine-tuning inputs of ||(M - M*) x||^2 (the paper's "
+                  "test task loss); dashed: theory, n E_SR(r) = SR's rank-r bias (C2), "
+                  "sigma^2 dof = LoRA floor (C6), sigma = noise_std, dof = r(2d - r)")
+
+
+def _check_out(out_dir) -> Path:
+    from .results import check_writable_dir
+
+    return Path(check_writable_dir(out_dir))
 
 
 def _fixed_text(cfg: dict, skip=()) -> str:
@@ -136,43 +157,43 @@ def plot_run(folder, out_dir=None, formats=("png", "pdf")) -> list[Path]:
     if not traj_path.exists():
         raise ValueError(f"run folder {str(folder)!r} has no {TRAJECTORIES}; nothing to plot")
     traj = load_trajectories(traj_path)
-    out_dir = Path(out_dir) if out_dir else folder / "figures"
-    os.makedirs(out_dir, exist_ok=True)
+    out_dir = _check_out(out_dir if out_dir else folder / "figures")
     plt = _plt()
-    has_obj = "ml_objective" in traj and np.size(traj["ml_objective"]) > 1
-    fig, axes = plt.subplots(1, 2 if has_obj else 1, figsize=(10 if has_obj else 5.5, 4),
+    cfg = record.get("config", {})
+    panels = [("ml_objective", "outer_steps", ML_COLOR, "Meta-LoRA"),
+              ("sr_objective", "sr_steps", SR_COLOR, "SR")]
+    panels = [p for p in panels if p[0] in traj and np.size(traj[p[0]]) > 1]
+    fig, axes = plt.subplots(1, 1 + len(panels), figsize=(5.2 * (1 + len(panels)), 4.2),
                              squeeze=False)
     ax = axes[0, 0]
     _band(ax, [_curve(traj, "ml_ft_test_loss")], ML_COLOR, "Meta-LoRA base")
     _band(ax, [_curve(traj, "sr_ft_test_loss")], SR_COLOR, "SR base")
-    _theory_lines(ax, [{**record.get("config", {}), **record.get("theory", {})}])
+    _theory_lines(ax, [{**cfg, **record.get("theory", {})}])
     ax.set_yscale("log")
     ax.set_xlabel("fine-tuning iteration")
-    ax.set_ylabel("test task loss")
-    ax.set_title("fine-tuning on the unseen task")
+    ax.set_ylabel(TEST_LOSS_LABEL)
+    ax.set_title("fine-tuning on the unseen task", fontsize=10)
     ax.legend(fontsize=7)
-    if has_obj:
-        ax = axes[0, 1]
-        y = np.asarray(traj["ml_objective"], float)
+    solver = cfg.get("ml_solver", "alternating")
+    for ax, (name, axis, color, who) in zip(axes[0, 1:], panels):
+        y = np.asarray(traj[name], float)
         while y.ndim > 1:
             y = y.mean(axis=-1)
-        x = np.asarray(traj.get("outer_steps", np.arange(y.size)), float)[:y.size]
-        solver = record.get("config", {}).get("ml_solver", "alternating")
-        unit = "Newton iteration" if solver == "newton" else "outer iteration"
-        ax.plot(x, np.where(y > 0, y, np.nan), color=ML_COLOR,
-                label=f"Meta-LoRA ({solver}; x = {unit})")
-        if "sr_objective" in traj:
-            ys = np.asarray(traj["sr_objective"], float)
-            xs = np.asarray(traj.get("sr_steps", np.arange(ys.size)), float)[:ys.size]
-            ax.plot(xs, np.where(ys > 0, ys, np.nan), color=SR_COLOR, label="SR (gradient step)")
+        x = np.asarray(traj.get(axis, np.arange(y.size)), float)[:y.size]
+        ax.plot(x, np.where(y > 0, y, np.nan), color=color, label=who)
         ax.set_yscale("log")
-        ax.set_xlabel("retraining iteration")
+        if name == "ml_objective":
+            ax.set_xlabel("Newton iteration" if solver == "newton" else
+                          f"outer iteration ({cfg.get('inner_steps', '')} adapter steps + one "
+                          f"base step)")
+            ax.set_title(f"Meta-LoRA retraining ({solver})", fontsize=10)
+        else:
+            ax.set_xlabel("gradient step")
+            ax.set_title("standard retraining (SR)", fontsize=10)
         ax.set_ylabel("excess retraining objective")
-        ax.set_title("retraining")
-        ax.legend(fontsize=7)
-    cfg = record.get("config", {})
-    fig.suptitle(f"linmeta run {record.get('id', '')}: {_fixed_text(cfg)} "
-                 f"(noise_std = noise standard deviation)", fontsize=9)
+    fig.suptitle(f"linmeta run {record.get('id', '')}: {_fixed_text(cfg)}", fontsize=9)
+    fig.text(0.5, -0.01, TEST_LOSS_NOTE, ha="center", va="top", fontsize=7, wrap=True)
+    fig.tight_layout()
     paths = _save(fig, out_dir, "finetune_curves", formats)
     plt.close(fig)
     return paths
@@ -191,8 +212,7 @@ def plot_sweep(folder, out_dir=None, formats=("png", "pdf")) -> list[Path]:
                          f"({RESULTS_CSV} is empty or missing); nothing to plot")
     spec = manifest.get("spec", {})
     grid_keys = [k for k in spec.get("grid", {}) if k != "seed"]
-    out_dir = Path(out_dir) if out_dir else folder / "figures"
-    os.makedirs(out_dir, exist_ok=True)
+    out_dir = _check_out(out_dir if out_dir else folder / "figures")
     plt = _plt()
     paths = []
 
@@ -203,13 +223,14 @@ def plot_sweep(folder, out_dir=None, formats=("png", "pdf")) -> list[Path]:
 
     # --- fine-tuning curves, one panel per grid point
     points = list(groups.items())[:MAX_PANELS]
+    all_ranks = {r.get("ft_rank") for r in rows}
     ncols = min(len(points), 4)
     nrows = math.ceil(len(points) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4 * ncols, 3.3 * nrows), squeeze=False,
                              sharey=True)
     for ax in axes.flat[len(points):]:
         ax.set_visible(False)
-    for ax, (values, members) in zip(axes.flat, points):
+    for i, (ax, (values, members)) in enumerate(zip(axes.flat, points)):
         trajs = []
         for row in members:
             p = folder / TRAJ_DIR / f"{row['id']}.npz"
@@ -220,14 +241,19 @@ def plot_sweep(folder, out_dir=None, formats=("png", "pdf")) -> list[Path]:
         _theory_lines(ax, members)
         ax.set_yscale("log")
         title = ", ".join(f"{k}={_value_label(v)}" for k, v in zip(grid_keys, values))
+        if len(all_ranks) > 1 and "ft_rank" not in grid_keys:  # e.g. rank 3k at T = 2 (C4)
+            title += ", ft_rank=" + "/".join(map(str, sorted({r.get("ft_rank") for r in members
+                                                              if r.get("ft_rank") is not None})))
         ax.set_title(title or "all configurations", fontsize=9)
         ax.set_xlabel("fine-tuning iteration")
-        ax.set_ylabel("test task loss")
+        if i % ncols == 0:  # the y axis is shared: its label and ticks on the left column only
+            ax.set_ylabel(TEST_LOSS_LABEL)
         ax.legend(fontsize=7)
     more = "" if len(groups) <= MAX_PANELS else f" (first {MAX_PANELS} of {len(groups)} points)"
     fixed = spec.get("fixed", {})
     fig.suptitle(f"{spec.get('name') or 'linmeta sweep'}: mean and min-max over seeds{more}\n"
                  f"fixed: {_fixed_text({**rows[0], **fixed}, skip=grid_keys)}", fontsize=9)
+    fig.text(0.5, -0.01, TEST_LOSS_NOTE, ha="center", va="top", fontsize=7, wrap=True)
     fig.tight_layout()
     paths += _save(fig, out_dir, "finetune_curves", formats)
     plt.close(fig)
@@ -239,16 +265,17 @@ def plot_sweep(folder, out_dir=None, formats=("png", "pdf")) -> list[Path]:
         if numeric:
             values = sorted(values)
         xs = values if numeric else list(range(len(values)))
+        segments, rank_note = _rank_segments(rows, key, values)
         fig, axes = plt.subplots(1, 3, figsize=(14, 3.8), squeeze=False)
         for ax, (ylabel, ml_col, sr_col, ml_th, sr_th) in zip(axes.flat, (
-                ("final fine-tuning test loss", "ml_ft_test_loss", "sr_ft_test_loss", None, None),
+                (f"final {TEST_LOSS_LABEL}", "ml_ft_test_loss", "sr_ft_test_loss", None, None),
                 ("fine-tuning excess risk ||M - M*||_F^2", "ml_ft_excess_risk",
                  "sr_ft_excess_risk", "theory_ft_error", "theory_sr_bias"),
                 ("base error ||A_hat - A*||_F", "ml_base_error", "sr_base_error", None, None))):
             curves = [(ml_col, ML_COLOR, "Meta-LoRA", "-", "o"), (sr_col, SR_COLOR, "SR", "-", "o")]
             if ml_th and any(ml_th in r for r in rows):
-                curves += [(ml_th, ML_COLOR, "theory: sigma^2 dof / n", "--", None),
-                           (sr_th, SR_COLOR, "theory: SR bias E_SR(r)", "--", None)]
+                curves += [(ml_th, ML_COLOR, "theory: sigma^2 dof / n (C6)", "--", None),
+                           (sr_th, SR_COLOR, "theory: SR bias E_SR(r) (C2)", "--", None)]
             for col, color, label, ls, marker in curves:
                 mean, lo, hi = [], [], []
                 for v in values:
@@ -263,9 +290,17 @@ def plot_sweep(folder, out_dir=None, formats=("png", "pdf")) -> list[Path]:
                 mean, lo, hi = map(np.asarray, (mean, lo, hi))
                 if not np.any(np.isfinite(mean) & (mean > 0)):
                     continue
-                ax.plot(xs, mean, ls=ls, marker=marker, color=color, label=label)
-                if ls == "-":
-                    ax.fill_between(xs, lo, hi, color=color, alpha=0.25, linewidth=0)
+                # fine-tuning numbers of another adapter rank are not joined (retraining's are)
+                segs = segments if ml_col != "ml_base_error" else [list(range(len(values)))]
+                for j, seg in enumerate(segs):
+                    x = [xs[i] for i in seg]
+                    ax.plot(x, mean[seg], ls=ls, marker=marker if len(seg) > 1 or ls == "-"
+                            else "_", ms=None if ls == "-" else 14, color=color,
+                            label=label if j == 0 else None)
+                    if ls == "-" and len(seg) > 1:
+                        ax.fill_between(x, lo[seg], hi[seg], color=color, alpha=0.25, linewidth=0)
+                    elif ls == "-":  # a lone point: its min-max range as a bar
+                        ax.vlines(x, lo[seg], hi[seg], color=color, alpha=0.4, lw=6)
             ax.set_yscale("log")
             if numeric and all(v > 0 for v in values) and max(values) / min(values) >= 20:
                 ax.set_xscale("log")
@@ -275,12 +310,44 @@ def plot_sweep(folder, out_dir=None, formats=("png", "pdf")) -> list[Path]:
             ax.set_xlabel(key)
             ax.set_ylabel(ylabel)
             ax.legend(fontsize=8)
-        fig.suptitle(f"against {key}: mean, min-max band over seeds and other swept keys",
-                     fontsize=9)
+        title = f"against {key}: mean, min-max band over seeds and other swept keys"
+        if rank_note:
+            title += f"\n{rank_note}"
+        fig.suptitle(title, fontsize=9)
+        fig.text(0.5, -0.01, TEST_LOSS_NOTE, ha="center", va="top", fontsize=7, wrap=True)
         fig.tight_layout()
         paths += _save(fig, out_dir, f"final_vs_{key}", formats)
         plt.close(fig)
     return paths
+
+
+def _rank_segments(rows, key, values):
+    """Runs of consecutive ``values`` whose rows fine-tune with the same adapter rank (indices into
+    ``values``), and a note naming the ranks when there is more than one run (e.g. the paper's
+    rank 3k at T = 2, claim C4), else ''."""
+    ranks = []
+    for v in values:
+        rs = sorted({r.get("ft_rank") for r in rows if r.get(key) == v
+                     and isinstance(r.get("ft_rank"), int)})
+        ranks.append(tuple(rs))
+    segments = []
+    for i, r in enumerate(ranks):
+        if segments and ranks[segments[-1][-1]] == r:
+            segments[-1].append(i)
+        else:
+            segments.append([i])
+    if len(segments) <= 1:
+        return segments, ""
+    parts = []
+    for seg in segments:
+        r = ranks[seg[0]]
+        rank = "/".join(map(str, r)) if r else "?"
+        vals = ", ".join(_value_label(values[i]) for i in seg)
+        parts.append(f"{key} = {vals}: ft_rank {rank}")
+    extra = (" (T = 2 fine-tunes with rank 3k, the paper's choice: claim C4)"
+             if key == "T" and any(values[s[0]] == 2 for s in segments) else "")
+    return segments, ("fine-tuning numbers not joined where the adapter rank differs: "
+                      + "; ".join(parts) + extra)
 
 
 def plot_results(folder, out_dir=None, formats=("png", "pdf")) -> list[Path]:

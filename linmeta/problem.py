@@ -13,11 +13,15 @@ Samplers:
 - :func:`orthogonal_truth`: the worked case of claim C2, all ``U*_t`` (and unseen factors) with
   mutually orthogonal columns and ``U*_t^T U*_t = s^2 I_k``; then ``E_SR(k) = k s^4 / T``.
 - :class:`Truth` from user arrays (validated) and :func:`load_truth` from an ``.npz`` file.
+
+A key names one problem in every dtype: both samplers draw in float64 and cast (also with x64 off),
+so ``sample_truth(key, ..., dtype=float32)`` is ``sample_truth(key, ...)`` in float64 rounded to
+float32.
 """
 from __future__ import annotations
 
+import functools
 import os
-import tempfile
 from typing import NamedTuple
 
 import jax
@@ -26,7 +30,7 @@ import numpy as np
 
 from ._validate import check_array, check_int, check_scalar, float_dtype, is_concrete
 
-__all__ = ["Truth", "sample_truth", "orthogonal_truth", "load_truth", "save_truth"]
+__all__ = ["Truth", "sample_truth", "orthogonal_truth", "load_truth", "save_truth", "check_key"]
 
 
 class _TruthFields(NamedTuple):
@@ -128,21 +132,112 @@ def _check_sizes(d, k, T, n_unseen):
     return d, k, T, n_unseen
 
 
+def check_key(name: str, key) -> None:
+    """``key`` must be one JAX PRNG key: a typed key of shape () (``jax.random.key(seed)``) or a
+    raw ``uint32`` key of shape (2,) (``jax.random.PRNGKey(seed)``); ValueError naming ``name``
+    otherwise (an int seed, a batch of keys, a float array...)."""
+    dtype = getattr(key, "dtype", None)
+    shape = tuple(getattr(key, "shape", ()) or ())
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        if shape == ():
+            return
+    elif dtype is not None and np.dtype(dtype) == np.uint32 and shape == (2,):
+        return
+    if dtype is None:
+        got = f"{type(key).__name__} {key!r}" if isinstance(key, (int, float, str)) else \
+            type(key).__name__
+    else:
+        got = f"an array of shape {shape} and dtype {dtype}"
+    raise ValueError(f"{name} must be one JAX PRNG key (jax.random.key(seed), shape ()), "
+                     f"got {got}")
+
+
+# ----------------------------------------------------------------------------- one draw, any dtype
+# A seed names one problem in every dtype: the Gaussian draws below are made in float64 and cast to
+# the requested dtype. With x64 enabled that is plain JAX (jit- and vmap-able; float64 draws are
+# unchanged). Without it, float64 exists only inside a ``jax.enable_x64(True)`` scope, which XLA
+# cannot mix into a program traced without it, so the float64 draw runs as its own small program:
+# directly for a concrete key, through ``jax.pure_callback`` inside a trace.
+
+def _gaussian_arrays(key, dt, scale, d, k, T, n_unseen, symmetric):
+    ka, ku, kn = jax.random.split(key, 3)
+    A = scale * jax.random.normal(ka, (d, d), dt)
+    if symmetric:
+        A = (A + A.T) / 2
+    U = jax.random.normal(ku, (T, d, k), dt)
+    U_new = jax.random.normal(kn, (n_unseen, d, k), dt)
+    return A, U, U_new
+
+
+def _orthogonal_arrays(key, dt, scale, d, k, T, n_unseen):
+    ka, kq = jax.random.split(key)
+    A = jax.random.normal(ka, (d, d), dt)
+    A = (A + A.T) / 2
+    Q, _ = jnp.linalg.qr(jax.random.normal(kq, (d, (T + n_unseen) * k), dt))
+    F = scale * Q.T.reshape(T + n_unseen, k, d).transpose(0, 2, 1)  # (T+m, d, k)
+    return A, F[:T], F[T:]
+
+
+_DRAWS = {"gaussian": _gaussian_arrays, "orthogonal": _orthogonal_arrays}
+
+
+@functools.lru_cache(maxsize=None)
+def _float64_program(kind: str, impl, sizes: tuple):
+    draw = _DRAWS[kind]
+    return jax.jit(lambda data, scale: draw(jax.random.wrap_key_data(data, impl=impl),
+                                            jnp.float64, scale, *sizes))
+
+
+def _host_draw(kind, impl, sizes, dt, scale, data):
+    with jax.enable_x64(True):
+        out = _float64_program(kind, impl, sizes)(jnp.asarray(np.asarray(data)),
+                                                  jnp.asarray(np.asarray(scale, np.float64)))
+        return tuple(np.asarray(x).astype(dt) for x in out)
+
+
+def _draw_in_float64(kind: str, key, dt, scale, sizes: tuple, shapes) -> tuple:
+    """``_DRAWS[kind](key, float64, scale, *sizes)``, cast to ``dt``. A traced ``scale`` without x64
+    is applied after the draw (equal up to one rounding)."""
+    if jax.config.jax_enable_x64:
+        return tuple(x.astype(dt) for x in _DRAWS[kind](key, jnp.float64, scale, *sizes))
+    typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+    # a raw uint32 key is a key of the default implementation: one program for both kinds
+    impl = str(jax.random.key_impl(key)) if typed else str(jax.config.jax_default_prng_impl)
+    data = jax.random.key_data(key) if typed else key
+    after = None
+    if not is_concrete(scale):
+        scale, after = 1.0, scale
+    host = functools.partial(_host_draw, kind, impl, sizes, np.dtype(dt),
+                             float(np.asarray(scale)))  # a Python float: exact in float64
+    if is_concrete(data):
+        out = tuple(jnp.asarray(x) for x in host(data))
+    else:
+        out = jax.pure_callback(host, tuple(jax.ShapeDtypeStruct(s, dt) for s in shapes), data,
+                                vmap_method="sequential")
+    if after is not None:
+        out = (after * out[0], out[1], out[2]) if kind == "gaussian" else (
+            out[0], after * out[1], after * out[2])
+    return tuple(out)
+
+
 def sample_truth(key, d, k, T, *, n_unseen: int = 1, symmetric: bool = True, a_scale=1.0,
                  dtype=None) -> Truth:
     """The paper's Gaussian ground truth (THEORY.md section 2).
 
     ``A*`` has i.i.d. N(0, a_scale^2) entries, symmetrised ``(A* + A*^T)/2`` when ``symmetric``;
     ``U*_t`` (T of them) and ``U_new`` (``n_unseen`` of them) have i.i.d. N(0, 1) entries.
+
+    One key names one problem in every dtype: the entries are drawn in float64 and cast to
+    ``dtype`` (default: JAX's default float dtype), also when x64 is off, so a float32 truth is
+    the float64 truth of the same key rounded to float32.
     """
+    check_key("key", key)
     d, k, T, n_unseen = _check_sizes(d, k, T, n_unseen)
+    check_scalar("a_scale", a_scale)
     dt = float_dtype(dtype)
-    ka, ku, kn = jax.random.split(key, 3)
-    A = a_scale * jax.random.normal(ka, (d, d), dt)
-    if symmetric:
-        A = (A + A.T) / 2
-    U = jax.random.normal(ku, (T, d, k), dt)
-    U_new = jax.random.normal(kn, (n_unseen, d, k), dt)
+    A, U, U_new = _draw_in_float64("gaussian", key, dt, a_scale, (d, k, T, n_unseen,
+                                                                  bool(symmetric)),
+                                   ((d, d), (T, d, k), (n_unseen, d, k)))
     return Truth(A, U, U_new)
 
 
@@ -152,8 +247,10 @@ def orthogonal_truth(key, d, k, T, *, s=1.0, n_unseen: int = 1, dtype=None) -> T
     All ``(T + n_unseen) k`` columns of ``U*_1..U*_T, U_new`` are orthogonal, each of norm ``s``
     (needs ``(T + n_unseen) k <= d``). ``A*`` is the symmetrised Gaussian of :func:`sample_truth`.
     Then the SR residual on an unseen task has eigenvalues ``s^2`` (k times) and ``-s^2/T``
-    (Tk times) and its best rank-k error is ``k s^4 / T``.
+    (Tk times) and its best rank-k error is ``k s^4 / T``. Drawn in float64 and cast to ``dtype``,
+    as :func:`sample_truth`.
     """
+    check_key("key", key)
     d, k, T, n_unseen = _check_sizes(d, k, T, n_unseen)
     check_scalar("s", s, 0.0, lo_open=True)
     cols = (T + n_unseen) * k
@@ -161,12 +258,9 @@ def orthogonal_truth(key, d, k, T, *, s=1.0, n_unseen: int = 1, dtype=None) -> T
         raise ValueError(f"orthogonal_truth needs (T + n_unseen) * k <= d; got "
                          f"({T} + {n_unseen}) * {k} = {cols} > d={d}")
     dt = float_dtype(dtype)
-    ka, kq = jax.random.split(key)
-    A = jax.random.normal(ka, (d, d), dt)
-    A = (A + A.T) / 2
-    Q, _ = jnp.linalg.qr(jax.random.normal(kq, (d, cols), dt))
-    F = s * Q.T.reshape(T + n_unseen, k, d).transpose(0, 2, 1)  # (T+m, d, k)
-    return Truth(A, F[:T], F[T:])
+    A, U, U_new = _draw_in_float64("orthogonal", key, dt, s, (d, k, T, n_unseen),
+                                   ((d, d), (T, d, k), (n_unseen, d, k)))
+    return Truth(A, U, U_new)
 
 
 def load_truth(path) -> Truth:
@@ -177,10 +271,13 @@ def load_truth(path) -> Truth:
         raise ValueError(f"truth file {path!r} does not exist")
     try:
         with np.load(path, allow_pickle=False) as z:
-            arrays = {n: np.array(z[n]) for n in z.files}
-    except Exception as e:  # zip errors, pickled data, a bare .npy: not an npz we can use
-        raise ValueError(f"truth file {path!r} is not a readable .npz file "
-                         f"({type(e).__name__}: {e})") from None
+            arrays = {n: np.array(z[n]) for n in z.files} if hasattr(z, "files") else None
+    except Exception:  # not a zip, pickled data, a truncated file: not an npz we can use
+        arrays = None
+    if arrays is None:  # also a bare .npy array under an .npz name
+        raise ValueError(f"truth file {path!r} is not a valid truth .npz: it must be a NumPy .npz "
+                         f"archive (numpy.savez or linmeta.save_truth) holding arrays A_star "
+                         f"(d,d), U_star (T,d,k) and optionally U_new (m,d,k)")
     missing = [n for n in ("A_star", "U_star") if n not in arrays]
     if missing:
         raise ValueError(f"truth file {path!r} is missing array(s) {', '.join(missing)}; "
@@ -192,16 +289,9 @@ def load_truth(path) -> Truth:
 
 
 def save_truth(path, truth: Truth) -> None:
-    """Write ``truth`` to ``.npz`` atomically (temporary file, then rename)."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, A_star=np.asarray(truth.A_star), U_star=np.asarray(truth.U_star),
-                     U_new=np.asarray(truth.U_new))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """Write ``truth`` to ``.npz`` atomically (:func:`linmeta.results.atomic_write_npz`: a
+    temporary file, then a rename; the file gets the mode the umask gives)."""
+    from .results import atomic_write_npz
+
+    atomic_write_npz(path, {"A_star": np.asarray(truth.A_star), "U_star": np.asarray(truth.U_star),
+                            "U_new": np.asarray(truth.U_new)})

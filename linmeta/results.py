@@ -2,7 +2,8 @@
 
 Every file is written atomically: to a temporary file in the same folder, then ``os.replace``, so a
 reader (or a restarted sweep) sees either the old complete file or the new complete file, never half
-of one.
+of one. Files get the mode the user's umask gives (0o644 under umask 022), so the results of a
+shared sweep are readable by whoever the umask allows.
 
 Layout written by ``linmeta run --out DIR``::
 
@@ -37,7 +38,8 @@ import tempfile
 import numpy as np
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_write_npz",
-           "atomic_write_csv", "read_csv", "to_jsonable", "environment", "file_sha256",
+           "atomic_write_csv", "read_csv", "TEXT_COLUMNS", "to_jsonable", "environment",
+           "file_sha256",
            "now_iso", "check_writable_dir", "SweepStore", "load_sweep", "load_trajectories",
            "RUN_RECORD", "TRAJECTORIES",
            "MANIFEST", "RESULTS_CSV", "TRAJ_DIR"]
@@ -51,12 +53,29 @@ FORMAT_VERSION = 1
 
 
 # ----------------------------------------------------------------------------- atomic writes
+def _create_temp(folder: str, name: str) -> tuple[int, str]:
+    """A new, empty temporary file next to ``name`` in ``folder``, created with mode 0o666 minus
+    the umask (``tempfile.mkstemp`` would make it 0o600 whatever the umask, and ``os.replace``
+    keeps that mode)."""
+    import secrets
+
+    for _ in range(100):
+        tmp = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
+                           0o666), tmp
+        except FileExistsError:  # pragma: no cover - 32 random bits taken
+            continue
+    raise FileExistsError(f"no free temporary file name for {name!r} in {folder!r}")
+
+
 def atomic_write_bytes(path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
+    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``.
+
+    The file gets the mode the user's umask gives a new file (e.g. 0o644 under umask 022)."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".",
-                               suffix=".tmp")
+    fd, tmp = _create_temp(folder, os.path.basename(path))
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -146,10 +165,18 @@ def _parse_cell(s: str):
         return s
 
 
-def read_csv(path) -> list[dict]:
-    """Rows of a CSV written by :func:`atomic_write_csv`, with numbers and booleans parsed."""
+TEXT_COLUMNS = ("id",)
+
+
+def read_csv(path, text_columns=TEXT_COLUMNS) -> list[dict]:
+    """Rows of a CSV written by :func:`atomic_write_csv`, with numbers and booleans parsed, except
+    in ``text_columns`` (default: ``id``), which stay strings: a configuration id is a hex digest,
+    and one made of digits only (``"123456789012"``) or of digits and one ``e`` (``"12e345678901"``)
+    must not become a number."""
+    keep = frozenset(text_columns or ())
     with open(path, newline="") as f:
-        return [{k: _parse_cell(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        return [{k: (v if k in keep else _parse_cell(v)) for k, v in row.items()}
+                for row in csv.DictReader(f)]
 
 
 # ----------------------------------------------------------------------------- provenance

@@ -132,10 +132,20 @@ def test_theory_table_and_sampled_truth_match_run_truth(capsys):
                                    truth.U_star))), rtol=1e-12)
 
 
-def test_theory_float32(capsys):
+def test_theory_float32_is_the_same_problem(capsys):
+    """A seed names one problem in every dtype: the float32 report is the float64 one rounded."""
     rc, out, _ = call(capsys, "theory", "--d", 4, "--k", 1, "--T", 3, "--json", "--float32")
-    assert rc == 0 and json.loads(out)["dtype"] == "float32"
+    assert rc == 0
+    rep32 = json.loads(out)
+    assert rep32["dtype"] == "float32"
     assert jax.config.jax_enable_x64  # main() restores the caller's precision
+    rep64 = json.loads(call(capsys, "theory", "--d", 4, "--k", 1, "--T", 3, "--json")[1])
+    eps32 = float(np.finfo(np.float32).eps)
+    for key in ("sr_base_error", "sr_base_rel_error", "sr_bias"):
+        np.testing.assert_allclose(rep32[key], rep64[key], rtol=64 * eps32, err_msg=key)
+    np.testing.assert_allclose(rep32["unseen"][0]["eigenvalues"],
+                               rep64["unseen"][0]["eigenvalues"],
+                               atol=64 * eps32 * max(map(abs, rep64["unseen"][0]["eigenvalues"])))
 
 
 # ----------------------------------------------------------------------------- run
@@ -162,6 +172,45 @@ def test_run_prints_summary_and_writes_a_record_with_provenance(tmp_path, capsys
                       "--no-write")
     again = json.loads(out)
     assert rc == 0 and again["id"] == rec["id"] and again["results"] == rec["results"]
+
+
+def test_run_ids_name_the_dtype_and_the_truth_file(tmp_path, capsys, monkeypatch):
+    """Different inputs, different ids; a folder holding another run is refused, the same run is
+    reused without recomputing, --overwrite recomputes."""
+    from linmeta import runs
+
+    a = make_truth(tmp_path / "a.npz", seed=1)
+    b = make_truth(tmp_path / "b.npz", seed=2)
+    cfg = {**SHAPE, **STEPS}
+    ids = {"float64": runs.plan(cfg).id, "truth a": runs.plan(cfg, truth=str(a)).id,
+           "truth b": runs.plan(cfg, truth=str(b)).id}
+    with jax.enable_x64(False):
+        ids["float32"] = runs.plan(cfg).id
+    assert len(set(ids.values())) == 4, ids
+    assert ids["float64"] == linmeta.sweep.config_id(cfg)  # the sweep's id of the same config
+    assert ids["float32"].endswith("-float32")
+    assert ids["truth a"].endswith("-truth" + results.file_sha256(a)[:12])
+
+    out_dir = tmp_path / "run"
+    assert call(capsys, "run", *TINY, "--out", out_dir)[0] == 0
+    before = (out_dir / results.RUN_RECORD).read_bytes()
+    line = one_line_error(capsys, "run", *TINY, "--out", out_dir, "--float32")
+    assert "another run" in line and ids["float32"] in line and "--overwrite" in line
+    truth_dir = tmp_path / "truth_run"
+    assert call(capsys, "run", "--truth", a, *TINY[6:], "--out", truth_dir)[0] == 0
+    assert "another run" in one_line_error(capsys, "run", "--truth", b, *TINY[6:], "--out",
+                                           truth_dir)
+    assert (out_dir / results.RUN_RECORD).read_bytes() == before  # nothing overwritten
+
+    calls = []
+    real = linmeta.sweep.run_batch
+    monkeypatch.setattr(linmeta.sweep, "run_batch",
+                        lambda configs, **kw: calls.append(1) or real(configs, **kw))
+    rc, out, _ = call(capsys, "run", *TINY, "--out", out_dir)
+    assert rc == 0 and calls == [] and "not recomputed" in out  # the same run: reused
+    rc, out, _ = call(capsys, "run", *TINY, "--out", out_dir, "--json")
+    assert rc == 0 and json.loads(out) == json.loads(before)
+    assert call(capsys, "run", *TINY, "--out", out_dir, "--overwrite")[0] == 0 and calls == [1]
 
 
 def test_run_config_files_toml_and_json_with_flags_overriding(tmp_path, capsys):
@@ -326,6 +375,36 @@ def test_interrupted_sweep_resumes_to_the_same_table(tmp_path, capsys, monkeypat
     assert call(capsys, "sweep", spec, "--out", out_dir, "--no-progress")[0] == 0 and calls == []
 
 
+def test_sweep_with_diverged_configurations_exits_3_with_a_summary(tmp_path, capsys):
+    """A learning rate past the stability limit blows the loss up by 1e17 in 20 steps, still
+    finite: flagged in the table (a blow-up counts), named on stderr, exit code 3; a resumed
+    sweep with nothing left to do says the same."""
+    spec = _write_spec(tmp_path, dict(SPEC, seeds=1, grid={"sr_lr": [0.03, 50.0]}), ".json")
+    for _ in range(2):
+        rc, out, err = call(capsys, "sweep", spec, "--out", tmp_path / "s", "--no-progress")
+        assert rc == 3, err
+        assert "1 of 2 configurations diverged" in err and "standard retraining" in err
+        assert "sweep finished" in out
+    man, rows = results.load_sweep(tmp_path / "s")
+    assert man["status"] == "finished"
+    assert [r["sr_diverged"] for r in rows] == [False, True]
+    assert all(np.isfinite(r["sr_objective"]) for r in rows)  # finite, yet diverged
+    rc, out, _ = call(capsys, "sweep", "--help")
+    assert "3 when the sweep finished but some configurations" in " ".join(out.split())
+
+
+def test_sweep_interrupted_by_the_user_exits_130_keeping_the_chunk(tmp_path, capsys,
+                                                                   monkeypatch):
+    def ctrl_c(store):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_SWEEP_HOOK", ctrl_c)
+    spec = _write_spec(tmp_path, suffix=".json")
+    rc, _, err = call(capsys, "sweep", spec, "--out", tmp_path / "s", "--no-progress")
+    assert rc == 130 and "2 of 4 configurations are saved" in err and "resume" in err
+    assert results.load_sweep(tmp_path / "s")[0]["status"] == "interrupted"
+
+
 def test_sweep_progress_bar_on_stderr(tmp_path, capsys):
     spec = dict(SPEC, seeds=1, grid={"noise_std": [0.01]})
     rc, out, err = call(capsys, "sweep", _write_spec(tmp_path, spec, ".json"),
@@ -401,7 +480,7 @@ def test_argument_type_errors_are_one_line(capsys):
 
 
 @pytest.mark.parametrize("case", ["wrong_shape", "non_finite", "missing_key", "no_unseen",
-                                  "not_npz", "absent", "size_conflict"])
+                                  "not_npz", "npy", "absent", "size_conflict"])
 def test_bad_truth_files_exit_2_with_one_line(tmp_path, capsys, case):
     path = tmp_path / "truth.npz"
     extra = []
@@ -421,7 +500,11 @@ def test_bad_truth_files_exit_2_with_one_line(tmp_path, capsys, case):
         expect = "U_new"
     elif case == "not_npz":
         path.write_text("not an npz")
-        expect = "npz"
+        expect = "not a valid truth .npz"
+    elif case == "npy":
+        np.save(tmp_path / "a.npy", np.eye(4))
+        os.replace(tmp_path / "a.npy", path)     # a bare array under an .npz name
+        expect = "A_star (d,d), U_star (T,d,k)"
     elif case == "absent":
         path = tmp_path / "nope.npz"
         expect = "does not exist"
@@ -432,7 +515,7 @@ def test_bad_truth_files_exit_2_with_one_line(tmp_path, capsys, case):
     for command in ("run", "theory"):
         line = one_line_error(capsys, command, "--truth", path, *extra,
                               *(["--out", tmp_path / "o"] if command == "run" else []))
-        assert expect in line, line
+        assert expect in line and "allow_pickle" not in line, line
     assert not (tmp_path / "o").exists()
 
 
@@ -445,9 +528,16 @@ def test_diverging_learning_rate_exit_2_naming_it(tmp_path, capsys, flag, value,
     out_dir = tmp_path / "run"
     line = one_line_error(capsys, "run", *TINY, flag, value, "--out", out_dir)
     key = flag[2:].replace("-", "_")
-    assert f"{key}={value}" in line and "diverged" in line and stage in line
-    assert "smaller" in line
+    assert f"{key}={value:g}" in line and "diverged" in line and stage in line
+    assert "iteration" in line and f"smaller {key}" in line
     assert not out_dir.exists()  # nothing half-written
+
+
+def test_huge_init_scale_is_named_not_a_learning_rate(tmp_path, capsys):
+    """The initial adapters overflow before any step: init_scale is to blame, not lr_adapter."""
+    line = one_line_error(capsys, "run", *TINY, "--init-scale", "1e200", "--out", tmp_path / "r")
+    assert "init_scale" in line and "lr_adapter" not in line and "smaller init_scale" in line
+    assert not (tmp_path / "r").exists()
 
 
 def test_unwritable_output_folder(tmp_path, capsys):
@@ -458,6 +548,14 @@ def test_unwritable_output_folder(tmp_path, capsys):
     spec = _write_spec(tmp_path, dict(SPEC, seeds=1, grid={"noise_std": [0.01]}), ".json")
     line = one_line_error(capsys, "sweep", spec, "--out", blocker / "sweep")
     assert "not writable" in line
+
+
+def test_plot_to_an_unwritable_folder_is_one_clear_line(tmp_path, capsys, finished_sweep):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    line = one_line_error(capsys, "plot", finished_sweep, "--out", blocker / "figs")
+    assert "a_file" in line and "not writable" in line and "choose a writable --out" in line
+    assert "Errno" not in line
 
 
 @pytest.mark.parametrize("content, expect", [
@@ -516,24 +614,6 @@ def test_sweep_with_a_truth_file_in_the_spec(tmp_path, capsys):
     line = one_line_error(capsys, "sweep", _write_spec(tmp_path, bad, ".json"), "--out",
                           tmp_path / "bad")
     assert "T" in line and "truth" in line
-
-
-def test_diverged_stages_catch_nan_and_blow_up():
-    from linmeta.cli import diverged_stages
-
-    cfg = {"ml_solver": "alternating"}
-    calm = np.array([5.0, 2.0, 1.0])
-    ok = {"trajectories": {"ml_objective": calm, "sr_objective": calm,
-                           "ml_ft_test_loss": calm, "sr_ft_test_loss": calm}}
-    assert diverged_stages(cfg, ok) == []
-    grown = dict(ok, trajectories=dict(ok["trajectories"], sr_objective=5.0 * 49.0 ** np.arange(
-        6), sr_ft_test_loss=np.array([1.0, 1e30, 1e60])))
-    assert diverged_stages(cfg, grown) == ["sr"]  # the fine-tuning blow-up on it is a consequence
-    assert diverged_stages(cfg, dict(ok, ml_diverged=True)) == ["ml"]
-    assert diverged_stages(cfg, dict(ok, ft_diverged=True)) == ["ft"]
-    newton = dict(ok, trajectories=dict(ok["trajectories"],
-                                        ml_objective=np.array([3.0, 1e-9, np.nan, np.nan])))
-    assert diverged_stages({"ml_solver": "newton"}, newton) == []
 
 
 def test_sigkilled_sweep_resumes_to_the_same_table(tmp_path, capsys, finished_sweep):

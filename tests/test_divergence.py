@@ -6,6 +6,7 @@ import pytest
 
 import linmeta
 from linmeta.divergence import BLOWUP_FACTOR, DivergenceError, check_history, divergence_index
+pytestmark = pytest.mark.core
 
 
 def test_divergence_index_exact_cases():

@@ -61,6 +61,7 @@ def test_csv_round_trip_is_exact(tmp_path):
     back = res.read_csv(tmp_path / "t.csv")
     rows[0]["N"] = math.inf  # the strings inf/nan are read back as floats
     assert back == rows  # floats written with repr round-trip bit for bit
+    assert all(isinstance(r["id"], str) for r in back)
 
 
 def test_environment_names_versions_dtype_device():
@@ -144,3 +145,51 @@ def test_load_sweep(tmp_path):
     s.add_chunk(_rows(["a"], math.pi), [{}], 0.1, ["id", "T", "loss"])
     man, rows = res.load_sweep(tmp_path)
     assert rows == [{"id": "a", "T": 3, "loss": math.pi}]
+
+
+# ----------------------------------------------------------------------------- ids stay strings
+DIGIT_IDS = ["123456789012", "012345678901", "12e345678901", "1234567890e1", "a1b2c3d4e5f6"]
+
+
+def test_read_csv_keeps_ids_as_strings(tmp_path):
+    """A config id is a hex digest: one of digits only, or digits and one 'e', must not become a
+    number (leading zeros lost, the trajectory file name wrong, a resume that never matches)."""
+    res.atomic_write_csv(tmp_path / "t.csv", [{"id": i, "x": 1.5} for i in DIGIT_IDS], ["id", "x"])
+    back = res.read_csv(tmp_path / "t.csv")
+    assert [r["id"] for r in back] == DIGIT_IDS and all(r["x"] == 1.5 for r in back)
+
+
+def test_all_digit_ids_resume_and_the_manifest_does_not_grow(tmp_path):
+    """The issue's case: this configuration's id is all digits; its finished row is recognised."""
+    from linmeta import sweep
+
+    cfg = dict(d=10, k=1, T=3, N=5000, n=100, noise_std=0.01, ft_steps=10000, seed=22)
+    assert sweep.config_id(cfg).isdigit()  # the guard: the case this test is about
+    ids = [sweep.config_id(cfg), "012345678901", "12e345678901", "abcdef012345"]
+    s = _store(tmp_path, ids=ids)
+    s.open()
+    s.add_chunk(_rows(ids), [{"x": np.arange(2)}] * 4, 0.1, ["id", "T", "loss"])
+    s.close()
+    for _ in range(2):
+        again = _store(tmp_path, ids=ids)
+        assert again.open() == 4 and all(again.finished(i) for i in ids)
+        again.close()
+    man = json.loads((tmp_path / res.MANIFEST).read_text())
+    assert len(man["chunks"]) == 1 and man["finished_ids"] == ids
+
+
+# ----------------------------------------------------------------------------- file modes
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_atomic_files_get_the_mode_the_umask_gives(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        res.atomic_write_text(tmp_path / "a.txt", "x")
+        res.atomic_write_json(tmp_path / "a.json", {"x": 1})
+        res.atomic_write_npz(tmp_path / "a.npz", {"x": np.arange(3)})
+        res.atomic_write_csv(tmp_path / "a.csv", [{"a": 1}], ["a"])
+        res.atomic_write_text(tmp_path / "a.txt", "replaced")  # a replaced file too
+    finally:
+        os.umask(old)
+    for name in ("a.txt", "a.json", "a.npz", "a.csv"):
+        assert os.stat(tmp_path / name).st_mode & 0o777 == mode, name
+    assert _no_temp_files(tmp_path)
