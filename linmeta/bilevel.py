@@ -14,8 +14,9 @@ One run, every step the core's own function:
    ``shape.width`` columns of which the first ``hyper.inner_rank`` are used (the others start at
    zero in both factors and stay there: a padded run equals the unpadded one), so every inner
    rank r <= width, and the full-rank inner update (``hyper.inner_full = 1``: ``U = W`` from 0,
-   ``V = I`` fixed; needs ``width = d``), run in one compiled program. The method is a traced
-   one-hot weight over (maml, fomaml, reptile) unless ``shape.methods`` names one.
+   ``V = I`` fixed; needs ``width = d``), run in one compiled program. The method is static
+   (``shape.methods`` names it: only its update is computed) or, with ``shape.methods = "all"``,
+   traced (``hyper.method_id``; all three updates are computed and one is kept).
    Asymmetric adapters start as LoRA does (U ~ N(0, s^2) on the used columns, V = 0); symmetric
    ones from U ~ N(0, s^2). ``hyper.start_lr > 0`` learns the start.
 4. Reference: standard retraining's exact minimiser on the pooled statistics (support and query
@@ -89,13 +90,14 @@ class Shape(NamedTuple):
 
 
 class Hyper(NamedTuple):
-    """Traced part of a configuration (arrays; one value per run when batched).
+    """Traced part of a configuration (scalar arrays; one value per run when batched).
 
-    ``method``: (3,) weights over (maml, fomaml, reptile); ``inner_steps`` K and ``inner_rank``
-    r are integer arrays; ``inner_full`` 1.0 selects the full-rank inner update."""
+    ``method_id``: index into (maml, fomaml, reptile), used when ``shape.methods == "all"``;
+    ``inner_steps`` K and ``inner_rank`` r are integers; ``inner_full`` 1.0 selects the
+    full-rank inner update."""
 
     noise_std: jax.Array
-    method: jax.Array
+    method_id: jax.Array
     inner_steps: jax.Array
     inner_lr: jax.Array
     outer_lr: jax.Array
@@ -175,8 +177,8 @@ def make_hyper(shape: Shape, *, method: str = "maml", inner_steps=None, inner_lr
     check_scalar("start_lr", start_lr, 0.0)
     check_scalar("init_scale", init_scale, 0.0, lo_open=True)
     check_scalar("noise_std", noise_std, 0.0)
-    w = jnp.asarray([m_ == method for m_ in METHODS], dt)
-    return Hyper(jnp.asarray(noise_std, dt), w, jnp.asarray(K, jnp.int32),
+    return Hyper(jnp.asarray(noise_std, dt), jnp.asarray(METHODS.index(method), jnp.int32),
+                 jnp.asarray(K, jnp.int32),
                  jnp.asarray(inner_lr, dt), jnp.asarray(outer_lr, dt), jnp.asarray(start_lr, dt),
                  jnp.asarray(r, jnp.int32), jnp.asarray(float(bool(inner_full)), dt),
                  jnp.asarray(init_scale, dt))
@@ -225,7 +227,10 @@ def _ols(stats: TaskStats, N):
 
 
 def _method_arg(shape: Shape, hyper: Hyper):
-    return hyper.method if shape.methods == "all" else shape.methods
+    """The method: a name (static) or one-hot weights from the traced ``method_id``."""
+    if shape.methods != "all":
+        return shape.methods
+    return jax.nn.one_hot(hyper.method_id, len(METHODS), dtype=hyper.inner_lr.dtype)
 
 
 def run_protocol(truth: Truth, keys: paper.RunKeys, hyper: Hyper, shape: Shape) -> Outcome:

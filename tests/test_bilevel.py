@@ -138,7 +138,7 @@ def test_padded_width_equals_unpadded_and_one_compile_per_shape():
 
 def test_finite_support_query_and_pooled_sr_reference():
     shape = bilevel.make_shape(4, 1, 3, N=16, support=6, n=8, m=2, width=1, inner_length=3,
-                               outer_steps=10, record_every=5)
+                               outer_steps=10, record_every=5, methods="maml")   # static method
     h = bilevel.make_hyper(shape, method="maml", inner_steps=3, noise_std=0.1)
     out = jax.tree.map(lambda x: x[0], _batch([h], shape, seed=4))
     truth = linmeta.Truth(*(x[0] for x in _truths(4, 1, d=4)))

@@ -226,7 +226,7 @@ def grid(cfg: dict, rng: np.random.Generator, T: int, parts=PARTS):
 def _hyper(shape, c, lam):
     """:class:`linmeta.bilevel.Hyper` values of configuration ``c`` for a truth with ``lam``
     (NumPy, in field order; the int fields as int32)."""
-    return (np.asarray(0.0), np.asarray([m == c["method"] for m in METHODS], float),
+    return (np.asarray(0.0), np.asarray(METHODS.index(c["method"]), np.int32),
             np.asarray(c["inner_steps"], np.int32), np.asarray(c["a"] / lam),
             np.asarray(c["outer_lr"]), np.asarray(c["start_lr"]),
             np.asarray(c["inner_rank"], np.int32), np.asarray(float(c["inner_full"])),
