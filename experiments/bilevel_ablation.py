@@ -4,10 +4,10 @@ ranks, full-rank inner update, learned start, K = 0).
 Thin script over :mod:`linmeta.claims.m5` (docs/bilevel.md#m5).
 
 Run ``nice -n 10 python -m experiments.bilevel_ablation --setting full --out figures``: writes
-``figures/bilevel_ablation`` (``.png`` and ``.pdf``) and prints the verdict rows (exit code 1 if a check
-fails). ``--setting tiny`` takes seconds (the tests run it); ``quick`` is the
-``linmeta verify --quick`` setting. ``python -m experiments.bilevel_all`` runs M1-M6 in one process
-(M4-M6 share their runs).
+``figures/bilevel_ablation`` (``.png`` and ``.pdf``) and prints the verdict rows (exit code 1 if a
+check fails). ``--setting tiny`` takes seconds (the tests run it); ``quick`` is the ``linmeta
+verify --quick`` setting. ``python -m experiments.bilevel_all`` runs M1-M6 in one process (M4-M6
+share their runs).
 """
 from __future__ import annotations
 

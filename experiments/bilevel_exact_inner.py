@@ -4,10 +4,10 @@ Meta-LoRA's objective with the adapters minimised out.
 Thin script over :mod:`linmeta.claims.m2` (docs/bilevel.md#m2).
 
 Run ``nice -n 10 python -m experiments.bilevel_exact_inner --setting full --out figures``: writes
-``figures/bilevel_m2_exact_inner`` (``.png`` and ``.pdf``) and prints the verdict rows (exit code 1 if a check
-fails). ``--setting tiny`` takes seconds (the tests run it); ``quick`` is the
-``linmeta verify --quick`` setting. ``python -m experiments.bilevel_all`` runs M1-M6 in one process
-(M4-M6 share their runs).
+``figures/bilevel_m2_exact_inner`` (``.png`` and ``.pdf``) and prints the verdict rows (exit code 1
+if a check fails). ``--setting tiny`` takes seconds (the tests run it); ``quick`` is the ``linmeta
+verify --quick`` setting. ``python -m experiments.bilevel_all`` runs M1-M6 in one process (M4-M6
+share their runs).
 """
 from __future__ import annotations
 

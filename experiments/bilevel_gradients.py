@@ -4,10 +4,10 @@ loop, finite differences and hand-built formulas.
 Thin script over :mod:`linmeta.claims.m3` (docs/bilevel.md#m3).
 
 Run ``nice -n 10 python -m experiments.bilevel_gradients --setting full --out figures``: writes
-``figures/bilevel_m3_gradients`` (``.png`` and ``.pdf``) and prints the verdict rows (exit code 1 if a check
-fails). ``--setting tiny`` takes seconds (the tests run it); ``quick`` is the
-``linmeta verify --quick`` setting. ``python -m experiments.bilevel_all`` runs M1-M6 in one process
-(M4-M6 share their runs).
+``figures/bilevel_m3_gradients`` (``.png`` and ``.pdf``) and prints the verdict rows (exit code 1
+if a check fails). ``--setting tiny`` takes seconds (the tests run it); ``quick`` is the ``linmeta
+verify --quick`` setting. ``python -m experiments.bilevel_all`` runs M1-M6 in one process (M4-M6
+share their runs).
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import linmeta
-from linmeta import bilevel_theory, theory
+from linmeta import bilevel_theory
 from linmeta.claims import m3
 from linmeta.claims._bilevel import (numpy_population, numpy_split, numpy_truths, task_matrices,
                                      to_jax)
@@ -92,7 +92,8 @@ def test_plain_maml_is_sr_with_a_rescaled_step(seed, alpha, K):
     # the public entry point, step for step (the other methods: the step-level test above and
     # claim M1's rows)
     _, pop = _problem(seed)
-    res = linmeta.maml(pop, 4, method="maml", adapter="full", start="zero", inner_steps=K, inner_lr=alpha,
+    res = linmeta.maml(pop, 4, method="maml", adapter="full", start="zero", inner_steps=K,
+                       inner_lr=alpha,
                        outer_lr=0.5, record_every=1, **COMMON)
     lr = bilevel_theory.full_rank_sr_step("maml", 0.5, alpha, K)
     sr = linmeta.standard_retraining(pop, method="gd", steps=STEPS, lr=lr, record_every=1)
@@ -105,7 +106,8 @@ def test_plain_maml_hand_built_keeps_sr_bias():
     U = np.zeros((3, 4, 1))
     U[:, 0, 0] = np.sqrt(2.0)
     M = U @ np.swapaxes(U, 1, 2)
-    res = linmeta.maml(to_jax(numpy_population(M)), 4, adapter="full", inner_steps=2, inner_lr=0.5, outer_lr=1.0, **COMMON)
+    res = linmeta.maml(to_jax(numpy_population(M)), 4, adapter="full", inner_steps=2,
+                       inner_lr=0.5, outer_lr=1.0, **COMMON)
     want = np.zeros((4, 4))
     want[0, 0] = 2.0 * (1 - (1 - 1 / 16) ** STEPS)
     np.testing.assert_allclose(res.base, want, atol=1e-15)

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import linmeta
-from linmeta import bilevel, metrics, paper, theory
+from linmeta import bilevel
 from linmeta.retrain import run_steps
 from linmeta.retrain.maml import METHODS, BilevelState, bilevel_step
 

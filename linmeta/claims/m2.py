@@ -5,10 +5,10 @@ With support = query and the inner problem solved exactly, the bilevel objective
 
     F_inf(A) = (1/T) sum_t min_theta L_t(A + Delta(theta)),
 
-the objective of Meta-LoRA, ``(1/T) sum_t L_t(A + U_t U_t^T)``, with every ``U_t`` minimised out at A
--- when the inner adapter is Meta-LoRA's ``U U^T``. In the population the inner minimum is known
-(:func:`linmeta.bilevel_theory.profiled_objective`, from :func:`linmeta.theory.lora_bias`): for
-``U U^T`` the PSD rank-r optimum (the skew part of ``M*_t - A`` plus every negative and every
+the objective of Meta-LoRA, ``(1/T) sum_t L_t(A + U_t U_t^T)``, with every ``U_t`` minimised out
+at A -- when the inner adapter is Meta-LoRA's ``U U^T``. In the population the inner minimum is
+known (:func:`linmeta.bilevel_theory.profiled_objective`, from :func:`linmeta.theory.lora_bias`):
+for ``U U^T`` the PSD rank-r optimum (the skew part of ``M*_t - A`` plus every negative and every
 positive eigenvalue beyond the r largest of its symmetric part stay in the error); for ``U V^T``
 Eckart-Young (never larger: the inner solve that makes the relation hold for Meta-LoRA is the PSD
 one; the two differ wherever some task's residual has a negative eigenvalue among its r largest
@@ -40,7 +40,6 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.optimize
 
-import linmeta
 from linmeta import bilevel_theory
 from linmeta.retrain import meta_lora_excess
 from linmeta.retrain.maml import BilevelHyper, Factors, bilevel_excess, exact_bilevel_objective

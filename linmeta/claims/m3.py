@@ -6,12 +6,11 @@
    objective written as a plain Python loop over tasks and inner steps (no scan, no library code:
    ``G = M S_xx - S_yx``, ``U <- U - alpha G V``, ``V <- V - alpha G^T U``), and a central finite
    difference (steps h and h/2, Richardson-extrapolated) of the library's unrolled objective
-   :func:`linmeta.retrain.maml.bilevel_objective` along random directions, for the base and for the adapter start, on random problems with
-   finite support and query sets.
-2. **Hand-built case** (T = 2, K = 1, LoRA start ``U = u``, ``V = 0``, population; the library
-   runs it in the same batch as the random problems): one inner step gives
-   ``V_1 = alpha R_t^T u`` with ``R_t = M*_t - A``, so ``M_1 - M*_t = (I - alpha P)(A - M*_t)`` with
-   ``P = u u^T``. Hence
+   :func:`linmeta.retrain.maml.bilevel_objective` along random directions, for the base and for the
+   adapter start, on random problems with finite support and query sets. 2. **Hand-built case** (T
+   = 2, K = 1, LoRA start ``U = u``, ``V = 0``, population; the library runs it in the same batch
+   as the random problems): one inner step gives ``V_1 = alpha R_t^T u`` with ``R_t = M*_t - A``,
+   so ``M_1 - M*_t = (I - alpha P)(A - M*_t)`` with ``P = u u^T``. Hence
 
        MAML:        g_A = (1/T) sum_t (I - alpha P)^2 (A - M*_t)
        first order: g_A = (1/T) sum_t (I - alpha P) (A - M*_t)          (one factor dropped)
