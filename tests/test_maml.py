@@ -319,6 +319,11 @@ def test_support_query_split_and_samples_source():
     a = linmeta.maml(smp, 1, support=8, key=jax.random.key(2), inner_steps=2, **COMMON)
     b = linmeta.maml(sup, 1, query=qry, key=jax.random.key(2), inner_steps=2, **COMMON)
     np.testing.assert_array_equal(a.base, b.base)
+    # a learned start moves (same compiled program: the start's step is traced)
+    c = linmeta.maml(sup, 1, query=qry, key=jax.random.key(2), inner_steps=2, learn_start=True,
+                     start_lr=0.1, **COMMON)
+    assert float(jnp.max(jnp.abs(c.adapters.start.V))) > 0     # V started at 0
+    np.testing.assert_array_equal(b.adapters.start.V, 0.0)
 
 
 def test_divergence_names_the_step_size_and_iteration():
