@@ -304,7 +304,8 @@ GRID = {
                   split_width=False),
     "full": dict(d=10, k=1, ft_rank=1, m=4, seeds=6, methods=METHODS, a=0.5, beta=0.3,
                  Ks=(0, 5, 10, 25, 50, 100, 200), ranks=(1, 2, 3, 5, 10), K_ablation=100,
-                 as_=(0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0), K_alpha=50, alpha_full=True,
+                 as_=(0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 10.0, 20.0, 30.0, 45.0),
+                 K_alpha=50, alpha_full=True,
                  start_lr=0.05, outer_steps=500, record_every=25, chunk=64, split_width=True,
                  split_length=True),
 }

@@ -12,7 +12,10 @@ Each run is classified by the protocol (:mod:`linmeta.bilevel`): **diverged** (t
 objective blew up or the base became non-finite, or an inner loop blew up from a finite start:
 :mod:`linmeta.divergence`), **stalled** (the objective fell by less than 1% over the outer loop)
 or converged; rows give the largest ``a`` at which no seed diverged and the smallest at which one
-did, as measured.
+did, as measured. One row is a check (full setting): for the full-rank inner loop the support loss
+after j inner steps is exactly ``(1 - alpha)^(2j)`` times its start, so the inner loop is flagged
+diverged exactly when ``|1 - alpha|^(2K) > 1000`` (the blow-up factor of
+:mod:`linmeta.divergence`).
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ import numpy as np
 from . import ClaimResult, Verdict
 from ._bilevel import GRID, METHOD_COLOR, METHOD_LABEL, grid_cached, median, positive, select
 from ._support import figure_dpi, pyplot, save_figure, settings_value
+from ..divergence import BLOWUP_FACTOR
 
 CLAIM = "M6"
 
@@ -37,6 +41,26 @@ def sweep(runs, cfg, m, full: bool):
     inner = np.stack([r["inner_diverged"] for r in rs], axis=1)
     stall = np.stack([r["stalled"] for r in rs], axis=1)
     return As, err, div, stall, inner
+
+
+def _plain_limit_row(runs, cfg, lam, note):
+    """Plain MAML's inner loop blows up exactly when ``|1 - alpha|^(2K) > BLOWUP_FACTOR``: its
+    support loss after j steps is ``(1 - alpha)^(2j)`` times the loss before (relation M1)."""
+    K = cfg["K_alpha"]
+    As = np.asarray(cfg["as_"], float)
+    alpha = As[None, :] / lam[:, None]                          # (seeds, a)
+    predicted = np.abs(1 - alpha) ** (2 * K) > BLOWUP_FACTOR
+    agree, n = 0, 0
+    for m in cfg["methods"]:
+        _, _, _, _, inner = sweep(runs, cfg, m, True)
+        agree += int(np.sum(inner == predicted))
+        n += inner.size
+    return Verdict(
+        CLAIM, f"plain (full-rank inner) MAML, first-order MAML, Reptile: inner loop flagged "
+        f"diverged iff |1 - alpha|^(2K) > {BLOWUP_FACTOR:g} (K={K}), runs agreeing",
+        n, agree, float("nan"), "all (the inner loss is (1-alpha)^2j times its start)",
+        agree == n, "check", note + f"; predicted diverged in {int(predicted.sum())} of "
+        f"{predicted.size} (seed, a) cases per method")
 
 
 def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
@@ -67,6 +91,8 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
                 note + f"; inner-loop divergences {int(inner.sum())} of {int(div.sum())}; "
                 f"stalled at a = {stalled}; median rel. base error at the largest stable a: "
                 f"{median(err[:, ok][:, -1]) if ok.any() else float('nan'):.3g}"))
+    if cfg.get("alpha_full", True):
+        rows.append(_plain_limit_row(runs, cfg, lam, note))
     data = dict(setting=setting, seed=seed, cfg=cfg, curves=curves)
     return ClaimResult(CLAIM, rows, data, time.perf_counter() - t0)
 
