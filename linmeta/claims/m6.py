@@ -124,7 +124,7 @@ def plot(result: ClaimResult, out_dir) -> list:
     ax0.grid(True, alpha=0.3)
     ax1.set_xscale("log")
     ax1.set_xlabel("a = alpha lambda")
-    ax1.set_ylabel("fraction of seeds: diverged (solid/dashed), stalled (dotted)")
+    ax1.set_ylabel("fraction of seeds diverged (lines), stalled (dotted)")
     ax1.set_ylim(-0.05, 1.05)
     ax1.grid(True, alpha=0.3)
     fig.suptitle(f"M6  inner step size: divergence and stalls   T=3, d={cfg['d']}, k={cfg['k']}, "
