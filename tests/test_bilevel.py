@@ -171,6 +171,16 @@ def test_bad_hyper(kwargs, word):
         bilevel.make_hyper(SHAPE, **kwargs)
 
 
+def test_cost_benchmark_tiny():
+    from benchmarks import maml_cost
+
+    rows = maml_cost.main(["--tiny"])["rows"]
+    assert [r["K"] for r in rows] == [1, 4] and all(r["step_ms"] > 0 for r in rows)
+    # second-order MAML keeps the inner loop's residuals: its memory grows with K
+    assert rows[1]["temp_bytes"] > rows[0]["temp_bytes"]
+    assert rows[1]["model_bytes"] == 4 * rows[0]["model_bytes"]
+
+
 # ----------------------------------------------------------------------------- tiny runs
 def test_tiny_run_rows_pass_and_figures_exist(tiny_runs):
     out, data = tiny_runs
