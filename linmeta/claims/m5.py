@@ -58,7 +58,8 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
         v["SR"] = refs["sr_ft_bias"]
         table[m] = v
         order = sorted(v, key=lambda lab: median(v[lab]))
-        text = " < ".join(f"{lab} ({median(v[lab]):.2g})" for lab in order)
+        text = " < ".join(f"{lab} ({median(v[lab]):.2g})" if np.isfinite(median(v[lab])) else
+                          f"{lab} (diverged)" for lab in order)
         rows.append(Verdict(CLAIM, f"priming ablation, {METHOD_LABEL[m]}: variants ordered by "
                             "median rank-k fine-tuning error", "measured (RELATED: matched "
                             "< full-rank ~ SR)", text, float("nan"), "measured", True,
