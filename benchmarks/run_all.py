@@ -3,11 +3,13 @@
     python benchmarks/run_all.py                       # full: ~15-30 min on 2 CPU cores
     python benchmarks/run_all.py --numpy-fraction 0.1  # NumPy side on a tenth of the steps
     python benchmarks/run_all.py --tiny                # a smoke test
+    python benchmarks/run_all.py --no-compile-cache    # without the persistent compilation cache
 
 Writes ``benchmarks/results/all.json`` (``--out``) with the results of
 :mod:`benchmarks.paper_protocol` (linmeta against the plain NumPy loop on the paper's T sweep) and
-:mod:`benchmarks.scaling` (batch size, dimension, devices, memory), besides each script's own
-JSON file. CPU numbers only: no GPU is lent to this project's sessions.
+:mod:`benchmarks.scaling` (batch size, dimension, devices, memory, and population recovery
+against d and T with its figure ``benchmarks/results/recovery_scaling.png``), besides each
+script's own JSON file. CPU numbers only: no GPU is lent to this project's sessions.
 """
 from __future__ import annotations
 
@@ -31,10 +33,14 @@ def main(argv=None) -> dict:
     p.add_argument("--numpy-runs", type=int, default=1, help="NumPy runs measured per T")
     p.add_argument("--out", default=None,
                    help="JSON output (default benchmarks/results/all.json; tiny: none)")
+    from linmeta import compile_cache
+    compile_cache.add_argument(p)
     a = p.parse_args(argv)
+    compile_cache.enable_from_args(a)  # before anything compiles
     t0 = time.perf_counter()
     results_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-    common = ["--tiny"] if a.tiny else []
+    common = (["--tiny"] if a.tiny else []) + (["--no-compile-cache"] if a.no_compile_cache
+                                               else [])
     pp_args = common + ["--numpy-fraction", str(a.numpy_fraction), "--numpy-runs",
                         str(a.numpy_runs)]
     sc_args = list(common)

@@ -1,6 +1,6 @@
-"""Benchmark: how linmeta's sweeps scale (issue 4): batch size, dimension, devices, memory.
+"""Benchmark: how linmeta scales: sweeps (batch size, dimension, devices, memory) and recovery.
 
-Four measurements, each printed as a table and written to JSON:
+Five measurements, each printed as a table and written to JSON:
 
 1. **Batch**: configurations per second against the number of configurations (seeds) batched in
    one compiled program, 1 to 4096, for the paper's configuration (d=10, k=1, T=3, N=5000, n=100)
@@ -17,13 +17,25 @@ Four measurements, each printed as a table and written to JSON:
    configuration sweep of the paper's configuration (N=5000 raw samples per task) with the paper's
    number of recorded points per trajectory (a tenth of the steps, recorded every step).
 
+5. **Recovery**: population recovery by the default ``linmeta.meta_lora(population(truth), k,
+   key=...)`` (method ``"auto"``: Newton up to T d k = 256 unknowns, matrix-free L-BFGS above),
+   each point in a fresh process without compilation cache: the cold time of the call (tracing
+   and compilation included; imports and the truth excluded), the warm time (a second call, new
+   starts), the process's peak resident memory (``VmHWM``), the relative base error, the solver's
+   iterations and evaluations, and the matmul flops of the L-BFGS evaluations
+   (``4 T d^2 k`` each: ``U U^T`` and ``(D + D^T) U`` per start) per second as a fraction of the
+   dense matmul rate. Against d (up to 1024) at fixed (k, T) = (4, 4), against T (up to 64) at
+   (d, k) = (128, 4), 4 starts each; and the headline point (d, k, T) = (256, 4, 8) with the
+   default 8 starts. A figure: ``benchmarks/results/recovery_scaling.png``.
+
 No GPU is lent to this project's sessions, so all numbers are CPU numbers. float64 unless
 ``--float32``.
 
 Usage::
 
-    python benchmarks/scaling.py            # all four; writes benchmarks/results/scaling.json
+    python benchmarks/scaling.py            # all five; writes benchmarks/results/scaling.json
     python benchmarks/scaling.py --only batch dim
+    python benchmarks/scaling.py --only recovery   # writes benchmarks/results/recovery.json
     python benchmarks/scaling.py --tiny     # a smoke test (in-process devices/memory parts)
 """
 from __future__ import annotations
@@ -49,6 +61,10 @@ TINY_CFG = dict(d=4, k=1, T=3, N=37, n=11, outer_steps=6, inner_steps=3, sr_step
                 record_every=4)
 
 FULL = {
+    "recovery_headline": (256, 4, 8),
+    "recovery_d": tuple((d, 4, 4) for d in (32, 64, 128, 256, 512, 1024)),
+    "recovery_T": tuple((128, 4, T) for T in (3, 4, 8, 16, 32, 64)),
+    "recovery_starts": 4,
     "batches": (1, 4, 16, 64, 256, 1024, 4096),
     # d: (configurations, outer steps); sr_steps = outer, ft_steps = 3 * outer
     "dims": ((10, 256, 300), (32, 64, 100), (100, 16, 20), (316, 2, 4), (1024, 1, 2)),
@@ -56,7 +72,10 @@ FULL = {
     "memory_configs": 10000,
 }
 # tiny: the shapes and batch sizes of the test suite's sweeps (tests/test_sweep.py), in-process
-TINY = {"batches": (1, 2), "dims": ((4, 2, 6),), "device_batch": 8, "memory_configs": 8}
+TINY = {"batches": (1, 2), "dims": ((4, 2, 6),), "device_batch": 8, "memory_configs": 8,
+        "recovery_headline": (64, 4, 3), "recovery_d": ((64, 4, 3),),
+        "recovery_T": ((64, 4, 3),), "recovery_starts": None}
+# (tiny: the shape and starts of tests/test_meta_lora.py's mid-size recovery: one compiled solver)
 
 
 def flops_per_config(cfg: dict, m: int = 1) -> float:
@@ -281,7 +300,179 @@ def bench_memory(base: dict, n: int, x64: bool, in_process: bool = False) -> dic
     return out
 
 
-SECTIONS = ("batch", "dim", "devices", "memory")
+_RECOVERY_CHILD = r"""
+import json, sys, time
+
+def peak_kib():
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+import jax
+jax.config.update("jax_enable_x64", sys.argv[5] == "64")
+sys.path.insert(0, sys.argv[6])
+from benchmarks.scaling import recovery_point
+d, k, T = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+starts = None if sys.argv[4] == "default" else int(sys.argv[4])
+rss0 = peak_kib()
+out = recovery_point(d, k, T, starts)
+out.update(rss_after_import_kib=rss0, peak_rss_kib=peak_kib())
+print("RESULT " + json.dumps(out))
+"""
+
+
+def recovery_point(d: int, k: int, T: int, n_starts=None, seed: int = 0) -> dict:
+    """Population recovery by the default ``linmeta.meta_lora``: cold and warm seconds of the call,
+    relative base error, the solver the switch chose, iterations, evaluations and matmul flops."""
+    import importlib
+
+    import jax
+    import jax.numpy as jnp
+    import linmeta
+    from linmeta import metrics, retrain
+    ml_mod = importlib.import_module("linmeta.retrain.meta_lora")
+    truth = linmeta.sample_truth(jax.random.key(seed), d, k, T)
+    pop = linmeta.population(truth)
+    jax.block_until_ready(pop)
+    dt = pop.Sxx.dtype
+    kw = {} if n_starts is None else {"n_starts": n_starts}
+    starts = 8 if n_starts is None else n_starts
+    t0 = time.perf_counter()
+    res = jax.block_until_ready(linmeta.meta_lora(pop, k, key=jax.random.key(seed + 1), **kw))
+    cold = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    res2 = jax.block_until_ready(linmeta.meta_lora(pop, k, key=jax.random.key(seed + 2), **kw))
+    warm = time.perf_counter() - t0
+    method = retrain.default_solver(T, d, k, starts, dt.itemsize)
+    out = {"d": d, "k": k, "T": T, "n_starts": starts, "unknowns": T * d * k, "method": method,
+           "dtype": str(dt), "cold_s": cold, "warm_s": warm,
+           "rel_base_error": float(metrics.base_error(res.base, truth.A_star, relative=True)),
+           "rel_base_error_warm": float(metrics.base_error(res2.base, truth.A_star,
+                                                           relative=True)),
+           "objective": float(res.objective),
+           "memory_estimate_bytes": retrain.solver_memory(method, T, d, k, starts, dt.itemsize)}
+    v = jnp.asarray(res2.history.value)
+    out["iterations_best_start"] = int(jnp.sum(jnp.isfinite(v))) - 1
+    if method == "lbfgs":  # the warm call's counts: the same kernel on the same starts
+        U0 = jax.vmap(lambda kk: linmeta.lora.init_factor(kk, (T, d, k), 0.1, dt))(
+            jax.random.split(jax.random.key(seed + 2), starts))
+        tol = [jnp.asarray(x, dt) for x in (1e-26, 1e-14, ml_mod.default_rtol(dt))]
+        _, info = ml_mod._lbfgs_kernel(pop, U0, *tol, max_iter=ml_mod._DEFAULT_MAX_ITER["lbfgs"],
+                                       population=True,
+                                       start_batch=ml_mod.lbfgs_start_batch(T, d, k, starts,
+                                                                            dt.itemsize))
+        evals = int(jnp.sum(info.evaluations))
+        flops = evals * 4.0 * T * d * d * k
+        out.update(iterations_max=int(jnp.max(info.iterations)), evaluations=evals,
+                   matmul_flops=flops, matmul_flops_per_s_warm=flops / warm)
+    return out
+
+
+def _recovery_subprocess(d, k, T, starts, x64: bool) -> dict:
+    env = _child_env(1)
+    env["LINMETA_NO_CACHE"] = "1"   # cold: compiled in the process
+    env.pop("LINMETA_CACHE_DIR", None)
+    proc = subprocess.run([sys.executable, "-c", _RECOVERY_CHILD, str(d), str(k), str(T),
+                           "default" if starts is None else str(starts), "64" if x64 else "32",
+                           ROOT], env=env, capture_output=True, text=True, timeout=3600)
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode or not line:
+        raise RuntimeError(f"recovery benchmark failed:\n{proc.stdout}\n{proc.stderr}")
+    out = json.loads(line[-1][7:])
+    out["peak_rss_gib"] = out["peak_rss_kib"] / 2 ** 20
+    return out
+
+
+def _print_recovery(r: dict, peak: float) -> None:
+    frac = (f", {r['matmul_flops_per_s_warm'] / peak:6.2%} of matmul peak"
+            if "matmul_flops_per_s_warm" in r else "")
+    mem = (f", peak RSS {r['peak_rss_gib']:.2f} GiB" if "peak_rss_gib" in r else "")
+    print(f"  d={r['d']:>5} k={r['k']} T={r['T']:>3} ({r['unknowns']:>6} unknowns, "
+          f"{r['method']}, {r['n_starts']} starts): cold {r['cold_s']:7.2f} s, warm "
+          f"{r['warm_s']:7.2f} s{mem}, rel. base error {r['rel_base_error']:.1e}{frac}",
+          flush=True)
+
+
+def bench_recovery(plan: dict, x64: bool, peak: float, in_process: bool = False) -> dict:
+    """The recovery section (module docstring, item 5)."""
+    def point(d, k, T, starts):
+        if in_process:
+            r = recovery_point(d, k, T, starts)
+            r["in_process"] = True
+        else:
+            r = _recovery_subprocess(d, k, T, starts, x64)
+        if "matmul_flops_per_s_warm" in r:
+            r["fraction_of_matmul_peak"] = r["matmul_flops_per_s_warm"] / peak
+        _print_recovery(r, peak)
+        return r
+
+    d0, k0, T0 = plan["recovery_headline"]
+    print(f"recovery at the population, default method and starts, (d, k, T) = "
+          f"({d0}, {k0}, {T0}):", flush=True)
+    head = point(d0, k0, T0, None)
+    ns = plan["recovery_starts"]  # None: the default
+    print(f"recovery against d ({ns or 'default'} starts):", flush=True)
+    by_d = [point(d, k, T, ns) for d, k, T in plan["recovery_d"]]
+    print(f"recovery against T ({ns or 'default'} starts):", flush=True)
+    by_T = [point(d, k, T, ns) for d, k, T in plan["recovery_T"]]
+    return {"headline": head, "by_d": by_d, "by_T": by_T,
+            "note": "cold: the first call in a fresh process without compilation cache "
+                    "(tracing + compilation + run); warm: a second call with new starts; "
+                    "peak RSS: VmHWM of that process (imports and JAX included)"}
+
+
+def plot_recovery(rec: dict, path: str) -> str:
+    """Two panels (against d, against T): cold and warm seconds (left axis) and peak memory
+    (right axis), log scales."""
+    import io
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from linmeta.results import atomic_write_bytes
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig.subplots_adjust(wspace=0.5)
+    for ax, rows, key, fixed in ((axes[0], rec["by_d"], "d", ("k", "T")),
+                                 (axes[1], rec["by_T"], "T", ("d", "k"))):
+        title = f"against {key} (" + ", ".join(f"{f}={rows[0][f]}" for f in fixed) + ")"
+        x = [r[key] for r in rows]
+        lines = ax.loglog(x, [r["cold_s"] for r in rows], "o-", color="tab:blue",
+                          label="cold (compile included)")
+        lines += ax.loglog(x, [r["warm_s"] for r in rows], "s--", color="tab:blue",
+                           label="warm")
+        ax.set_xticks(x)
+        ax.set_xticklabels([str(v) for v in x])
+        ax.minorticks_off()
+        ax.set_xlabel(key)
+        ax.set_ylabel("seconds")
+        ax.set_title(f"population recovery {title}", fontsize=10)
+        if all("peak_rss_gib" in r for r in rows):
+            ax2 = ax.twinx()
+            lines += ax2.plot(x, [r["peak_rss_gib"] for r in rows], "^-", color="tab:red",
+                              label="peak RSS (GiB)")
+            ax2.set_ylim(0, 1.15 * max(r["peak_rss_gib"] for r in rows))
+            ax2.set_ylabel("peak resident memory (GiB)", color="tab:red")
+        ax.legend(lines, [ln.get_label() for ln in lines], loc="upper left", fontsize=8)
+        for r in rows:
+            ax.annotate(f"{r['rel_base_error']:.0e}", (r[key], r["warm_s"]), fontsize=6,
+                        textcoords="offset points", xytext=(2, -9))
+    fig.suptitle("linmeta.meta_lora default method, relative base error annotated "
+                 "(CPU, 2 cores)", fontsize=10)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+SECTIONS = ("batch", "dim", "devices", "memory", "recovery")
 
 
 def main(argv=None) -> dict:
@@ -292,7 +483,12 @@ def main(argv=None) -> dict:
     p.add_argument("--float32", action="store_true", help="float32 instead of float64")
     p.add_argument("--out", default=None, help="JSON output (default "
                    "benchmarks/results/scaling.json; tiny: no file unless given)")
+    p.add_argument("--figure", default=None, help="recovery figure (default "
+                   "benchmarks/results/recovery_scaling.png; tiny: none unless given)")
+    from linmeta import compile_cache
+    compile_cache.add_argument(p)
     a = p.parse_args(argv)
+    compile_cache.enable_from_args(a)  # before anything compiles
 
     import jax
     x64 = not a.float32
@@ -311,7 +507,7 @@ def main(argv=None) -> dict:
                "note": "CPU only: no GPU is lent to this project's sessions."}
     print(f"linmeta scaling on {os.cpu_count()} CPU cores ({jax.devices()[0].platform}), "
           f"{summary['dtype']}; no GPU measured", flush=True)
-    if "dim" in a.only or "batch" in a.only:
+    if any(sec in a.only for sec in ("dim", "batch", "recovery")):
         peak = matmul_flops(dtype, n=256 if a.tiny else 2048, repeats=2 if a.tiny else 5)
         summary["matmul"] = peak
         print(f"dense matmul: {peak['square']['flops_per_s'] / 1e9:.1f} GFLOP/s "
@@ -334,8 +530,18 @@ def main(argv=None) -> dict:
               f"({_describe(mem_base)}):", flush=True)
         summary["memory"] = bench_memory(mem_base if not a.tiny else base,
                                          plan["memory_configs"], x64, in_process=a.tiny)
-    out = a.out or (None if a.tiny else os.path.join(ROOT, "benchmarks", "results",
-                                                     "scaling.json"))
+    if "recovery" in a.only:
+        summary["recovery"] = bench_recovery(plan, x64,
+                                             summary["matmul"]["square"]["flops_per_s"],
+                                             in_process=a.tiny)
+        fig = a.figure or (None if a.tiny else os.path.join(ROOT, "benchmarks", "results",
+                                                            "recovery_scaling.png"))
+        if fig:
+            summary["recovery"]["figure"] = plot_recovery(summary["recovery"], fig)
+            print(f"wrote {fig}")
+    summary["load_average"] = list(os.getloadavg())
+    default = "recovery.json" if list(a.only) == ["recovery"] else "scaling.json"
+    out = a.out or (None if a.tiny else os.path.join(ROOT, "benchmarks", "results", default))
     if out:
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
         atomic_write_json(out, summary)

@@ -15,8 +15,8 @@ Example::
     ml = linmeta.meta_lora(src, 1, key=jax.random.key(1))       # recovers A*
     print(linmeta.metrics.base_error(ml.base, truth.A_star, relative=True))
 """
-from . import (data, divergence, finetune as _finetune_mod, landscape, lora, losses, metrics, problem,
-               retrain, theory)
+from . import (compile_cache, data, divergence, finetune as _finetune_mod, landscape, lora, losses,
+               metrics, problem, retrain, theory)
 from .divergence import DivergenceError
 from .data import (Samples, TaskStats, draw_samples, population, sample_tasks, stats_from_arrays,
                    task_statistics)
@@ -30,4 +30,5 @@ __all__ = ["Truth", "sample_truth", "orthogonal_truth", "load_truth", "save_trut
            "TaskStats", "Samples", "population", "sample_tasks", "draw_samples",
            "task_statistics", "stats_from_arrays", "standard_retraining", "meta_lora", "maml",
            "RetrainResult", "finetune", "FinetuneResult", "reduced_rank_fit", "DivergenceError",
-           "data", "divergence", "landscape", "lora", "losses", "metrics", "problem", "retrain", "theory", "__version__"]
+           "compile_cache", "data", "divergence", "landscape", "lora", "losses", "metrics", "problem",
+           "retrain", "theory", "__version__"]

@@ -453,7 +453,6 @@ def build_parser(command: str | None = "verify") -> argparse.ArgumentParser:
                                  "models, verified (Meta-LoRA vs standard retraining).",
                      epilog=_MAIN_EPILOG)
     parser.add_argument("--version", action="version", version=f"linmeta {linmeta.__version__}")
-    # process-wide options go here (and their effect in _before_command)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
 
     def precision(p):
@@ -540,13 +539,20 @@ def build_parser(command: str | None = "verify") -> argparse.ArgumentParser:
     p.add_argument("--seed", dest="truth_seed", type=int, metavar="INT",
                    help="same as --truth-seed")
     p.set_defaults(func=_cmd_theory)
+    from . import compile_cache
+
+    for command_parser in sub.choices.values():  # every command: --no-compile-cache
+        compile_cache.add_argument(command_parser)
     return parser
 
 
 def _before_command(args) -> None:
     """Process-wide set-up shared by every command, after parsing and before the command runs:
-    the one place for options such as the persistent compilation cache (its flags are added in
-    :func:`build_parser`, next to ``--version``)."""
+    the persistent compilation cache (:mod:`linmeta.compile_cache`; off with
+    ``--no-compile-cache`` or ``LINMETA_NO_CACHE=1``)."""
+    from . import compile_cache
+
+    compile_cache.enable_from_args(args)
 
 
 def main(argv=None) -> int:

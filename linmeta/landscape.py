@@ -1,7 +1,7 @@
 """Critical points of the Meta-LoRA reduced objective and their Hessians (claims C4 and C8).
 
-**Objective.** With the base eliminated (THEORY.md section 4), the population objective over the
-adapters ``U = (U_1, ..., U_T)``, ``U_t`` of shape (d, k), is
+**Objective.** With the base eliminated (``docs/theory.md``, Meta-LoRA), the population objective
+over the adapters ``U = (U_1, ..., U_T)``, ``U_t`` of shape (d, k), is
 
     G(U) = 1/2 sum_t ||E_t - Ebar||_F^2,   E_t = R*_t - U_t U_t^T,   Ebar = (1/T) sum_t E_t
 
@@ -69,7 +69,17 @@ maxima and minima are all zeros of the residual, so each start ends at whichever
 lies in its basin of the merit function. Local minima of ``||g||^2`` with ``g != 0`` exist; they end
 as ``NOT_CONVERGED``, as do runs that escape to infinity along asymptotically flat directions
 (large ``info.size``). The loop is a ``lax.while_loop``, vmapped over starts; one compile per
-(shape, max_iter). The finder stops at ``||g|| <= tol.gradient c^{3/2} / 100``.
+(shape, max_iter). The finder stops at ``||g|| <= tol.gradient c^{3/2} / 100``; it also returns
+the size of its iterate half-way through the run (``CriticalPoints.size_mid``).
+
+**Census classes** (:func:`census_counts`, :data:`CENSUS_KEYS`): the runs of a census are
+partitioned into ``global``, ``strict spurious`` (``SPURIOUS_MIN`` with ``n_flat = 0``),
+``degenerate spurious`` (``SPURIOUS_MIN`` with ``n_flat > 0``), ``saddle``, ``not converged`` and
+``escaped to infinity`` (:func:`escaped`: the run diverged or is not finite, or it ended
+``NOT_CONVERGED`` with ``size >= ESCAPE_SIZE = 10`` and ``size >= ESCAPE_GROWTH = 1.25`` times its
+size half-way through the run: still moving outwards along a direction where G flattens at
+infinity, e.g. a column shared by every U_t when T >= 3; the thresholds separate, in the runs of
+the C8 census, the runs that keep drifting outwards from those that stall at bounded size).
 """
 from __future__ import annotations
 
@@ -90,10 +100,15 @@ __all__ = ["GLOBAL_MIN", "SPURIOUS_MIN", "STRICT_SADDLE", "NOT_CONVERGED", "LABE
            "Tolerances", "default_tolerances", "PointInfo", "CriticalPoints", "objective",
            "gradient", "hessian", "hessian_spectrum", "objective_scale", "orbit_tangent",
            "known_zero_modes", "analyse_point", "classify", "find_critical_points",
-           "random_starts", "census"]
+           "random_starts", "census", "CENSUS_KEYS", "ESCAPE_GROWTH", "ESCAPE_SIZE", "escaped",
+           "census_counts"]
 
 GLOBAL_MIN, SPURIOUS_MIN, STRICT_SADDLE, NOT_CONVERGED = 0, 1, 2, 3
 LABELS = ("global minimum", "spurious local minimum", "strict saddle", "not converged")
+CENSUS_KEYS = ("runs", "global", "strict spurious", "degenerate spurious", "saddle",
+               "not converged", "escaped to infinity")
+ESCAPE_GROWTH = 1.25  # see escaped()
+ESCAPE_SIZE = 10.0
 
 
 class Tolerances(NamedTuple):
@@ -151,11 +166,14 @@ class PointInfo(NamedTuple):
 
 class CriticalPoints(NamedTuple):
     """Output of :func:`find_critical_points`: end points ``U`` (S, T, d, k), their
-    :class:`PointInfo`, and the solver iterations used per start."""
+    :class:`PointInfo`, the solver iterations used per start, and ``size_mid``, the size
+    ``||U||_F^2 / c`` of the iterate after ``max_iter // 2`` iterations (the end point's when the
+    solver stopped earlier), which :func:`escaped` compares with the end point's."""
 
     U: jax.Array
     info: PointInfo
     iterations: jax.Array
+    size_mid: jax.Array
 
 
 # ----------------------------------------------------------------------------- objective
@@ -435,12 +453,14 @@ def _levenberg_marquardt(fns, x0, c, gtol_abs, max_iter):
     eps = jnp.finfo(dt).eps
     eye = jnp.eye(n, dtype=dt)
 
+    half = max_iter // 2
+
     def cond(s):
-        x, g, theta, it = s
+        x, g, theta, it, _ = s
         return (it < max_iter) & (jnp.linalg.norm(g) > gtol_abs) & (theta < 1e14)
 
     def body(s):
-        x, g, theta, it = s
+        x, g, theta, it, x_mid = s
         H = hess(x)
         Hg = H @ g
         mu = jnp.maximum(theta * jnp.sqrt(c) * jnp.linalg.norm(g), 100 * eps * jnp.sum(H * H))
@@ -457,11 +477,13 @@ def _levenberg_marquardt(fns, x0, c, gtol_abs, max_iter):
         theta = jnp.maximum(theta, 1e-30)
         x = jnp.where(ok, x_new, x)
         g = jnp.where(ok, g_new, g)
-        return x, g, theta, it + 1
+        x_mid = jnp.where(it + 1 <= half, x, x_mid)  # the iterate after max_iter // 2 iterations
+        return x, g, theta, it + 1, x_mid
 
-    init = (x0, grad(x0), jnp.asarray(1e-2, dt), 0)
-    x, g, theta, it = lax.while_loop(cond, body, init)
-    return x, it
+    init = (x0, grad(x0), jnp.asarray(1e-2, dt), 0, x0)
+    x, g, theta, it, x_mid = lax.while_loop(cond, body, init)
+    x_mid = jnp.where(it <= half, x, x_mid)  # stopped before half-way: the end point
+    return x, it, x_mid
 
 
 def find_critical_points(source, U0, *, max_iter: int = 200, tol: Tolerances = None,
@@ -489,12 +511,12 @@ def _finder_kernel(U0, source, tol, *, boosts, max_iter):
     gtol_abs = tol.gradient * c ** 1.5 / 100
 
     def one(u0):
-        x, it = _levenberg_marquardt(fns, u0.reshape(-1), c, gtol_abs, max_iter)
+        x, it, x_mid = _levenberg_marquardt(fns, u0.reshape(-1), c, gtol_abs, max_iter)
         U = x.reshape(shape)
-        return U, _analyse(fns, U, c, tol, boosts), it
+        return U, _analyse(fns, U, c, tol, boosts), it, jnp.sum(x_mid * x_mid) / c
 
-    U, info, it = jax.vmap(one)(U0)
-    return CriticalPoints(U, info, it)
+    U, info, it, size_mid = jax.vmap(one)(U0)
+    return CriticalPoints(U, info, it, size_mid)
 
 
 def random_starts(key, n_starts: int, T: int, d: int, k: int, scales=(0.1, 0.3, 1.0),
@@ -516,3 +538,50 @@ def census(labels) -> dict:
     """Counts per label name, e.g. ``{"global minimum": 12, "strict saddle": 4, ...}``."""
     labels = np.asarray(labels).reshape(-1)
     return {name: int(np.sum(labels == i)) for i, name in enumerate(LABELS)}
+
+
+def escaped(label, size_mid, size, diverged=None):
+    """Runs that escaped to infinity (boolean, elementwise; NumPy or JAX).
+
+    A run escaped when it ``diverged`` (optional boolean: non-finite values or a 1000-fold rise of
+    its objective, :func:`linmeta.divergence.divergence_index`), when its end point is not finite,
+    or when it ended ``NOT_CONVERGED`` still moving outwards: its size ``||U||_F^2 / c`` at least
+    ``ESCAPE_GROWTH`` times its size half-way through the run, and at least ``ESCAPE_SIZE`` (a few
+    times the size of the global minimisers, about ``||U*||_F^2 / c``, 1-5 for Gaussian truths).
+    G has directions along which it tends to a finite value at infinity (a column shared by every
+    U_t leaves every ``E_t - Ebar`` unchanged); solvers drift along them with a vanishing gradient.
+    """
+    xp = jnp if any(isinstance(a, jax.Array) for a in (label, size_mid, size, diverged)) else np
+    label, size_mid, size = xp.asarray(label), xp.asarray(size_mid), xp.asarray(size)
+    out = ~xp.isfinite(size) | ((label == NOT_CONVERGED) & (size >= ESCAPE_GROWTH * size_mid)
+                                & (size >= ESCAPE_SIZE))
+    if diverged is not None:
+        out = out | xp.asarray(diverged)
+    return out
+
+
+def census_counts(label, n_flat, escaped_runs) -> dict:
+    """Counts of the census classes :data:`CENSUS_KEYS` for a batch of runs.
+
+    ``label`` and ``n_flat`` are :class:`PointInfo` fields of the end points, ``escaped_runs`` the
+    boolean of :func:`escaped`. The classes partition the runs: an escaped run counts only as
+    ``"escaped to infinity"``; a spurious minimum is ``"degenerate spurious"`` when its restricted
+    spectrum has flat directions (``n_flat > 0``), else ``"strict spurious"``; the remaining
+    ``NOT_CONVERGED`` runs are ``"not converged"``.
+    """
+    label = np.asarray(label).reshape(-1)
+    n_flat = np.asarray(n_flat).reshape(-1)
+    esc = np.asarray(escaped_runs, bool).reshape(-1)
+    if not (label.shape == n_flat.shape == esc.shape):
+        raise ValueError(f"label, n_flat and escaped_runs must have the same size, got "
+                         f"{label.size}, {n_flat.size}, {esc.size}")
+    ok = ~esc
+    sp = ok & (label == SPURIOUS_MIN)
+    counts = {"runs": int(label.size),
+              "global": int(np.sum(ok & (label == GLOBAL_MIN))),
+              "strict spurious": int(np.sum(sp & (n_flat == 0))),
+              "degenerate spurious": int(np.sum(sp & (n_flat > 0))),
+              "saddle": int(np.sum(ok & (label == STRICT_SADDLE))),
+              "not converged": int(np.sum(ok & (label == NOT_CONVERGED))),
+              "escaped to infinity": int(np.sum(esc))}
+    return counts

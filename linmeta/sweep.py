@@ -1,31 +1,40 @@
-"""Sweeps: many configurations of the paper's protocol as a few compiled, batched programs.
+"""Sweeps: many configurations of any registered protocol as a few compiled, batched programs.
 
-A configuration is a flat dict (:data:`DEFAULTS` lists every key and its default). One configuration
-runs the protocol of :mod:`linmeta.paper` (THEORY.md sections 4 and 6; claims C2-C7): sample the
-truth (from ``truth_seed``), draw N retraining samples per task (from ``seed``), retrain with
-Meta-LoRA and with standard retraining, fine-tune both bases on the unseen task from the same
-adapter initialisation and the same n samples, and record strided trajectories.
+A configuration is a flat dict; its key ``protocol`` names a registered protocol
+(:mod:`linmeta.protocols`; default ``"paper"``, the paper's protocol of :mod:`linmeta.paper`,
+THEORY.md sections 4 and 6, claims C2-C7; ``"paper_code"`` is the same with the official code's
+SR baseline and fine-tuning starts). :data:`DEFAULTS` lists the keys of the default protocol. One
+paper configuration samples the truth (from ``truth_seed``), draws N retraining samples per task
+(from ``seed``), retrains with Meta-LoRA and with standard retraining, fine-tunes both bases on the
+unseen task on the same n samples, and records strided trajectories.
 
-How a sweep runs:
+How a sweep runs (for every protocol):
 
 - :func:`expand_grid` turns a spec ``{"grid": {...}, "fixed": {...}, "seeds": 5}`` into validated
-  configurations; :func:`group_by_shape` groups them by :func:`shape_key` (everything that sets an
-  array shape or a loop length: d, k, T, N, n, ft_rank, step counts, solver, stride, sampler).
-- :func:`run_batch` runs one shape group (or a chunk of it) as ONE jitted program: ``vmap`` over the
-  configurations, ``lax.scan`` over steps; the seeds, the noise level, the learning rates and the
-  initialisation scale are traced arrays, so a grid over them costs one compilation. Compiled
-  programs are cached per (shape, batch size, devices, dtype).
-- Memory does not grow with steps x configurations: trajectories are recorded every
-  ``record_every`` steps; raw data are drawn and reduced to sufficient statistics block by block
-  (``sampler="raw"``) or drawn directly as statistics (``sampler="wishart"``, exact in
-  distribution, O(d^3) whatever N), in a ``lax.map`` whose sub-batch keeps the temporary data under
-  :data:`SAMPLE_BYTES`.
+  configurations; :func:`group_by_shape` groups them by :func:`shape_key` (the protocol's static
+  keys: sizes and loop lengths). For the paper's protocols, configurations that differ only in T
+  (and so in the fine-tuning rank, 3k at T = 2) share a group: the program is built for the
+  group's largest T and rank, and smaller runs are masked inside it (tasks and adapter columns
+  padded with zeros, left out of every mean; the same numbers as an unpadded run).
+- :func:`run_batch` runs one shape group (or a chunk of it) as ONE jitted program: each device's
+  share of the batch in sub-batches of a few dozen configurations (``lax.map`` over sub-batches,
+  ``vmap`` inside: the training state stays in cache and the data draws' temporaries stay under
+  :data:`SAMPLE_BYTES`), ``lax.scan`` over steps; the seeds and the traced hyperparameters
+  (learning rates, noise level, initialisation scale, and the padded sizes) are arrays, so a grid
+  over them costs one compilation. Compiled programs are cached per (protocol, shape, batch size,
+  devices, dtype); the program's size does not grow with the step counts.
 - :func:`run_sweep` splits each group into equal chunks (the last one padded, so a group compiles
   once), calls :func:`run_batch` per chunk and ``on_result(cfg, result)`` as each chunk finishes;
   the programs of later shape groups are compiled in two background threads meanwhile.
-- The ground truth of each distinct ``truth_seed`` and its theory values (the SR bias) are computed
-  once on the host side by small cached programs and passed in, replicated (or batched when the
-  chunk mixes truth seeds).
+- The ground truth (one draw per ``truth_seed`` and sizes, on the host, by a small cached
+  program) and its theory values are passed in, replicated or batched per configuration.
+- Compiled programs are also kept across processes (:mod:`linmeta.program_cache`, beside JAX's
+  persistent compilation cache when that is on): a warm process loads them without tracing.
+- Divergence: each result carries one ``<stage>_diverged`` flag per stage of the protocol,
+  computed in the program from the recorded trajectories (:func:`linmeta.divergence.
+  divergence_index`: non-finite, or a 1000-fold rise over the first record; Newton traces are
+  NaN-padded). :func:`linmeta.protocols.divergence_message` names the stage, its step size(s)
+  and the iteration.
 
 Devices: the batch axis is sharded over a :class:`jax.sharding.Mesh` of ``devices`` (default: all
 local devices) with ``jax.shard_map``; a batch that does not divide evenly is padded with copies of
@@ -33,7 +42,7 @@ its last configuration (dropped from the results). Each configuration's numbers 
 how the batch is split (tested to equality). To try it on a CPU, start Python with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=2``. XLA:CPU in jax 0.10 was seen to deadlock
 (nondeterministically, in the runtime) when several simulated host devices run a program that
-calls LAPACK; the sharded program therefore calls none (the OLS solution behind the excess
+calls LAPACK; the paper's program therefore calls none (the OLS solution behind the excess
 objectives uses :func:`linmeta.paper.psd_pinv`, matrix products only), and ``ml_solver="newton"``
 batches (LAPACK ``eigh`` in the loop) run on the first CPU device only.
 
@@ -51,24 +60,24 @@ fills only its own shards), runs one SPMD program over the global mesh and gathe
 every host with ``multihost_utils.process_allgather``; write results from ``jax.process_index() ==
 0`` only. (Tested here only with simulated CPU devices in one process.)
 
-Random streams: see :mod:`linmeta.paper` (``truth_for_seed``, ``run_keys``). The noise level
-``noise_std`` is the standard deviation of the noise actually drawn; the paper's code uses
-``sigma^2 = 0.01`` with sigma = 0.1, hence the default 0.01.
+Random streams: see :mod:`linmeta.paper` (``truth_for_seed``, ``run_keys``, ``code_keys``). The
+noise level ``noise_std`` is the standard deviation of the noise actually drawn; the paper's code
+uses ``sigma^2 = 0.01`` with sigma = 0.1, hence the default 0.01.
 
 Example::
 
     from linmeta import sweep
-    cfgs = sweep.expand_grid({"grid": {"T": [2, 3, 5]}, "fixed": {"ft_steps": 1000}, "seeds": 5})
+    cfgs = sweep.expand_grid({"grid": {"T": [2, 3, 5], "protocol": ["paper", "paper_code"]},
+                              "fixed": {"ft_steps": 1000}, "seeds": 5})
     for cfg, res in zip(cfgs, sweep.run_sweep(cfgs)):
-        print(cfg["T"], cfg["seed"], res["ml_ft_test_loss"], res["sr_ft_test_loss"])
+        print(cfg["protocol"], cfg["T"], cfg["seed"], res["ml_ft_test_loss"],
+              res["sr_ft_test_loss"])
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import itertools
 import json
-import math
 import numbers
 import threading
 import time
@@ -81,156 +90,62 @@ import numpy as np
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from . import paper
-from .lora import adapter_dof
+from . import program_cache, protocols
 from .problem import Truth
-from .retrain._common import record_steps
+from .protocols import (MAX_CHUNK, SAMPLE_BYTES, TRAIN_BYTES, PAPER_RESULT_KEYS as RESULT_KEYS,
+                        truth_for)
 
 __all__ = ["DEFAULTS", "validate_config", "config_id", "expand_grid", "shape_key",
            "group_by_shape", "run_batch", "run_sweep", "truth_for", "default_chunk_size",
-           "RESULT_KEYS", "SAMPLE_BYTES"]
+           "RESULT_KEYS", "SAMPLE_BYTES", "TRAIN_BYTES", "MAX_CHUNK"]
 
-DEFAULTS: dict[str, Any] = {
-    "d": 10,
-    "k": 1,
-    "T": 3,
-    "N": 5000,             # retraining samples per task; 0 or "inf" = population
-    "n": 100,              # fine-tuning samples; 0 or "inf" = population
-    "noise_std": 0.01,     # std of the noise drawn (the paper's code: sigma^2 with sigma = 0.1)
-    "seed": 0,             # data and initialisations
-    "truth_seed": 0,       # ground truth, fixed across seeds as in the paper
-    "ml_solver": "alternating",
-    "outer_steps": 3000,
-    "inner_steps": 10,
-    "lr_adapter": 0.003,
-    "lr_base": 0.03,
-    "sr_steps": 3000,
-    "sr_lr": 0.03,
-    "ft_steps": 1000,
-    "ft_lr": 0.005,
-    "ft_rank": 0,          # 0 = k, or 3k when T == 2 (as the paper); resolved by validate_config
-    "init_scale": 0.1,
-    "record_every": 10,
-    "sampler": "raw",      # "raw" samples (streamed) or "wishart" statistics (exact, O(d^3))
-}
+# Every key of the default protocol and its default ("protocol" first).
+DEFAULTS: dict[str, Any] = {"protocol": protocols.DEFAULT, **protocols.PAPER_DEFAULTS}
 
-# Scalar results of every configuration (plus "trajectories" and "seconds").
-RESULT_KEYS = ("ml_base_error", "ml_base_rel_error", "sr_base_error", "sr_base_rel_error",
-               "ml_objective", "sr_objective", "ml_ft_test_loss", "sr_ft_test_loss",
-               "ml_ft_excess_risk", "sr_ft_excess_risk", "theory_sr_bias", "theory_ft_error",
-               "ml_diverged", "sr_diverged", "ft_diverged")
-
-SAMPLE_BYTES = 64 * 2 ** 20   # temporary memory of the data draws per device (raw sampler)
-TRAIN_BYTES = 256 * 2 ** 20   # default chunk: live training state per device
-MAX_CHUNK = 1024
-_SEED_MAX = 2 ** 31 - 1
-_NEWTON_MAX_ITER = 200        # linmeta.meta_lora's default for method="newton"
-
-_INT_KEYS = {"d": (1, None), "k": (1, "d"), "T": (1, None), "seed": (0, _SEED_MAX),
-             "truth_seed": (0, _SEED_MAX), "outer_steps": (0, None), "inner_steps": (0, None),
-             "sr_steps": (0, None), "ft_steps": (0, None), "ft_rank": (0, "d"),
-             "record_every": (1, None)}
-_COUNT_KEYS = ("N", "n")
-_POSITIVE_KEYS = ("lr_adapter", "lr_base", "sr_lr", "ft_lr", "init_scale")
-_CHOICES = {"ml_solver": ("alternating", "newton"), "sampler": ("raw", "wishart")}
-_HYPER_KEYS = ("noise_std", "lr_adapter", "lr_base", "sr_lr", "ft_lr", "init_scale")
+# RESULT_KEYS: scalar results of every paper configuration (plus "trajectories" and "seconds");
+# RESULT_KEYS, SAMPLE_BYTES, TRAIN_BYTES, MAX_CHUNK live in linmeta.protocols (re-exported here).
 
 
 # --------------------------------------------------------------------------------------------
 # Configurations
 # --------------------------------------------------------------------------------------------
 
-def _as_int(key, value, lo, hi, cfg):
-    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, numbers.Real)):
-        raise ValueError(f"{key} must be an integer, got {value!r}")
-    if not isinstance(value, numbers.Integral):
-        if not (math.isfinite(float(value)) and float(value).is_integer()):
-            raise ValueError(f"{key} must be an integer, got {value!r}")
-    value = int(value)
-    hi_v = cfg[hi] if isinstance(hi, str) else hi
-    hi_s = "inf" if hi is None else (f"{hi}={hi_v}" if isinstance(hi, str) else str(hi))
-    if value < lo or (hi_v is not None and value > hi_v):
-        raise ValueError(f"{key} must be an integer in [{lo}, {hi_s}], got {value}")
-    return value
-
-
-def _as_count(key, value):
-    what = "N (retraining samples per task)" if key == "N" else "n (fine-tuning samples)"
-    if isinstance(value, str):
-        if value.strip().lower() in ("inf", "infinity", "population"):
-            return "inf"
-        raise ValueError(f"{what} must be an integer >= 1, or 0 / 'inf' for the population; "
-                         f"got {value!r}")
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{what} must be an integer >= 1, or 0 / 'inf' for the population; "
-                         f"got {value!r}")
-    v = float(value)
-    if v == math.inf or v == 0:
-        return "inf"
-    if not (math.isfinite(v) and v.is_integer() and v >= 1):
-        raise ValueError(f"{what} must be an integer >= 1, or 0 / 'inf' for the population; "
-                         f"got {value!r}")
-    return int(v)
-
-
-def _as_float(key, value, positive):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{key} must be a real number, got {value!r}")
-    v = float(value)
-    rng = "(0, inf)" if positive else "[0, inf)"
-    if not math.isfinite(v) or v < 0 or (positive and v == 0):
-        raise ValueError(f"{key} must be a finite number in {rng}, got {value!r}")
-    return v
-
-
 def validate_config(cfg: Mapping) -> dict:
     """Fill defaults and check every value; returns a new dict with canonical types.
 
-    ``N``/``n`` become an int or ``"inf"`` (population; 0 is accepted for it). ``ft_rank`` 0 is
-    resolved to k (``min(3k, d)`` when T == 2). Raises ``ValueError`` naming the key and the
-    allowed range or values for unknown keys, out-of-range sizes (k > d, k < 1, T < 1, N < 1,
-    n < 1, ft_rank > d), non-positive learning rates, and the like.
+    The key ``protocol`` (default ``"paper"``) selects the protocol, whose keys and checks apply
+    (:mod:`linmeta.protocols`). For the paper's protocols: ``N``/``n`` become an int or ``"inf"``
+    (population; 0 is accepted for it); ``ft_rank`` 0 is resolved to k (``min(3k, d)`` when
+    T == 2). Raises ``ValueError`` naming the key and the allowed range or values for unknown keys
+    or protocols, out-of-range sizes (k > d, k < 1, T < 1, N < 1, n < 1, ft_rank > d),
+    non-positive learning rates, and the like.
     """
-    if not isinstance(cfg, Mapping):
-        raise ValueError(f"a configuration must be a mapping of keys to values, got "
-                         f"{type(cfg).__name__}")
-    unknown = [key for key in cfg if key not in DEFAULTS]
-    if unknown:
-        raise ValueError(f"unknown configuration key {unknown[0]!r}; allowed keys: "
-                         f"{', '.join(DEFAULTS)}")
-    out = dict(DEFAULTS)
-    out.update(cfg)
-    res: dict[str, Any] = {}
-    for key in ("d", "k", "T", "seed", "truth_seed", "outer_steps", "inner_steps", "sr_steps",
-                "ft_steps", "ft_rank", "record_every"):
-        lo, hi = _INT_KEYS[key]
-        res[key] = _as_int(key, out[key], lo, hi, res)
-    for key in _COUNT_KEYS:
-        res[key] = _as_count(key, out[key])
-    res["noise_std"] = _as_float("noise_std", out["noise_std"], positive=False)
-    for key in _POSITIVE_KEYS:
-        res[key] = _as_float(key, out[key], positive=True)
-    for key, choices in _CHOICES.items():
-        if out[key] not in choices:
-            raise ValueError(f"{key} must be one of {', '.join(map(repr, choices))}; "
-                             f"got {out[key]!r}")
-        res[key] = out[key]
-    res["ft_rank"] = paper.resolve_ft_rank(res["ft_rank"], res["k"], res["T"], res["d"])
-    if res["sampler"] == "wishart":
-        for key in _COUNT_KEYS:
-            if res[key] != "inf" and res[key] < res["d"]:
-                raise ValueError(f"sampler='wishart' needs {key} >= d={res['d']} (or the "
-                                 f"population); got {key}={res[key]}; use sampler='raw'")
-    return {key: res[key] for key in DEFAULTS}
+    return protocols.validate(cfg)
 
 
 def config_id(cfg: Mapping) -> str:
-    """Stable short hash (12 hex digits) of the validated configuration (sorted JSON)."""
-    text = json.dumps(validate_config(cfg), sort_keys=True, separators=(",", ":"))
+    """Stable short hash (12 hex digits) of the validated configuration (sorted JSON). The
+    ``protocol`` key is left out when it is the default, so that the ids of paper
+    configurations are those they had before protocols were selectable."""
+    v = validate_config(cfg)
+    if v["protocol"] == protocols.DEFAULT:
+        v = {k: x for k, x in v.items() if k != "protocol"}
+    text = json.dumps(v, sort_keys=True, separators=(",", ":"))
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
 _SPEC_EXTRA = ("chunk_size", "truth", "name", "description")
+
+
+def _spec_protocols(grid: Mapping, fixed: Mapping) -> list:
+    if "protocol" in grid:
+        values = grid["protocol"]
+        if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+            raise ValueError(f"grid.protocol must be a non-empty list of values, got {values!r}")
+        values = list(values)
+    else:
+        values = [fixed.get("protocol", protocols.DEFAULT)]
+    return [protocols.get(v) for v in values]
 
 
 def expand_grid(spec: Mapping) -> list[dict]:
@@ -240,7 +155,7 @@ def expand_grid(spec: Mapping) -> list[dict]:
     Order: the Cartesian product of the grid keys in the order given (last key fastest), seeds
     innermost, so that a group's seeds are adjacent. Configurations that validate to the same
     dict (e.g. ``ft_rank`` 0 and 3k at T = 2) are kept once. Other spec keys ``chunk_size``,
-    ``truth``, ``name``, ``description`` are ignored here.
+    ``truth``, ``name``, ``description`` are ignored here. ``protocol`` may be fixed or a grid key.
     """
     if not isinstance(spec, Mapping):
         raise ValueError(f"a sweep spec must be a mapping, got {type(spec).__name__}")
@@ -252,11 +167,14 @@ def expand_grid(spec: Mapping) -> list[dict]:
     fixed = spec.get("fixed") or {}
     if not isinstance(grid, Mapping) or not isinstance(fixed, Mapping):
         raise ValueError("sweep spec 'grid' and 'fixed' must be mappings of configuration keys")
+    allowed = ["protocol"]
+    for proto in _spec_protocols(grid, fixed):
+        allowed += [k for k in proto.defaults if k not in allowed]
     for where, table in (("grid", grid), ("fixed", fixed)):
-        bad = [key for key in table if key not in DEFAULTS]
+        bad = [key for key in table if key not in allowed]
         if bad:
             raise ValueError(f"unknown configuration key {bad[0]!r} in {where}; allowed keys: "
-                             f"{', '.join(DEFAULTS)}")
+                             f"{', '.join(allowed)}")
     both = [key for key in grid if key in fixed]
     if both:
         raise ValueError(f"key {both[0]!r} is both in grid and fixed; keep one")
@@ -297,28 +215,17 @@ def expand_grid(spec: Mapping) -> list[dict]:
     return out
 
 
-def _count(x):
-    return None if x == "inf" else int(x)
-
-
-def _shape(cfg: Mapping, m: int = 1) -> paper.Shape:
-    return paper.Shape(d=cfg["d"], k=cfg["k"], T=cfg["T"], N=_count(cfg["N"]),
-                       n=_count(cfg["n"]), m=m, ft_rank=cfg["ft_rank"],
-                       ml_solver=cfg["ml_solver"], outer_steps=cfg["outer_steps"],
-                       inner_steps=cfg["inner_steps"], sr_steps=cfg["sr_steps"],
-                       ft_steps=cfg["ft_steps"], record_every=cfg["record_every"],
-                       sampler=cfg["sampler"] if cfg["N"] != "inf" or cfg["n"] != "inf" else "raw")
+def _proto(cfg: Mapping) -> protocols.Protocol:
+    return protocols.get(cfg.get("protocol", protocols.DEFAULT))
 
 
 def shape_key(cfg: Mapping) -> tuple:
-    """The static part of a configuration (hashable): configurations with equal keys run in one
-    compiled program. (d, k, T, N, n, ft_rank, solver, step counts, stride, sampler)."""
+    """The static part of a configuration (hashable), starting with the protocol's name:
+    configurations with equal keys run in one compiled program. Paper: (protocol, d, k, N, n,
+    solver, step counts, stride, sampler); T and the fine-tuning rank are padded within a group
+    (alternating solver), or part of the key (``ml_solver="newton"``)."""
     cfg = validate_config(cfg)
-    s = _shape(cfg)
-    return (s.d, s.k, s.T, cfg["N"], cfg["n"], s.ft_rank, s.ml_solver,
-            s.outer_steps if s.ml_solver == "alternating" else 0,
-            s.inner_steps if s.ml_solver == "alternating" else 0,
-            s.sr_steps, s.ft_steps, s.record_every, s.sampler)
+    return _proto(cfg).group_of(cfg)
 
 
 def group_by_shape(configs: Sequence[Mapping]) -> list[list[dict]]:
@@ -331,110 +238,69 @@ def group_by_shape(configs: Sequence[Mapping]) -> list[list[dict]]:
     return list(groups.values())
 
 
-def truth_for(cfg: Mapping) -> Truth:
-    """The ground truth a configuration runs on: ``linmeta.sample_truth(jax.random.key(
-    truth_seed), d, k, T, n_unseen=1)`` (see :mod:`linmeta.paper`)."""
-    cfg = validate_config(cfg)
-    return _truth_jit()(cfg["truth_seed"], cfg["d"], cfg["k"], cfg["T"], _float_dtype())
-
-
 def _float_dtype():
     """The default float dtype (float64 under ``jax_enable_x64``), without creating an array."""
     return jnp.dtype(jax.dtypes.canonicalize_dtype(jnp.float64))
 
 
-def _cpu_options() -> dict:
-    # XLA:CPU's default LLVM optimisation level spends seconds on the constant tables of the
-    # counter-based random number generator; level 1 compiles these programs several times
-    # faster and runs their loops as fast (measured with benchmarks/scaling.py).
-    return {"xla_backend_optimization_level": 1}
-
-
-@functools.lru_cache(maxsize=None)
-def _truth_jit():
-    opts = _cpu_options() if jax.default_backend() == "cpu" else None
-    return jax.jit(paper.truth_for_seed, static_argnums=(1, 2, 3, 4), compiler_options=opts)
-
-
-@functools.lru_cache(maxsize=None)
-def _bias_jit():
-    opts = _cpu_options() if jax.default_backend() == "cpu" else None
-
-    def bias(A_star, U_star, U_new, rank):  # a plain tuple in: no eager validation ops
-        return paper.theory_sr_bias(Truth(A_star, U_star, U_new), rank)
-
-    return jax.jit(bias, static_argnums=(3,), compiler_options=opts)
-
-
 def default_chunk_size(cfg: Mapping) -> int:
-    """Configurations per compiled call: live training state of about :data:`TRAIN_BYTES` per
-    device, at most :data:`MAX_CHUNK`."""
-    s = _shape(validate_config(cfg))
-    n_rec = (len(record_steps(s.outer_steps, s.record_every)) + len(record_steps(
-        s.sr_steps, s.record_every)) + 2 * len(record_steps(s.ft_steps, s.record_every)))
-    per = 8 * (16 * s.T * s.d * s.d + 24 * s.m * s.d * s.d + 4 * n_rec)
-    if s.ml_solver == "newton":
-        per += 8 * 8 * (s.T * s.d * s.k) ** 2 * 3
-    return int(max(1, min(MAX_CHUNK, TRAIN_BYTES // per)))
+    """Configurations per compiled call for ``cfg``'s protocol (paper: records and inputs of
+    about :data:`linmeta.protocols.TRAIN_BYTES` per device, at most
+    :data:`linmeta.protocols.MAX_CHUNK`)."""
+    cfg = validate_config(cfg)
+    return _proto(cfg).default_chunk(cfg)
 
 
 # --------------------------------------------------------------------------------------------
 # The batched program
 # --------------------------------------------------------------------------------------------
 
-def _largest_divisor_at_most(n: int, cap: int) -> int:
-    cap = max(1, min(n, cap))
+def _sub_batch(per_device: int, cap: int) -> tuple[int, int]:
+    """(sub-batch, padded per-device count): a divisor of the count when a large enough one
+    exists, else the count padded up to a multiple (lax.map compiles its body once)."""
+    cap = max(1, min(cap, per_device))
     for b in range(cap, 0, -1):
-        if n % b == 0:
-            return b
-    return 1
+        if per_device % b == 0:
+            if 2 * b >= cap:
+                return b, per_device
+            break
+    n_sub = -(-per_device // cap)
+    b = -(-per_device // n_sub)
+    return b, b * n_sub
 
 
-def _sample_batch(shape: paper.Shape, B: int, dtype) -> int:
-    """Sub-batch of the data draws that keeps their temporaries under SAMPLE_BYTES."""
-    itemsize = jnp.dtype(dtype).itemsize
-    per = 0
-    for count, tasks in ((shape.N, shape.T), (shape.n, shape.m)):
-        if count is not None and shape.sampler == "raw":
-            per += 6 * itemsize * tasks * min(count, paper.BLOCK) * 2 * shape.d
-    if per == 0:
-        return B
-    return _largest_divisor_at_most(B, SAMPLE_BYTES // per)
+def _program(proto: protocols.Protocol, shape, truth_batched: bool, treedef, mesh: Mesh,
+             sub: int, cfg0: dict):
+    """The jitted batch program of one shape (not yet compiled). Inputs: seeds and truth seeds
+    (B,), hyper (NamedTuple of (B,) arrays), the truth's leaves (replicated, or batched when
+    ``truth_batched``). Output: (record, flags), each with a leading batch axis."""
 
+    def one(seed, truth_seed, hyper, truth):
+        keys = proto.keys(seed, truth_seed)
+        rec = proto.run(truth, keys, hyper, shape)
+        return rec, protocols.stage_flags(proto, rec, cfg0)
 
-def _program(shape: paper.Shape, truth_batched: bool, mesh: Mesh, dtype):
-    """The jitted batch program of one shape (not yet compiled). Inputs: seeds (B,), hyper
-    (B,) arrays, the truth and the SR bias (replicated, or batched when ``truth_batched``)."""
-    t_axis = 0 if truth_batched else None
+    def per_device(seeds, truth_seeds, hyper, truth_leaves):
+        # the truth travels as leaves: pytrees such as linmeta.Truth validate their fields when
+        # rebuilt, which JAX does with placeholder leaves at jit/shard_map boundaries
+        truth = jax.tree.unflatten(treedef, truth_leaves)
+        if truth_batched:
+            xs = (seeds, truth_seeds, hyper, truth)
 
-    def draw(truth, keys, noise_std):
-        rs = paper.task_statistics(keys.retrain, truth.M_star, shape.N, noise_std, shape.sampler)
-        fs = paper.task_statistics(keys.finetune, truth.M_new, shape.n, noise_std, shape.sampler)
-        return rs, fs
-
-    def per_device(seeds, hyper, truth_arrays, sr_bias):
-        # the truth travels as a plain tuple: Truth validates its fields when rebuilt, which
-        # JAX does with placeholder leaves at jit/shard_map boundaries
-        truth = Truth(*truth_arrays)
-        B = seeds.shape[0]
-        keys = jax.vmap(paper.run_keys)(seeds)
-        bs = _sample_batch(shape, B, dtype)
-        if bs >= B:
-            rs, fs = jax.vmap(draw, in_axes=(t_axis, 0, 0))(truth, keys, hyper.noise_std)
-        elif truth_batched:
-            rs, fs = lax.map(lambda a: draw(*a), (truth, keys, hyper.noise_std), batch_size=bs)
+            def f(x):
+                return one(*x)
         else:
-            rs, fs = lax.map(lambda a: draw(truth, *a), (keys, hyper.noise_std), batch_size=bs)
+            xs = (seeds, truth_seeds, hyper)
 
-        def one(truth_, keys_, hyper_, rs_, fs_, bias_):
-            return paper.run_protocol(truth_, keys_, hyper_, shape, rs_, fs_, bias_)
-
-        return jax.vmap(one, in_axes=(t_axis, 0, 0, 0, 0, t_axis))(truth, keys, hyper, rs, fs,
-                                                                  sr_bias)
+            def f(x):
+                return one(*x, truth)
+        if sub >= seeds.shape[0]:
+            return jax.vmap(f)(xs)
+        return lax.map(f, xs, batch_size=sub)
 
     batch = P("batch")
     t_spec = batch if truth_batched else P()
-    fn = jax.shard_map(per_device, mesh=mesh, in_specs=(batch, batch, t_spec, t_spec),
+    fn = jax.shard_map(per_device, mesh=mesh, in_specs=(batch, batch, batch, t_spec),
                        out_specs=batch, check_vma=False)
     return jax.jit(fn)
 
@@ -455,7 +321,7 @@ _LOCK = threading.Lock()
 
 
 def _compiler_options(devices) -> dict:
-    return _cpu_options() if devices[0].platform == "cpu" else {}
+    return protocols._cpu_options() if devices[0].platform == "cpu" else {}
 
 
 def _global_array(host: np.ndarray, sharding) -> jax.Array:
@@ -468,7 +334,8 @@ def _default_devices():
 
 
 def run_batch(configs: Sequence[Mapping], *, truth: Truth | None = None,
-              devices: Sequence | None = None) -> list[dict]:
+              devices: Sequence | None = None,
+              group: Sequence[Mapping] | None = None) -> list[dict]:
     """Run configurations that share one :func:`shape_key` as one compiled, batched program.
 
     Args:
@@ -478,105 +345,119 @@ def run_batch(configs: Sequence[Mapping], *, truth: Truth | None = None,
         and the fine-tuning numbers are averaged over them).
       devices: devices of the mesh the batch is sharded over (default: all local devices; all
         devices of all processes after ``jax.distributed.initialize()``).
+      group: the whole shape group the configurations are a chunk of (default: ``configs``).
+        The paper's program is padded to the group's largest T and fine-tuning rank, so that
+        every chunk of a group runs the same compiled program; pass the group when calling this
+        chunk by chunk.
 
     Returns:
-      One dict per configuration with the floats of :data:`RESULT_KEYS` (the ``*_diverged`` are
-      bools), ``"trajectories"`` (NumPy arrays: ``ml_objective`` over ``outer_steps`` (Newton
-      iterations for ``ml_solver="newton"``, NaN after it stopped), ``sr_objective`` over
-      ``sr_steps``, ``ml_ft_test_loss``/``sr_ft_test_loss`` over ``ft_steps``) and ``"seconds"``
-      (of the whole batch: ``compile`` (the program's compilation, on the batch that first used
-      it, else 0), ``run``, ``prepare`` (truths drawn on the host), ``batch`` = configurations in
-      it including padding).
+      One dict per configuration with the scalars of the protocol (paper: the floats of
+      :data:`RESULT_KEYS`, the ``*_diverged`` bools), ``"trajectories"`` (NumPy arrays; paper:
+      ``ml_objective`` over ``outer_steps`` (Newton iterations for ``ml_solver="newton"``, NaN
+      after it stopped), ``sr_objective`` over ``sr_steps``, ``ml_ft_test_loss``/
+      ``sr_ft_test_loss`` over ``ft_steps``) and ``"seconds"`` (of the whole batch: ``compile``
+      (the program's compilation, or its loading from the program store of
+      :mod:`linmeta.program_cache`, on the batch that first used it, else 0), ``run``,
+      ``prepare`` (truths drawn on the host), ``batch`` = configurations in it including
+      padding).
     """
     cfgs = [validate_config(c) for c in configs]
     if not cfgs:
         return []
-    prepared = _prepare(cfgs, truth, devices)
+    given = None if truth is None else [truth] * len(cfgs)
+    grp = None if group is None else [validate_config(c) for c in group]
+    prepared = _prepare(cfgs, given, devices, grp)
     compiled, compile_s = _compiled(prepared)
     return _execute(prepared, compiled, compile_s)
 
 
 class _Prepared(NamedTuple):
     cfgs: list
-    shape: paper.Shape
+    proto: Any
+    batch: Any
     args: tuple
     cache_key: tuple
-    batched: bool
-    mesh: Any
+    program: Callable
     devices: list
-    dtype: Any
     prep_s: float
 
 
-def _prepare(cfgs: list[dict], truth, devices) -> _Prepared:
+def _stack(values: list, dtype, int_dt):
+    if all(v is None for v in values):
+        return None
+    if all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in values):
+        return np.asarray(values, int_dt)
+    return np.asarray(values, dtype)
+
+
+def _prepare(cfgs: list[dict], given: list | None, devices, group: list | None) -> _Prepared:
     keys = {shape_key(c) for c in cfgs}
+    if group is not None:
+        keys |= {shape_key(c) for c in group}
     if len(keys) != 1:
-        raise ValueError(f"run_batch needs configurations of one shape (d, k, T, N, n, ft_rank, "
+        raise ValueError(f"run_batch needs configurations of one shape (protocol, d, k, N, n, "
                          f"solver, step counts, record_every, sampler); got {len(keys)} shapes: "
                          f"split them with group_by_shape or call run_sweep")
+    proto = _proto(cfgs[0])
     dtype = _float_dtype()
-    c0 = cfgs[0]
     devices = list(devices) if devices is not None else _default_devices()
     if not devices:
         raise ValueError("devices must be a non-empty list of jax devices")
-    if c0["ml_solver"] == "newton" and devices[0].platform == "cpu":
-        # The Newton solver calls LAPACK (eigh) inside its loop; XLA:CPU (jax 0.10) was seen to
-        # deadlock when several host devices run LAPACK calls at once, so such batches run on one.
+    if given is not None and len(given) != len(cfgs):
+        raise ValueError("one truth per configuration expected")
+
+    t0 = time.perf_counter()
+    batch = proto.make_batch(cfgs, given, dtype, group or cfgs)
+    prep_s = time.perf_counter() - t0
+    if proto.one_device(batch.shape) and devices[0].platform == "cpu":
+        # LAPACK inside the loop (paper: the Newton solver's eigh); XLA:CPU (jax 0.10) was seen
+        # to deadlock when several host devices run LAPACK calls at once, so such batches run on
+        # one device.
         devices = devices[:1]
     n_dev = len(devices)
     B = len(cfgs)
-    B_pad = -(-B // n_dev) * n_dev
-    padded = cfgs + [cfgs[-1]] * (B_pad - B)
+    per_dev = -(-B // n_dev)
+    sub, per_dev = _sub_batch(per_dev, proto.sub_batch_of(batch.shape, dtype))
+    B_pad = per_dev * n_dev
+    idx = list(range(B)) + [B - 1] * (B_pad - B)
 
-    t0 = time.perf_counter()
-    if truth is not None:
-        if not isinstance(truth, Truth):
-            raise ValueError(f"truth must be a linmeta.Truth, got {type(truth).__name__}")
-        for key, value in (("d", truth.d), ("k", truth.k), ("T", truth.T)):
-            if c0[key] != value:
-                raise ValueError(f"configuration {key}={c0[key]} does not match the truth "
-                                 f"({key}={value})")
-        if truth.n_unseen < 1:
-            raise ValueError("truth needs at least one unseen task (U_new of shape (m, d, k), "
-                             "m >= 1) to fine-tune on")
-        truths = {None: tuple(np.asarray(x, dtype) for x in truth)}
-        per_config = [None] * B_pad
-    else:  # one truth per distinct truth_seed, drawn by a small program cached per (d, k, T)
-        per_config = [c["truth_seed"] for c in padded]
-        truths = {s: tuple(np.asarray(x) for x in _truth_jit()(s, c0["d"], c0["k"], c0["T"],
-                                                                  dtype))
-                  for s in sorted(set(per_config))}
-    m = next(iter(truths.values()))[2].shape[0]
-    shape = _shape(c0, m)
-    biases = {s: np.asarray(_bias_jit()(*t, shape.ft_rank)) for s, t in truths.items()}
-    batched = len(truths) > 1
+    int_dt = np.int64 if jax.config.jax_enable_x64 else np.int32
+    seeds = np.asarray([cfgs[i]["seed"] for i in idx], int_dt)
+    truth_seeds = np.asarray([cfgs[i].get("truth_seed", 0) for i in idx], int_dt)
+    hyper_cls = type(batch.hyper[0])
+    hyper = hyper_cls(*(_stack([batch.hyper[i][j] for i in idx], dtype, int_dt)
+                        for j in range(len(hyper_cls._fields))))
+    first = batch.truths[0]
+    batched = any(t is not first for t in batch.truths)
+    leaves, treedef = jax.tree.flatten(first)
     if batched:
-        truth_host = tuple(np.stack([truths[s][i] for s in per_config]) for i in range(3))
-        bias_host = np.stack([biases[s] for s in per_config])
+        per = [jax.tree.leaves(batch.truths[i]) for i in idx]
+        leaves = [np.stack([np.asarray(p[j]) for p in per]) for j in range(len(leaves))]
     else:
-        truth_host, bias_host = truths[per_config[0]], biases[per_config[0]]
-    prep_s = time.perf_counter() - t0
+        leaves = [np.asarray(x) for x in leaves]
 
     mesh = Mesh(np.asarray(devices), ("batch",))
     sharding = NamedSharding(mesh, P("batch"))
     t_sharding = sharding if batched else NamedSharding(mesh, P())
-    int_dt = np.int64 if jax.config.jax_enable_x64 else np.int32
-    seeds = np.asarray([c["seed"] for c in padded], int_dt)
-    hyper = paper.Hyper(*(np.asarray([c[k] for c in padded], dtype) for k in _HYPER_KEYS))
-    args = (_global_array(seeds, sharding),
-            paper.Hyper(*(_global_array(h, sharding) for h in hyper)),
-            tuple(_global_array(x, t_sharding) for x in truth_host),
-            _global_array(bias_host, t_sharding))
+    args = (_global_array(seeds, sharding), _global_array(truth_seeds, sharding),
+            jax.tree.map(lambda h: _global_array(h, sharding), hyper),
+            [_global_array(x, t_sharding) for x in leaves])
+    flags_key = tuple(protocols._nan_is_padding(s, cfgs[0]) for s in proto.stages)
+    hyper_key = tuple(None if h is None else str(h.dtype) for h in hyper)
+    cache_key = (proto.name, batch.shape, batched, treedef, hyper_key, flags_key,
+                 tuple(d.id for d in devices), str(dtype), B_pad, sub)
 
-    cache_key = (shape, batched, tuple(d.id for d in devices), str(dtype), B_pad)
-    return _Prepared(cfgs, shape, args, cache_key, batched, mesh, devices, dtype, prep_s)
+    def program():
+        return _program(proto, batch.shape, batched, treedef, mesh, sub, cfgs[0])
+
+    return _Prepared(cfgs, proto, batch, args, cache_key, program, devices, prep_s)
 
 
 def _compiled(p: _Prepared, mark_used: bool = True):
-    """The compiled program of a prepared batch: cached per (shape, truth layout, devices, dtype,
-    batch size); compiled once even when several threads ask at the same time (run_sweep compiles
-    the next groups in the background). Returns (executable, compile seconds if this is its first
-    use, else 0)."""
+    """The compiled program of a prepared batch: cached per (protocol, shape, truth layout,
+    devices, dtype, batch size); compiled once even when several threads ask at the same time
+    (run_sweep compiles the next groups in the background). Returns (executable, compile seconds
+    if this is its first use, else 0)."""
     with _LOCK:
         entry = _COMPILED.get(p.cache_key)
         if entry is None:
@@ -587,8 +468,12 @@ def _compiled(p: _Prepared, mark_used: bool = True):
     if owner:
         try:
             t0 = time.perf_counter()
-            entry.executable = _program(p.shape, p.batched, p.mesh, p.dtype).lower(
-                *p.args).compile(_compiler_options(p.devices))
+            proto = p.proto
+            code = tuple(f for f in (proto.run, proto.keys, proto.batch, proto.results,
+                                     proto.group_key) if f is not None)
+            entry.executable, _ = program_cache.load_or_compile(
+                ("linmeta.sweep",) + p.cache_key, p.devices,
+                lambda: p.program().lower(*p.args), _compiler_options(p.devices), code)
             entry.seconds = time.perf_counter() - t0
         except BaseException as e:
             entry.error = e
@@ -613,42 +498,21 @@ def _execute(p: _Prepared, compiled, compile_s: float) -> list[dict]:
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
         out = multihost_utils.process_allgather(out, tiled=True)
-    out = jax.tree.map(np.asarray, jax.block_until_ready(out))
+    rec, flags = jax.tree.map(np.asarray, jax.block_until_ready(out))
     run_s = time.perf_counter() - t0
-    return _results(p.cfgs, p.shape, out, {"compile": compile_s, "run": run_s,
-                                           "prepare": p.prep_s, "batch": len(p.args[0])})
-
-
-def _results(cfgs, shape, out: paper.Outcome, seconds) -> list[dict]:
-    if shape.ml_solver == "newton":
-        outer_idx = np.arange(_NEWTON_MAX_ITER + 1)
-    else:
-        outer_idx = record_steps(shape.outer_steps, shape.record_every)
-    sr_idx = record_steps(shape.sr_steps, shape.record_every)
-    ft_idx = record_steps(shape.ft_steps, shape.record_every)
-    dof = adapter_dof(shape.d, shape.ft_rank)
+    seconds = {"compile": compile_s, "run": run_s, "prepare": p.prep_s,
+               "batch": len(p.args[0])}
     results = []
-    for i, cfg in enumerate(cfgs):
-        res: dict[str, Any] = {}
-        for key in RESULT_KEYS:
-            if key == "theory_ft_error":
-                res[key] = 0.0 if shape.n is None else cfg["noise_std"] ** 2 * dof / shape.n
-            elif key.endswith("_diverged"):
-                res[key] = bool(getattr(out, key)[i])
-            else:
-                res[key] = float(getattr(out, key)[i])
-        res["trajectories"] = {
-            "ml_objective": out.ml_objective_traj[i], "outer_steps": outer_idx,
-            "sr_objective": out.sr_objective_traj[i], "sr_steps": sr_idx,
-            "ml_ft_test_loss": out.ml_ft_traj[i], "sr_ft_test_loss": out.sr_ft_traj[i],
-            "ft_steps": ft_idx,
-        }
+    for i, cfg in enumerate(p.cfgs):
+        r = jax.tree.map(lambda x: x[i], rec)
+        f = {name: v[i] for name, v in flags.items()}
+        res = p.proto.result_of(cfg, p.batch, r, f)
         res["seconds"] = dict(seconds)
         results.append(res)
     return results
 
 
-def _chunks(group: list[dict], chunk_size: int) -> tuple[list[list[dict]], int]:
+def _chunks(group: list, chunk_size: int) -> tuple[list[list], int]:
     """Equal chunks (the last padded with copies of its last configuration)."""
     n_chunks = -(-len(group) // chunk_size)
     size = -(-len(group) // n_chunks)
@@ -662,10 +526,10 @@ def run_sweep(configs: Sequence[Mapping], *, chunk_size: int | None = None,
     """Run any list of configurations: grouped by shape, each group in equal chunks of at most
     ``chunk_size`` configurations (default :func:`default_chunk_size`), one compiled program per
     group. ``on_result(cfg, result)`` is called for every configuration as its chunk finishes.
-    ``truth``: as in :func:`run_batch`, or a function ``cfg -> Truth`` called once per shape group
-    (e.g. one truth per (d, k, T)). With ``compile_ahead`` (default), the programs of the shape
-    groups are compiled in two background threads while earlier groups run. Returns the results
-    in the order of ``configs``."""
+    ``truth``: as in :func:`run_batch`, or a function ``cfg -> Truth`` called once per distinct
+    truth size in a group (paper: once per (d, k, T), e.g. slices of one large truth). With
+    ``compile_ahead`` (default), the programs of the shape groups are compiled in two background
+    threads while earlier groups run. Returns the results in the order of ``configs``."""
     cfgs = [validate_config(c) for c in configs]
     if chunk_size is not None and (isinstance(chunk_size, bool)
                                    or not isinstance(chunk_size, numbers.Integral)
@@ -674,33 +538,46 @@ def run_sweep(configs: Sequence[Mapping], *, chunk_size: int | None = None,
     order: dict[tuple, list[int]] = {}
     for i, c in enumerate(cfgs):
         order.setdefault(shape_key(c), []).append(i)
-    plan = []  # (group number, positions in cfgs, batch padded to the group's chunk size)
-    truths = {}
+    given: list = [None] * len(cfgs)
+    if callable(truth):
+        asked: dict = {}
+        for i, c in enumerate(cfgs):
+            key = (shape_key(c), tuple(c.get(k) for k in ("d", "k", "T")))
+            if key not in asked:
+                asked[key] = truth(c)
+            given[i] = asked[key]
+    elif truth is not None:
+        given = [truth] * len(cfgs)
+    plan = []  # (group, positions in cfgs, batch padded to the group's chunk size)
     for g, idx in enumerate(order.values()):
         group = [cfgs[i] for i in idx]
-        truths[g] = truth(group[0]) if callable(truth) else truth
-        chunks, size = _chunks(group, chunk_size or default_chunk_size(group[0]))
-        pos = 0
+        size_cap = chunk_size or default_chunk_size(group[0])
+        chunks, size = _chunks(idx, size_cap)
         for chunk in chunks:
-            plan.append((g, idx[pos:pos + len(chunk)],
-                         chunk + [chunk[-1]] * (size - len(chunk))))  # one size: one compile
-            pos += len(chunk)
+            padded = chunk + [chunk[-1]] * (size - len(chunk))  # one size: one compile
+            plan.append((g, chunk, padded, group))
+    use_given = truth is not None
+
+    def prepare(batch_idx, group):
+        return _prepare([cfgs[i] for i in batch_idx],
+                        [given[i] for i in batch_idx] if use_given else None, devices, group)
+
     ahead = {}
     pool = None
     if compile_ahead and len(order) > 1:
         pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="linmeta-compile")
         firsts = {}
-        for g, _, batch in plan:
-            firsts.setdefault(g, batch)
-        for g, batch in firsts.items():
-            ahead[g] = pool.submit(lambda b, t: _compiled(_prepare(b, t, devices),
-                                                          mark_used=False), batch, truths[g])
+        for g, _, batch, group in plan:
+            firsts.setdefault(g, (batch, group))
+        for g, (batch, group) in firsts.items():
+            ahead[g] = pool.submit(lambda b, gr: _compiled(prepare(b, gr), mark_used=False),
+                                   batch, group)
     results: list[dict | None] = [None] * len(cfgs)
     try:
-        for g, positions, batch in plan:
+        for g, positions, batch, group in plan:
             if g in ahead:
                 ahead.pop(g).result()  # raises what the background compilation raised
-            prepared = _prepare(batch, truths[g], devices)
+            prepared = prepare(batch, group)
             compiled, compile_s = _compiled(prepared)
             res = _execute(prepared, compiled, compile_s)
             for i, r in zip(positions, res):

@@ -14,6 +14,9 @@ import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# the suite counts compilations: no persistent compilation cache in the test processes (the
+# cache's own tests set up their children explicitly)
+os.environ.setdefault("LINMETA_NO_CACHE", "1")
 
 import jax  # noqa: E402
 

@@ -4,6 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import linmeta
 from linmeta import landscape as L
@@ -180,3 +182,186 @@ def test_float32_and_validation():
         L.find_critical_points(truth.R_star, truth.U_star[None], max_iter=0)
     with pytest.raises(ValueError, match="scales"):
         L.random_starts(jax.random.key(0), 2, T, d, k, scales=())
+
+
+# ----------------------------------------------------------------------------- census classes
+def test_escaped_and_census_counts_on_hand_built_runs():
+    G, SP, SA, NC = L.GLOBAL_MIN, L.SPURIOUS_MIN, L.STRICT_SADDLE, L.NOT_CONVERGED
+    label = np.array([G, SP, SP, SA, NC, NC, NC, G, NC])
+    n_flat = np.array([0, 0, 2, 0, 0, 0, 0, 0, 0])
+    size_mid = np.array([1, 1, 1, 1, 10, 10, 3, 1, 1.0])
+    size = np.array([1, 1, 1, 1, 30, 11, 5, np.inf, 2.0])
+    diverged = np.array([0, 0, 0, 0, 0, 0, 0, 0, 1], bool)
+    # run 4: not converged, >= 10 and >= 1.25 x its size half-way; run 5: grew only 1.1x;
+    # run 6: grew but stayed below 10; run 7: non-finite; run 8: diverged
+    want = np.array([0, 0, 0, 0, 1, 0, 0, 1, 1], bool)
+    esc = L.escaped(label, size_mid, size, diverged)
+    np.testing.assert_array_equal(esc, want)
+    np.testing.assert_array_equal(np.asarray(L.escaped(jnp.asarray(label), jnp.asarray(size_mid),
+                                                       jnp.asarray(size), jnp.asarray(diverged))),
+                                  want)
+    assert not L.escaped(NC, 10.0, 10.0 * L.ESCAPE_GROWTH * 0.99)  # growth just below the factor
+    counts = L.census_counts(label, n_flat, esc)
+    assert counts == {"runs": 9, "global": 1, "strict spurious": 1, "degenerate spurious": 1,
+                      "saddle": 1, "not converged": 2, "escaped to infinity": 3}
+    assert tuple(counts) == L.CENSUS_KEYS
+    with pytest.raises(ValueError, match="same size"):
+        L.census_counts(label, n_flat[:-1], esc)
+
+
+@settings(max_examples=25)
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 2), st.booleans()), min_size=0,
+                max_size=40))
+def test_census_counts_partition_the_runs(runs):
+    label = np.array([r[0] for r in runs], int)
+    n_flat = np.array([r[1] for r in runs], int)
+    esc = np.array([r[2] for r in runs], bool)
+    counts = L.census_counts(label, n_flat, esc)
+    assert sum(v for n, v in counts.items() if n != "runs") == counts["runs"] == len(runs)
+    expect = dict(runs=len(runs), glob=0, strict=0, degen=0, saddle=0, nc=0, esc=0)
+    for lab, nf, e in runs:   # one run at a time, independently of the vectorised code
+        key = ("esc" if e else "glob" if lab == L.GLOBAL_MIN else
+               ("strict" if nf == 0 else "degen") if lab == L.SPURIOUS_MIN else
+               "saddle" if lab == L.STRICT_SADDLE else "nc")
+        expect[key] += 1
+    assert list(counts.values()) == list(expect.values())
+
+
+def test_finder_records_its_size_half_way():
+    """size_mid of a run of 2m iterations is the end size of the same run stopped after m."""
+    d, k, T = 3, 1, 3
+    truth = _truth(7, d, k, T)
+    R = truth.R_star
+    U0 = L.random_starts(jax.random.key(13), 12, T, d, k, scales=(0.5, 1.0, 2.0))
+    full = L.find_critical_points(R, U0, max_iter=100)
+    half = L.find_critical_points(R, U0, max_iter=50)
+    np.testing.assert_allclose(np.asarray(full.size_mid), np.asarray(half.info.size), rtol=1e-9)
+    stopped = np.asarray(full.iterations) <= 50   # stopped before half-way: its own end point
+    np.testing.assert_allclose(np.asarray(full.size_mid)[stopped],
+                               np.asarray(full.info.size)[stopped], rtol=1e-12)
+
+
+# ----------------------------------------------------------------------------- census record (C8)
+def _fake_cell(labels_by_method, d, k, T, truths, starts, base_error=0.0):
+    """run_cell's output with prescribed labels (no solver), hand-built checks that hold."""
+    from linmeta.claims import c8
+
+    n = truths * starts
+    Us = np.random.default_rng(d * 10 + k).normal(size=(truths, T, d, k))
+    R = Us @ np.swapaxes(Us, -1, -2)
+    D = R - R.mean(axis=1, keepdims=True)
+    lam = np.linalg.eigvalsh(D)[..., -1].max(axis=1)
+    runs = {}
+    for m in c8.METHODS:
+        lab = np.resize(np.asarray(labels_by_method[m]), n)
+        runs[m] = dict(label=lab, n_flat=np.where(np.arange(n) % 2 == 0, 0, 1),
+                       objective=np.where(lab == L.GLOBAL_MIN, 0.0, 1e-3), grad_norm=np.zeros(n),
+                       min_eig=np.full(n, 0.1), size=np.ones(n), size_mid=np.ones(n),
+                       escaped=np.zeros(n, bool), base_error=np.full(n, base_error),
+                       U=np.zeros((n, T, d, k)), truth_index=np.repeat(np.arange(truths), starts),
+                       start_index=np.tile(np.arange(starts), truths),
+                       scale=np.tile(c8.start_scales(starts), truths))
+    checks = dict(R=R, zero_label=np.full(truths, L.STRICT_SADDLE), zero_grad=np.zeros(truths),
+                  zero_min_eig=-2 * lam, zero_n_orbit=np.zeros(truths, int),
+                  zero_hess_norm=np.ones(truths), opt_label=np.full(truths, L.GLOBAL_MIN),
+                  opt_objective=np.zeros(truths),
+                  opt_n_orbit=np.full(truths, L.known_zero_modes(T, k)),
+                  opt_n_flat=np.zeros(truths, int), opt_Hz=np.zeros(truths))
+    return dict(runs=runs, checks=checks, seconds={m: 0.0 for m in c8.METHODS})
+
+
+def test_census_record_schema_aggregation_and_resume(tmp_path, monkeypatch):
+    import json
+
+    from linmeta.claims import c8
+
+    G, SP, SA, NC = L.GLOBAL_MIN, L.SPURIOUS_MIN, L.STRICT_SADDLE, L.NOT_CONVERGED
+    labels = {"newton": [G, G, SP, SA], "alternating": [G, NC, NC, SP],
+              "critical points": [SA, SA, SA, G]}
+    calls = []
+
+    def fake(key, d, k, T, *, truths, starts, **kw):
+        calls.append((d, k, T))
+        if fake.fail_at == (d, k, T):
+            raise KeyboardInterrupt
+        return _fake_cell(labels, d, k, T, truths, starts)
+
+    monkeypatch.setattr(c8, "run_cell", fake)
+    cfg = dict(c8.SETTINGS["tiny"], d=(2, 3), k=(1, 2), T=(3, 4), truths=2, starts=4)
+    cells = c8.grid_cells(cfg["d"], cfg["k"], cfg["T"])
+    assert cells == [(2, 1, 3), (2, 1, 4), (2, 2, 3), (2, 2, 4), (3, 1, 3), (3, 1, 4),
+                     (3, 2, 3), (3, 2, 4)]
+    path = tmp_path / "c8_census.json"
+    fake.fail_at = cells[3]
+    with pytest.raises(KeyboardInterrupt):       # interrupted after three cells
+        c8.census("tiny", 0, cfg=cfg, checkpoint=path)
+    part = json.loads(path.read_text())
+    assert part["complete"] is False and len(part["cells"]) == 3
+    calls.clear()
+    fake.fail_at = None
+    record, raw = c8.census("tiny", 0, cfg=cfg, checkpoint=path)
+    assert calls == cells[3:]                    # resumed: only the missing cells ran
+    assert set(raw) == set(cells[3:])
+    on_disk = json.loads(path.read_text())
+    assert on_disk["complete"] is True and on_disk["schema"] == c8.SCHEMA
+    assert [(c["d"], c["k"], c["T"]) for c in on_disk["cells"]] == cells
+    for c in on_disk["cells"]:
+        assert c["region"] == ("3k <= d" if 3 * c["k"] <= c["d"] else "3k > d")
+        for m in c8.METHODS:
+            r = c["methods"][m]
+            lab = np.resize(labels[m], 8)
+            n_flat = np.arange(8) % 2
+            assert r["runs"] == 8
+            assert r["global"] == int(np.sum(lab == G)) == r["global, A_hat = A*"]
+            assert r["strict spurious"] == int(np.sum((lab == SP) & (n_flat == 0)))
+            assert r["degenerate spurious"] == int(np.sum((lab == SP) & (n_flat == 1)))
+            assert r["saddle"] == int(np.sum(lab == SA))
+            assert r["not converged"] == int(np.sum(lab == NC))
+            assert r["escaped to infinity"] == 0
+            assert len(r["spurious"]) == int(np.sum(lab == SP))
+            assert sum(s["runs"] for s in r["by scale"].values()) == 8
+        assert c["checks"]["zero_ok"] and c["checks"]["opt_ok"]
+    for m in c8.METHODS:
+        for n in L.CENSUS_KEYS:
+            assert on_disk["totals"][m][n] == sum(c["methods"][m][n] for c in on_disk["cells"])
+    # a complete checkpoint with the same header: nothing runs; another config: everything runs
+    calls.clear()
+    again, _ = c8.census("tiny", 0, cfg=cfg, checkpoint=path)
+    assert calls == [] and again["cells"] == on_disk["cells"]
+    c8.census("tiny", 0, cfg=dict(cfg, starts=8), checkpoint=path)
+    assert calls == cells
+    # verdict rows: the checks pass; a non-identifying global minimum where 3k <= d fails C3's row
+    rows = c8.verdicts(record)
+    assert all(v.passed for v in rows) and sum(v.kind == "check" for v in rows) == 3
+    bad = json.loads(json.dumps(on_disk))
+    bad["cells"][4]["methods"]["newton"]["global, A_hat != A*"] = 1   # cell (3, 1, 3)
+    failed = [v for v in c8.verdicts(bad) if not v.passed]
+    assert len(failed) == 1 and "3k <= d" in failed[0].quantity
+    with pytest.raises(ValueError, match="setting"):
+        c8.run("huge")
+
+
+def test_committed_full_census_is_complete_and_consistent():
+    """figures/c8_census.json (the full run): every cell of the grid, classes partition the runs,
+    totals add up, and its verdict rows pass."""
+    import json
+    import os
+
+    from linmeta.claims import c8
+
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "figures", "c8_census.json")
+    rec = json.loads(open(path).read())
+    cfg = c8.SETTINGS["full"]
+    assert rec["schema"] == c8.SCHEMA and rec["complete"] is True and rec["setting"] == "full"
+    assert [(c["d"], c["k"], c["T"]) for c in rec["cells"]] == c8.grid_cells(cfg["d"], cfg["k"],
+                                                                              cfg["T"])
+    for c in rec["cells"]:
+        for m in c8.METHODS:
+            r = c["methods"][m]
+            assert r["runs"] == cfg["truths"] * cfg["starts"]
+            assert sum(r[n] for n in L.CENSUS_KEYS[1:]) == r["runs"]
+            assert r["global, A_hat = A*"] + r["global, A_hat != A*"] + r["global, undecided"] \
+                == r["global"]
+            assert len(r["spurious"]) == r["strict spurious"] + r["degenerate spurious"]
+    assert rec["totals"] == c8.totals(rec)
+    assert all(v.passed for v in c8.verdicts(rec))

@@ -11,6 +11,7 @@ from linmeta import metrics, reference, retrain, theory
 import importlib
 
 ml_mod = importlib.import_module("linmeta.retrain.meta_lora")
+mf_mod = importlib.import_module("linmeta.retrain._matrix_free")
 
 from helpers import count_compiles
 
@@ -233,3 +234,134 @@ def test_public_functions_work_inside_jit_with_captured_arrays():
         return linmeta.meta_lora(src, 1, key=key, n_starts=4).base
 
     np.testing.assert_allclose(fit(jax.random.key(0)), truth.A_star, atol=1e-10)
+
+
+# ---------------------------------------------------- the matrix-free solver (L-BFGS) and the switch
+
+LB = (8, 2, 3)  # (d, k, T) of the small L-BFGS tests (3k <= d): one shape, shared compiled programs
+
+
+def test_population_form_is_the_reduced_objective():
+    # exact: the structured population objective (no pseudo-inverse) equals the general one
+    d, k, T = LB
+    truth = linmeta.sample_truth(jax.random.key(30), d, k, T)
+    pop = linmeta.population(truth, noise_std=0.3)
+    U = jax.random.normal(jax.random.key(31), (T, d, k))
+    C = mf_mod.centred_task_matrices(pop.Syx)
+    np.testing.assert_allclose(retrain.population_reduced_objective(U, C) / T,
+                               retrain.reduced_objective(U, pop), rtol=1e-12)
+    # its written-out gradient against autodiff of the general form, also for S_yx that are not
+    # symmetric after centring (statistics with S_xx = I that no Truth produced)
+    for Syx in (pop.Syx, jax.random.normal(jax.random.key(32), pop.Syx.shape)):
+        src = pop._replace(Syx=Syx)
+        f, g = jax.value_and_grad(mf_mod.population_excess)(U, mf_mod.centred_task_matrices(Syx))
+        np.testing.assert_allclose(f, retrain.reduced_objective(U, src), rtol=1e-12)
+        np.testing.assert_allclose(g, jax.grad(retrain.reduced_objective)(U, src), rtol=1e-10,
+                                   atol=1e-12)
+    assert ml_mod._is_population(pop)
+    assert not ml_mod._is_population(pop._replace(Sxx=pop.Sxx.at[1, 0, 0].set(1.5)))
+
+
+@settings(max_examples=2)
+@given(st.integers(0, 10 ** 6))
+def test_lbfgs_agrees_with_newton_at_the_population(seed):
+    d, k, T = LB
+    truth = linmeta.sample_truth(jax.random.key(seed), d, k, T)
+    pop = linmeta.population(truth)
+    key = jax.random.key(seed + 1)
+    lb = linmeta.meta_lora(pop, k, key=key, method="lbfgs", n_starts=4)
+    nt = linmeta.meta_lora(pop, k, key=key, method="newton", n_starts=4)
+    assert float(metrics.base_error(lb.base, nt.base, relative=True)) < 1e-10
+    assert float(metrics.base_error(lb.base, truth.A_star, relative=True)) < 1e-10
+    assert float(jnp.max(metrics.adapter_error(lb.adapters, truth.U_star, relative=True))) < 1e-8
+    np.testing.assert_allclose(lb.base, retrain.optimal_base(lb.adapters, pop), atol=1e-12)
+    v = np.asarray(lb.history.value)
+    v = v[np.isfinite(v)]  # the best value so far: never rises (beyond rounding)
+    assert lb.history.step.shape == (5001,) and np.all(np.diff(v) <= 1e-14 * v[:-1])
+
+
+def test_lbfgs_at_finite_N_agrees_with_newton_and_the_general_form():
+    d, k, T = LB
+    truth = linmeta.sample_truth(jax.random.key(33), d, k, T)
+    rng = np.random.default_rng(34)  # N = 60 samples per task, y = M*_t x + 0.1 eps
+    X = rng.standard_normal((T, 60, d))
+    Y = X @ np.swapaxes(np.asarray(truth.M_star), 1, 2) + 0.1 * rng.standard_normal((T, 60, d))
+    smp = linmeta.stats_from_arrays(X, Y, truth.M_star)
+    assert not ml_mod._is_population(smp)
+    key = jax.random.key(35)
+    lb = linmeta.meta_lora(smp, k, key=key, method="lbfgs", n_starts=4)
+    nt = linmeta.meta_lora(smp, k, key=key, method="newton", n_starts=4)
+    assert float(metrics.base_error(lb.base, nt.base, relative=True)) < 1e-10
+    np.testing.assert_allclose(lb.objective, nt.objective, rtol=1e-10)
+    # population statistics through the general (pseudo-inverse) form: the same minimiser
+    pop = linmeta.population(truth)
+    U0 = 0.1 * jax.random.normal(jax.random.key(36), (4, T, d, k))
+    tol = [jnp.asarray(x) for x in (1e-26, 1e-14, 1e-28)]
+    general = ml_mod._lbfgs_kernel(pop, U0, *tol, max_iter=5000, population=False,
+                                   start_batch=4)[0]
+    structured = ml_mod._lbfgs_kernel(pop, U0, *tol, max_iter=5000, population=True,
+                                      start_batch=4)[0]
+    assert float(metrics.base_error(general.base, structured.base, relative=True)) < 1e-10
+
+
+def test_default_method_recovers_at_a_mid_size():
+    d, k, T = 64, 4, 3  # T d r = 768 unknowns: above the Newton switch
+    assert retrain.default_solver(T, d, k) == "lbfgs"
+    truth = linmeta.sample_truth(jax.random.key(37), d, k, T)
+    res = linmeta.meta_lora(linmeta.population(truth), k, key=jax.random.key(38))
+    assert res.history.step.shape == (5001,)  # the L-BFGS history (Newton's has 201)
+    assert float(metrics.base_error(res.base, truth.A_star, relative=True)) < 1e-10
+    assert float(res.objective) < 1e-20
+
+
+def test_lbfgs_compiles_once_per_shape():
+    d, k, T = LB
+    pops = [linmeta.population(linmeta.sample_truth(jax.random.key(s), d, k, T)) for s in (40, 41)]
+    linmeta.meta_lora(pops[0], k, key=jax.random.key(0), method="lbfgs", n_starts=4)
+    with count_compiles() as n:  # tolerances are traced
+        linmeta.meta_lora(pops[1], k, key=jax.random.key(1), method="lbfgs", n_starts=4,
+                          ftol=1e-24, gtol=1e-12, rtol=1e-27)
+        linmeta.meta_lora(pops[0], k, key=jax.random.key(2), method="lbfgs", n_starts=4)
+    assert n() == 0
+
+
+def test_lbfgs_float32_with_starts_in_batches(monkeypatch):
+    d, k, T = LB
+    # a memory budget for two starts at a time: the four starts run in two batches
+    shared = retrain.solver_memory("lbfgs", T, d, k, 0, itemsize=4)
+    per = retrain.solver_memory("lbfgs", T, d, k, 1, itemsize=4) - shared
+    monkeypatch.setattr(ml_mod, "memory_budget", lambda: shared + 2 * per + 1)
+    assert ml_mod.lbfgs_start_batch(T, d, k, 4, itemsize=4) == 2
+    truth = linmeta.sample_truth(jax.random.key(42), d, k, T, dtype=jnp.float32)
+    res = linmeta.meta_lora(linmeta.population(truth), k, key=jax.random.key(43),
+                            method="lbfgs", n_starts=4)
+    assert res.base.dtype == jnp.float32 and res.adapters.dtype == jnp.float32
+    assert res.start_objectives.shape == (4,)
+    # float32: the objective stops near rtol = 1e-10 of its scale (rounding floor ~ eps^2)
+    assert float(metrics.base_error(res.base, truth.A_star, relative=True)) < 1e-3
+
+
+def test_switch_rule_and_refusals(monkeypatch):
+    assert retrain.default_solver(3, 8, 2) == "newton"
+    assert retrain.default_solver(3, 86, 1) == "lbfgs"  # 258 unknowns > 256
+    assert retrain.default_solver(8, 256, 4) == "lbfgs"
+    # Newton past its size limit: refused before any work, naming the solver that fits
+    eye = np.broadcast_to(np.eye(700), (3, 700, 700))  # 3 * 700 * 1 = 2100 unknowns
+    big = linmeta.TaskStats(eye, eye, np.full(3, 700.0), np.full(3, np.inf), eye, np.zeros(3))
+    with pytest.raises(ValueError, match=r"method='newton'.*2100.*use method='lbfgs'"):
+        linmeta.meta_lora(big, 1, key=jax.random.key(0), method="newton")
+    small = linmeta.population(linmeta.sample_truth(jax.random.key(0), *LB))
+    with pytest.raises(ValueError, match="rtol"):
+        linmeta.meta_lora(small, 2, key=jax.random.key(0), method="lbfgs", rtol=-1.0)
+    with pytest.raises(ValueError, match="max_iter"):
+        linmeta.meta_lora(small, 2, key=jax.random.key(0), method="lbfgs", max_iter=0)
+    # past the memory budget: Newton refused (use lbfgs); auto picks lbfgs; lbfgs refused only
+    # when one start does not fit
+    newton_need = retrain.solver_memory("newton", 3, 8, 2, 8)
+    monkeypatch.setattr(ml_mod, "memory_budget", lambda: newton_need - 1)
+    with pytest.raises(ValueError, match=r"GiB|MiB.*use method='lbfgs'"):
+        linmeta.meta_lora(small, 2, key=jax.random.key(0), method="newton")
+    assert retrain.default_solver(3, 8, 2) == "lbfgs"
+    monkeypatch.setattr(ml_mod, "memory_budget", lambda: 1000)
+    with pytest.raises(ValueError, match="method='lbfgs'.*no Meta-LoRA solver fits"):
+        linmeta.meta_lora(small, 2, key=jax.random.key(0))

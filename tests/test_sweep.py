@@ -1,6 +1,7 @@
 """The sweep engine: configuration checks, grouping, one compile per shape, sharding, and
 equality with the core API run by hand on the same draws."""
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 import linmeta
-from linmeta import paper, sweep
+from linmeta import paper, protocols, sweep
 from tests.helpers import count_compiles, rel
 
 # One tiny shape shared by the tests (compiled programs are cached per shape and batch size).
@@ -56,6 +57,8 @@ def test_validate_fills_defaults_and_canonicalises():
     ({"d": True}, ["d", "integer"]),
     ({"T": 2.5}, ["T", "integer"]),
     ({"sampler": "wishart", "N": 5}, ["wishart", "N >= d=10"]),
+    ({"protocol": "bogus"}, ["protocol", "'paper'", "'paper_code'", "'bogus'"]),
+    ({"protocol": 3}, ["protocol", "'paper'"]),
 ])
 def test_validate_rejects_bad_values(cfg, words):
     with pytest.raises(ValueError) as e:
@@ -67,6 +70,15 @@ def test_validate_rejects_bad_values(cfg, words):
 
 
 def test_config_id_is_stable_and_canonical():
+    # ids of paper configurations are those of the releases before protocols were selectable
+    # (resumed sweeps must still match): the default protocol is left out of the hash
+    assert sweep.config_id({}) == "0a4b7c3f31bf"
+    assert sweep.config_id({"T": 2, "seed": 3}) == "9977fd5cf3ae"
+    assert sweep.config_id({"protocol": "paper", "T": 2, "seed": 3}) == "9977fd5cf3ae"
+    assert sweep.config_id({"d": 8, "N": "inf", "ml_solver": "newton"}) == "701510d12ee6"
+    assert sweep.config_id({"protocol": "paper_code"}) != sweep.config_id({})
+    assert sweep.validate_config({"protocol": "paper_code"})["protocol"] == "paper_code"
+    assert list(sweep.validate_config({}))[0] == "protocol"
     a = sweep.config_id({"T": 2, "k": 1, "seed": 3})
     assert a == sweep.config_id({"seed": 3, "k": 1, "T": 2})
     assert a == sweep.config_id({"seed": 3, "k": 1, "T": 2, "ft_rank": 3})  # resolved rank
@@ -111,6 +123,12 @@ def test_shape_key_and_grouping():
     assert all(sweep.shape_key(c) == sweep.shape_key(base) for c in same)
     assert sweep.shape_key(dict(base, N=38)) != sweep.shape_key(base)
     assert sweep.shape_key(dict(base, ft_steps=10)) != sweep.shape_key(base)
+    # T (and with it the fine-tuning rank, 3k at T = 2) is padded inside one program...
+    assert sweep.shape_key(dict(base, T=2)) == sweep.shape_key(dict(base, T=5))
+    # ...except for the Newton solver, and protocols never share a program
+    newton = dict(base, ml_solver="newton")
+    assert sweep.shape_key(dict(newton, T=2)) != sweep.shape_key(dict(newton, T=5))
+    assert sweep.shape_key(dict(base, protocol="paper_code")) != sweep.shape_key(base)
     cfgs = [base, dict(base, N=38), same[0], dict(base, N=38, seed=1), same[1]]
     groups = sweep.group_by_shape(cfgs)
     assert [[c["N"] for c in g] for g in groups] == [[37, 37, 37], [38, 38]]
@@ -151,6 +169,7 @@ def _lr_batch():
                          noise_std=float(rng.uniform(0, 0.1)),
                          init_scale=float(rng.uniform(0.05, 0.2))))
     cfgs[3]["lr_base"] = 50.0  # diverges: flagged, not raised
+    cfgs[5]["sr_lr"] = 6.0     # SR grows ~5^7-fold in 7 steps: finite, flagged as a blow-up
     return cfgs
 
 
@@ -174,8 +193,35 @@ def test_learning_rates_noise_and_truths_cost_one_compile(lr_results):
     assert n() == 0
     assert again[0]["ml_objective"] != res[0]["ml_objective"]
     assert res[3]["ml_diverged"] and not res[3]["sr_diverged"]
-    assert not any(r["ml_diverged"] or r["sr_diverged"] for i, r in enumerate(res) if i != 3)
-    assert not any(r["ft_diverged"] for i, r in enumerate(res) if i != 3)
+    assert res[5]["sr_diverged"] and not res[5]["ml_diverged"]
+    assert np.all(np.isfinite(res[5]["trajectories"]["sr_objective"]))  # a blow-up, not NaN
+    assert not any(r["ml_diverged"] or r["sr_diverged"] for i, r in enumerate(res)
+                   if i not in (3, 5))
+    assert not any(r["ft_diverged"] for i, r in enumerate(res) if i not in (3, 5))
+
+
+def test_divergence_message_names_stage_step_size_and_iteration(lr_results):
+    cfgs, res, _ = lr_results
+    cfg3, cfg5 = (sweep.validate_config(c) for c in (cfgs[3], cfgs[5]))
+    msg = protocols.divergence_message(cfg3, res[3])
+    assert msg.startswith("Meta-LoRA retraining diverged at iteration")
+    assert "lr_base=50" in msg and "lr_adapter=" in msg and "\n" not in msg
+    err = protocols.divergence_error(cfg5, res[5])
+    assert isinstance(err, linmeta.DivergenceError) and err.stage == "standard retraining"
+    assert err.step_sizes == {"sr_lr": 6.0} and err.iteration in (4, 7)
+    assert err.value > 1e3 * err.start
+    assert protocols.diverged_stages(cfg5, res[5])[0] == "sr"
+    assert protocols.divergence_message(sweep.validate_config(cfgs[0]), res[0]) is None
+    # a result without engine flags is judged from its trajectories (NaN pads Newton traces)
+    calm = np.array([5.0, 2.0, 1.0])
+    traj = {"ml_objective": calm, "sr_objective": 5.0 * 49.0 ** np.arange(3),
+            "ml_ft_test_loss": calm, "sr_ft_test_loss": calm, "sr_steps": np.array([0, 4, 7])}
+    assert protocols.diverged_stages(cfg3, {"trajectories": traj}) == ["sr"]
+    err = protocols.divergence_error(cfg3, {"trajectories": traj})
+    assert err.iteration == 7 and err.step_sizes == {"sr_lr": cfg3["sr_lr"]}
+    newton = dict(cfg3, ml_solver="newton")
+    padded = dict(traj, ml_objective=np.array([3.0, 1e-9, np.nan]), sr_objective=calm)
+    assert protocols.diverged_stages(newton, {"trajectories": padded}) == []
 
 
 def test_sharded_run_equals_single_device(lr_results):
@@ -224,6 +270,7 @@ def test_run_batch_equals_core_api_by_hand():
                    ft.history.value.test_loss[:, 0]) < tol
         risk = float(jnp.sum((ft.task_matrix[0] - truth.M_new[0]) ** 2))
         assert rel(res[f"{name}_ft_excess_risk"], risk) < tol
+    # (the sweep computes it on the host: linmeta.protocols.sr_bias_host)
     residual = linmeta.theory.sr_residual(truth.U_star, truth.U_new)
     assert rel(res["theory_sr_bias"], linmeta.theory.lora_bias(residual, r)[0]) < tol
     assert res["theory_ft_error"] == pytest.approx(
@@ -297,3 +344,117 @@ def test_run_sweep_truth_per_group():
     assert asked == [4]  # once per shape group
     ref = sweep.run_batch(cfgs, truth=truth)
     assert [r["ml_objective"] for r in res] == [r["ml_objective"] for r in ref]
+
+
+# ------------------------------------------------------------------------------ padding across T
+
+def test_padded_run_equals_unpadded_run():
+    """T = 2 (rank-3 fine-tuning) and T = 3 (rank 1) in one program padded to T = 3, rank 3:
+    each equals its run in a batch of its own T (no padding) to rounding."""
+    cfgs = [sweep.validate_config(dict(SHAPE, T=T, seed=s)) for T in (2, 3) for s in (0, 1)]
+    assert [c["ft_rank"] for c in cfgs] == [3, 3, 1, 1]
+    mixed = sweep.run_batch(cfgs)
+    alone = sweep.run_batch(cfgs[:2]) + sweep.run_batch(cfgs[2:])
+    for cfg, a, b in zip(cfgs, mixed, alone):
+        for key in sweep.RESULT_KEYS:
+            if not key.endswith("_diverged"):
+                # (the SR bias at T = 2, rank 3 is zero up to rounding: absolute there)
+                np.testing.assert_allclose(a[key], b[key], rtol=1e-12, atol=1e-20,
+                                           err_msg=f"T={cfg['T']} {key}")
+        for key, traj in a["trajectories"].items():
+            np.testing.assert_allclose(traj, b["trajectories"][key], rtol=1e-12, err_msg=key)
+
+
+# ------------------------------------------------------------------------------ registry
+
+class _ToyHyper(NamedTuple):
+    lr: jax.Array
+
+
+class _ToyShape(NamedTuple):
+    d: int
+    steps: int
+
+
+class _ToyRecord(NamedTuple):
+    final_loss: jax.Array
+    loss: jax.Array
+
+
+def _toy_run(truth, keys, hyper, shape):
+    """Gradient descent on 1/2 ||A - A*||^2 from A = 0: loss_t = (1 - lr)^(2t) ||A*||^2."""
+    def step(A, _):
+        A = A - hyper.lr * (A - truth)
+        return A, jnp.sum((A - truth) ** 2)
+
+    A, loss = jax.lax.scan(step, jnp.zeros_like(truth), None, length=shape.steps)
+    start = jnp.sum(truth ** 2)[None]
+    return _ToyRecord(loss[-1], jnp.concatenate([start, loss]))
+
+
+def _toy_truth(cfg, dtype):  # NumPy: no compile outside the programs under test
+    return np.random.default_rng(cfg["truth_seed"]).normal(size=(cfg["d"], cfg["d"])).astype(dtype)
+
+
+def test_registered_toy_protocol_runs_through_run_sweep_one_compile_per_group():
+    protocols.register(protocols.Protocol(
+        name="toy_gd", run=_toy_run, hyper=_ToyHyper, shape=_ToyShape,
+        defaults=dict(d=3, steps=5, lr=0.1, seed=0, truth_seed=0),
+        truth=_toy_truth, truth_keys=("truth_seed", "d"),
+        stages=(protocols.Stage("fit", "toy fit", fields=("loss",), step_sizes=("lr",)),),
+        checks={"lr": protocols.Check("float", 0, open_lo=True), "d": protocols.Check("int", 1)},
+    ), replace=True)
+    assert "toy_gd" in protocols.names() and "paper" in protocols.names()
+    with pytest.raises(ValueError, match="already registered"):
+        protocols.register(protocols.get("toy_gd"))
+    with pytest.raises(ValueError, match="lr must be a finite number in \\(0, inf\\)"):
+        sweep.validate_config({"protocol": "toy_gd", "lr": 0})
+    with pytest.raises(ValueError, match="unknown configuration key 'T' for protocol 'toy_gd'"):
+        sweep.validate_config({"protocol": "toy_gd", "T": 3})
+    cfgs = sweep.expand_grid({"grid": {"steps": [5, 8], "lr": [0.1, 0.3, 3.5]},
+                              "fixed": {"protocol": "toy_gd"}, "seeds": 2})
+    assert len({sweep.shape_key(c) for c in cfgs}) == 2
+    with count_compiles() as n:
+        res = sweep.run_sweep(cfgs)
+    assert n() == 2  # one program per shape group; learning rates and seeds are traced
+    A = _toy_truth({"truth_seed": 0, "d": 3}, np.float64)
+    for cfg, r in zip(cfgs, res):
+        want = (1 - cfg["lr"]) ** (2 * cfg["steps"]) * np.sum(A ** 2)
+        assert rel(r["final_loss"], want) < 1e-12
+        assert r["trajectories"]["loss"].shape == (cfg["steps"] + 1,)
+        assert r["fit_diverged"] == (cfg["lr"] == 3.5)  # |1 - lr|^(2t) = 2.5^(2t) > 1e3
+    bad = next(r for c, r in zip(cfgs, res) if c["lr"] == 3.5 and c["steps"] == 8)
+    bad_cfg = next(c for c in cfgs if c["lr"] == 3.5 and c["steps"] == 8)
+    msg = protocols.divergence_message(bad_cfg, bad)
+    assert msg.startswith("toy fit diverged at iteration") and "lr=3.5" in msg
+
+
+# ------------------------------------------------------------------------------ program store
+
+def test_program_store_round_trip_and_recovery(tmp_path, monkeypatch):
+    from linmeta import program_cache
+    monkeypatch.setattr(program_cache, "folder", lambda: str(tmp_path))
+    devices = jax.local_devices()[:1]
+    U = np.arange(6.0).reshape(3, 2)
+    fn = linmeta.lora.symmetric_delta
+
+    def lower():
+        return jax.jit(fn).lower(U)
+
+    desc = ("test symmetric_delta", 3, 2)
+    exe, loaded = program_cache.load_or_compile(desc, devices, lower, {}, (fn,))
+    assert not loaded and len(list(tmp_path.iterdir())) == 1
+    again, loaded = program_cache.load_or_compile(desc, devices, lower, {}, (fn,))
+    assert loaded
+    np.testing.assert_array_equal(again(U + 1), (U + 1) @ (U + 1).T)
+    entry = next(tmp_path.iterdir())
+    entry.write_bytes(b"not a program")           # a broken entry is recompiled and replaced
+    _, loaded = program_cache.load_or_compile(desc, devices, lower, {}, (fn,))
+    assert not loaded
+    _, loaded = program_cache.load_or_compile(desc, devices, lower, {}, (fn,))
+    assert loaded
+    # code outside linmeta is never stored (its source is not part of the key)
+    _, loaded = program_cache.load_or_compile(("other",), devices, lower, {}, (_toy_run,))
+    assert not loaded and len(list(tmp_path.iterdir())) == 1
+    assert program_cache.fingerprint(desc, devices) != program_cache.fingerprint(
+        ("test symmetric_delta", 3, 3), devices)
