@@ -2,7 +2,8 @@
 
 Thin script over :mod:`linmeta.claims.c1`: population SR (pooled least squares and the paper's
 gradient descent) against theory.sr_population, and the finite-N error ||A_SR(N) - (A* + Rbar)||_F
-against N with its fitted log-log slope (theory: -1/2) and constant.
+against N with its fitted log-log slope (theory: -1/2) and constant; the gradient-descent
+trajectory against its contraction; the noise level of linmeta.draw_samples (chi-square band).
 
 Run ``python -m experiments.c1_sr_minimiser --setting full --out figures``: writes
 ``figures/c1_sr_minimiser.png`` and ``.pdf`` and prints the verdict rows (exit code 1 if a check

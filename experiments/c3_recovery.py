@@ -2,7 +2,8 @@
 
 Thin script over :mod:`linmeta.claims.c3`: recovery error against T and k (population and finite N)
 and the phase diagram over (d, k, T) of random starts that end at a zero-loss minimiser with A_hat
-!= A* (against the line 3k = d).
+!= A* (against the line 3k = d); SR's relative base error against ||Rbar||/||A*||; the paper's
+alternating protocol against its linearisation (theory.alternating_jacobian).
 
 Run ``python -m experiments.c3_recovery --setting full --out figures``: writes
 ``figures/c3_recovery.png`` and ``.pdf`` and prints the verdict rows (exit code 1 if a check

@@ -1,7 +1,8 @@
 """Claim C7: with finite N, Meta-LoRA's base error shrinks with N; SR's does not.
 
 Thin script over :mod:`linmeta.claims.c7`: ||A_hat - A*||_F against N and against the noise level
-with fitted slopes, the noiseless case, and SR's error against ||Rbar||_F.
+with fitted slopes checked against -1/2 and 1, the noiseless case, the noise level of
+linmeta.sample_tasks, and SR's error against ||Rbar||_F.
 
 Run ``python -m experiments.c7_finite_samples --setting full --out figures``: writes
 ``figures/c7_finite_samples.png`` and ``.pdf`` and prints the verdict rows (exit code 1 if a check

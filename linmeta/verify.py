@@ -1,12 +1,19 @@
-"""``linmeta verify``: run every claim check of THEORY.md (C1-C8) and report.
+"""``linmeta verify``: run every claim check of the theory documents (docs/theory.md, C1-C8) and report.
 
 For each claim id in :data:`linmeta.claims.CLAIM_IDS` the module ``linmeta.claims.cN`` is imported
 (:func:`linmeta.claims.claim_module`) and run at the chosen setting (``tiny``: seconds, for tests;
 ``quick``: the whole set in under two minutes on 2 CPU cores; ``full``: the documented full run).
 Each claim returns verdict rows (claim, quantity, predicted, measured, spread, tolerance, passed,
 kind); its ``plot`` writes PNG and PDF figures. The runner prints one table row per claim, writes
-``<out>/REPORT.md`` (all rows, the figures, setting, seed, dtype, versions, time) and
-``<out>/verdicts.json``, both atomically, and exits with 1 when a check fails.
+``<out>/REPORT.md`` (all rows, each claim linked to its section of the theory document
+(:func:`linmeta.claims.claim_doc`), the figures, setting, seed, dtype, versions, time) and
+``<out>/verdicts.json``, both atomically, and exits with 1 when a check fails. The default
+``<out>`` is ``results/verify`` (git-ignored); the committed figures are regenerated with
+``--out figures``. An output folder that cannot be created is one error line (exit 2).
+
+Tolerances are data: a check row carries a :class:`~linmeta.claims._verdict.Tolerance` (rule,
+inputs, value) and the runner audits it (:func:`linmeta.claims._verdict.audit`): a row whose
+tolerance is looser than its derivation allows fails, whatever its measurement.
 
 A claim whose module is missing, or whose run or plot raises, is reported as a failed row (the
 other claims still run). Rows of kind ``"measured"`` map unconfirmed statements: they fail only
@@ -21,14 +28,14 @@ runs make many small eigendecompositions, where threads only contend.
 
 Usage::
 
-    python -m linmeta.verify --quick                 # or: linmeta verify --quick
+    python -m linmeta.verify --quick                 # or: linmeta verify --quick (results/verify)
+    python -m linmeta.verify --quick --out figures   # regenerate the committed figures
     python -m linmeta.verify --full --out figures
     python -m linmeta.verify --tiny --claims C1,C3 --no-figures --json
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import json
 import math
@@ -43,6 +50,7 @@ __all__ = ["add_arguments", "run_from_args", "run_verify", "format_table", "main
            "claim_summary"]
 
 _FAST_COMPILE_FLAG = "--xla_backend_optimization_level=0"
+DEFAULT_OUT = os.path.join("results", "verify")
 
 
 # ----------------------------------------------------------------------------- arguments
@@ -58,9 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.set_defaults(setting="quick")
     parser.add_argument("--claims", metavar="C1,C3", default=None,
                         help="comma-separated claim ids to run (default: all, C1-C8)")
-    parser.add_argument("--out", metavar="DIR", default="figures",
+    parser.add_argument("--out", metavar="DIR", default=DEFAULT_OUT,
                         help="folder for figures, REPORT.md and verdicts.json "
-                             "(default: figures)")
+                             f"(default: {DEFAULT_OUT}; the committed figures: --out figures)")
     parser.add_argument("--seed", type=int, default=0, metavar="INT",
                         help="root random seed (default: 0)")
     parser.add_argument("--json", action="store_true",
@@ -154,6 +162,12 @@ def run_claim(claim: str, setting: str, seed: int, out_dir=None, figures: bool =
         res.data["traceback"] = traceback.format_exc()
         res.seconds = time.perf_counter() - t0
         return res, []
+    from .claims._support import working_dtype
+    from .claims._verdict import audited
+
+    import jax.numpy as jnp
+
+    result.verdicts = audited(result.verdicts, float64=working_dtype() == jnp.float64)
     paths = []
     if figures and out_dir is not None:
         try:
@@ -168,7 +182,7 @@ def run_claim(claim: str, setting: str, seed: int, out_dir=None, figures: bool =
     return result, paths
 
 
-def run_verify(setting: str = "quick", claims=None, out_dir="figures", seed: int = 0,
+def run_verify(setting: str = "quick", claims=None, out_dir=DEFAULT_OUT, seed: int = 0,
                figures: bool = True, *, progress=None):
     """Run ``claims`` (ids, default all) at ``setting`` and write the report into ``out_dir``.
 
@@ -188,10 +202,11 @@ def run_verify(setting: str = "quick", claims=None, out_dir="figures", seed: int
 
     from .claims._support import single_thread_blas
 
+    from .results import check_writable_dir
+
+    out = Path(check_writable_dir(out_dir))
     jax.config.update("jax_enable_x64", True)
     blas1 = single_thread_blas()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     results, figs = [], {}
     for cid in claim_ids:
@@ -236,11 +251,19 @@ def _jsonable(x):
     return str(x)
 
 
+def _jsonable_tree(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable_tree(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable_tree(v) for v in x]
+    return _jsonable(x)
+
+
 def _json_payload(results, meta, ok):
     rows = []
     for r in results:
         for v in r.verdicts:
-            d = {k: _jsonable(val) for k, val in dataclasses.asdict(v).items()}
+            d = {k: _jsonable_tree(val) for k, val in v.as_dict().items()}
             d["passed"] = bool(v.passed)
             rows.append(d)
     return dict(ok=bool(ok), meta=meta,
@@ -319,28 +342,54 @@ def _md(x) -> str:
     return fmt(x).replace("|", "\\|").replace("\n", " ")
 
 
+def _doc_link(claim: str, out: Path) -> str:
+    """``[C1](<relative path>/docs/theory.md#c1)`` from the report folder to the claim's section
+    of the theory document in the repository this linmeta lives in (plain id when unknown)."""
+    from .claims import CLAIMS, claim_doc
+
+    if claim not in CLAIMS:
+        return _md(claim)
+    doc = claim_doc(claim)
+    path, _, anchor = doc.partition("#")
+    repo = Path(__file__).resolve().parent.parent
+    rel = os.path.relpath(repo / path, Path(out).resolve())
+    return f"[{claim}]({Path(rel).as_posix()}#{anchor})"
+
+
 def _report(results, figs, meta, ok, out: Path) -> str:
     lines = ["# linmeta verify report", "",
              f"Setting **{meta['setting']}**, seed {meta['seed']}, dtype {meta['dtype']}, "
              f"total {meta['total_seconds']:.1f} s. Overall: **{'PASS' if ok else 'FAIL'}**.", "",
              "## Claims", "",
+             "Each claim links to its section of the theory document.", "",
              "| claim | checks passed | mapped rows | key (or first failing) quantity | predicted "
              "| measured | result | seconds |",
              "|---|---|---|---|---|---|---|---|"]
     for r in results:
         s = claim_summary(r)
-        lines.append("| " + " | ".join(_md(s[k]) for k, _ in _COLUMNS) + " |")
+        cells = [_md(s[k]) for k, _ in _COLUMNS]
+        cells[0] = _doc_link(r.claim, out)
+        lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "## All verdict rows", "",
-              "Kind `check`: a prediction tested within the tolerance. Kind `measured`: an "
-              "unconfirmed statement mapped (passes when the measurement is finite).", "",
-              "| claim | quantity | predicted | measured | spread | tolerance | passed | kind "
-              "| note |", "|---|---|---|---|---|---|---|---|---|"]
+              "Kind `check`: a prediction tested within the tolerance. Kind `measured`: no "
+              "theory predicts the value; the row maps it (passes when the measurement is "
+              "finite). Rule: how the tolerance was derived (`rounding`: factor x eps x condition; "
+              "`rounding_sq`: its square, for sums of squares; `seeds`: Student-t band over seeds "
+              "plus a stated bias; `chi2`: chi-square band; `contraction`: rate^steps plus a "
+              "floor; `asymptotic`: a constant times the first neglected term; `richardson`: "
+              "measured second-order term of a linearisation; `exact`: counts; `stated`: a "
+              "definition or an independent solver's stopping rule). The runner recomputes each "
+              "tolerance from its inputs and fails a row whose tolerance is looser than its rule "
+              "allows.", "",
+              "| claim | quantity | predicted | measured | spread | tolerance | rule | passed "
+              "| kind | note |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         for v in r.verdicts:
+            tol = getattr(v, "tol", None)
             lines.append("| " + " | ".join([
                 _md(v.claim), _md(v.quantity), _md(v.predicted), _md(v.measured),
-                _md(v.spread), _md(v.tolerance), "yes" if v.passed else "**NO**", _md(v.kind),
-                _md(v.note)]) + " |")
+                _md(v.spread), _md(v.tolerance), _md(tol.rule) if tol is not None else "",
+                "yes" if v.passed else "**NO**", _md(v.kind), _md(v.note)]) + " |")
     errors = [(r.claim, r.data.get("traceback")) for r in results
               if isinstance(r.data, dict) and r.data.get("traceback")]
     if errors:
@@ -367,14 +416,16 @@ def _report(results, figs, meta, ok, out: Path) -> str:
 # ----------------------------------------------------------------------------- entry points
 def run_from_args(args) -> int:
     """Run verify from parsed arguments (see :func:`add_arguments`); returns the exit code:
-    0 when every check passes, 1 when a claim fails."""
+    0 when every check passes, 1 when a claim fails. Raises ValueError for bad arguments and
+    OSError ("... is not writable; choose a writable --out") for an output folder that cannot be
+    created (the command line prints either as one line and exits 2)."""
     if getattr(args, "float32", False):
         raise ValueError("linmeta verify runs in float64 (its tolerances are float64 ones); "
                          "--float32 is not supported here")
     setting = getattr(args, "setting", None) or "quick"
     claims = _parse_claims(getattr(args, "claims", None))
     as_json = bool(getattr(args, "json", False))
-    out_dir = getattr(args, "out", None) or "figures"
+    out_dir = getattr(args, "out", None) or DEFAULT_OUT
     seed = getattr(args, "seed", 0)
     seed = 0 if seed is None else seed
     figures = bool(getattr(args, "figures", True))
@@ -383,6 +434,9 @@ def run_from_args(args) -> int:
         if not as_json:
             print(format_row(res), flush=True)
 
+    from .results import check_writable_dir
+
+    check_writable_dir(out_dir)  # one clear line (OSError) before any work
     if not as_json:
         head, rule = _table_header()
         print(f"linmeta verify --{setting} (seed {seed}, float64): {', '.join(claims)}",
@@ -413,6 +467,10 @@ def main(argv=None) -> int:
         return run_from_args(args)
     except ValueError as e:
         print(f"linmeta verify: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        text = e.strerror if e.strerror and not e.filename else str(e)
+        print(f"linmeta verify: error: {text}", file=sys.stderr)
         return 2
 
 

@@ -87,9 +87,10 @@ def test_no_cache_env_turns_it_off(monkeypatch, tmp_path):
     assert not folder.exists()
 
 
-def test_unusable_folder_is_one_warning_line(tmp_path, capsys):
+def test_unusable_folder_is_one_warning_line(tmp_path, capsys, monkeypatch):
     # in this process: an unusable folder changes nothing but prints one line per folder
     import jax
+    monkeypatch.delenv("LINMETA_NO_CACHE", raising=False)  # the test session turns it off
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
     bad = [str(blocker / "cache"), str(blocker)]

@@ -61,6 +61,45 @@ def test_population_loss_closed_form():
     assert bool(jnp.all(jnp.isinf(pop.n_samples)))
 
 
+@pytest.mark.parametrize("noise", [0.1, 0.3, 2.0])
+def test_sample_moments_match_the_population(noise):
+    """Moments of the drawn samples against the population (not against the same draw): the
+    residual y - M* x has mean square noise_std^2 (chi-square band), S_xx -> I, S_yx -> M*,
+    S_yy -> ||M*||^2 + d noise_std^2 (CLT bands), each two-sided at level 1e-6 (Bonferroni over
+    entries), for two independent draws."""
+    from scipy import stats
+
+    d, k, T, N = 4, 1, 3, 20000
+    truth = linmeta.sample_truth(jax.random.key(0), d, k, T)
+    M = np.asarray(truth.M_star)
+    p = 1e-6
+    for key in (jax.random.key(11), jax.random.key(12)):
+        smp = linmeta.draw_samples(key, truth, N, noise)
+        X, Y = np.asarray(smp.X), np.asarray(smp.Y)
+        resid = Y - np.einsum("tij,tnj->tni", M, X)
+        dof = resid.size
+        ratio = np.sum(resid ** 2) / (dof * noise ** 2)
+        assert stats.chi2.ppf(p / 2, dof) / dof <= ratio <= stats.chi2.isf(p / 2, dof) / dof
+        st_ = linmeta.task_statistics(smp)
+        z = stats.norm.isf(p / 2 / (T * d * d))                     # Bonferroni over entries
+        sd_xx = np.sqrt((1 + np.eye(d)) / N)                         # var x_i x_j: 1, diagonal 2
+        assert np.all(np.abs(np.asarray(st_.Sxx) - np.eye(d)) <= z * sd_xx)
+        # S_yx - M* S_xx = (1/N) sum eps x^T: entries with variance noise^2 / N
+        D = np.asarray(st_.Syx) - M @ np.asarray(st_.Sxx)
+        assert np.all(np.abs(D) <= z * noise / np.sqrt(N))
+        Sigma = M @ M.transpose(0, 2, 1) + noise ** 2 * np.eye(d)   # covariance of y
+        want = np.trace(Sigma, axis1=1, axis2=2)                    # ||M*||^2 + d noise^2
+        sd = np.sqrt(2 * np.trace(Sigma @ Sigma, axis1=1, axis2=2) / N)
+        assert np.all(np.abs(np.asarray(st_.Syy) - want) <= stats.norm.isf(p / 2 / T) * sd)
+
+
+def test_population_statistics_carry_the_noise():
+    """2 L_t(M*_t) / d = noise_std^2 in the population (the noise level enters S_yy as d sigma^2)."""
+    truth = linmeta.sample_truth(jax.random.key(0), 5, 2, 3)
+    pop = linmeta.population(truth, noise_std=0.3)
+    np.testing.assert_allclose(2 * losses.task_loss(truth.M_star, pop) / 5, 0.09, rtol=1e-12)
+
+
 def test_finite_samples_approach_population():
     truth = linmeta.sample_truth(jax.random.key(0), 4, 1, 2)
     pop = linmeta.population(truth, 0.5)

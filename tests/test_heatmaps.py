@@ -39,9 +39,13 @@ def test_meta_lora_population_recovers_where_claimed(tiny):
     np.testing.assert_array_equal(claimed, want)
     assert claimed.any() and not claimed.all()  # the tiny grid has both kinds of cell
     for q in ("base", "ft"):
-        assert np.all(g[f"{q}_measured_max"][pop, ml][claimed] < 1e-6)  # worst seed
-        pred = g[f"{q}_predicted"][:, ml]
-        assert np.all(pred[:, claimed] == 0.0) and np.all(np.isnan(pred[:, ~claimed]))
+        # measured against the predicted grid wherever the theory predicts (worst seed, C3's
+        # recovery threshold), and every cell measured
+        meas, pred = g[f"{q}_measured_max"][pop, ml], g[f"{q}_predicted"][pop, ml]
+        has = np.isfinite(pred)
+        np.testing.assert_array_equal(has, claimed)
+        np.testing.assert_allclose(meas[has], pred[has], rtol=0, atol=1e-6)
+        assert np.all(np.isfinite(meas))
 
 
 def test_finite_n_meta_lora_base_beats_sr_where_claimed(tiny):

@@ -5,13 +5,16 @@ modules so that they cost no computation.
 """
 import argparse
 import json
+import os
 import types
 
+import numpy as np
 import pytest
 
 import linmeta.claims as claims_pkg
 from linmeta import verify
 from linmeta.claims import ClaimResult, Verdict
+from linmeta.claims._verdict import Tolerance, audit, audited
 
 
 def _parser():
@@ -58,8 +61,9 @@ def fake_claims(monkeypatch):
 
 def test_arguments_and_defaults():
     a = _parser().parse_args([])
+    # the default output folder is the git-ignored results/verify, never the committed figures/
     assert (a.setting, a.claims, a.out, a.seed, a.json, a.figures) == \
-        ("quick", None, "figures", 0, False, True)
+        ("quick", None, os.path.join("results", "verify"), 0, False, True)
     a = _parser().parse_args(["--tiny", "--claims", "c1, C3", "--out", "x", "--seed", "3",
                               "--json", "--no-figures"])
     assert (a.setting, a.out, a.seed, a.json, a.figures) == ("tiny", "x", 3, True, False)
@@ -75,12 +79,14 @@ def test_run_verify_tiny_writes_report_and_json(tmp_path):
     results, ok = verify.run_verify("tiny", ["C1"], tmp_path, seed=0, figures=False)
     assert ok and [r.claim for r in results] == ["C1"]
     report = (tmp_path / "REPORT.md").read_text()
-    assert "| C1 |" in report and "Setting **tiny**" in report and "float64" in report
+    assert "| [C1](" in report and "docs/theory.md#c1)" in report        # linked to its section
+    assert "Setting **tiny**" in report and "float64" in report
     assert "jax:" in report and "Overall: **PASS**" in report
     data = json.loads((tmp_path / "verdicts.json").read_text())
     assert data["ok"] is True and data["meta"]["setting"] == "tiny"
     assert data["meta"]["dtype"] == "float64"
     assert all(r["claim"] == "C1" and r["passed"] for r in data["verdicts"])
+    assert all("tolerance_rule" in r for r in data["verdicts"] if r["kind"] == "check")
     assert len(data["verdicts"]) == len(results[0].verdicts)
     assert not list(tmp_path.glob(".*.tmp"))
     table = verify.format_table(results)
@@ -134,3 +140,69 @@ def test_main_rejects_bad_input(tmp_path, capsys):
     args.float32 = True
     with pytest.raises(ValueError, match="float64"):
         verify.run_from_args(args)
+
+
+def test_unwritable_out_is_one_line_and_exit_2(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    bad = str(blocker / "sub")              # a folder inside a regular file cannot be created
+    assert verify.main(["--tiny", "--claims", "C1", "--out", bad]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is not writable" in err and "choose a writable --out" in err
+    from linmeta import cli
+
+    assert cli.main(["verify", "--tiny", "--claims", "C1", "--out", bad]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is not writable" in err and "choose a writable --out" in err
+
+
+# ----------------------------------------------------------------------------- tolerances as data
+def test_tolerance_rules_and_audit():
+    eps = float(np.finfo(float).eps)
+    t = Tolerance.rounding(100)
+    assert t.value == pytest.approx(100 * eps) and audit(t) == ""
+    loose = Tolerance.rounding(100 * 1e6)                   # the "C1 tolerance x 1e6" mutation
+    assert "factor" in audit(loose)
+    assert "without a reason" in audit(Tolerance.rounding(1e4, cond=1e5))
+    assert audit(Tolerance.rounding(1e4, cond=1e5, why="a stated reason")) == ""
+    edited = Tolerance(1e-4, "rounding", dict(factor=100.0, eps=eps, cond=1.0), "edited")
+    assert "differs from its derivation" in audit(edited)
+    assert "p =" in audit(Tolerance.seeds(0.1, 5, p=1e-9))
+    assert "why" in audit(Tolerance.seeds(0.1, 5, bias=0.2))             # a bias without its reason
+    assert audit(Tolerance.seeds(0.1, 5, bias=0.2, bias_why="d/N")) == ""
+    with pytest.raises(ValueError, match="why"):
+        Tolerance.stated(1e-6, "")
+    band = Tolerance.chi2(1000, p=1e-6)
+    assert band.contains_ratio(1.0) and not band.contains_ratio(1.5)
+    assert not band.contains_ratio(1 - band.lower - 1e-9) and band.contains_ratio(1 + band.value)
+    s = Tolerance.seeds(0.1, 4, p=0.01)
+    from scipy import stats
+
+    assert s.value == pytest.approx(stats.t.ppf(0.995, 3) * 0.1)
+    c = Tolerance.contraction(0.97, 3000, floor=1e-13)
+    assert c.value == pytest.approx(0.97 ** 3000 + 1e-13)
+    assert "rate" in audit(Tolerance(1.0, "contraction", dict(rate=1.0, steps=3.0, scale=1.0,
+                                                                 floor=0.0), ""))
+
+
+def test_a_row_whose_tolerance_fails_the_audit_fails(tmp_path, fake_claims):
+    eps = float(np.finfo(float).eps)
+
+    def run(setting="quick", seed=0):
+        good = Tolerance.rounding(100)
+        bad = Tolerance(100 * eps * 1e6, "rounding", dict(factor=100 * 1e6, eps=eps, cond=1.0),
+                        "a tolerance a million times its derivation")
+        return ClaimResult("C1", [
+            Verdict("C1", "fine", 0.0, 1e-16, 0.0, good, good.below(1e-16), "check"),
+            Verdict("C1", "too loose", 0.0, 1e-12, 0.0, bad, bad.below(1e-12), "check")], {}, 0.0)
+
+    fake_claims["C1"] = types.SimpleNamespace(run=run, plot=lambda r, o: [])
+    results, ok = verify.run_verify("tiny", ["C1"], tmp_path, figures=False)
+    assert not ok
+    fine, loose = results[0].verdicts
+    assert fine.passed and not loose.passed and "tolerance audit failed" in loose.note
+    rows = json.loads((tmp_path / "verdicts.json").read_text())["verdicts"]
+    assert rows[1]["tolerance_rule"] == "rounding" and rows[1]["passed"] is False
+    # measured rows and rows with a text tolerance pass through the audit unchanged
+    plain = Verdict("C9", "q", 1, 1, 0.0, "text", True, "check")
+    assert audited([plain]) == [plain]

@@ -154,13 +154,17 @@ def format_verdicts(result, paths=()) -> str:
 
 
 def experiment_main(module, setting: str, out_dir, seed: int):
-    """Body of ``experiments/cN_*.py:main``: float64 on, run the claim, write its figures, print
-    the rows; returns the verdict rows."""
+    """Body of ``experiments/cN_*.py:main``: float64 on, run the claim, audit its tolerances
+    (:func:`linmeta.claims._verdict.audited`), write its figures, print the rows; returns the
+    verdict rows."""
     import jax
 
     jax.config.update("jax_enable_x64", True)
     single_thread_blas()
+    from ._verdict import audited
+
     result = module.run(setting=setting, seed=seed)
+    result.verdicts = audited(result.verdicts, float64=working_dtype() == jnp.float64)
     paths = module.plot(result, out_dir)
     print(format_verdicts(result, paths), flush=True)
     return list(result.verdicts)

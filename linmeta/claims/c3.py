@@ -1,6 +1,6 @@
 """Claim C3: Meta-LoRA recovers A* for T >= 3, and where identifiability ends.
 
-Population objective with the base eliminated (THEORY.md section 4):
+Population objective with the base eliminated (docs/theory.md, C3):
 
     G(U) = 1/2 sum_t ||E_t - Ebar||_F^2,   E_t = R*_t - U_t U_t^T,   A(U) = A* + Ebar.
 
@@ -18,7 +18,18 @@ under a task-diversity assumption whose exact form is unconfirmed) is that it is
    ``recovered`` (G/T < 1e-20 and relative base error <= 1e-6), ``zero loss, A_hat != A*``
    (G/T < 1e-20, error > 1e-6: a non-identifying global minimiser exists), or ``elsewhere``
    (G/T >= 1e-20: a spurious critical point or not converged in the iteration budget). The
-   boundary is reported as measured, against the line 3k = d; T = 2 is C4's non-identifiable case.
+   boundary is reported as measured, against the line 3k = d; T = 2 is C4's non-identifiable case;
+3. checks ``metrics.base_error(relative=True)`` two-sided: SR's relative base error in the
+   population is ``||Rbar||_F / ||A*||_F`` (C1) to rounding;
+4. checks the paper's alternating protocol (:func:`linmeta.meta_lora`, ``method="alternating"``,
+   T = 3, population, d small so that it converges well) against its linearisation at the point
+   Newton recovers, ``x* = (A*, U*)``: started at ``x* + delta`` (delta along the slowest mode of
+   the Jacobian J, :func:`linmeta.theory.alternating_jacobian`, ``||delta|| = 1e-3 ||x*||``), after
+   n outer iterations the error is ``J^n delta`` up to second order. The tolerance is derived per
+   run: the second-order term measured by Richardson extrapolation (a run from ``x* + 2 delta``:
+   ``q = ||e(2 delta) - 2 e(delta)|| / 2``) doubled, plus a rounding bound, relative to
+   ``||J^n delta||``. A base step of the wrong size, a wrong adapter gradient or inner-step count
+   change J's powers and fail it. The run from the paper's own start is reported beside it.
 
 The map runs many shapes, so it batches them: problems of sizes (d, k, T) are embedded in a padded
 (T_pad, d_pad, k_pad) problem whose extra tasks have weight 0 and whose extra rows and columns of U
@@ -31,6 +42,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 import time
 
 import jax
@@ -39,11 +51,14 @@ import numpy as np
 from jax import lax
 
 import linmeta
+from linmeta import metrics, theory
 from linmeta.retrain.meta_lora import _saddle_free_newton
 
 from . import ClaimResult, Verdict
+from ._draws import draw, gaussian_truth, truth_shapes
 from ._support import figure_dpi, fit_meta_lora_and_sr, key_for, pyplot, save_figure, \
     settings_value, spread
+from ._verdict import Tolerance
 
 CLAIM = "C3"
 ZERO_LOSS = 1e-20   # G/T below this: a global minimum (float64)
@@ -54,14 +69,16 @@ NOISE_STD = 0.1     # finite-N noise standard deviation
 SETTINGS = {
     "tiny": dict(map_d=(3, 4, 6), map_k=(1, 2), map_T=(2, 3), problems=2, starts=2,
                  max_iter=60, group="all", core=((6, 1, 3),), core_seeds=2, Ns=(2000,),
-                 core_starts=2, chunk=6),  # chunk shared with C7 tiny
+                 core_starts=2, chunk=6,  # chunk shared with C7 tiny
+                 alt=(6, 1, 3), alt_seeds=2, alt_leg=300),
     "quick": dict(map_d=(2, 3, 4, 5, 6), map_k=(1, 2), map_T=(2, 3, 4), problems=2, starts=3,
                   max_iter=60, group="all", core=((10, 1, 3),), core_seeds=3, Ns=(1000, 10000),
-                  core_starts=2, chunk=9),
+                  core_starts=2, chunk=9, alt=(6, 1, 3), alt_seeds=4, alt_leg=1000),
     "full": dict(map_d=tuple(range(2, 11)), map_k=(1, 2, 3), map_T=(2, 3, 4, 5), problems=8,
                  starts=4, max_iter=150, group="dk",
                  core=((10, 1, 3), (10, 2, 4), (10, 3, 5)), core_seeds=8,
-                 Ns=(1000, 5000, 20000), core_starts=8, chunk=16),
+                 Ns=(1000, 5000, 20000), core_starts=8, chunk=16, alt=(6, 1, 3), alt_seeds=8,
+                 alt_leg=1000),
 }
 
 
@@ -181,10 +198,77 @@ def _core_check(key, *, d, k, T, Ns, seeds, starts, chunk):
     init_keys = jnp.repeat(k_init, m)                       # one initialisation per truth
     ml_base, ml_obj, sr_base = fit_meta_lora_and_sr(flat, init_keys, k, starts, chunk)
     A = np.repeat(np.asarray(A_star), m, axis=0)
-    a_norm = np.linalg.norm(A, axis=(-2, -1))
-    rel = lambda B: (np.linalg.norm(B - A, axis=(-2, -1)) / a_norm).reshape(seeds, m)  # noqa
+    rel = lambda B: np.asarray(metrics.base_error(B, A, relative=True)).reshape(seeds, m)  # noqa
     return dict(ml_err=rel(ml_base), ml_obj=ml_obj.reshape(seeds, m), sr_err=rel(sr_base),
-                rbar=np.asarray(rbar) / a_norm.reshape(seeds, m)[:, 0])
+                rbar=np.asarray(rbar) / np.linalg.norm(np.asarray(A_star), axis=(-2, -1)))
+
+
+# ----------------------------------------------------------------------------- paper's protocol
+def _alternating_setup(key, *, d, k, T, seeds):
+    """Gaussian truths (one draw, :mod:`._draws`), the paper's initial adapters and the Jacobian of
+    the protocol at each truth (:func:`linmeta.theory.alternating_jacobian`)."""
+    shapes = [(seeds,) + s for s in truth_shapes(d, k, T) + [(T, d, k)]]
+    A, U, U_new, Z = draw(key, shapes)
+    truths = jax.vmap(gaussian_truth)(A, U, U_new)
+    J = jax.vmap(theory.alternating_jacobian)(truths.A_star, truths.U_star)
+    return truths, INIT_SCALE * Z, J
+
+
+def _alternating_runs(truths, starts, *, d, k, T, leg):
+    """``leg`` outer iterations of the paper's protocol (:func:`linmeta.meta_lora`,
+    ``method="alternating"``) in the population from each start: (seeds, n_starts, state)."""
+    def one(truth, x):
+        r = linmeta.meta_lora(linmeta.population(truth), k, U0=x[d * d:].reshape(T, d, k),
+                              A0=x[:d * d].reshape(d, d), method="alternating", outer_steps=leg,
+                              record_every=leg)
+        return jnp.concatenate([r.base.reshape(-1), r.adapters.reshape(-1)])
+
+    return jax.vmap(lambda tr, xs: jax.vmap(lambda x: one(tr, x))(xs))(truths, starts)
+
+
+def alternating_check(key, *, d, k, T, seeds, leg, rel_step=1e-3):
+    """The paper's protocol against its linearisation at ``x* = (A*, U*)`` (the point Newton
+    recovers, T >= 3).
+
+    Per truth: ``delta = rel_step ||x*||`` times the unit real part of J's dominant eigenvector
+    (the slowest mode); runs of ``leg`` outer iterations from ``x* + delta``, ``x* + 2 delta`` and
+    from the paper's start (A = 0, U ~ N(0, 0.1^2)); the first-order prediction ``J^leg delta``.
+    Returns per truth: ``rel_dev = ||e(delta) - J^leg delta|| / ||J^leg delta||``, the Richardson
+    second-order term ``q``, a rounding bound ``r = 10 sqrt(n) eps ||x*||``, ``||J^leg delta||``,
+    the spectral radius of J and the paper start's relative base error after ``leg`` steps."""
+    truths, Z, J = jax.jit(functools.partial(_alternating_setup, d=d, k=k, T=T, seeds=seeds))(key)
+    J = np.asarray(J)
+    xs = np.concatenate([np.asarray(truths.A_star).reshape(seeds, -1),
+                         np.asarray(truths.U_star).reshape(seeds, -1)], axis=1)
+    n = xs.shape[1]
+    deltas, rho = [], []
+    for i in range(seeds):
+        w, V = np.linalg.eig(J[i])
+        top = int(np.argmax(np.abs(w)))
+        v = np.real(V[:, top])
+        deltas.append(rel_step * np.linalg.norm(xs[i]) * v / np.linalg.norm(v))
+        rho.append(float(np.abs(w[top])))
+    deltas = np.asarray(deltas)
+    paper = np.concatenate([np.zeros((seeds, d * d)), np.asarray(Z).reshape(seeds, -1)], axis=1)
+    starts = np.stack([xs + deltas, xs + 2 * deltas, paper], axis=1)
+    ends = np.asarray(jax.jit(functools.partial(_alternating_runs, d=d, k=k, T=T, leg=leg))(
+        truths, jnp.asarray(starts)))
+    eps = float(np.finfo(xs.dtype).eps)
+    out = {name: [] for name in ("rel_dev", "q", "r", "pred", "paper_err")}
+    for i in range(seeds):
+        pred = np.linalg.matrix_power(J[i], leg) @ deltas[i]
+        e1, e2 = ends[i, 0] - xs[i], ends[i, 1] - xs[i]
+        pn = float(np.linalg.norm(pred))
+        out["rel_dev"].append(float(np.linalg.norm(e1 - pred)) / pn)
+        out["q"].append(float(np.linalg.norm(e2 - 2 * e1)) / 2)
+        out["r"].append(10 * math.sqrt(n) * eps * float(np.linalg.norm(xs[i])))
+        out["pred"].append(pn)
+        A_end = ends[i, 2, :d * d].reshape(d, d)
+        out["paper_err"].append(float(metrics.base_error(A_end, np.asarray(truths.A_star[i]),
+                                                         relative=True)))
+    out = {name: np.asarray(v) for name, v in out.items()}
+    out["rho"] = np.asarray(rho)
+    return out
 
 
 def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
@@ -210,12 +294,14 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
     prob_rec = rec.any(axis=2)                                               # (n_cfg, P)
     rows.append(Verdict(
         CLAIM, "T>=3, 3k<=d: zero-loss starts with A_hat != A* (a counter-example to recovery)",
-        0, int(wrong[sure].sum()), float("nan"), "exactly 0", bool(wrong[sure].sum() == 0),
+        0, int(wrong[sure].sum()), float("nan"), Tolerance.exact("exactly 0"),
+        bool(wrong[sure].sum() == 0),
         "check", note + f"; configs {int(sure.sum())}"))
     finite = best_err[sure][np.isfinite(best_err[sure])]
     rows.append(Verdict(
         CLAIM, "T>=3, 3k<=d: problems where some start recovers A* (rel. error <= 1e-6)",
-        int(sure.sum()) * P, int(prob_rec[sure].sum()), float("nan"), "all problems",
+        int(sure.sum()) * P, int(prob_rec[sure].sum()), float("nan"),
+        Tolerance.exact("all problems"),
         bool(prob_rec[sure].all()), "check",
         f"max rel. error of the best start {finite.max():.1e}" if finite.size
         else "no zero-loss start"))
@@ -259,11 +345,25 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
     shapes = ", ".join(f"(d,k,T)=({c['shape'][0]},{c['shape'][1]},{c['shape'][2]})" for c in core)
     cnote = f"linmeta.meta_lora(method='newton', n_starts={cfg['core_starts']}); {shapes}; " \
             f"{cfg['core_seeds']} seeds each"
+    tol_rec = Tolerance.stated(RECOVERED, "C3's recovery threshold on the relative base error "
+                               f"(Newton stops at objective 1e-26), with objective < {ZERO_LOSS:g}")
     rows.append(Verdict(
         CLAIM, "population: ||A_hat-A*||_F/||A*||_F of meta_lora (Newton)", f"< {RECOVERED:g}",
-        float(pop_err.mean()), spread(pop_err), f"every seed < {RECOVERED:g} and objective < "
-        f"{ZERO_LOSS:g}", bool(np.all(pop_err < RECOVERED) and np.all(pop_obj < ZERO_LOSS)),
-        "check", cnote + f"; max {pop_err.max():.1e}"))
+        float(pop_err.mean()), spread(pop_err), tol_rec,
+        tol_rec.below(pop_err) and bool(np.all(pop_obj < ZERO_LOSS)),
+        "check", cnote + f"; every seed; max {pop_err.max():.1e}"))
+    # SR's relative base error in the population is ||Rbar||_F / ||A*||_F exactly (C1): a two-sided
+    # check of metrics.base_error(relative=True) against the theory
+    sr_pop = np.concatenate([c["sr_err"][:, 0] for c in core])
+    sr_pred = np.concatenate([c["rbar"] for c in core])
+    sr_dev = np.abs(sr_pop / sr_pred - 1)
+    tol_srp = Tolerance.rounding(10 * max(c["shape"][0] for c in core),
+                                 what="pooled least squares and two norms")
+    rows.append(Verdict(
+        CLAIM, "population SR: base_error(A_SR, A*, relative=True) / (||Rbar||_F/||A*||_F) "
+        "(theory.sr_bias_matrix)", 1.0, float(np.mean(sr_pop / sr_pred)), spread(sr_pop / sr_pred),
+        tol_srp, tol_srp.admits(sr_dev), "check",
+        cnote + f"; ||Rbar||/||A*|| mean {sr_pred.mean():.3g}; max |ratio-1| {sr_dev.max():.1e}"))
     for c in core:
         for j, N in enumerate(cfg["Ns"]):
             ml = c["ml_err"][:, j + 1]
@@ -271,11 +371,32 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
             rows.append(Verdict(
                 CLAIM, f"finite N={N}, (d,k,T)={c['shape']}: Meta-LoRA rel. base error "
                 "(vs SR's)", f"< SR ({sr.mean():.3g})", float(ml.mean()), spread(ml),
-                "every seed: Meta-LoRA error < SR error", bool(np.all(ml < sr)), "check",
-                f"noise std {NOISE_STD}; SR -> ||Rbar||/||A*|| = {c['rbar'].mean():.3g}"))
+                Tolerance.exact("every seed: Meta-LoRA error < SR error"), bool(np.all(ml < sr)),
+                "check", f"noise std {NOISE_STD}; SR -> ||Rbar||/||A*|| = {c['rbar'].mean():.3g}"))
+
+    # --- the paper's alternating protocol at T >= 3 against its linearisation at (A*, U*)
+    ad, ak, aT = cfg["alt"]
+    leg = cfg["alt_leg"]
+    alt = alternating_check(jax.random.fold_in(k_core, 7), d=ad, k=ak, T=aT,
+                            seeds=cfg["alt_seeds"], leg=leg)
+    tol_alt = Tolerance.richardson(alt["q"], alt["r"], alt["pred"])
+    own = (2 * alt["q"] + alt["r"]) / alt["pred"]
+    rows.append(Verdict(
+        CLAIM, f"paper's alternating protocol (meta_lora(method='alternating'), population, "
+        f"(d,k,T)=({ad},{ak},{aT})) from (A*,U*)+delta: ||e_n - J^n delta|| / ||J^n delta||, "
+        f"n = {leg} outer steps, J = theory.alternating_jacobian", 0.0,
+        float(np.max(alt["rel_dev"])), spread(alt["rel_dev"]), tol_alt,
+        bool(np.all(alt["rel_dev"] <= own)), "check",
+        f"{cfg['alt_seeds']} truths, delta = 1e-3 ||x*|| along J's slowest mode; every run within "
+        f"its own tolerance (largest ratio {np.max(alt['rel_dev'] / own):.2f}, tolerances "
+        f"{own.min():.1e}..{own.max():.1e}); contraction per outer step {alt['rho'].min():.4f}.."
+        f"{alt['rho'].max():.4f}; from the paper's start the rel. base error after {leg} steps is "
+        f"{alt['paper_err'].min():.1e}..{alt['paper_err'].max():.1e}; x* = (A*, U*), the point "
+        "Newton recovers (population row above)"))
+    data_alt = dict(alt, leg=leg, shape=(ad, ak, aT))
     data = dict(setting=setting, seed=seed, configs=C, objective=m["objective"],
                 rel_error=m["rel_error"], iterations=m["iterations"], problems=P, starts=S,
-                core=core, Ns=np.asarray(cfg["Ns"]), max_iter=cfg["max_iter"])
+                core=core, Ns=np.asarray(cfg["Ns"]), max_iter=cfg["max_iter"], alt=data_alt)
     return ClaimResult(CLAIM, rows, data, time.perf_counter() - t0)
 
 
@@ -304,13 +425,22 @@ def plot(result: ClaimResult, out_dir) -> list:
         best = np.nanmin(np.where(np.isfinite(e), e, np.nan), axis=2)  # best start per problem
         ax.plot(T_sel, np.maximum(np.nanmax(best, axis=1), floor), "o:", color=color, lw=0.8,
                 label=f"population, k={k} (worst problem)")
-    for c, mk in zip(D["core"], ["s", "D", "^"]):
+    n_marks = ["s", "D", "^", "v", "P"]           # one marker per N (distinct for every N)
+    n_cols = plt.get_cmap("Greys")(np.linspace(0.45, 1.0, max(len(D["Ns"]), 1)))
+    for ci, c in enumerate(D["core"]):
         d, k, T = c["shape"]
         for j, N in enumerate(D["Ns"]):
-            ax.plot([T + 0.05 * j], [c["ml_err"][:, j + 1].mean()], mk, mfc="none", color="k",
-                    label=f"meta_lora d={d},k={k}, N={N}")
-        ax.plot([T], [c["sr_err"][:, -1].mean()], mk, color="tab:red",
-                label=f"SR d={d},k={k}, N={D['Ns'][-1]}")
+            ax.plot([T + 0.08 * (j - (len(D["Ns"]) - 1) / 2)], [c["ml_err"][:, j + 1].mean()],
+                    n_marks[j % len(n_marks)], mfc="none", mew=1.4, ms=7, color=n_cols[j],
+                    label=f"meta_lora d={d},k={k}, N={N}" if ci == 0 or j == 0 else None)
+        ax.plot([T], [c["sr_err"][:, -1].mean()], "s", color="tab:red",
+                label=f"SR d={d},k={k}, N={D['Ns'][-1]}" if ci == 0 else None)
+    alt = D.get("alt")
+    if alt is not None:
+        ad, ak, aT = alt["shape"]
+        ax.plot(np.full(alt["paper_err"].shape, aT + 0.25), alt["paper_err"], "*", ms=8,
+                color="tab:green", label=f"alternating (paper), {alt['leg']} outer steps, "
+                f"d={ad},k={ak}")
     ax.axhline(RECOVERED, color="gray", ls=":", lw=1)
     ax.set_yscale("log")
     ax.set_xticks(Ts)

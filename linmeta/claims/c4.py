@@ -17,7 +17,7 @@ exactly (Eckart-Young bias 0), a rank-k adapter generically does not.
 
 Rows:
 
-(a) The hyperbolic family of THEORY.md (k = 1, ``U*_1 = e1``, ``U*_2 = e2``,
+(a) The hyperbolic family of docs/theory.md (k = 1, ``U*_1 = e1``, ``U*_2 = e2``,
     ``u1 = cosh(th) e1 + sinh(th) e2``, ``u2 = sinh(th) e1 + cosh(th) e2``): G = 0 for every th
     (float64 tolerance 1e-12), ``||A_hat(th) - A*||_F`` equals the closed form
     ``sqrt(((cosh 2th - 1)^2 + sinh^2 2th) / 2)`` (A_hat from the library's ``optimal_base``), and
@@ -39,7 +39,15 @@ Rows:
     ``result.data["spurious"]``). At the global minima found, the number of discounted zero modes is
     checked against ``k(2k-1)`` with no further flat direction.
 
-Tolerances are for float64 (looser float32 values apply when x64 is off).
+(d) The landscape module's closed-form gradient and Hessian of G (:mod:`linmeta.landscape`,
+    used by the critical-point finder and the classifier) against automatic differentiation of
+    :func:`linmeta.retrain.population_reduced_objective` at critical points found.
+
+Tolerances (:class:`~linmeta.claims._verdict.Tolerance`): objectives that vanish in exact arithmetic
+to squared rounding (``(10 d eps scale)^2``, the scale being the size of the matrices that cancel),
+distances and derivatives to rounding, the Newton-based rows to Newton's stopping rule (excess
+objective 1e-26, times 2T) or the rounding floor, counts and ranks exactly (numerical rank with
+rtol 1e-8).
 
 Settings: ``tiny`` (tests, a few seconds), ``quick`` (d=8, k=2: ~9 s in ``linmeta verify --quick``),
 ``full`` (Gaussian groups d=10, k=1,2,3 with 32 seeds and 10000 gradient-descent steps; critical
@@ -60,7 +68,8 @@ from linmeta.retrain import optimal_base, population_reduced_objective
 
 from . import ClaimResult, Verdict
 from ._draws import draw, gaussian_truth, truth_shapes
-from ._support import float_tol, key_for, pyplot, save_figure, settings_value, spread
+from ._support import key_for, pyplot, save_figure, settings_value, spread
+from ._verdict import Tolerance
 
 CLAIM = "C4"
 T = 2
@@ -79,6 +88,7 @@ SETTINGS = {
                  cp_iter=400),
 }
 START_SCALES = (0.1, 0.3, 1.0, 2.0)  # U* has N(0, 1) entries
+N_DERIV = 4  # critical points per truth where the closed-form derivatives are checked
 
 
 # ----------------------------------------------------------------------------- (a) the family
@@ -133,7 +143,11 @@ def _family(cfg, key):
     dist_b = linmeta.metrics.base_error(Ab, tb.A_star)
     rank_b = linmeta.metrics.numerical_rank(Ab - tb.A_star, rtol=1e-8)
     return dict(theta=theta, G=G, dist=dist, rank=rank, theta_boost=theta / 2, G_boost=Gb,
-                dist_boost=dist_b, rank_boost=rank_b)
+                dist_boost=dist_b, rank_boost=rank_b,
+                # scales the rounding is relative to: ||U||_F^2 along each path (over c for the
+                # boost path; c = 1 for the hyperbolic family)
+                hyp_scale=jnp.max(jnp.sum(U ** 2, axis=(1, 2, 3))),
+                boost_scale=jnp.max(jnp.sum(Ub ** 2, axis=(1, 2, 3))) / jnp.sqrt(c2))
 
 
 # ----------------------------------------------------------------------------- (b) Gaussian T = 2
@@ -157,7 +171,8 @@ def _gaussian_seed(z, *, d, k, ft_steps):
                rank=linmeta.metrics.numerical_rank(diff, rtol=1e-8),
                base_err=jnp.linalg.norm(diff),
                bias_k=theory.lora_bias(resid, k), bias_3k=theory.lora_bias(resid, 3 * k),
-               resid_norm2=jnp.sum(resid * resid), exact_3k=exact3)
+               resid_norm2=jnp.sum(resid * resid), exact_3k=exact3,
+               m_scale=jnp.max(jnp.linalg.norm(truth.M_star, axis=(-2, -1))))
     if ft_steps == 0:  # no gradient-descent curves (tiny setting)
         return out
     rec = max(ft_steps // 100, 1)
@@ -194,15 +209,28 @@ def _critical_points(cfg, key, d, k):
         A, U, U_new, zs = z
         R = gaussian_truth(A, U, U_new).R_star
         U0 = jnp.asarray(scales, zs.dtype)[:, None, None, None] * zs  # as landscape.random_starts
-        return landscape.find_critical_points(R, U0, max_iter=cfg["cp_iter"], boosts=True)
+        cp = landscape.find_critical_points(R, U0, max_iter=cfg["cp_iter"], boosts=True)
+        # the closed-form derivatives of the landscape module against automatic differentiation
+        # of G (retrain.population_reduced_objective) at the first end points
+        G = lambda x: population_reduced_objective(x.reshape((T, d, k)), R)  # noqa: E731
+        m = min(N_DERIV, S)
+        xs = cp.U[:m].reshape(m, -1)
+        H_auto = jax.vmap(jax.hessian(G))(xs)
+        g_auto = jax.vmap(jax.grad(G))(xs)
+        H_lm = jax.vmap(lambda u: landscape.hessian(u, R))(cp.U[:m])
+        g_lm = jax.vmap(lambda u: landscape.gradient(u, R))(cp.U[:m]).reshape(m, -1)
+        scale = jnp.linalg.norm(H_auto, axis=(-2, -1)) + cp.info.scale[:m]
+        dH = jnp.max(jnp.linalg.norm(H_lm - H_auto, axis=(-2, -1)) / scale)
+        dg = jnp.max(jnp.linalg.norm(g_lm - g_auto, axis=-1) / (scale * jnp.sqrt(cp.info.scale[:m])))
+        return cp, jnp.maximum(dH, dg)
 
-    cp = jax.jit(lambda kk: jax.lax.map(one, draw(kk, shapes)))(key)
+    cp, deriv = jax.jit(lambda kk: jax.lax.map(one, draw(kk, shapes)))(key)
     info = jax.tree.map(lambda a: np.asarray(a).reshape(-1, *np.shape(a)[2:]), cp.info)
     return dict(label=info.label, objective=info.objective / info.scale ** 2,
                 grad_norm=info.grad_norm / info.scale ** 1.5, min_eig=info.min_eig / info.scale,
                 n_orbit=info.n_orbit, n_flat=info.n_flat, size=info.size,
                 iterations=np.asarray(cp.iterations).reshape(-1),
-                U=np.asarray(cp.U).reshape(-1, T, d, k),
+                U=np.asarray(cp.U).reshape(-1, T, d, k), deriv_gap=float(np.max(deriv)),
                 truth_index=np.repeat(np.arange(cfg["cp_truths"]), cfg["cp_starts"]))
 
 
@@ -216,10 +244,6 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
     key = key_for(seed, CLAIM)
     k_fam, k_gauss, k_cp = (jax.random.fold_in(key, i) for i in range(3))
     dtype = str(jnp.asarray(0.0).dtype)
-    tol_G = float_tol(1e-12, 1e-4)
-    tol_rel = float_tol(1e-10, 1e-3)
-    tol_bias = float_tol(1e-10, 1e-3)
-    tol_obj = float_tol(1e-20, 1e-8)
     rows = []
 
     fam = {n: np.asarray(v) for n, v in jax.jit(lambda kk: _family(cfg, kk))(k_fam).items()}
@@ -227,22 +251,30 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
     ref = hyperbolic_distance(th)
     off0 = np.abs(th) > 1e-3
     rel_err = np.abs(fam["dist"][off0] - ref[off0]) / ref[off0]
+    df = cfg["d_family"]
+    tol_G = Tolerance.rounding_sq(10 * df, float(fam["hyp_scale"]),
+                                  what="G = 0 up to rounding of U U^T, scale max ||U||_F^2")
+    tol_Gb = Tolerance.rounding_sq(10 * df, max(1.0, float(fam["boost_scale"])),
+                                   what="G/c^2, scale max ||U||_F^2 / c")
+    # ||A_hat - A*|| is a difference of O(||U||^2) entries: relative rounding grows as it shrinks
+    tol_rel = Tolerance.rounding(10 * df, float(np.max(2 * np.cosh(2 * th[off0]) / ref[off0])),
+                                 what="cancellation 2 cosh(2 th) / ||A_hat - A*||")
     note_fam = f"k=1, d={cfg['d_family']}, th in [-{cfg['theta_max']}, {cfg['theta_max']}] " \
                f"({cfg['n_theta']} values), {dtype}"
     rows += [
         Verdict(CLAIM, "hyperbolic family: max_th G(U(th)) (global minimum for every th)", 0.0,
-                float(np.max(np.abs(fam["G"]))), spread(fam["G"]), f"< {tol_G:g}",
-                bool(np.max(np.abs(fam["G"])) < tol_G), "check", note_fam),
+                float(np.max(np.abs(fam["G"]))), spread(fam["G"]), tol_G,
+                tol_G.below(np.abs(fam["G"])), "check", note_fam),
         Verdict(CLAIM, "hyperbolic family: ||A_hat(th)-A*||_F vs sqrt(((cosh2th-1)^2+sinh^2 2th)/2)",
-                "closed form", float(np.max(rel_err)), 0.0, f"max rel. error < {tol_rel:g}",
-                bool(np.max(rel_err) < tol_rel), "check",
+                "closed form", float(np.max(rel_err)), 0.0, tol_rel, tol_rel.below(rel_err), "check",
                 note_fam + f"; ||A_hat-A*|| up to {fam['dist'].max():.3g}"),
         Verdict(CLAIM, "hyperbolic family: rank(A_hat(th)-A*) for th != 0", "<= 2k = 2",
-                float(np.max(fam["rank"][off0])), spread(fam["rank"][off0]), "rtol 1e-8",
+                float(np.max(fam["rank"][off0])), spread(fam["rank"][off0]),
+                Tolerance.exact("numerical rank with rtol 1e-8"),
                 bool(np.all(fam["rank"][off0] == 2)), "check", note_fam + "; 2 for every th != 0"),
         Verdict(CLAIM, "generic O(k,k) boost path (Gaussian U*, k=2): max_th G/c^2", 0.0,
-                float(np.max(np.abs(fam["G_boost"]))), spread(fam["G_boost"]), f"< {tol_G:g}",
-                bool(np.max(np.abs(fam["G_boost"])) < tol_G), "check",
+                float(np.max(np.abs(fam["G_boost"]))), spread(fam["G_boost"]), tol_Gb,
+                tol_Gb.below(np.abs(fam["G_boost"])), "check",
                 f"d={cfg['d_family']}, k=2; ||A_hat-A*|| up to {fam['dist_boost'].max():.3g}, "
                 f"rank <= {int(fam['rank_boost'][off0].max())} for th != 0 (2k = 4)"),
     ]
@@ -252,26 +284,34 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
         g = _gaussian(cfg, jax.random.fold_in(k_gauss, gi), d, k)
         gauss[(d, k)] = g
         note = f"d={d}, k={k}, T=2, {cfg['seeds']} seeds, population, {dtype}"
+        # Newton stops at an excess objective <= 1e-26 (or at the rounding floor); the base then
+        # sits within sqrt(2 T 1e-26) of a global minimiser, so squared biases are of that size
+        floor = Tolerance.rounding_sq(10 * d, float(g["m_scale"].max())).value
+        tol_obj = Tolerance.stated(max(2 * T * 1e-26, floor), "Newton's stopping rule (excess "
+                                   "objective 1e-26) times 2T, or the rounding floor (10 d eps "
+                                   "max||M*||)^2")
         rows += [
             Verdict(CLAIM, f"T=2 Meta-LoRA (newton) excess objective, d={d}, k={k}", 0.0,
-                    float(g["objective"].max()), spread(g["objective"]), f"every seed < {tol_obj:g}",
-                    bool(np.all(g["objective"] < tol_obj)), "check", note + "; max over seeds"),
+                    float(g["objective"].max()), spread(g["objective"]), tol_obj,
+                    tol_obj.below(g["objective"]), "check", note + "; every seed, max"),
             Verdict(CLAIM, f"T=2 rank(A_hat-A*), d={d}, k={k}", f"in [1, 2k={2 * k}]",
-                    float(g["rank"].mean()), spread(g["rank"]), "numerical rank, rtol 1e-8",
+                    float(g["rank"].mean()), spread(g["rank"]),
+                    Tolerance.exact("numerical rank with rtol 1e-8"),
                     bool(np.all((g["rank"] >= 1) & (g["rank"] <= 2 * k))), "check",
                     note + f"; ranks {sorted(set(g['rank'].tolist()))}, "
                     f"||A_hat-A*||_F median {np.median(g['base_err']):.3g}"),
-            Verdict(CLAIM, f"T=2 rank-3k fine-tuning bias (Eckart-Young of M*_new-A_hat), k={k}", 0.0,
-                    float(g["bias_3k"].max()), spread(g["bias_3k"]), f"every seed < {tol_bias:g}",
-                    bool(np.all(g["bias_3k"] < tol_bias)), "check", note),
+            Verdict(CLAIM, f"T=2 rank-3k fine-tuning bias (Eckart-Young of M*_new-A_hat), k={k}",
+                    0.0, float(g["bias_3k"].max()), spread(g["bias_3k"]), tol_obj,
+                    tol_obj.below(g["bias_3k"]), "check", note + "; every seed"),
             Verdict(CLAIM, f"T=2 exact rank-3k fine-tuning ||M-M*_new||_F^2, k={k}", 0.0,
-                    float(g["exact_3k"].max()), spread(g["exact_3k"]), f"every seed < {tol_bias:g}",
-                    bool(np.all(g["exact_3k"] < tol_bias)), "check", note + "; finetune(method='exact')"),
+                    float(g["exact_3k"].max()), spread(g["exact_3k"]), tol_obj,
+                    tol_obj.below(g["exact_3k"]), "check",
+                    note + "; every seed; finetune(method='exact')"),
             Verdict(CLAIM, f"T=2 rank-k fine-tuning bias, k={k} (min over seeds)", "> 0",
-                    float(g["bias_k"].min()), spread(g["bias_k"]), f"every seed > {tol_bias:g}",
-                    bool(np.all(g["bias_k"] > tol_bias)), "check",
-                    note + f"; median {np.median(g['bias_k']):.3g}, median ||resid||^2 "
-                    f"{np.median(g['resid_norm2']):.3g}"),
+                    float(g["bias_k"].min()), spread(g["bias_k"]), tol_obj,
+                    bool(np.all(g["bias_k"] > tol_obj.value)), "check",
+                    note + f"; every seed above the tolerance; median {np.median(g['bias_k']):.3g}, "
+                    f"median ||resid||^2 {np.median(g['resid_norm2']):.3g}"),
         ]
 
     cps = {}
@@ -303,6 +343,14 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
                     bool(np.isfinite(worst) and worst < -1e-6), "measured",
                     note + f"; {int(nonglobal.sum())} non-global critical points"),
         ]
+        n_pts = cfg["cp_truths"] * min(N_DERIV, cfg["cp_starts"])
+        tol_der = Tolerance.rounding(10 * T * d * k, what="closed form vs automatic derivative, "
+                                     "relative to ||H||_F + c")
+        rows.append(Verdict(
+            CLAIM, f"landscape.gradient / landscape.hessian (closed forms) vs jax.grad / "
+            f"jax.hessian of G at critical points found, d={d}, k={k}", 0.0, c["deriv_gap"], 0.0,
+            tol_der, tol_der.below(c["deriv_gap"]), "check",
+            f"{n_pts} points; max relative difference (gradient relative to (||H|| + c) c^1/2)"))
         glob = lab == landscape.GLOBAL_MIN
         if glob.any():
             want = landscape.known_zero_modes(T, k, True)
@@ -310,11 +358,14 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
             rows.append(Verdict(
                 CLAIM, f"T=2 Hessian zero modes at global minima found, d={d}, k={k}",
                 f"k(2k-1) = {want}, no other flat direction", float(np.mean(c["n_orbit"][glob])),
-                spread(c["n_orbit"][glob]), "|eig| <= 1e-6 c counted flat", ok, "check",
+                spread(c["n_orbit"][glob]),
+                Tolerance.exact("counts; |eig| <= 1e-6 c counted flat (landscape's tolerance)"),
+                ok, "check",
                 f"{int(glob.sum())} global minima; extra flat directions "
                 f"{sorted(set(c['n_flat'][glob].tolist()))}"))
 
     data = dict(setting=setting, seed=seed, family=fam, family_ref=ref, gauss=gauss, cps=cps,
+                tol_G=tol_G.value,
                 spurious=spurious, cfg=cfg, ft_lr=FT_LR)
     return ClaimResult(CLAIM, rows, data, time.perf_counter() - t0)
 
@@ -324,7 +375,7 @@ def plot(result: ClaimResult, out_dir) -> list:
     plt = pyplot()
     D = result.data
     fam = D["family"]
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    fig, axes = plt.subplots(2, 2, figsize=(11, 9))
 
     ax = axes[0, 0]
     th = fam["theta"]
@@ -342,12 +393,15 @@ def plot(result: ClaimResult, out_dir) -> list:
                  label=r"$G(U(\theta))$ (k=1)")
     ax2.semilogy(fam["theta_boost"], np.maximum(np.abs(fam["G_boost"]), floor), ".",
                  color="tab:orange", ms=3, label=r"$G/c^2$ (k=2 path)")
-    ax2.axhline(1e-12, color="tab:red", ls=":", lw=1)
+    tol_G = D.get("tol_G", 1e-12)
+    ax2.axhline(tol_G, color="tab:red", ls=":", lw=1)
     ax2.set_ylim(1e-34, 1e2)
-    ax2.set_ylabel(r"objective $G$ (tolerance $10^{-12}$ dotted)", color="tab:red")
+    ax2.set_ylabel(f"objective $G$ (tolerance {tol_G:.0e} dotted)", color="tab:red")
     h1, l1 = ax.get_legend_handles_labels()
     h2, l2 = ax2.get_legend_handles_labels()
-    ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="upper center")
+    # below the axes: inside, it covers the family's points
+    ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13),
+              ncol=2, frameon=False)
     ax.set_title("(a) a family of global minima: G = 0, $A$ moves", fontsize=10)
 
     ax = axes[0, 1]
@@ -383,7 +437,7 @@ def plot(result: ClaimResult, out_dir) -> list:
     ax.set_yscale("log")
     ax.set_xlabel("fine-tuning step")
     ax.set_ylabel(r"$\|M - M^*_{new}\|_F^2$ (population)")
-    ax.set_title(f"(b) fine-tuning after T=2 Meta-LoRA (lr {D['ft_lr']}): rank k stalls at its\n"
+    ax.set_title(f"(c) fine-tuning after T=2 Meta-LoRA (lr {D['ft_lr']}): rank k stalls at its\n"
                  "Eckart-Young bias (dotted), rank 3k heads to 0; median, quartile band",
                  fontsize=9)
     ax.legend(fontsize=7)
@@ -406,7 +460,7 @@ def plot(result: ClaimResult, out_dir) -> list:
                   "restricted Hessian eigenvalue;\nspurious minima would have "
                   r"$\lambda_{min} \geq -10^{-6} c$, left of the dotted line)", fontsize=8)
     ax.set_ylabel("count (log)")
-    ax.set_title("(c) strict saddle at T=2? every non-global critical point found", fontsize=10)
+    ax.set_title("(d) strict saddle at T=2? every non-global critical point found", fontsize=10)
     ax.legend(fontsize=7, loc="upper left")
     ax.text(0.98, 0.97, "\n".join(txt), transform=ax.transAxes, ha="right", va="top", fontsize=6.5,
             bbox=dict(fc="white", alpha=0.8, lw=0))

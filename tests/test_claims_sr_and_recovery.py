@@ -1,16 +1,12 @@
-"""Claims C1, C2, C3, C5, C7: each experiment's tiny setting, and exact hand-built checks.
+"""Claims C1 (SR minimiser), C2 (SR bias), C3 (recovery), C5 (single task), C7 (finite samples):
+each experiment's tiny setting, its tolerances against their derivations, hand-built cases, and
+checks that the new rows can fail.
 
-The tiny runs happen once, in one subprocess that calls every experiment's ``main(setting="tiny")``
-with XLA's cheap backend optimisation level (these runs are compile-bound; the flag must be set
-before JAX starts, which this pytest process has already done). It starts with the first test of
-this module and runs while the hand-built tests run here; the tiny tests come last.
+The tiny runs happen once, in a subprocess started with the first test of this module
+(:func:`helpers.tiny_claim_runs`); the hand-built tests run while it compiles and the tiny tests
+come last.
 """
-import json
 import math
-import os
-import subprocess
-import sys
-import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -21,54 +17,12 @@ import linmeta
 from linmeta import retrain, theory
 from linmeta.claims import _support, c2, c3
 
+from helpers import check_row_tolerances, tiny_claim_runs
+
 EXPERIMENTS = {"C1": "c1_sr_minimiser", "C2": "c2_sr_bias", "C3": "c3_recovery",
                "C5": "c5_single_task", "C7": "c7_finite_samples"}
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-
-_TINY = {}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _start_tiny_runs(request, tmp_path_factory):
-    """Start the tiny runs in a subprocess as soon as this module's tests begin (when any tiny
-    test is selected), so that the hand-built tests below run while it compiles."""
-    if not any(item.module is request.module and "test_tiny_run" in item.name
-               for item in request.session.items):
-        yield
-        return
-    out = tmp_path_factory.mktemp("a1_tiny")
-    script = textwrap.dedent(f"""
-        import importlib, json, sys, time
-        rows, secs = {{}}, {{}}
-        for cid, name in {EXPERIMENTS!r}.items():
-            t0 = time.perf_counter()
-            verdicts = importlib.import_module("experiments." + name).main(
-                setting="tiny", out_dir={str(out)!r}, seed=0)
-            secs[cid] = time.perf_counter() - t0
-            rows[cid] = [v.as_dict() for v in verdicts]
-        json.dump(dict(rows=rows, seconds=secs), open({str(out / "rows.json")!r}, "w"))
-    """)
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
-    env["JAX_PLATFORMS"] = env.get("JAX_PLATFORMS", "cpu")
-    _TINY["out"] = out
-    _TINY["proc"] = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    yield
-    if _TINY["proc"].poll() is None:  # pragma: no cover - only when the tiny tests were skipped
-        _TINY["proc"].kill()
-        _TINY["proc"].communicate()
-
-
-@pytest.fixture(scope="module")
-def tiny_runs():
-    proc, out = _TINY["proc"], _TINY["out"]
-    if "data" not in _TINY:
-        stdout, stderr = proc.communicate(timeout=600)
-        assert proc.returncode == 0, stdout[-3000:] + stderr[-5000:]
-        _TINY["data"] = json.loads((out / "rows.json").read_text())
-    return out, _TINY["data"]
+_start_tiny_runs, tiny_runs = tiny_claim_runs(EXPERIMENTS, "sr_recovery")
 
 
 # ----------------------------------------------------------------------------- fits (C1, C7)
@@ -97,11 +51,19 @@ def test_sr_minimiser_hand_built():
 
 # ----------------------------------------------------------------------------- C2
 def test_orthogonal_case_is_k_s4_over_T():
-    k, T, s = 2, 2, 1.5
-    bias, eig_dev = jax.jit(lambda key: c2._orthogonal_case(key, d=6, k=k, T=T, s=s))(
+    k, T, s, d = 2, 2, 1.5, 6
+    bias, eig_dev, resid = jax.jit(lambda key: c2._orthogonal_case(key, d=d, k=k, T=T, s=s))(
         jax.random.key(3))
+    ey, psd = c2.orthogonal_rank_errors(resid)
     assert float(bias) == pytest.approx(k * s ** 4 / T, rel=1e-12)
     assert float(eig_dev) < 1e-12
+    # residual eigenvalues s^2 (k) and -s^2/T (Tk): the rank-r errors by hand
+    sq = np.sort(np.array([s ** 4] * k + [s ** 4 / T ** 2] * (T * k)))[::-1]
+    for r in range(d + 1):
+        assert float(ey[r]) == pytest.approx(sq[r:].sum(), rel=1e-12, abs=1e-12)
+        # PSD: keeps at most the k positive ones (r = 1 keeps one of the two)
+        assert float(psd[r]) == pytest.approx((k - min(r, k)) * s ** 4 + T * k * s ** 4 / T ** 2,
+                                              rel=1e-12)
 
 
 def test_psd_bias_solver_on_a_hand_built_matrix():
@@ -212,6 +174,29 @@ def test_bad_setting_names_the_allowed_ones(setting):
             mod.run(setting)
 
 
+# ----------------------------------------------------------------------------- C3: the alternating
+# protocol against its linearisation
+def test_alternating_check_passes_and_catches_a_base_step_scaled_by_T(monkeypatch):
+    """The paper's protocol ends where its linearisation says (within the Richardson tolerance);
+    with the base step T times too large it does not (the row has power)."""
+    import sys
+
+    kw = dict(d=5, k=1, T=3, seeds=2, leg=200)
+    good = c3.alternating_check(jax.random.key(1), **kw)
+    own = (2 * good["q"] + good["r"]) / good["pred"]
+    assert np.all(good["rel_dev"] <= own)
+    assert np.all(own < 0.1)
+    ml = sys.modules["linmeta.retrain.meta_lora"]
+    step = ml.alternating_step
+    monkeypatch.setattr(ml, "alternating_step",
+                        lambda A, U, stats, la, lb, inner_steps=10: step(A, U, stats, la, 3 * lb,
+                                                                         inner_steps))
+    jax.clear_caches()
+    bad = c3.alternating_check(jax.random.key(1), **kw)
+    jax.clear_caches()
+    assert np.all(bad["rel_dev"] > (2 * bad["q"] + bad["r"]) / bad["pred"])
+
+
 # ----------------------------------------------------------------------------- tiny runs (last: the
 # subprocess started by _start_tiny_runs has been compiling while the tests above ran)
 @pytest.mark.parametrize("cid", sorted(EXPERIMENTS))
@@ -234,3 +219,27 @@ def test_tiny_run_passes_and_writes_figures(tiny_runs, cid):
         path = out / f"{stem}.{ext}"
         assert path.exists() and path.stat().st_size > 1000, path
     assert not list(out.glob("*.tmp")), "a temporary file was left behind"
+
+
+@pytest.mark.parametrize("cid", sorted(EXPERIMENTS))
+def test_tolerances_are_no_looser_than_their_derivation(tiny_runs, cid):
+    """Each check row's tolerance recomputed from its inputs (independently of the library) and
+    held to its rule's limits (see helpers.check_row_tolerances)."""
+    rows = tiny_runs[1]["rows"][cid]
+    assert check_row_tolerances(rows) == sum(r["kind"] == "check" for r in rows)
+
+
+def test_new_check_rows_are_there(tiny_runs):
+    """The rows issue 12 asked for exist as checks (not measurements) with derived tolerances."""
+    rows = tiny_runs[1]["rows"]
+    want = {"C1": ["noise of linmeta.draw_samples", "gradient descent trajectory",
+                   "theory.sr_sample_error_constant"],
+            "C2": ["theory.orthogonal_case_bias", "every rank r=0..d"],
+            "C3": ["base_error(A_SR, A*, relative=True)", "alternating protocol"],
+            "C7": ["slope of ||A_hat-A*||_F in N", "slope of ||A_hat-A*||_F in sigma",
+                   "noise of linmeta.sample_tasks", "base_error(relative=True)"]}
+    for cid, names in want.items():
+        for name in names:
+            hit = [r for r in rows[cid] if name in r["quantity"]]
+            assert hit and all(r["kind"] == "check" for r in hit), (cid, name)
+            assert all(r["tolerance_rule"] != "stated" for r in hit), (cid, name)

@@ -1,16 +1,10 @@
-"""Claims C4, C6, C8: each experiment's tiny setting, and exact hand-built checks.
+"""Claims C4 (T = 2), C6 (adaptation rate), C8 (landscape census): each experiment's tiny setting,
+its tolerances against their derivations, and exact hand-built checks.
 
-The tiny runs happen once, in one subprocess that calls every experiment's ``main(setting="tiny")``
-with XLA's cheap backend optimisation level (these runs are compile-bound; the flag must be set
-before JAX starts). It starts with the first test of this module and runs while the hand-built
-tests run here; the tiny tests come last.
+The tiny runs happen once, in a subprocess started with the first test of this module
+(:func:`helpers.tiny_claim_runs`); the hand-built tests run while it compiles and the tiny tests
+come last.
 """
-import json
-import os
-import subprocess
-import sys
-import textwrap
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,53 +14,11 @@ import linmeta
 from linmeta import landscape
 from linmeta.claims import c4, c6
 
+from helpers import check_row_tolerances, tiny_claim_runs
+
 EXPERIMENTS = {"C4": "c4_two_tasks", "C6": "c6_adaptation_rate", "C8": "c8_landscape_census"}
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-
-_TINY = {}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _start_tiny_runs(request, tmp_path_factory):
-    """Start the tiny runs in a subprocess as soon as this module's tests begin (when a tiny test
-    is selected), so that the hand-built tests below run while it compiles."""
-    if not any(item.module is request.module and "test_tiny_run" in item.name
-               for item in request.session.items):
-        yield
-        return
-    out = tmp_path_factory.mktemp("a2_tiny")
-    script = textwrap.dedent(f"""
-        import importlib, json, time
-        rows, secs = {{}}, {{}}
-        for cid, name in {EXPERIMENTS!r}.items():
-            t0 = time.perf_counter()
-            verdicts = importlib.import_module("experiments." + name).main(
-                setting="tiny", out_dir={str(out)!r}, seed=0)
-            secs[cid] = time.perf_counter() - t0
-            rows[cid] = [v.as_dict() for v in verdicts]
-        json.dump(dict(rows=rows, seconds=secs), open({str(out / "rows.json")!r}, "w"))
-    """)
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
-    env["JAX_PLATFORMS"] = env.get("JAX_PLATFORMS", "cpu")
-    _TINY["out"] = out
-    _TINY["proc"] = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    yield
-    if _TINY["proc"].poll() is None:  # pragma: no cover - only when the tiny tests were skipped
-        _TINY["proc"].kill()
-        _TINY["proc"].communicate()
-
-
-@pytest.fixture(scope="module")
-def tiny_runs():
-    proc, out = _TINY["proc"], _TINY["out"]
-    if "data" not in _TINY:
-        stdout, stderr = proc.communicate(timeout=600)
-        assert proc.returncode == 0, stdout[-3000:] + stderr[-5000:]
-        _TINY["data"] = json.loads((out / "rows.json").read_text())
-    return out, _TINY["data"]
+_start_tiny_runs, tiny_runs = tiny_claim_runs(EXPERIMENTS, "two_tasks_rate_census")
 
 
 def test_hyperbolic_family_exact():
@@ -144,3 +96,24 @@ def test_tiny_run_passes_and_writes_figures(tiny_runs, cid):
     for ext in ("png", "pdf"):
         path = out / f"{stem}.{ext}"
         assert path.exists() and path.stat().st_size > 1000, path
+
+
+@pytest.mark.parametrize("cid", ["C4", "C6"])
+def test_tolerances_are_no_looser_than_their_derivation(tiny_runs, cid):
+    """Each check row's tolerance recomputed from its inputs (independently of the library) and
+    held to its rule's limits (see helpers.check_row_tolerances)."""
+    rows = tiny_runs[1]["rows"][cid]
+    assert check_row_tolerances(rows) == sum(r["kind"] == "check" for r in rows)
+
+
+def test_c6_constants_and_c4_derivatives_are_checks(tiny_runs):
+    """C6's constant against sigma^2 dof / n (theory.predicted_finetune_error) is a check with a
+    band from the seeds, at (d0, k0) and at every (d, k) of the sweeps; C4 checks the landscape's
+    closed-form derivatives."""
+    rows = tiny_runs[1]["rows"]["C6"]
+    hit = [r for r in rows if "predicted_finetune_error" in r["quantity"]
+           or "at every (d, k)" in r["quantity"]]
+    assert len(hit) >= 3 and all(r["kind"] == "check" for r in hit)
+    assert all(r["tolerance_rule"] == "seeds" for r in hit)
+    c4_rows = tiny_runs[1]["rows"]["C4"]
+    assert any("landscape.gradient" in r["quantity"] and r["kind"] == "check" for r in c4_rows)
