@@ -23,13 +23,13 @@ from .data import (Samples, TaskStats, draw_samples, population, sample_tasks, s
                    task_statistics)
 from .finetune import FinetuneResult, finetune, reduced_rank_fit
 from .problem import Truth, load_truth, orthogonal_truth, sample_truth, save_truth
-from .retrain import RetrainResult, meta_lora, standard_retraining
+from .retrain import RetrainResult, maml, meta_lora, standard_retraining
 
 __version__ = "0.1.0"
 
 __all__ = ["Truth", "sample_truth", "orthogonal_truth", "load_truth", "save_truth",
            "TaskStats", "Samples", "population", "sample_tasks", "draw_samples",
-           "task_statistics", "stats_from_arrays", "standard_retraining", "meta_lora",
+           "task_statistics", "stats_from_arrays", "standard_retraining", "meta_lora", "maml",
            "RetrainResult", "finetune", "FinetuneResult", "reduced_rank_fit", "DivergenceError",
            "compile_cache", "data", "divergence", "landscape", "lora", "losses", "metrics", "problem",
            "representation",

@@ -1,0 +1,204 @@
+"""The bilevel family's protocol (linmeta.bilevel) and the tiny runs of claims M1-M6.
+
+The tiny runs happen once, in one subprocess that calls ``experiments/bilevel_all.py`` (every
+claim M1-M6) and one per-claim script at ``setting="tiny"`` with XLA's cheap backend optimisation
+level (compile-bound runs; the flag
+must be set before JAX starts). It starts with the first test of this module and runs while the
+protocol tests run here; the tiny tests come last.
+"""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import linmeta
+from linmeta import bilevel, paper
+from linmeta.claims._bilevel import numpy_truths, to_jax
+
+from helpers import count_compiles, rel
+
+FIGURES = ("bilevel_m1_reductions", "bilevel_m2_exact_inner", "bilevel_m3_gradients",
+           "bilevel_vs_K_T3", "bilevel_ablation", "bilevel_step_size")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_TINY = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _start_tiny_runs(request, tmp_path_factory):
+    """Start the tiny runs in a subprocess as soon as this module's tests begin (when a tiny test
+    is selected), so that the protocol tests below run while it compiles."""
+    if not any(item.module is request.module and "test_tiny_run" in item.name
+               for item in request.session.items):
+        yield
+        return
+    out = tmp_path_factory.mktemp("bilevel_tiny")
+    script = textwrap.dedent(f"""
+        import importlib, json, time
+        t0 = time.perf_counter()
+        verdicts = importlib.import_module("experiments.bilevel_all").main("tiny", {str(out)!r}, 0)
+        secs = dict(all=time.perf_counter() - t0)
+        rows = {{}}
+        for v in verdicts:
+            rows.setdefault(v.claim, []).append(v.as_dict())
+        # one thin per-claim script too (the grid is computed: this is its figure only)
+        importlib.import_module("experiments.bilevel_step_size").main("tiny", {str(out)!r}, 0)
+        json.dump(dict(rows=rows, seconds=secs), open({str(out / "rows.json")!r}, "w"))
+    """)
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+    env["JAX_PLATFORMS"] = env.get("JAX_PLATFORMS", "cpu")
+    _TINY["out"] = out
+    _TINY["proc"] = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    yield
+    if _TINY["proc"].poll() is None:  # pragma: no cover - only when the tiny tests were skipped
+        _TINY["proc"].kill()
+        _TINY["proc"].communicate()
+
+
+@pytest.fixture(scope="module")
+def tiny_runs():
+    proc, out = _TINY["proc"], _TINY["out"]
+    if "data" not in _TINY:
+        stdout, stderr = proc.communicate(timeout=600)
+        assert proc.returncode == 0, stdout[-3000:] + stderr[-5000:]
+        _TINY["data"] = json.loads((out / "rows.json").read_text())
+    return out, _TINY["data"]
+
+
+# ----------------------------------------------------------------------------- the protocol
+D, T = 6, 3
+SHAPE = bilevel.make_shape(D, 1, T, m=2, width=1, inner_length=100, outer_steps=300,
+                           record_every=50)
+
+
+def _truths(seed, B, d=D, T=T, m=2):
+    """B copies of one Gaussian truth (NumPy draw), stacked."""
+    arrays = numpy_truths(np.random.default_rng(seed), 1, d, 1, T, m)
+    return linmeta.Truth(*to_jax(tuple(np.repeat(x, B, axis=0) for x in arrays)))
+
+
+def _batch(hypers, shape=SHAPE, seed=0):
+    h = bilevel.stack_hypers(hypers)
+    B = h.inner_lr.shape[0]
+    return bilevel.run_batch(_truths(seed, B, d=shape.d, T=shape.T, m=shape.m), jnp.arange(B), h,
+                             shape)
+
+
+def test_matched_lora_inner_loop_recovers_a_star_and_flags_divergence():
+    hy = [bilevel.make_hyper(SHAPE, method=m, inner_steps=100, inner_lr=0.1)
+          for m in ("maml", "fomaml")]
+    hy.append(bilevel.make_hyper(SHAPE, method="maml", inner_steps=0))
+    hy.append(bilevel.make_hyper(SHAPE, method="maml", inner_steps=20, inner_lr=3.0))
+    out = _batch(hy)
+    err = np.asarray(out.base_rel_error)
+    assert err[0] < 1e-4 and err[1] < 1e-4                 # MAML, first-order MAML approach A*
+    assert float(out.ft_bias[0]) < 1e-6 * float(out.sr_ft_bias[0])
+    assert abs(float(out.base_error[2]) - float(out.sr_base_error[2])) < 1e-6   # K = 0: SR
+    assert bool(out.diverged[3]) and not bool(out.diverged[0])     # never NaN silently
+    assert np.isinf(float(out.ft_bias[3]))
+    assert not np.asarray(out.diverged[:3]).any() and not np.asarray(out.stalled[:2]).any()
+
+
+def test_protocol_run_equals_linmeta_maml():
+    h = bilevel.make_hyper(SHAPE, method="fomaml", inner_steps=7, inner_lr=0.08)
+    out = _batch([h], seed=1)
+    truth = _truths(1, 1)
+    truth = linmeta.Truth(*(x[0] for x in truth))
+    keys = paper.run_keys(0)
+    start = bilevel.initial_start(keys.init, SHAPE, h, jnp.float64)
+    pop = linmeta.population(truth)
+    res = linmeta.maml(pop, 1, method="fomaml", inner_steps=7, inner_lr=0.08,
+                       outer_steps=SHAPE.outer_steps, outer_lr=0.3, U0=start.U, V0=start.V,
+                       max_inner_steps=SHAPE.inner_length, record_every=SHAPE.record_every)
+    assert rel(out.base_error[0], linmeta.metrics.base_error(res.base, truth.A_star)) < 1e-12
+    assert rel(out.objective_traj[0], res.history.value) < 1e-10
+
+
+def test_padded_width_equals_unpadded_and_one_compile_per_shape():
+    wide = SHAPE._replace(width=D)
+    hs = [bilevel.make_hyper(SHAPE, method="maml", inner_steps=30, inner_lr=0.1)]
+    narrow = _batch(hs, SHAPE, seed=2)
+    padded = _batch([bilevel.make_hyper(wide, method="maml", inner_steps=30, inner_lr=0.1)],
+                    wide, seed=2)
+    for f in ("base_error", "objective", "ft_bias", "objective_traj"):   # summation order only
+        assert rel(getattr(padded, f), getattr(narrow, f)) < 1e-10
+    # a sweep over traced hyperparameters reuses the compiled program of its shape
+    with count_compiles() as n:
+        _batch([bilevel.make_hyper(SHAPE, method=m, inner_steps=K, inner_lr=a, outer_lr=b)
+                for m, K, a, b in (("reptile", 5, 0.05, 0.2),)], SHAPE, seed=3)
+    assert n() == 0
+
+
+def test_finite_support_query_and_pooled_sr_reference():
+    shape = bilevel.make_shape(4, 1, 3, N=16, support=6, n=8, m=2, width=1, inner_length=3,
+                               outer_steps=10, record_every=5, methods="maml")   # static method
+    h = bilevel.make_hyper(shape, method="maml", inner_steps=3, noise_std=0.1)
+    out = jax.tree.map(lambda x: x[0], _batch([h], shape, seed=4))
+    truth = linmeta.Truth(*(x[0] for x in _truths(4, 1, d=4)))
+    sup, qry, pooled = bilevel.retrain_statistics(truth, paper.run_keys(0).retrain, shape, 0.1)
+    assert float(sup.n_samples[0]) == 6 and float(qry.n_samples[0]) == 10
+    sr = linmeta.standard_retraining(pooled).base
+    assert rel(out.sr_base_error, linmeta.metrics.base_error(sr, truth.A_star)) < 1e-8
+    # a rank-r adapter fitted on n samples is a rank-r adapter: never below the Eckart-Young bias
+    assert float(out.ft_bias) <= float(out.ft_excess_risk) < np.inf
+
+
+@pytest.mark.parametrize("kwargs, word", [
+    (dict(N=10, support=10), "support"), (dict(support=3), "support"), (dict(k=7), "k"),
+    (dict(adapter="full"), "adapter"), (dict(width=7), "width"), (dict(methods="sgd"), "methods"),
+])
+def test_bad_shape(kwargs, word):
+    kw = dict(d=6, k=1, T=3)
+    kw.update(kwargs)
+    with pytest.raises(ValueError, match=word):
+        bilevel.make_shape(**kw)
+
+
+@pytest.mark.parametrize("kwargs, word", [
+    (dict(inner_steps=101), "inner_steps"), (dict(inner_rank=2), "inner_rank"),
+    (dict(inner_lr=-1.0), "inner_lr"), (dict(outer_lr=0.0), "outer_lr"),
+    (dict(inner_full=True), "inner_full"), (dict(method="adam"), "method"),
+])
+def test_bad_hyper(kwargs, word):
+    with pytest.raises(ValueError, match=word):
+        bilevel.make_hyper(SHAPE, **kwargs)
+
+
+def test_cost_benchmark_tiny():
+    from benchmarks import maml_cost
+
+    rows = maml_cost.main(["--tiny"])["rows"]
+    assert [r["K"] for r in rows] == [1, 4] and all(r["step_ms"] > 0 for r in rows)
+    # second-order MAML keeps the inner loop's residuals: its memory grows with K
+    assert rows[1]["temp_bytes"] > rows[0]["temp_bytes"]
+    assert rows[1]["model_bytes"] == 4 * rows[0]["model_bytes"]
+
+
+# ----------------------------------------------------------------------------- tiny runs
+def test_tiny_run_rows_pass_and_figures_exist(tiny_runs):
+    out, data = tiny_runs
+    for cid, rows in data["rows"].items():
+        assert rows, cid
+        assert all(r["passed"] for r in rows), [r for r in rows if not r["passed"]]
+        kinds = {r["kind"] for r in rows}
+        assert kinds == ({"check"} if cid in ("M1", "M2", "M3") else {"measured"}), (cid, kinds)
+        # (M6 adds a check row at the full setting, where the full-rank alpha sweep runs)
+    for stem in FIGURES:
+        assert (out / f"{stem}.png").stat().st_size > 1000
+        assert (out / f"{stem}.pdf").exists()
+    assert (out / "bilevel_tiny.json").exists()
+
+
+def test_tiny_run_measured_rows_carry_numbers(tiny_runs):
+    _, data = tiny_runs
+    m4 = data["rows"]["M4"]
+    assert any(isinstance(r["measured"], (int, float)) for r in m4)
+    m6 = data["rows"]["M6"]
+    assert all("/" in str(r["measured"]) for r in m6)
