@@ -3,15 +3,15 @@
 For d in (10, 50, 100), K in (1, 10, 50, 100), T = 3 tasks, a rank-1 ``U V^T`` inner adapter
 (the LoRA start) on population statistics, and each method (second-order MAML, first-order MAML,
 Reptile), one compiled program runs n outer iterations of
-:func:`linmeta.retrain.maml.bilevel_step` (``fori_loop``, n traced; n is chosen so the timed run
+:func:`linmeta.bilevel.methods.bilevel_step` (``fori_loop``, n traced; n is chosen so the timed run
 takes about half a second). Reported per configuration:
 
 - ``compile_s``: compilation time of that program;
 - ``step_ms``: run time per outer iteration (the program run once more after a warm-up);
 - ``temp_bytes``: XLA's temporary buffer size of that compiled program
   (``compiled.memory_analysis().temp_size_in_bytes``): the memory an outer step needs beyond its
-  inputs and outputs. Second-order MAML keeps the inner loop's residuals for the reverse pass, so its
-  memory grows with K; the first-order methods' does not;
+  inputs and outputs. Second-order MAML keeps the inner loop's residuals for the reverse pass, so
+  its memory grows with K; the first-order methods' does not;
 - ``model_bytes``: the residuals second-order MAML keeps, ``8 K T (2 d^2 + 4 d r)`` bytes in
   float64 (per inner step and task: two d x d matrices, the task matrix M and its gradient G, and
   the factors before and after the step), beside the measurement (they agree within 2%).
@@ -49,7 +49,7 @@ def _problem(d, T, r):
     import jax.numpy as jnp
 
     from linmeta.claims._bilevel import numpy_population, numpy_truths, task_matrices, to_jax
-    from linmeta.retrain.maml import Factors
+    from linmeta.bilevel.methods import Factors
 
     rng = np.random.default_rng(d)
     A, U, _ = numpy_truths(rng, 1, d, 1, T)
@@ -64,7 +64,7 @@ def measure(d, K, method, T=3, r=1, budget_s=0.5):
     import jax.numpy as jnp
     from jax import lax
 
-    from linmeta.retrain.maml import BilevelHyper, BilevelState, bilevel_step
+    from linmeta.bilevel.methods import BilevelHyper, BilevelState, bilevel_step
 
     stats, start, lam = _problem(d, T, r)
     h = BilevelHyper(jnp.asarray(0.5 / lam), jnp.asarray(0.3), jnp.asarray(0.0),

@@ -4,7 +4,9 @@ Data flows one way: ground truth (:mod:`linmeta.problem`) -> task statistics (:m
 population or finite samples) -> retraining (:mod:`linmeta.retrain`: standard or Meta-LoRA) ->
 fine-tuning (:mod:`linmeta.finetune`) -> metrics (:mod:`linmeta.metrics`) beside the closed forms of
 :mod:`linmeta.theory`. See THEORY.md for the claims C1-C8. The shared-representation family
-(scalar outputs, heads and a representation; claims R1-R7) is :mod:`linmeta.representation`.
+(scalar outputs, heads and a representation; claims R1-R7) is :mod:`linmeta.representation`; the
+bilevel (MAML-family) retraining family (MAML, first-order MAML, Reptile with low-rank inner loops;
+claims M1-M6) is :mod:`linmeta.bilevel`, its entry point :func:`linmeta.maml`.
 
 Example::
 
@@ -16,14 +18,15 @@ Example::
     ml = linmeta.meta_lora(src, 1, key=jax.random.key(1))       # recovers A*
     print(linmeta.metrics.base_error(ml.base, truth.A_star, relative=True))
 """
-from . import (compile_cache, data, divergence, finetune as _finetune_mod, landscape, lora, losses,
-               metrics, problem, representation, retrain, theory)
+from . import (bilevel, compile_cache, data, divergence, finetune as _finetune_mod, landscape, lora,
+               losses, metrics, problem, representation, retrain, theory)
+from .bilevel import maml
 from .divergence import DivergenceError
 from .data import (Samples, TaskStats, draw_samples, population, sample_tasks, stats_from_arrays,
                    task_statistics)
 from .finetune import FinetuneResult, finetune, reduced_rank_fit
 from .problem import Truth, load_truth, orthogonal_truth, sample_truth, save_truth
-from .retrain import RetrainResult, maml, meta_lora, standard_retraining
+from .retrain import RetrainResult, meta_lora, standard_retraining
 
 __version__ = "0.1.0"
 
@@ -31,6 +34,5 @@ __all__ = ["Truth", "sample_truth", "orthogonal_truth", "load_truth", "save_trut
            "TaskStats", "Samples", "population", "sample_tasks", "draw_samples",
            "task_statistics", "stats_from_arrays", "standard_retraining", "meta_lora", "maml",
            "RetrainResult", "finetune", "FinetuneResult", "reduced_rank_fit", "DivergenceError",
-           "compile_cache", "data", "divergence", "landscape", "lora", "losses", "metrics", "problem",
-           "representation",
-           "retrain", "theory", "__version__"]
+           "bilevel", "compile_cache", "data", "divergence", "landscape", "lora", "losses",
+           "metrics", "problem", "representation", "retrain", "theory", "__version__"]

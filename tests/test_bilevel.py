@@ -8,6 +8,7 @@ protocol tests run here; the tiny tests come last.
 """
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -18,7 +19,7 @@ import numpy as np
 import pytest
 
 import linmeta
-from linmeta import bilevel, paper
+from linmeta import bilevel, paper, protocols, sweep
 from linmeta.claims._bilevel import numpy_truths, to_jax
 
 from helpers import count_compiles, rel
@@ -112,7 +113,7 @@ def test_protocol_run_equals_linmeta_maml():
     truth = _truths(1, 1)
     truth = linmeta.Truth(*(x[0] for x in truth))
     keys = paper.run_keys(0)
-    start = bilevel.initial_start(keys.init, SHAPE, h, jnp.float64)
+    start = bilevel.protocol.initial_start(keys.init, SHAPE, h, jnp.float64)
     pop = linmeta.population(truth)
     res = linmeta.maml(pop, 1, method="fomaml", inner_steps=7, inner_lr=0.08,
                        outer_steps=SHAPE.outer_steps, outer_lr=0.3, U0=start.U, V0=start.V,
@@ -169,6 +170,140 @@ def test_bad_shape(kwargs, word):
 def test_bad_hyper(kwargs, word):
     with pytest.raises(ValueError, match=word):
         bilevel.make_hyper(SHAPE, **kwargs)
+
+
+# ----------------------------------------------------------------------------- the sweep engine
+# One shape group of the registered protocol "bilevel": every method, K in {0, 3}, the LoRA rank-1
+# and the full-rank inner update, plus a diverging inner step and a diverging outer step. Traced
+# keys only, so the group is one compiled program (padded to K = 3, width d, method traced).
+SWEEP_FIXED = {"protocol": "bilevel", "d": 4, "k": 1, "T": 3, "outer_steps": 20,
+               "record_every": 10, "inner_lr": 0.1}
+SWEEP_EXTRA = [{"method": "maml", "inner_steps": 3, "inner_lr": 5.0},      # inner loop blows up
+               {"method": "fomaml", "inner_steps": 3, "outer_lr": 50.0}]   # outer loop blows up
+
+
+@pytest.fixture(scope="module")
+def bilevel_sweep():
+    cfgs = sweep.expand_grid({"grid": {"method": list(bilevel.METHODS), "inner_steps": [0, 3],
+                                       "inner_full": [False, True]},
+                              "fixed": SWEEP_FIXED})
+    cfgs += [sweep.validate_config({**SWEEP_FIXED, **c}) for c in SWEEP_EXTRA]
+    protocols.truth_for(cfgs[0])          # the truth's own small program, compiled beforehand
+    with count_compiles() as n:
+        res = sweep.run_sweep(cfgs)
+    return cfgs, res, n()
+
+
+def test_sweep_reaches_the_family_by_name_in_one_compile(bilevel_sweep):
+    cfgs, res, compiles = bilevel_sweep
+    assert "bilevel" in protocols.names()
+    assert len({sweep.shape_key(c) for c in cfgs}) == 1 and compiles == 1
+    assert res[0]["seconds"]["compile"] > 0 and res[0]["seconds"]["batch"] >= len(cfgs)
+
+
+def test_sweep_equals_the_family_run_batch(bilevel_sweep):
+    cfgs, res, _ = bilevel_sweep
+    shape = bilevel.protocol.sweep_shape(cfgs[0], cfgs)
+    assert (shape.width, shape.inner_length, shape.methods) == (4, 3, "all")
+    hypers = [bilevel.make_hyper(shape, method=c["method"], inner_steps=c["inner_steps"],
+                                 inner_lr=c["inner_lr"], outer_lr=c["outer_lr"],
+                                 inner_rank=c["inner_rank"], inner_full=c["inner_full"],
+                                 noise_std=c["noise_std"]) for c in cfgs]
+    truth = paper.truth_for_seed(0, 4, 1, 3)
+    B = len(cfgs)
+    truths = linmeta.Truth(*(jnp.repeat(x[None], B, axis=0) for x in truth))
+    seeds = jnp.asarray([c["seed"] for c in cfgs])
+    out = bilevel.run_batch(truths, seeds, bilevel.stack_hypers(hypers), shape)
+    ok = [i for i, r in enumerate(res) if not r["retrain_diverged"]]
+    assert len(ok) == B - 2
+    for key in ("base_error", "base_rel_error", "objective", "ft_bias", "sr_base_error",
+                "sr_ft_bias"):
+        assert rel([res[i][key] for i in ok], np.asarray(getattr(out, key))[ok]) < 1e-12, key
+    assert rel(np.stack([res[i]["trajectories"]["objective"] for i in ok]),
+               np.asarray(out.objective_traj)[ok]) < 1e-12
+    for i, r in enumerate(res):
+        assert r["retrain_diverged"] == bool(out.diverged[i])
+        assert r["inner_diverged"] == bool(out.inner_diverged[i])
+        assert r["stalled"] == bool(out.stalled[i])
+    # and an unpadded program of one configuration (static method, width 1, K = 3): padding is
+    # exact up to summation order
+    i = next(j for j, c in enumerate(cfgs) if c["method"] == "fomaml" and c["inner_steps"] == 3
+             and not c["inner_full"] and c["outer_lr"] == 0.3)
+    one = bilevel.make_shape(4, 1, 3, width=1, inner_length=3, outer_steps=20, record_every=10,
+                             methods="fomaml")
+    h = bilevel.make_hyper(one, method="fomaml", inner_steps=3, inner_lr=0.1, noise_std=0.01)
+    o1 = bilevel.run_batch(linmeta.Truth(*(x[None] for x in truth)), jnp.asarray([0]),
+                           bilevel.stack_hypers([h]), one)
+    assert rel(res[i]["base_error"], o1.base_error[0]) < 1e-12
+    assert rel(res[i]["trajectories"]["objective"], o1.objective_traj[0]) < 1e-10
+
+
+def test_sweep_flags_the_stage_that_diverged(bilevel_sweep):
+    cfgs, res, _ = bilevel_sweep
+    inner, outer = res[-2], res[-1]
+    assert inner["inner_diverged"] and not outer["inner_diverged"]
+    assert outer["retrain_diverged"]
+    assert not any(r["inner_diverged"] or r["retrain_diverged"] for r in res[:-2])
+    assert protocols.diverged_stages(cfgs[-1], outer) == ["retrain"]
+    msg = protocols.divergence_message(cfgs[-2], inner)
+    assert msg.startswith("the bilevel inner loop") and "inner_lr=5" in msg, msg
+    msg = protocols.divergence_message(cfgs[-1], outer)
+    assert msg.startswith("bilevel retraining") and "outer_lr=50" in msg, msg
+    assert np.isinf(outer["ft_bias"]) and np.isfinite(outer["sr_ft_bias"])   # never NaN
+
+
+@pytest.mark.parametrize("bad, key", [
+    ({"inner_lr": -0.1}, "inner_lr"), ({"outer_lr": 0}, "outer_lr"), ({"inner_steps": -1},
+                                                                      "inner_steps"),
+    ({"inner_rank": 5}, "inner_rank"), ({"k": 5}, "k"), ({"method": "adam"}, "method"),
+    ({"N": 10, "support": 10}, "support"), ({"support": 3}, "support"), ({"N": 1}, "N"),
+    ({"adapter": "symmetric", "inner_full": True}, "inner_full"), ({"inner_lr": float("nan")},
+                                                                   "inner_lr"),
+    ({"init_scale": 0.0}, "init_scale"), ({"lr_base": 0.1}, "lr_base"),
+])
+def test_sweep_bad_value_is_a_one_line_error(bad, key):
+    with pytest.raises(ValueError) as e:
+        sweep.validate_config({**SWEEP_FIXED, **bad})
+    assert key in str(e.value) and "\n" not in str(e.value)
+    if key not in ("support", "inner_full", "N", "lr_base"):   # the range is stated
+        assert re.search(r"[\[(]\S*, \S*[\])]| one of ", str(e.value)), str(e.value)
+
+
+def _spec(path, fixed, grid):
+    lines = ["seeds = 2", "[fixed]"] + [f"{k} = {json.dumps(v)}" for k, v in fixed.items()]
+    lines += ["[grid]"] + [f"{k} = {json.dumps(v)}" for k, v in grid.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_cli_sweep_of_the_bilevel_protocol_writes_the_table(tmp_path):
+    from linmeta import results
+    from linmeta.cli import main
+
+    fixed = {"protocol": "bilevel", "d": 4, "outer_steps": 20, "record_every": 10}
+    spec = _spec(tmp_path / "spec.toml", fixed, {"inner_steps": [0, 3]})
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "out"), "--no-progress",
+                 "--quiet"]) == 0
+    _, rows = results.load_sweep(tmp_path / "out")
+    cfgs = sweep.expand_grid({"fixed": fixed, "grid": {"inner_steps": [0, 3]}, "seeds": 2})
+    want = sweep.run_sweep(cfgs)
+    assert len(rows) == 4
+    got = {(int(r["inner_steps"]), int(r["seed"])): float(r["base_error"]) for r in rows}
+    for c, w in zip(cfgs, want):
+        assert got[(c["inner_steps"], c["seed"])] == pytest.approx(w["base_error"], rel=1e-12)
+
+
+@pytest.mark.xfail(strict=True, reason="linmeta/config.py (load_sweep_spec) checks a spec's keys "
+                   "against the paper protocol's linmeta.sweep.DEFAULTS, so keys of other "
+                   "protocols (method, inner_lr, outer_lr, ...) are refused with exit 2")
+def test_cli_sweep_over_the_bilevel_keys(tmp_path):
+    from linmeta.cli import main
+
+    fixed = {"protocol": "bilevel", "d": 4, "outer_steps": 20, "record_every": 10,
+             "inner_steps": 3}
+    spec = _spec(tmp_path / "spec.toml", fixed, {"method": ["maml", "reptile"]})
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "out"), "--no-progress",
+                 "--quiet"]) == 0
 
 
 def test_cost_benchmark_tiny():

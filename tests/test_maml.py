@@ -1,8 +1,7 @@
-"""Bilevel retraining (linmeta.maml and linmeta.retrain.maml): reductions to standard retraining
+"""Bilevel retraining (linmeta.maml and linmeta.bilevel.methods): reductions to standard retraining
 (M1), the exact inner solve (M2), the outer gradients (M3), divergence, validation, compilation,
 float32. Each relation: a property test over random problems and an exact hand-built case."""
 import functools
-import importlib
 
 import jax
 import jax.numpy as jnp
@@ -11,17 +10,17 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import linmeta
-from linmeta import bilevel_theory
+from linmeta.bilevel import methods as maml_mod
+from linmeta.bilevel import theory as bl_theory
+from linmeta.bilevel.methods import (BilevelHyper, BilevelState, Factors, adapt, bilevel_excess,
+                                     bilevel_objective, exact_bilevel_objective, inner_optimum,
+                                     outer_gradients, split_support_query)
 from linmeta.claims import m3
 from linmeta.claims._bilevel import (numpy_population, numpy_split, numpy_truths, task_matrices,
                                      to_jax)
-from linmeta.retrain.maml import (BilevelHyper, BilevelState, Factors, adapt, bilevel_excess,
-                                  bilevel_objective, exact_bilevel_objective, inner_optimum,
-                                  outer_gradients, split_support_query)
 
 from helpers import count_compiles, rel
 
-maml_mod = importlib.import_module("linmeta.retrain.maml")
 # every linmeta.maml call below uses d=4, T=3 and these static settings, so that the tests share
 # one compiled program per (method, adapter, dtype)
 STEPS, LENGTH = 20, 6
@@ -95,7 +94,7 @@ def test_plain_maml_is_sr_with_a_rescaled_step(seed, alpha, K):
     res = linmeta.maml(pop, 4, method="maml", adapter="full", start="zero", inner_steps=K,
                        inner_lr=alpha,
                        outer_lr=0.5, record_every=1, **COMMON)
-    lr = bilevel_theory.full_rank_sr_step("maml", 0.5, alpha, K)
+    lr = bl_theory.full_rank_sr_step("maml", 0.5, alpha, K)
     sr = linmeta.standard_retraining(pop, method="gd", steps=STEPS, lr=lr, record_every=1)
     assert rel(res.base, sr.base) < 1e-12
 
@@ -120,7 +119,7 @@ def _profiles(M, A):
     pop = m3.population_stats(M)
     exact = jnp.stack([exact_bilevel_objective(A, pop, pop, 2, a)
                        for a in ("symmetric", "asymmetric")])
-    closed = jnp.stack([bilevel_theory.profiled_objective(A, M, 2, a)
+    closed = jnp.stack([bl_theory.profiled_objective(A, M, 2, a)
                         for a in ("symmetric", "asymmetric")])
     U = inner_optimum(A, pop, 2, "symmetric").U
     ml = linmeta.retrain.meta_lora_excess(A, U, pop)
@@ -147,7 +146,7 @@ def test_exact_inner_solve_is_the_profiled_objective(seed):
 def _hand_profiles(M, A):
     pop = m3.population_stats(M)
     return [(exact_bilevel_objective(A, pop, pop, 1, a),
-             bilevel_theory.profiled_objective(A, M, 1, a)) for a in ("symmetric", "asymmetric")]
+             bl_theory.profiled_objective(A, M, 1, a)) for a in ("symmetric", "asymmetric")]
 
 
 def test_exact_inner_solve_hand_built():
@@ -174,7 +173,7 @@ def _unrolled_profiles(truth, z):
         scale = jnp.mean(0.5 * jnp.sum((truth.M_star - A) ** 2, axis=(-2, -1)))
         for adapter, start in (("symmetric", Factors(z)), ("asymmetric", Factors(z, 0 * z))):
             got = bilevel_excess(A, start, pop, pop, h, adapter=adapter, length=2000)
-            want = bilevel_theory.profiled_objective(A, truth.M_star, 1, adapter)
+            want = bl_theory.profiled_objective(A, truth.M_star, 1, adapter)
             out.append(jnp.abs(got - want) / scale)
     return jnp.stack(out)
 
@@ -275,7 +274,7 @@ def test_plain_maml_step_is_a_rescaled_sr_step_for_every_method(alpha, K):
     A, M = rng.standard_normal((3, 3)), rng.standard_normal((2, 3, 3))
     named, _ = _all_outer_gradients(A, np.zeros((3, 3)), np.eye(3), M, alpha, K, 0.0)
     for method, g in zip(("maml", "fomaml", "reptile"), named):
-        c = bilevel_theory.full_rank_sr_step(method, 1.0, alpha, K)
+        c = bl_theory.full_rank_sr_step(method, 1.0, alpha, K)
         np.testing.assert_allclose(g.base, c * (A - M.mean(0)), rtol=1e-12, atol=1e-15)
 
 
@@ -395,7 +394,7 @@ def test_float32():
 
 
 def test_full_rank_step_closed_form():
-    assert float(bilevel_theory.full_rank_sr_step("maml", 1.0, 0.5, 2)) == pytest.approx(1 / 16)
-    assert float(bilevel_theory.full_rank_sr_step("fomaml", 1.0, 0.5, 2)) == pytest.approx(1 / 4)
-    assert float(bilevel_theory.full_rank_sr_step("reptile", 1.0, 0.5, 2)) == pytest.approx(0.75)
-    assert float(bilevel_theory.full_rank_sr_step("reptile", 1.0, 0.5, 0)) == 0.0
+    assert float(bl_theory.full_rank_sr_step("maml", 1.0, 0.5, 2)) == pytest.approx(1 / 16)
+    assert float(bl_theory.full_rank_sr_step("fomaml", 1.0, 0.5, 2)) == pytest.approx(1 / 4)
+    assert float(bl_theory.full_rank_sr_step("reptile", 1.0, 0.5, 2)) == pytest.approx(0.75)
+    assert float(bl_theory.full_rank_sr_step("reptile", 1.0, 0.5, 0)) == 0.0

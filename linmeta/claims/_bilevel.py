@@ -1,8 +1,8 @@
 """Shared pieces of the bilevel claims M1-M6 (docs/bilevel.md).
 
 - :func:`trajectories`: many bilevel runs (configurations, problems) as one compiled program over
-  the library's own outer step (:func:`linmeta.retrain.maml.bilevel_step`, method chosen by traced
-  weights), recording the base after every outer iteration: what the step-for-step relations of
+  the library's own outer step (:func:`linmeta.bilevel.methods.bilevel_step`, method chosen by
+  traced weights), recording the base after every outer iteration: what the step-for-step relations of
   M1 compare.
 - :func:`grid`: the measured claims M4-M6 run on one batch of configurations of the family's
   protocol (:func:`linmeta.bilevel.run_batch`): one compiled program per shape, the batch computed
@@ -28,7 +28,7 @@ import numpy as np
 import linmeta
 from linmeta import bilevel
 from linmeta.retrain import run_steps
-from linmeta.retrain.maml import METHODS, BilevelState, bilevel_step
+from linmeta.bilevel.methods import METHODS, BilevelState, bilevel_step
 
 __all__ = ["trajectories", "rel_diff", "truths_for", "Run", "configs", "grid", "grid_cached",
            "references", "select", "median", "METHOD_LABEL", "METHOD_COLOR", "rng_for",
@@ -46,8 +46,8 @@ def rel_diff(a, b) -> float:
 @functools.partial(jax.jit, static_argnames=("adapter", "length", "steps"))
 def trajectories(support, query, A0, starts, hypers, weights, *, adapter, length, steps):
     """Bases ``(B, steps + 1, d, d)`` along ``steps`` outer iterations for B configurations:
-    statistics, starts, :class:`~linmeta.retrain.maml.BilevelHyper` and method weights all carry a
-    leading batch axis."""
+    statistics, starts, :class:`~linmeta.bilevel.methods.BilevelHyper` and method weights all carry
+    a leading batch axis."""
     def one(sup, qry, start, hyper, w):
         def step(s):
             return bilevel_step(s, sup, qry, hyper, method=w, adapter=adapter, length=length)

@@ -9,7 +9,7 @@
 3. **Plain MAML in the population** (full-rank inner update from W = 0): the inner loop gives
    ``M_K - M*_t = (1 - alpha)^K (A - M*_t)``, so every outer step is an SR gradient step of size
    ``beta (1-alpha)^(2K)`` (MAML), ``beta (1-alpha)^K`` (first order) or ``beta (1-(1-alpha)^K)``
-   (Reptile) (:func:`linmeta.bilevel_theory.full_rank_sr_step`): plain MAML keeps SR's bias.
+   (Reptile) (:func:`linmeta.bilevel.theory.full_rank_sr_step`): plain MAML keeps SR's bias.
 
 Rows compare whole trajectories (the base after every outer iteration), for every seed, in the
 population and (items 1-2) with finite support and query sets. Tolerance: 1e-12 relative in float64
@@ -26,9 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import linmeta
-from linmeta import bilevel_theory
+from linmeta.bilevel import theory as bl_theory
 from linmeta.retrain import run_steps, sr_gradient_step
-from linmeta.retrain.maml import BilevelHyper, Factors, method_weights
+from linmeta.bilevel.methods import BilevelHyper, Factors, method_weights
 
 from . import ClaimResult, Verdict
 from ._bilevel import (numpy_population, numpy_split, numpy_truths, rel_diff, rng_for,
@@ -93,7 +93,7 @@ def _run_all(problems, starts, *, S, K_zero, steps):
     A0 = jnp.zeros((d, d), dt)
     bases = trajectories(sup, qry, A0, st, hyp, w, adapter="asymmetric",
                          length=max(FULL_K, K_zero), steps=steps)
-    lrs = jnp.asarray([BETA if r[0][0] != "full" else bilevel_theory.full_rank_sr_step(
+    lrs = jnp.asarray([BETA if r[0][0] != "full" else bl_theory.full_rank_sr_step(
         r[7], BETA, FULL_ALPHA, FULL_K) for r in runs], dt)
     sr = jax.vmap(lambda st_, lr: run_steps(lambda a: sr_gradient_step(a, st_, lr), A0, steps,
                                             1, lambda a: a)[1].value)(qry, lrs)

@@ -7,7 +7,7 @@ With support = query and the inner problem solved exactly, the bilevel objective
 
 the objective of Meta-LoRA, ``(1/T) sum_t L_t(A + U_t U_t^T)``, with every ``U_t`` minimised out
 at A -- when the inner adapter is Meta-LoRA's ``U U^T``. In the population the inner minimum is
-known (:func:`linmeta.bilevel_theory.profiled_objective`, from :func:`linmeta.theory.lora_bias`):
+known (:func:`linmeta.bilevel.theory.profiled_objective`, from :func:`linmeta.theory.lora_bias`):
 for ``U U^T`` the PSD rank-r optimum (the skew part of ``M*_t - A`` plus every negative and every
 positive eigenvalue beyond the r largest of its symmetric part stay in the error); for ``U V^T``
 Eckart-Young (never larger: the inner solve that makes the relation hold for Meta-LoRA is the PSD
@@ -16,11 +16,11 @@ singular values, or a skew part).
 
 Rows, on random Gaussian problems at the bases A = 0, A*, A_SR and a random A:
 
-1. :func:`linmeta.retrain.maml.exact_bilevel_objective` (the library's exact inner solve) against
+1. :func:`linmeta.bilevel.methods.exact_bilevel_objective` (the library's exact inner solve) against
    the closed form, for ``U U^T``, ``U V^T`` and ``W``;
 2. against an independent solver: BFGS (SciPy) on Meta-LoRA's own objective
    :func:`linmeta.retrain.meta_lora_excess` over the adapters, with A held fixed, best of 3 starts;
-3. the limit K -> infinity: the unrolled inner loop (:func:`linmeta.retrain.maml.bilevel_excess`,
+3. the limit K -> infinity: the unrolled inner loop (:func:`linmeta.bilevel.methods.bilevel_excess`,
    K gradient steps from the usual starts) at A* and A_SR, with the step ``alpha = 0.2 / max_t
    ||M*_t - A||_2`` (stable for the factorised inner problem), reaches the closed form;
 4. ``U V^T`` never above ``U U^T`` (the note counts where it is strictly below).
@@ -40,9 +40,9 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.optimize
 
-from linmeta import bilevel_theory
+from linmeta.bilevel import theory as bl_theory
 from linmeta.retrain import meta_lora_excess
-from linmeta.retrain.maml import BilevelHyper, Factors, bilevel_excess, exact_bilevel_objective
+from linmeta.bilevel.methods import BilevelHyper, Factors, bilevel_excess, exact_bilevel_objective
 
 from . import ClaimResult, Verdict
 from ._bilevel import numpy_truths, rng_for, task_matrices, to_jax
@@ -70,7 +70,7 @@ def _measure(M_star, bases, starts, *, r, K):
         scale = jax.vmap(lambda B: jnp.mean(0.5 * jnp.sum((M - B) ** 2, axis=(-2, -1))))(bases)
 
         def at(B):
-            closed = jnp.stack([bilevel_theory.profiled_objective(B, M, r, a)
+            closed = jnp.stack([bl_theory.profiled_objective(B, M, r, a)
                                 for a in ("symmetric", "asymmetric", "full")])
             exact = jnp.stack([exact_bilevel_objective(B, pop, pop, r, "symmetric"),
                                exact_bilevel_objective(B, pop, pop, r, "asymmetric"),

@@ -1,13 +1,13 @@
 """Relation M3: the outer updates are the ones their formulas say (docs/bilevel.md#m3).
 
 1. **Second-order MAML.** The library's outer gradient
-   (:func:`linmeta.retrain.maml.outer_gradients`: the query gradient at the adapted point plus the
-   Jacobian term, one reverse pass through the inner ``lax.scan``) equals ``jax.grad`` of the same
+   (:func:`linmeta.bilevel.methods.outer_gradients`: the query gradient at the adapted point plus
+   the Jacobian term, one reverse pass through the inner ``lax.scan``) equals ``jax.grad`` of the same
    objective written as a plain Python loop over tasks and inner steps (no scan, no library code:
    ``G = M S_xx - S_yx``, ``U <- U - alpha G V``, ``V <- V - alpha G^T U``), and a central finite
    difference (steps h and h/2, Richardson-extrapolated) of the library's unrolled objective
-   :func:`linmeta.retrain.maml.bilevel_objective` along random directions, for the base and for the
-   adapter start, on random problems with finite support and query sets. 2. **Hand-built case** (T
+   :func:`linmeta.bilevel.methods.bilevel_objective` along random directions, for the base and for
+   the adapter start, on random problems with finite support and query sets. 2. **Hand-built case** (T
    = 2, K = 1, LoRA start ``U = u``, ``V = 0``, population; the library runs it in the same batch
    as the random problems): one inner step gives ``V_1 = alpha R_t^T u`` with ``R_t = M*_t - A``,
    so ``M_1 - M*_t = (I - alpha P)(A - M*_t)`` with ``P = u u^T``. Hence
@@ -34,8 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import linmeta
-from linmeta.retrain.maml import (BilevelHyper, BilevelState, Factors, bilevel_objective,
-                                  outer_gradients)
+from linmeta.bilevel.methods import (BilevelHyper, BilevelState, Factors, bilevel_objective,
+                                     outer_gradients)
 
 from . import ClaimResult, Verdict
 from ._bilevel import (numpy_population, numpy_split, numpy_truths, rel_diff, rng_for,

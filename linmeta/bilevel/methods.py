@@ -79,8 +79,8 @@ from ..data import Samples, TaskStats, task_statistics
 from ..divergence import check_history, divergence_index
 from ..lora import init_factor
 from ..losses import excess_loss, ols_solution, task_loss, task_loss_grad
-from ._common import History, RetrainResult, run_steps
-from .standard import _check_stats
+from ..retrain._common import History, RetrainResult, run_steps
+from ..retrain.standard import _check_stats
 
 __all__ = ["ADAPTERS", "METHODS", "STARTS", "Factors", "BilevelState", "BilevelHyper",
            "BilevelAdapters", "adapter_delta", "adapter_grads", "inner_step", "adapt",

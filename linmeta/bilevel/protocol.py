@@ -8,7 +8,7 @@ One run, every step the core's own function:
    support = query), or N samples per task split into a support set of ``support`` samples and a
    query set of ``N - support`` samples, drawn independently (the same distribution as splitting
    one draw of N) from the two halves of ``keys.retrain``.
-3. Bilevel retraining (:func:`linmeta.retrain.maml.bilevel_step` driven by
+3. Bilevel retraining (:func:`linmeta.bilevel.methods.bilevel_step` driven by
    :func:`linmeta.retrain.run_steps`, as :func:`linmeta.maml` does): from ``A = 0`` and a start
    shared by the tasks, ``outer_steps`` outer iterations. The inner adapter has
    ``shape.width`` columns of which the first ``hyper.inner_rank`` are used (the others start at
@@ -33,32 +33,50 @@ programs require.
 
 Divergence: ``diverged`` (the recorded objective blew up or the base is non-finite) and
 ``inner_diverged`` (some record's inner loop blew up from a finite start), computed in the
-program with :func:`linmeta.divergence.divergence_index`; never NaN silently. ``stalled``: the
-objective fell by less than 1% over the run while the run did not diverge.
+program with :func:`linmeta.divergence.divergence_index`; never NaN silently
+(``inner_objective_traj``: the inner trace of the first record that blew up, else of the first
+record). ``stalled``: the objective fell by less than 1% over the run while the run did not
+diverge.
 
 :func:`run_protocol` is jit- and vmap-able (``shape`` static, everything else traced);
 :func:`run_batch` vmaps it over configurations and compiles once per (shape, batch size, dtype).
+
+The sweep engine runs it as the registered protocol ``"bilevel"`` (:data:`SWEEP_PROTOCOL`,
+registered by :mod:`linmeta.bilevel`; keys and defaults :data:`SWEEP_DEFAULTS`): a configuration
+names ``method``, ``adapter``, ``inner_steps``, ``inner_lr``, ``outer_lr``, ``start_lr``,
+``inner_rank``, ``inner_full``, ... as flat keys. Configurations that differ only in the traced
+keys (method, K, alpha, beta, the start's step and scale, the inner rank, the full-rank inner
+update, the noise) share one compiled program: the group's program is padded to its largest K
+(``inner_length``), to the widest inner adapter (``width``; d with a full-rank inner update) and
+traces the method when the group has several (``methods = "all"``); padding is exact. The truth
+is drawn from ``truth_seed`` as the paper protocol's (:func:`linmeta.paper.truth_for_seed`: one
+unseen task). Stages for divergence: ``inner`` (``inner_diverged``, curve ``inner_objective``
+over the inner steps, step size ``inner_lr``) and ``retrain`` (``retrain_diverged``, curve
+``objective`` over ``outer_steps``, step sizes ``outer_lr`` and, when learned, ``start_lr``).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import NamedTuple
+from typing import Any, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from . import metrics, paper, theory
-from ._validate import check_choice, check_int, check_scalar
-from .data import TaskStats
-from .divergence import divergence_index
-from .finetune import reduced_rank_fit
-from .problem import Truth
-from .retrain import run_steps
-from .retrain.maml import (METHODS, BilevelHyper, BilevelState, Factors, adapt_with_trace,
-                           adapter_delta, bilevel_step)
+from .. import metrics, paper, protocols, theory
+from .._validate import check_choice, check_int, check_scalar
+from ..data import TaskStats
+from ..divergence import divergence_index
+from ..finetune import reduced_rank_fit
+from ..problem import Truth
+from ..retrain import record_steps, run_steps
+from .methods import (METHODS, BilevelHyper, BilevelState, Factors, adapt_with_trace,
+                      adapter_delta, bilevel_step)
 
 __all__ = ["Shape", "Hyper", "Outcome", "make_shape", "make_hyper", "stack_hypers",
-           "retrain_statistics", "initial_start", "run_protocol", "run_batch", "STALL_FRACTION"]
+           "retrain_statistics", "initial_start", "run_protocol", "run_batch", "STALL_FRACTION",
+           "SWEEP_DEFAULTS", "SWEEP_RESULT_KEYS", "SweepRecord", "SWEEP_PROTOCOL"]
 
 STALL_FRACTION = 0.99  # final objective above this fraction of the first one: stalled
 
@@ -70,7 +88,7 @@ class Shape(NamedTuple):
     ``adapter`` is ``"asymmetric"`` (U V^T, also the full-rank inner update) or ``"symmetric"``;
     ``width`` the number of factor columns (>= every inner rank used; d for the full-rank update);
     ``inner_length`` the static inner scan length (>= every K used); ``methods`` ``"all"``
-    (method traced) or one name of :data:`linmeta.retrain.maml.METHODS`."""
+    (method traced) or one name of :data:`linmeta.bilevel.methods.METHODS`."""
 
     d: int
     k: int
@@ -123,6 +141,8 @@ class Outcome(NamedTuple):
     stalled: jax.Array
     objective_traj: jax.Array    # (n_records,) query excess objective after adaptation
     base_error_traj: jax.Array   # (n_records,) ||A - A*||_F
+    inner_objective_traj: jax.Array  # (inner_length + 1,) support excess over the inner steps at
+    #                                  the first record whose inner loop blew up (else the first)
 
 
 def make_shape(d: int, k: int, T: int, *, N=None, support=None, n=None, m: int = 1,
@@ -299,6 +319,7 @@ def run_protocol(truth: Truth, keys: paper.RunKeys, hyper: Hyper, shape: Shape) 
         stalled=stalled,
         objective_traj=obj_traj,
         base_error_traj=err_traj,
+        inner_objective_traj=traces[jnp.argmax(inner_bad)],
     )
 
 
@@ -320,3 +341,233 @@ def run_batch(truths: Truth, seeds, hypers: Hyper, shape: Shape) -> Outcome:
     axis B), ``seeds`` (B,) integers (:func:`linmeta.paper.run_keys`), ``hypers`` (a stacked
     :class:`Hyper`). One compiled program per (shape, B, dtype)."""
     return _batch_program(shape)(tuple(truths), jnp.asarray(seeds), hypers)
+
+
+# --------------------------------------------------------------------------------------------
+# The sweep engine's entry: the registered protocol "bilevel" (linmeta.protocols)
+# --------------------------------------------------------------------------------------------
+
+#: Configuration keys of the protocol ``"bilevel"`` and their defaults.
+SWEEP_DEFAULTS: dict[str, Any] = {
+    "d": 10,
+    "k": 1,
+    "T": 3,
+    "N": "inf",            # retraining samples per task (support + query); 0 or "inf" = population
+    "support": 0,          # support samples of the N (finite N); 0 = N // 2
+    "n": "inf",            # fine-tuning samples per unseen task; 0 or "inf" = population
+    "noise_std": 0.01,
+    "seed": 0,             # data and the adapter start
+    "truth_seed": 0,       # ground truth (linmeta.paper.truth_for_seed), fixed across seeds
+    "method": "maml",      # "maml", "fomaml" or "reptile" (traced within a group)
+    "adapter": "asymmetric",   # inner adapter U V^T ("asymmetric") or U U^T ("symmetric")
+    "inner_steps": 10,     # K
+    "inner_lr": 0.05,      # alpha
+    "outer_steps": 500,
+    "outer_lr": 0.3,       # beta
+    "start_lr": 0.0,       # step of a learned adapter start; 0 = fixed start
+    "inner_rank": 0,       # r; 0 = k
+    "inner_full": False,   # full-rank inner update (plain MAML; asymmetric adapter only)
+    "init_scale": 0.1,     # std of the start's random factor
+    "ft_rank": 0,          # fine-tuning rank; 0 = k
+    "record_every": 10,
+    "sampler": "raw",      # "raw" samples or "wishart" statistics (finite N or n)
+}
+
+#: Scalar result columns of a ``"bilevel"`` run (the ``*_diverged`` flags are the stages').
+SWEEP_RESULT_KEYS = ("base_error", "base_rel_error", "objective", "ft_excess_risk", "ft_bias",
+                     "sr_base_error", "sr_ft_excess_risk", "sr_ft_bias", "stalled",
+                     "inner_diverged", "retrain_diverged")
+
+_SWEEP_CHECKS = {
+    "d": protocols.Check("int", 1), "k": protocols.Check("int", 1, "d"),
+    "T": protocols.Check("int", 1), "N": protocols.Check("count"),
+    "support": protocols.Check("int", 0), "n": protocols.Check("count"),
+    "noise_std": protocols.Check("float", 0.0),
+    "method": protocols.Check("choice", choices=METHODS),
+    "adapter": protocols.Check("choice", choices=("asymmetric", "symmetric")),
+    "inner_steps": protocols.Check("int", 0), "inner_lr": protocols.Check("float", 0.0),
+    "outer_steps": protocols.Check("int", 0),
+    "outer_lr": protocols.Check("float", 0.0, open_lo=True),
+    "start_lr": protocols.Check("float", 0.0), "inner_rank": protocols.Check("int", 0, "d"),
+    "inner_full": protocols.Check("choice", choices=(False, True)),
+    "init_scale": protocols.Check("float", 0.0, open_lo=True),
+    "ft_rank": protocols.Check("int", 0, "d"), "record_every": protocols.Check("int", 1),
+    "sampler": protocols.Check("choice", choices=("raw", "wishart")),
+}
+
+
+class SweepRecord(NamedTuple):
+    """What a ``"bilevel"`` run returns to the sweep: :class:`Outcome`'s fields, ``diverged``
+    named ``retrain_diverged`` (the stage's own flag)."""
+
+    base_error: jax.Array
+    base_rel_error: jax.Array
+    objective: jax.Array
+    ft_excess_risk: jax.Array
+    ft_bias: jax.Array
+    sr_base_error: jax.Array
+    sr_ft_excess_risk: jax.Array
+    sr_ft_bias: jax.Array
+    retrain_diverged: jax.Array
+    inner_diverged: jax.Array
+    stalled: jax.Array
+    objective_traj: jax.Array
+    base_error_traj: jax.Array
+    inner_objective_traj: jax.Array
+
+
+def _sweep_validate(cfg: Mapping) -> dict:
+    """The generic validation of the keys (:data:`SWEEP_DEFAULTS`, ``_SWEEP_CHECKS``), then the
+    checks across keys and the resolved defaults (``support``, ``inner_rank``, ``ft_rank``)."""
+    res = dict(_GENERIC_VALIDATION.validated(cfg))
+    res["inner_full"] = bool(res["inner_full"])
+    if res["N"] != "inf":
+        if res["N"] < 2:
+            raise ValueError(f"N (retraining samples per task) must be >= 2 to split into support "
+                             f"and query, or 0 / 'inf' for the population; got {res['N']}")
+        if res["support"] == 0:
+            res["support"] = res["N"] // 2
+        elif res["support"] > res["N"] - 1:
+            raise ValueError(f"support must be an integer in [1, N-1={res['N'] - 1}] (0 = N // 2), "
+                             f"got {res['support']}")
+    elif res["support"] != 0:
+        raise ValueError(f"support must be 0 for the population (N = 'inf': support = query), "
+                         f"got {res['support']}")
+    res["inner_rank"] = res["inner_rank"] or res["k"]
+    res["ft_rank"] = res["ft_rank"] or res["k"]
+    if res["inner_full"]:
+        if res["adapter"] != "asymmetric":
+            raise ValueError("inner_full = true (the full-rank inner update) needs "
+                             f"adapter = 'asymmetric', got adapter = {res['adapter']!r}")
+        res["inner_rank"] = res["d"]
+    if res["N"] == "inf" and res["n"] == "inf":
+        res["sampler"] = "raw"     # no samples drawn: one program for both
+    if res["sampler"] == "wishart":
+        for key in ("N", "n"):
+            if res[key] != "inf" and res[key] < res["d"]:
+                raise ValueError(f"sampler='wishart' needs {key} >= d={res['d']} (or the "
+                                 f"population); got {key}={res[key]}; use sampler='raw'")
+    return res
+
+
+def _sweep_group_key(cfg: Mapping) -> tuple:
+    return ("bilevel", cfg["d"], cfg["k"], cfg["T"], cfg["N"], cfg["support"], cfg["n"],
+            cfg["ft_rank"], cfg["adapter"], cfg["outer_steps"], cfg["record_every"],
+            cfg["sampler"])
+
+
+def _count(x):
+    return None if x == "inf" else int(x)
+
+
+def sweep_shape(cfg: Mapping, group=None, m: int = 1) -> Shape:
+    """The static :class:`Shape` of validated ``"bilevel"`` configurations: ``cfg``'s sizes,
+    padded to what every configuration of ``group`` (default ``[cfg]``) needs (largest K, widest
+    adapter, the method traced when the group has several)."""
+    group = [cfg] if group is None else list(group)
+    methods = {c["method"] for c in group}
+    return make_shape(cfg["d"], cfg["k"], cfg["T"], N=_count(cfg["N"]),
+                      support=cfg["support"] if cfg["N"] != "inf" else None,
+                      n=_count(cfg["n"]), m=m, ft_rank=cfg["ft_rank"], adapter=cfg["adapter"],
+                      width=max(c["inner_rank"] for c in group),
+                      inner_length=max(c["inner_steps"] for c in group),
+                      outer_steps=cfg["outer_steps"], record_every=cfg["record_every"],
+                      sampler=cfg["sampler"],
+                      methods=methods.pop() if len(methods) == 1 else "all")
+
+
+def _sweep_hyper(c: Mapping) -> Hyper:
+    """The traced values of one configuration, as Python numbers (the sweep stacks them)."""
+    return Hyper(noise_std=float(c["noise_std"]), method_id=METHODS.index(c["method"]),
+                 inner_steps=int(c["inner_steps"]), inner_lr=float(c["inner_lr"]),
+                 outer_lr=float(c["outer_lr"]), start_lr=float(c["start_lr"]),
+                 inner_rank=int(c["inner_rank"]), inner_full=float(c["inner_full"]),
+                 init_scale=float(c["init_scale"]))
+
+
+def _sweep_truth(given, c: Mapping, dtype):
+    if given is None:
+        truth = protocols.truth_for(c)
+    else:
+        if not isinstance(given, Truth):
+            raise ValueError(f"truth must be a linmeta.Truth, got {type(given).__name__}")
+        for key, value in (("d", given.d), ("k", given.k), ("T", given.T)):
+            if c[key] != value:
+                raise ValueError(f"configuration {key}={c[key]} does not match the truth "
+                                 f"({key}={value})")
+        if given.n_unseen < 1:
+            raise ValueError("truth needs at least one unseen task (U_new of shape (m, d, k), "
+                             "m >= 1) to fine-tune on")
+        truth = given
+    return tuple(np.asarray(x, dtype) for x in (truth.A_star, truth.U_star, truth.U_new))
+
+
+def _sweep_batch(cfgs: list, given, dtype, group: list) -> protocols.Batch:
+    truths, cache = [], {}
+    for i, c in enumerate(cfgs):
+        g = None if given is None else given[i]
+        key = ("given", id(g)) if g is not None else ("seed", c["truth_seed"])
+        if key not in cache:
+            cache[key] = _sweep_truth(g, c, dtype)
+        truths.append(cache[key])
+    m = truths[0][2].shape[0]
+    if any(t[2].shape[0] != m for t in truths):
+        raise ValueError("the truths of one batch must have the same number of unseen tasks")
+    shape = sweep_shape(cfgs[0], group, m)
+    return protocols.Batch(shape, [_sweep_hyper(c) for c in cfgs], truths, None)
+
+
+def _sweep_run(truth, keys, hyper: Hyper, shape: Shape) -> SweepRecord:
+    """:func:`run_protocol` on a truth given as its arrays ``(A*, U*, U_new)``."""
+    out = run_protocol(Truth(*truth), keys, hyper, shape)
+    fields = out._asdict()
+    fields["retrain_diverged"] = fields.pop("diverged")
+    return SweepRecord(**fields)
+
+
+def _sweep_results(cfg: Mapping, batch: protocols.Batch, rec: SweepRecord, flags) -> dict:
+    shape = batch.shape
+    res: dict[str, Any] = {}
+    for key in SWEEP_RESULT_KEYS:
+        if key.endswith("_diverged"):
+            res[key] = bool(flags[key[:-len("_diverged")]])
+        elif key == "stalled":
+            res[key] = bool(rec.stalled)
+        else:
+            res[key] = float(getattr(rec, key))
+    res["trajectories"] = {
+        "objective": np.asarray(rec.objective_traj),
+        "base_error": np.asarray(rec.base_error_traj),
+        "outer_steps": record_steps(shape.outer_steps, shape.record_every),
+        "inner_objective": np.asarray(rec.inner_objective_traj),
+        "inner_steps": np.arange(shape.inner_length + 1),
+    }
+    return res
+
+
+def _retrain_step_sizes(cfg: Mapping) -> tuple:
+    return ("outer_lr", "start_lr") if cfg.get("start_lr", 0) > 0 else ("outer_lr",)
+
+
+SWEEP_STAGES = (
+    protocols.Stage("inner", "the bilevel inner loop (task adaptation)",
+                    fields=("inner_objective_traj",), step_sizes=("inner_lr",),
+                    curves=("inner_objective",), steps=("inner_steps",)),
+    protocols.Stage("retrain", "bilevel retraining (outer loop)", fields=("objective_traj",),
+                    step_sizes=_retrain_step_sizes, curves=("objective",),
+                    steps=("outer_steps",)),
+)
+
+#: The protocol ``"bilevel"`` of :mod:`linmeta.protocols` (registered by :mod:`linmeta.bilevel`).
+SWEEP_PROTOCOL = protocols.Protocol(
+    name="bilevel", run=_sweep_run, defaults=SWEEP_DEFAULTS, hyper=Hyper, shape=sweep_shape,
+    truth=lambda cfg, dtype: protocols.truth_for(cfg), truth_keys=("truth_seed", "d", "k", "T"),
+    stages=SWEEP_STAGES, checks=_SWEEP_CHECKS, result_keys=SWEEP_RESULT_KEYS,
+    description=("bilevel retraining (MAML, first-order MAML, Reptile) with low-rank inner loops "
+                 "from A = 0, SR's exact minimiser as reference, both fine-tuned at rank ft_rank "
+                 "on an unseen task (linmeta.bilevel, docs/bilevel.md)"),
+    validate=_sweep_validate, group_key=_sweep_group_key, batch=_sweep_batch,
+    results=_sweep_results)
+
+# the same protocol without the validate hook: its generic, per-key validation
+_GENERIC_VALIDATION = dataclasses.replace(SWEEP_PROTOCOL, validate=None)

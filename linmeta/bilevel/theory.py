@@ -33,8 +33,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from ._validate import check_array, check_choice, check_int, check_scalar
-from .theory import lora_bias
+from .._validate import check_array, check_choice, check_int, check_scalar
+from ..theory import lora_bias
 
 __all__ = ["profiled_objective", "full_rank_sr_step", "PROFILE_ADAPTERS"]
 
