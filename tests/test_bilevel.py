@@ -6,6 +6,7 @@ level (compile-bound runs; the flag
 must be set before JAX starts). It starts with the first test of this module and runs while the
 protocol tests run here; the tiny tests come last.
 """
+import functools
 import json
 import os
 import re
@@ -107,14 +108,18 @@ def test_matched_lora_inner_loop_recovers_a_star_and_flags_divergence():
     assert not np.asarray(out.diverged[:3]).any() and not np.asarray(out.stalled[:2]).any()
 
 
+@functools.partial(jax.jit, static_argnums=(1, 3))
+def _start_of_seed(seed, shape, hyper, dtype):
+    """The protocol's adapter start of run ``seed`` (jitted: one compile, not one per op)."""
+    return bilevel.protocol.initial_start(paper.run_keys(seed).init, shape, hyper, dtype)
+
+
 def test_protocol_run_equals_linmeta_maml():
     h = bilevel.make_hyper(SHAPE, method="fomaml", inner_steps=7, inner_lr=0.08)
     out = _batch([h], seed=1)
-    truth = _truths(1, 1)
-    truth = linmeta.Truth(*(x[0] for x in truth))
-    keys = paper.run_keys(0)
-    start = bilevel.protocol.initial_start(keys.init, SHAPE, h, jnp.float64)
-    pop = linmeta.population(truth)
+    truth = linmeta.Truth(*(np.asarray(x)[0] for x in _truths(1, 1)))
+    start = _start_of_seed(0, SHAPE, h, jnp.float64)
+    pop = jax.jit(linmeta.population)(truth)
     res = linmeta.maml(pop, 1, method="fomaml", inner_steps=7, inner_lr=0.08,
                        outer_steps=SHAPE.outer_steps, outer_lr=0.3, U0=start.U, V0=start.V,
                        max_inner_steps=SHAPE.inner_length, record_every=SHAPE.record_every)
@@ -141,9 +146,11 @@ def test_finite_support_query_and_pooled_sr_reference():
     shape = bilevel.make_shape(4, 1, 3, N=16, support=6, n=8, m=2, width=1, inner_length=3,
                                outer_steps=10, record_every=5, methods="maml")   # static method
     h = bilevel.make_hyper(shape, method="maml", inner_steps=3, noise_std=0.1)
-    out = jax.tree.map(lambda x: x[0], _batch([h], shape, seed=4))
-    truth = linmeta.Truth(*(x[0] for x in _truths(4, 1, d=4)))
-    sup, qry, pooled = bilevel.retrain_statistics(truth, paper.run_keys(0).retrain, shape, 0.1)
+    out = jax.tree.map(lambda x: np.asarray(x)[0], _batch([h], shape, seed=4))
+    truth = linmeta.Truth(*(np.asarray(x)[0] for x in _truths(4, 1, d=4)))
+    stats = jax.jit(lambda t, s: bilevel.retrain_statistics(t, paper.run_keys(s).retrain, shape,
+                                                              0.1))
+    sup, qry, pooled = stats(truth, 0)
     assert float(sup.n_samples[0]) == 6 and float(qry.n_samples[0]) == 10
     sr = linmeta.standard_retraining(pooled).base
     assert rel(out.sr_base_error, linmeta.metrics.base_error(sr, truth.A_star)) < 1e-8
