@@ -300,6 +300,24 @@ def test_cli_sweep_of_the_bilevel_protocol_writes_the_table(tmp_path):
         assert got[(c["inner_steps"], c["seed"])] == pytest.approx(w["base_error"], rel=1e-12)
 
 
+def test_cli_sweep_loads_the_stored_program_in_a_new_process(tmp_path):
+    """With the program store on, a second process loads the compiled "bilevel" program instead of
+    compiling it; the program calls LAPACK, which must be initialised first (else: SIGSEGV)."""
+    spec = _spec(tmp_path / "spec.toml", {"protocol": "bilevel", "d": 3, "outer_steps": 4,
+                                          "record_every": 2}, {"inner_steps": [0, 1]})
+    env = {k: v for k, v in os.environ.items() if k != "LINMETA_NO_CACHE"}
+    env["LINMETA_CACHE_DIR"] = str(tmp_path / "cache")
+    tables = []
+    for i in range(2):
+        proc = subprocess.run([sys.executable, "-m", "linmeta", "sweep", str(spec), "--out",
+                               str(tmp_path / f"out{i}"), "--no-progress", "--quiet"],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, (i, proc.returncode, proc.stderr[-2000:])
+        tables.append((tmp_path / f"out{i}" / "results.csv").read_text())
+    assert os.listdir(tmp_path / "cache" / "linmeta-programs")   # the second run loaded it
+    assert tables[0] == tables[1]
+
+
 @pytest.mark.xfail(strict=True, reason="linmeta/config.py (load_sweep_spec) checks a spec's keys "
                    "against the paper protocol's linmeta.sweep.DEFAULTS, so keys of other "
                    "protocols (method, inner_lr, outer_lr, ...) are refused with exit 2")

@@ -502,7 +502,19 @@ def _sweep_truth(given, c: Mapping, dtype):
     return tuple(np.asarray(x, dtype) for x in (truth.A_star, truth.U_star, truth.U_new))
 
 
+@functools.lru_cache(maxsize=1)
+def _lapack_ready() -> None:
+    """Lower (not compile) a tiny SVD once, which initialises jaxlib's CPU LAPACK kernels. The
+    program of a ``"bilevel"`` run calls LAPACK (the SVD of the fine-tuning bias, the fit at
+    finite n); loaded from :mod:`linmeta.program_cache` into a process that has lowered no LAPACK
+    call yet, it would call uninitialised kernels (a segmentation fault; ``jax.export`` initialises
+    them before running a deserialised program for the same reason)."""
+    jax.jit(jnp.linalg.svd, static_argnames=("full_matrices", "compute_uv")).lower(
+        np.zeros((2, 2), np.float32), compute_uv=False)
+
+
 def _sweep_batch(cfgs: list, given, dtype, group: list) -> protocols.Batch:
+    _lapack_ready()
     truths, cache = [], {}
     for i, c in enumerate(cfgs):
         g = None if given is None else given[i]
