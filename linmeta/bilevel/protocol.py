@@ -331,8 +331,9 @@ def _batch_program(shape: Shape):
 
         return jax.vmap(one)(truth_arrays, seeds, hyper)
 
-    # XLA:CPU at backend optimisation level 1, as linmeta.sweep: compiles faster, runs as fast
-    opts = {"xla_backend_optimization_level": 1} if jax.default_backend() == "cpu" else None
+    # XLA:CPU with linmeta.sweep's options (optimisation level 1, the classic fusion emitters):
+    # compiles in about half the time, runs as fast
+    opts = protocols._cpu_options() if jax.default_backend() == "cpu" else None
     return jax.jit(run, compiler_options=opts)
 
 
