@@ -286,6 +286,15 @@ def test_sweep_bad_value_is_a_one_line_error(bad, key):
         assert re.search(r"[\[(]\S*, \S*[\])]| one of ", str(e.value)), str(e.value)
 
 
+def test_sweep_refuses_a_truth_of_other_sizes():
+    truth = linmeta.sample_truth(jax.random.key(0), 5, 1, 3)          # d = 5, the config's 4
+    with pytest.raises(ValueError, match="d=4 does not match the truth"):
+        sweep.run_batch([SWEEP_FIXED], truth=truth)
+    with pytest.raises(ValueError, match="unseen task"):
+        sweep.run_batch([SWEEP_FIXED], truth=linmeta.sample_truth(jax.random.key(0), 4, 1, 3,
+                                                                  n_unseen=0))
+
+
 def _spec(path, fixed, grid):
     lines = ["seeds = 2", "[fixed]"] + [f"{k} = {json.dumps(v)}" for k, v in fixed.items()]
     lines += ["[grid]"] + [f"{k} = {json.dumps(v)}" for k, v in grid.items()]
