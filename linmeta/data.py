@@ -12,9 +12,14 @@ object with ``S_xx = I``, ``S_yx = M*_t``, ``S_yy = ||M*_t||_F^2 + d sigma^2``, 
 ``L_t(M) = 1/2 ||M - M*_t||_F^2 + d sigma^2 / 2``. Every solver takes a :class:`TaskStats` and runs
 unchanged on either source; a gradient step costs O(d^3) whatever N is.
 
-Conventions: samples are rows, ``X`` is (T, N, d), ``Y = X M*^T + noise`` is (T, N, d). The noise
+Conventions: samples are rows, ``X`` is (T, N, d), ``Y = X M*^T + noise`` is (T, N, p). The noise
 standard deviation is always given explicitly (the paper's code draws noise with standard deviation
 ``sigma^2``; pass ``noise_std=sigma**2`` to reproduce that).
+
+Output dimension: the task matrices are p x d. The base-matrix model of THEORY.md has p = d; the
+shared-representation family (:mod:`linmeta.representation`, scalar outputs ``y = <x, beta_t> +
+eps``) has p = 1, ``M*_t = beta_t^T``. The quadratic above, :mod:`linmeta.losses` and
+:func:`task_statistics` hold for any p.
 """
 from __future__ import annotations
 
@@ -35,10 +40,11 @@ class TaskStats(NamedTuple):
 
     Attributes:
       Sxx: (T, d, d) input second moments ``(1/N) sum x x^T`` (identity in the population).
-      Syx: (T, d, d) cross moments ``(1/N) sum y x^T`` (``M*_t`` in the population).
+      Syx: (T, p, d) cross moments ``(1/N) sum y x^T`` (``M*_t`` in the population); p = d for
+        the base-matrix model, p = 1 for scalar outputs.
       Syy: (T,) output second moments ``(1/N) sum ||y||^2``.
       n_samples: (T,) sample counts N (``inf`` for the population).
-      M_star: (T, d, d) the true task matrices behind the data, used only by evaluation metrics
+      M_star: (T, p, d) the true task matrices behind the data, used only by evaluation metrics
         (test loss against noiseless targets); NaN when unknown (user data).
       noise_std: (T,) noise standard deviation used to generate the data (NaN when unknown).
     """
@@ -58,9 +64,15 @@ class TaskStats(NamedTuple):
     def T(self) -> int:
         return self.Sxx.shape[-3]
 
+    @property
+    def p(self) -> int:
+        """Output dimension (rows of ``Syx``): d for the base-matrix model, 1 for scalar outputs."""
+        return self.Syx.shape[-2]
+
 
 class Samples(NamedTuple):
-    """Raw samples: ``X`` (T, N, d) inputs as rows, ``Y`` (T, N, d) outputs, and the truth behind them."""
+    """Raw samples: ``X`` (T, N, d) inputs as rows, ``Y`` (T, N, p) outputs, the true task
+    matrices ``M_star`` (T, p, d) and the noise standard deviation (T,)."""
 
     X: jax.Array
     Y: jax.Array
@@ -122,20 +134,29 @@ def sample_tasks(key, truth: Truth, N, noise_std, *, tasks: str = "retrain") -> 
 
 
 def stats_from_arrays(X, Y, M_star=None) -> TaskStats:
-    """Statistics of user data ``X``, ``Y`` of shape (T, N, d) (or (N, d) for one task)."""
+    """Statistics of user data: ``X`` of shape (T, N, d) (or (N, d) for one task) and ``Y`` of
+    shape (T, N, p) (or (N, p)); scalar outputs may be given as ``Y`` of shape (T, N) (or (N,)),
+    read as p = 1. ``M_star`` (optional): the true (T, p, d) task matrices."""
     X = check_array("X", X)
     Y = check_array("Y", Y)
+    if Y.ndim == X.ndim - 1 and Y.shape == X.shape[:-1]:
+        Y = Y[..., None]  # scalar outputs
     if X.ndim == 2:
         X, Y = X[None], Y[None] if Y.ndim == 2 else Y
     if X.ndim != 3:
         raise ValueError(f"X must have shape (T, N, d) or (N, d), got {tuple(X.shape)}")
-    if Y.shape != X.shape:
-        raise ValueError(f"Y must have the same shape as X {tuple(X.shape)}, got {tuple(Y.shape)}")
+    if Y.ndim != 3 or Y.shape[:2] != X.shape[:2]:
+        raise ValueError(f"Y must have shape (T, N, p) with (T, N) = {tuple(X.shape[:2])} as X, "
+                         f"got {tuple(Y.shape)}")
     T, N, d = X.shape
+    p = Y.shape[-1]
     if M_star is None:
-        M_star = jnp.full((T, d, d), jnp.nan, X.dtype)
+        M_star = jnp.full((T, p, d), jnp.nan, X.dtype)
     else:
         M_star = check_array("M_star", M_star)
-        M_star = jnp.broadcast_to(M_star, (T, d, d))
+        if M_star.shape[-2:] != (p, d):
+            raise ValueError(f"M_star must have shape (T={T}, p={p}, d={d}) or ({p}, {d}), "
+                             f"got {tuple(M_star.shape)}")
+        M_star = jnp.broadcast_to(M_star, (T, p, d))
     nan = jnp.full((T,), jnp.nan, X.dtype)
     return task_statistics(Samples(X, Y.astype(X.dtype), M_star.astype(X.dtype), nan))

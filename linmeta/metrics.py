@@ -68,3 +68,16 @@ def principal_angles(X, Y):
 def subspace_distance(X, Y):
     """Sine of the largest principal angle between the column spaces."""
     return jnp.sin(jnp.max(principal_angles(X, Y), axis=-1))
+
+
+__all__ += ["sin_theta_frobenius_sq"]
+
+
+def sin_theta_frobenius_sq(X, Y):
+    """``||sin Theta||_F^2`` between the column spaces of X and Y (both of rank k): the sum of the
+    squared sines of the principal angles, ``k - ||Q_X^T Q_Y||_F^2``, computed without that
+    cancellation as ``||Q_Y - Q_X Q_X^T Q_Y||_F^2``."""
+    Qx, _ = jnp.linalg.qr(X)
+    Qy, _ = jnp.linalg.qr(Y)
+    R = Qy - Qx @ (_T(Qx) @ Qy)
+    return jnp.sum(R * R, axis=(-2, -1))

@@ -300,9 +300,23 @@ def register(protocol: Protocol, *, replace: bool = False) -> Protocol:
     return protocol
 
 
+#: Modules of the method families whose protocols register themselves on import; :func:`get` and
+#: :func:`names` import them on first need (so ``linmeta sweep`` reaches them by name).
+FAMILY_MODULES = ("linmeta.bilevel", "linmeta.representation")
+
+
+def _families() -> None:
+    import importlib
+
+    for module in FAMILY_MODULES:
+        importlib.import_module(module)
+
+
 def get(name) -> Protocol:
     """The registered protocol ``name``; ``ValueError`` naming the registered ones otherwise."""
     _builtins()
+    if isinstance(name, str) and name not in _REGISTRY:
+        _families()
     try:
         return _REGISTRY[name]
     except (KeyError, TypeError):
@@ -311,8 +325,9 @@ def get(name) -> Protocol:
 
 
 def names() -> tuple[str, ...]:
-    """Names of the registered protocols (the built-in ones first)."""
+    """Names of the registered protocols (the built-in ones first, then the families')."""
     _builtins()
+    _families()
     return tuple(_REGISTRY)
 
 

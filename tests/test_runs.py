@@ -161,4 +161,4 @@ def test_run_and_sweep_reach_a_registered_protocol_by_name(tmp_path, capsys):
     manifest, rows = results.load_sweep(tmp_path / "sw")
     assert len(rows) == 4
     assert sorted(r["fit_diverged"] for r in rows) == [False, False, True, True]
-    assert "2 of 4 configurations diverged (fit 2" in capsys.readouterr().err
+    assert "2 of 4 configurations diverged (toy gradient descent 2" in capsys.readouterr().err

@@ -33,6 +33,8 @@ FAMILY_DOCS = {"paper": "docs/theory.md", "bilevel": "docs/bilevel.md",
 # claim id -> (family, module). Order = the order ``linmeta verify`` runs and reports them.
 CLAIMS: dict[str, tuple[str, str]] = {
     **{f"C{i}": ("paper", f"linmeta.claims.c{i}") for i in range(1, 9)},
+    **{f"M{i}": ("bilevel", f"linmeta.claims.m{i}") for i in range(1, 7)},
+    **{f"R{i}": ("representation", f"linmeta.claims.r{i}") for i in range(1, 8)},
 }
 CLAIM_IDS = tuple(CLAIMS)
 

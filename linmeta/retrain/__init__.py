@@ -1,4 +1,5 @@
-"""Retraining methods: standard retraining and Meta-LoRA (one module per family)."""
+"""Retraining methods: standard retraining and Meta-LoRA (one module per method). The bilevel
+(MAML-family) methods are the subpackage :mod:`linmeta.bilevel`."""
 from ._common import History, RetrainResult, record_steps, run_steps
 from .meta_lora import (NewtonInfo, alternating_step, default_solver, joint_gd_step, meta_lora,
                         meta_lora_excess, meta_lora_objective, memory_budget, optimal_base,

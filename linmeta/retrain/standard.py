@@ -24,13 +24,20 @@ from ._common import RetrainResult, run_steps
 __all__ = ["standard_retraining", "pooled_least_squares", "sr_gradient_step"]
 
 
-def _check_stats(source, name="source"):
+def _check_stats(source, name="source", *, square: bool = True):
+    """Validate task statistics: ``Sxx`` (T, d, d), ``Syx`` (T, p, d), ``Syy`` (T,), all finite.
+    ``square`` (the base-matrix methods): also require p = d."""
     if not isinstance(source, TaskStats):
         raise ValueError(f"{name} must be linmeta TaskStats (linmeta.population(truth) or "
                          f"linmeta.sample_tasks(...)), got {type(source).__name__}")
     d = source.Sxx.shape[-1]
+    T = source.Sxx.shape[0] if source.Sxx.ndim == 3 else None
     check_array(f"{name}.Sxx", source.Sxx, shape=(None, d, d))
-    check_array(f"{name}.Syx", source.Syx, shape=source.Sxx.shape)
+    check_array(f"{name}.Syx", source.Syx, shape=(T, None, d))
+    if square and source.Syx.shape[-2] != d:
+        raise ValueError(f"{name}.Syx must have shape (T, d={d}, d={d}) for the base-matrix "
+                         f"methods (p = d outputs), got {tuple(source.Syx.shape)}; scalar-output "
+                         "statistics belong to linmeta.representation")
     check_array(f"{name}.Syy", source.Syy, shape=source.Sxx.shape[:1])
     return source
 

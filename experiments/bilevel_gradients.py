@@ -1,0 +1,27 @@
+"""Relation M3: the MAML, first-order MAML and Reptile outer updates against autodiff of a plain
+loop, finite differences and hand-built formulas.
+
+Thin script over :mod:`linmeta.claims.m3` (docs/bilevel.md#m3).
+
+Run ``nice -n 10 python -m experiments.bilevel_gradients --setting full --out figures``: writes
+``figures/bilevel_m3_gradients`` (``.png`` and ``.pdf``) and prints the verdict rows (exit code 1
+if a check fails). ``--setting tiny`` takes seconds (the tests run it); ``quick`` is the ``linmeta
+verify --quick`` setting. ``python -m experiments.bilevel_all`` runs M1-M6 in one process (M4-M6
+share their runs).
+"""
+from __future__ import annotations
+
+import sys
+
+from linmeta.claims import m3
+from linmeta.claims._support import experiment_cli, experiment_main
+
+
+def main(setting: str = "full", out_dir="figures", seed: int = 0) -> list:
+    """Run M3 at ``setting``, write its figure into ``out_dir``, print and return the
+    verdict rows."""
+    return experiment_main(m3, setting, out_dir, seed)
+
+
+if __name__ == "__main__":
+    sys.exit(experiment_cli(main, __doc__))

@@ -1,0 +1,27 @@
+"""Measurement M6: where MAML, first-order MAML and Reptile diverge or stall as the inner step
+grows.
+
+Thin script over :mod:`linmeta.claims.m6` (docs/bilevel.md#m6).
+
+Run ``nice -n 10 python -m experiments.bilevel_step_size --setting full --out figures``: writes
+``figures/bilevel_step_size`` (``.png`` and ``.pdf``) and prints the verdict rows (exit code 1 if a
+check fails). ``--setting tiny`` takes seconds (the tests run it); ``quick`` is the ``linmeta
+verify --quick`` setting. ``python -m experiments.bilevel_all`` runs M1-M6 in one process (M4-M6
+share their runs).
+"""
+from __future__ import annotations
+
+import sys
+
+from linmeta.claims import m6
+from linmeta.claims._support import experiment_cli, experiment_main
+
+
+def main(setting: str = "full", out_dir="figures", seed: int = 0) -> list:
+    """Run M6 at ``setting``, write its figure into ``out_dir``, print and return the
+    verdict rows."""
+    return experiment_main(m6, setting, out_dir, seed)
+
+
+if __name__ == "__main__":
+    sys.exit(experiment_cli(main, __doc__))

@@ -1,0 +1,147 @@
+"""Representation family, claims R1-R7 and the bridge: each experiment's tiny setting (in one
+background subprocess started with the first test of this module, cheap XLA backend optimisation
+as in linmeta verify), and exact hand-built checks of the claim helpers."""
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from linmeta.claims import CLAIMS, claim_doc, family_claims
+from linmeta.claims import _rep_support, r7
+
+EXPERIMENTS = {"R1": "rep_frozen_pca", "R2": "rep_frozen_floor", "R3": "rep_anil",
+               "R4": "rep_moments", "R5": "rep_fedrep", "R6": "rep_adaptrep",
+               "R7": "rep_separation"}
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_TINY = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _start_tiny_runs(request, tmp_path_factory):
+    if not any(item.module is request.module and "tiny" in item.name
+               for item in request.session.items):
+        yield
+        return
+    out = tmp_path_factory.mktemp("rep_tiny")
+    script = textwrap.dedent(f"""
+        import importlib, json, time
+        rows, secs = {{}}, {{}}
+        for cid, name in {EXPERIMENTS!r}.items():
+            t0 = time.perf_counter()
+            verdicts = importlib.import_module("experiments." + name).main(
+                setting="tiny", out_dir={str(out)!r}, seed=0)
+            secs[cid] = time.perf_counter() - t0
+            rows[cid] = [v.as_dict() for v in verdicts]
+        from experiments import bridge
+        t0 = time.perf_counter()
+        bridge.main("tiny", {str(out)!r}, 0)
+        secs["bridge"] = time.perf_counter() - t0
+        json.dump(dict(rows=rows, seconds=secs), open({str(out / "rows.json")!r}, "w"))
+    """)
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+    env["JAX_PLATFORMS"] = env.get("JAX_PLATFORMS", "cpu")
+    _TINY["out"] = out
+    _TINY["proc"] = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    yield
+    if _TINY["proc"].poll() is None:  # pragma: no cover - only when the tiny tests were skipped
+        _TINY["proc"].kill()
+        _TINY["proc"].communicate()
+
+
+@pytest.fixture(scope="module")
+def tiny_runs():
+    proc, out = _TINY["proc"], _TINY["out"]
+    if "data" not in _TINY:
+        stdout, stderr = proc.communicate(timeout=900)
+        assert proc.returncode == 0, stdout[-3000:] + stderr[-5000:]
+        _TINY["data"] = json.loads((out / "rows.json").read_text())
+    return out, _TINY["data"]
+
+
+# ----------------------------------------------------------------------------- registry
+def test_representation_claims_are_registered_with_their_doc_anchors():
+    assert family_claims("representation") == tuple(f"R{i}" for i in range(1, 8))
+    assert all(CLAIMS[c][1] == f"linmeta.claims.r{c[1]}" for c in EXPERIMENTS)
+    assert claim_doc("R4") == "docs/representation.md#r4"
+    doc = open(os.path.join(REPO, "docs", "representation.md")).read()
+    for cid in EXPERIMENTS:
+        assert f'<a id="{cid.lower()}"></a>' in doc
+
+
+# ----------------------------------------------------------------------------- helpers, exact
+def test_late_rate_of_an_exact_geometric_decay_and_its_window():
+    v = 0.7 * 0.9 ** np.arange(400.0)
+    rate, n = _rep_support.late_rate(v)
+    assert rate == pytest.approx(0.9, abs=1e-12)
+    assert n == int(np.sum((v >= 1e-10) & (v <= 1e-4)))
+    assert math.isnan(_rep_support.late_rate(np.ones(5))[0])  # nothing in the window
+
+
+def test_random_diversity_has_the_stated_spectrum():
+    import jax
+
+    S = np.asarray(_rep_support.random_diversity(jax.random.key(3), 3, lo=0.3, hi=1.0))
+    np.testing.assert_allclose(np.linalg.eigvalsh(S), [0.3, 0.65, 1.0], atol=1e-14)
+
+
+def test_separation_instance_and_the_separation_rule_hand_built():
+    t = r7.separation_instance(6, 2, 4, eps=0.25, delta=0.5, n_perturbed=1, phi=math.pi / 2)
+    np.testing.assert_allclose(np.asarray(t.head_moment), np.diag([1.0, 0.25]), atol=1e-13)
+    shift = np.einsum("tdk,tk->td", np.asarray(t.Delta), np.asarray(t.heads))
+    norms = np.sum(np.asarray(t.heads) ** 2, 1)
+    row = int(np.argmax(np.abs(shift).sum(1)))
+    assert norms[row] == pytest.approx(norms.max())  # on a task with the largest head
+    np.testing.assert_allclose(shift[row], 0.5 * np.eye(6)[2], atol=1e-14)
+    assert np.count_nonzero(np.abs(shift) > 1e-12) == 1
+    np.testing.assert_allclose(np.asarray(t.target_betas[0]), np.eye(6)[1], atol=1e-15)
+    with pytest.raises(ValueError, match="direction"):
+        r7.separation_instance(6, 2, 4, eps=0.1, delta=1.0, direction="up", phi=0.0)
+    # the screen and the verdict on hand-built numbers
+    fz, ad, sc = np.array([[0.5, 0.5]]), np.array([[0.2, 0.05]]), np.array([np.inf, 0.1])
+    assert r7.proxy_separation(fz, ad, sc)[0] == pytest.approx(2.0)
+    risks = np.zeros((1, 2, 2, 7))
+    risks[0, :, 0, 2] = [0.3, 0.05]  # AdaptRep, fine-tuned
+    risks[0, :, 1, 2] = [0.01, 0.01]
+    risks[0, :, 0, 6] = [0.2, 0.2]  # ridge worse than least squares at m = 2
+    sep = r7.separation(fz, sc, risks)
+    assert sep["sep"].tolist() == [[False, True]]
+    assert sep["frozen_margin"][0, 1] == pytest.approx(5.0)
+
+
+# ----------------------------------------------------------------------------- tiny runs
+@pytest.mark.parametrize("cid", list(EXPERIMENTS))
+def test_tiny_run(cid, tiny_runs):
+    out, data = tiny_runs
+    rows = data["rows"][cid]
+    assert rows, cid
+    assert all(r["claim"] == cid for r in rows)
+    failing = [r for r in rows if not r["passed"]]
+    assert not failing, failing
+    assert {r["kind"] for r in rows} <= {"check", "measured"}
+    names = " ".join(r["quantity"] for r in rows)
+    assert any(w in names for w in ("FrozenRep", "AdaptRep", "ANIL", "FedRep", "moments",
+                                    "separation")), names
+    stem = {"R1": "rep_r1_frozen_pca", "R2": "rep_r2_frozen_floor", "R3": "rep_r3_anil",
+            "R4": "rep_r4_moments", "R5": "rep_r5_fedrep", "R6": "rep_r6_adaptrep",
+            "R7": "rep_r7_separation"}[cid]
+    assert (out / f"{stem}.png").stat().st_size > 1000
+
+
+def test_tiny_bridge_and_separation_json(tiny_runs):
+    out, _ = tiny_runs
+    b = json.loads((out / "bridge.json").read_text())
+    A, R = b["base_matrix"], b["representation"]
+    # SR keeps its Eckart-Young floor at every n; Meta-LoRA falls below it
+    assert all(v > 0.5 * A["sr_floor"] for v in A["sr_mean"])
+    assert A["ml_mean"][-1] < 0.01 * A["sr_floor"]
+    assert min(R["frozen_closed_form"]) >= R["frozen_floor"]
+    assert (out / "bridge.png").exists()
+    sep = json.loads((out / "rep_separation.json").read_text())
+    assert sep["screened"] and sep["measured"]
