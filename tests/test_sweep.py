@@ -46,7 +46,7 @@ def test_validate_fills_defaults_and_canonicalises():
     ({"lr_base": 0}, ["lr_base", "(0, inf)"]),
     ({"ft_lr": -0.1}, ["ft_lr", "(0, inf)"]),
     ({"sr_lr": math.nan}, ["sr_lr"]),
-    ({"noise_std": -1.0}, ["noise_std", "[0, inf)"]),
+    ({"noise_std": -1.0}, ["noise_std", "[0, 1e+150]"]),
     ({"init_scale": math.inf}, ["init_scale"]),
     ({"ml_solver": "adam"}, ["ml_solver", "'alternating'", "'newton'"]),
     ({"sampler": "sobol"}, ["sampler", "'raw'", "'wishart'"]),
