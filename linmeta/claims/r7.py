@@ -455,7 +455,7 @@ def plot(result: ClaimResult, out_dir) -> list:
     ax.set_title(f"R7  separation: eps={p['eps']:g}, delta={p['delta']:g}, {p['direction']}, "
                  f"{p['n_perturbed']} perturbed ({p['perturbed']} heads), phi={p['phi']:.2f}  "
                  f"(d={D['d']}, k={D['k']}, T={D['T']}; {D['setting']})", fontsize=8)
-    ax.legend(fontsize=6, loc="lower left")
+    ax.legend(fontsize=6, loc="upper right", ncol=2, framealpha=0.9)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     return save_figure(fig, out_dir, "rep_r7_separation", dpi=figure_dpi(D["setting"]))
