@@ -18,6 +18,8 @@ from helpers import count_compiles
 # protocols share, so the command-line test below runs this shape too: its program is reused)
 SMALL = {"protocol": "representation", "d": 6, "k": 2, "T": 8}
 # two shape groups (population and n = 30 samples per task); beta = 80 makes ANIL blow up
+# the reference program, compiled with XLA's cheap backend optimisation (a check, not a hot path)
+CHEAP = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
 SPEC = {"fixed": SMALL, "grid": {"n": ["inf", 30], "beta": [0.2, 80.0], "lam": [0.1, 1.0]},
         "seeds": 2}
 
@@ -61,7 +63,7 @@ def test_sweep_equals_run_protocol_and_compiles_once_per_shape_group(swept):
         hyper = jax.tree.map(lambda *x: jnp.stack(x), *(registry.hyper_of(c) for c in group))
         keys = jax.vmap(protocol.run_keys)(jnp.asarray([c["seed"] for c in group]))
         own = jax.jit(jax.vmap(protocol.run_protocol, in_axes=(None, 0, 0, None)),
-                      static_argnums=3)(truth, keys, hyper, shape)
+                      static_argnums=3, compiler_options=CHEAP)(truth, keys, hyper, shape)
         for i, cfg in enumerate(group):
             r = res[cfgs.index(cfg)]
             for field, value in zip(own._fields, own):
