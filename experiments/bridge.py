@@ -47,12 +47,10 @@ def base_matrix_panel(cfg, seed):
     import jax.numpy as jnp
 
     import linmeta
-    from linmeta import theory
+    from linmeta.claims import r7
 
     d, k, T, draws = cfg["d"], cfg["k"], cfg["T"], cfg["draws"]
-    root = jax.random.fold_in(jax.random.key(seed), 0xB41D)
-    kt, km, kd = jax.random.split(root, 3)
-    truth = linmeta.sample_truth(kt, d, k, T, n_unseen=1)
+    truth, km, kd = r7.bridge_truth(seed, d, k, T)
     pop = linmeta.population(truth)
     sr = linmeta.standard_retraining(pop).base
     ml = linmeta.meta_lora(pop, k, key=km).base
@@ -66,12 +64,8 @@ def base_matrix_panel(cfg, seed):
             risk = np.asarray(jnp.sum((M - many.M_new) ** 2, axis=(-2, -1)))
             out[f"{name}_mean"].append(float(risk.mean()))
             out[f"{name}_se"].append(float(risk.std() / math.sqrt(draws)))
-    resid = theory.sr_residual(truth.U_star, truth.U_new[0])
-    out.update(sr_floor=float(theory.lora_bias(resid, k)),
-               ml_rate_constant=float(NOISE_STD ** 2 * theory.adapter_dof(d, k, False)),
-               target_norm2=float(jnp.sum(truth.M_new[0] ** 2)),
-               ml_base_error=float(linmeta.metrics.base_error(ml, truth.A_star)),
-               d=d, k=k, T=T, noise_std=NOISE_STD, draws=draws)
+    out.update(r7.bridge_closed_forms(seed, d, k, T, NOISE_STD),  # also R7's bridge row
+               ml_base_error=float(linmeta.metrics.base_error(ml, truth.A_star)), draws=draws)
     return out
 
 

@@ -135,13 +135,21 @@ def test_tiny_run(cid, tiny_runs):
 
 
 def test_tiny_bridge_and_separation_json(tiny_runs):
-    out, _ = tiny_runs
+    out, data = tiny_runs
     b = json.loads((out / "bridge.json").read_text())
     A, R = b["base_matrix"], b["representation"]
     # SR keeps its Eckart-Young floor at every n; Meta-LoRA falls below it
     assert all(v > 0.5 * A["sr_floor"] for v in A["sr_mean"])
+    # the floor bounds every rank-k adapter on SR's base (Eckart-Young): Monte Carlo within 3 se
+    assert all(v + 3 * se >= A["sr_floor"] for v, se in zip(A["sr_mean"], A["sr_se"]))
     assert A["ml_mean"][-1] < 0.01 * A["sr_floor"]
     assert min(R["frozen_closed_form"]) >= R["frozen_floor"]
     assert (out / "bridge.png").exists()
+    # the bridge's numbers are a row of R7 (so they reach figures/REPORT.md): the same closed
+    # forms at the bridge's quick/full sizes
+    row = [r for r in data["rows"]["R7"] if r["quantity"].startswith("bridge")]
+    assert len(row) == 1 and row[0]["passed"]
+    base = r7.bridge_closed_forms(0, **{k: r7.BRIDGE[k] for k in ("d", "k", "T")})
+    assert f"floor {base['sr_floor']:.4g}" in row[0]["note"]
     sep = json.loads((out / "rep_separation.json").read_text())
     assert sep["screened"] and sep["measured"]

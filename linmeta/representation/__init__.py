@@ -8,7 +8,9 @@ AdaptRep, ANIL, first-order ANIL, one-step MAML, average loss, method of moments
 target tasks (:mod:`.target`: head only, head and representation, from scratch) -> subspace metrics
 (:func:`linmeta.metrics.subspace_distance`, :func:`linmeta.metrics.sin_theta_frobenius_sq`) beside
 the closed forms of :mod:`.theory` (which imports no solver). :mod:`.protocol` runs all of it for
-one configuration as one jit/vmap-able function.
+one configuration as one jit/vmap-able function; :mod:`.registry` registers it as the protocol
+``"representation"`` of :mod:`linmeta.protocols` when this package is imported, so that
+:mod:`linmeta.sweep` and ``linmeta sweep`` (``fixed.protocol = "representation"``) run it by name.
 
 Example::
 
@@ -20,7 +22,7 @@ Example::
     fr = rep.frozen_rep(src, 2, key=jax.random.key(1))
     print(linmeta.metrics.subspace_distance(fr.representation, truth.B_star))   # ~1e-15
 """
-from . import methods, protocol, target, tasks, theory, truth
+from . import methods, protocol, registry, target, tasks, theory, truth
 from .methods import (RepRecord, RepResult, adapt_rep, anil, average_loss, fedrep, frozen_rep,
                       maml, method_of_moments)
 from .target import TargetFit, finetune_target
@@ -33,4 +35,6 @@ __all__ = ["RepTruth", "sample_rep_truth", "balanced_heads", "gaussian_heads",
            "samples_from_betas", "sample_tasks", "moment_matrix", "RepRecord", "RepResult",
            "frozen_rep", "fedrep", "adapt_rep", "anil", "maml", "average_loss",
            "method_of_moments", "TargetFit", "finetune_target", "methods", "protocol", "target",
-           "tasks", "theory", "truth"]
+           "tasks", "theory", "truth", "registry"]
+
+registry.register()

@@ -84,7 +84,8 @@ def shifted_solve(S, c, rhs):
 def lambda_max_psd(M, squarings: int = 40):
     """Largest eigenvalue of symmetric PSD matrices (..., k, k) without LAPACK: square
     ``M / ||M||_F`` repeatedly (each squaring squares the eigenvalue ratios), take the column of the
-    result with the largest norm and return its Rayleigh quotient in M."""
+    result with the largest norm and return its Rayleigh quotient in M. A matrix with a non-finite
+    entry gets NaN (so a diverged representation never reads as a small distance)."""
     scale = jnp.sqrt(jnp.sum(M * M, axis=(-2, -1), keepdims=True))
     P = M / jnp.where(scale > 0, scale, 1.0)
 
@@ -98,7 +99,8 @@ def lambda_max_psd(M, squarings: int = 40):
     v = jnp.take_along_axis(P, j[..., None, None], axis=-1)[..., 0]  # (..., k)
     num = jnp.einsum("...i,...ij,...j->...", v, M, v)
     den = jnp.sum(v * v, axis=-1)
-    return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0)
+    value = jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0)
+    return jnp.where(jnp.all(jnp.isfinite(M), axis=(-2, -1)), value, jnp.nan)
 
 
 def _residual_gram(X, Y):

@@ -27,8 +27,13 @@ tasks):
    to rounding, tested: the protocol calls no LAPACK routine, so it is safe to batch and shard),
    objectives, ``||alpha B^T B - I||_2`` for ANIL, target excess risks (mean over target tasks),
    closed forms beside them (:mod:`linmeta.representation.theory`: the frozen floor and the
-   frozen target risk of FrozenRep's B, the scratch risk, the late rates), divergence flags and
-   the distance trajectories.
+   frozen target risk of FrozenRep's B, the scratch risk, the late rates), divergence flags, and
+   the trajectories of the distance (``*_traj``) and of the training objective
+   (``*_objective_traj``), recorded at :func:`linmeta.retrain.record_steps` of
+   ``max(frozen_steps, fedrep_steps, adapt_steps)`` (ANIL: of ``anil_steps``).
+
+The sweep engine reaches this function by name: :mod:`linmeta.representation.registry` registers
+it as the protocol ``"representation"`` of :mod:`linmeta.protocols`.
 
 Random streams: ``run_keys(seed)`` folds :data:`RUN_STREAM` into ``jax.random.key(seed)`` and
 splits it into ``(source, target, init)``.
@@ -188,6 +193,10 @@ class Outcome(NamedTuple):
     fedrep_traj: jax.Array
     anil_traj: jax.Array
     adapt_traj: jax.Array
+    frozen_objective_traj: jax.Array
+    fedrep_objective_traj: jax.Array
+    anil_objective_traj: jax.Array
+    adapt_objective_traj: jax.Array
 
 
 def _diverged(B, objective_history):
@@ -307,4 +316,6 @@ def run_protocol(truth: RepTruth, keys: RunKeys, hyper: Hyper, shape: Shape) -> 
         anil_diverged=_diverged(B_an, an_hist.value[1]),
         adapt_diverged=_diverged(B_ad, hist_l[1][best]),
         frozen_traj=hist_l[0][0], fedrep_traj=hist_l[0][1], anil_traj=an_hist.value[0],
-        adapt_traj=hist_l[0][best])
+        adapt_traj=hist_l[0][best], frozen_objective_traj=hist_l[1][0],
+        fedrep_objective_traj=hist_l[1][1], anil_objective_traj=an_hist.value[1],
+        adapt_objective_traj=hist_l[1][best])
