@@ -140,9 +140,6 @@ def test_cli_sweep_runs_the_representation_protocol(tmp_path, capsys, swept):
             assert row[key] == pytest.approx(res[key], rel=1e-12, abs=1e-15, nan_ok=True), key
 
 
-@pytest.mark.xfail(strict=True, reason="linmeta/config.py load_sweep_spec checks [fixed]/[grid] "
-                   "keys against the paper protocol's DEFAULTS: keys of the representation "
-                   "protocol (m, beta, lam, ...) exit 2 as unknown")
 def test_cli_sweep_accepts_the_protocols_own_keys(tmp_path, capsys):
     spec = _spec(tmp_path / "spec.json", json.dumps(
         {"seeds": 1, "fixed": {**SMALL}, "grid": {"lam": [0.1, 1.0]}}))
@@ -150,9 +147,6 @@ def test_cli_sweep_accepts_the_protocols_own_keys(tmp_path, capsys):
     assert rc == 0, capsys.readouterr().err
 
 
-@pytest.mark.xfail(strict=True, reason="linmeta/runs.py sweep_to_folder reports diverged "
-                   "configurations from the paper's FLAG_COLUMNS (ml/sr/ft) only, and adds "
-                   "those columns to every row: a diverged representation run is not reported")
 def test_sweep_folder_reports_a_diverged_representation_run(tmp_path, swept):
     from linmeta import runs
 
