@@ -52,7 +52,12 @@ def core_files() -> list:
 
 
 def pytest_collection_finish(session):
-    """Start the float32 run of the core tests when its test is selected (float64 sessions)."""
+    """Start the claims' tiny runs of the selected modules in one background chain
+    (``helpers.tiny_claim_runs``), and the float32 run of the core tests when its test is selected
+    (float64 sessions)."""
+    import helpers
+
+    helpers.start_tiny_runs(session)
     if not X64 or not any(item.nodeid.endswith(FLOAT32_TEST.split("/", 1)[1])
                           for item in session.items):
         return
@@ -69,6 +74,9 @@ def pytest_collection_finish(session):
 
 
 def pytest_unconfigure(config):
+    import helpers
+
+    helpers.stop_tiny_runs()
     run = config.stash.get(FLOAT32_RUN, None)
     if run is not None and run[0].poll() is None:  # the test was deselected or interrupted
         run[0].kill()

@@ -6,7 +6,10 @@ import math
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
+import threading
+from pathlib import Path
 
 import jax
 import pytest
@@ -69,62 +72,112 @@ def tol(float64: float, float32: float | None = None, dt=None) -> float:
 
 
 # ----------------------------------------------------------------------------- claims' tiny runs
-def tiny_claim_runs(experiments: dict, tag: str):
-    """Two module-scoped fixtures for a test module that checks claims at their tiny setting.
+class _Job:
+    """One background run of experiments at their tiny setting (see :func:`tiny_claim_runs`)."""
 
-    ``experiments`` maps claim ids to ``experiments/<name>.py`` scripts. The first fixture
-    (autouse) starts one subprocess that calls every script's ``main(setting="tiny")`` with XLA's
-    cheap backend optimisation level (the runs are compile-bound and the flag must be set before
-    JAX starts, which the pytest process has already done), as soon as the module's first test
-    runs and only when a test using the runs is selected; the hand-built tests of the module run
-    while it compiles. The second, ``tiny_runs``, waits for it and returns ``(out_dir, data)``
-    with ``data["rows"][cid]`` the verdict rows as dicts (``Verdict.as_dict``) and
-    ``data["seconds"][cid]``.
+    def __init__(self, tag: str, body: str, module_file: str, wanted):
+        self.tag, self.body, self.module_file, self.wanted = tag, body, module_file, wanted
+        self.done = threading.Event()
+        self.proc = None
+        self.out = None
+        self.result = None  # (returncode, stdout, stderr)
 
-    Use: ``_start_tiny_runs, tiny_runs = helpers.tiny_claim_runs(EXPERIMENTS, "name")``.
+
+_JOBS: list = []  # registered when the test modules are imported (collection)
+_DEFAULT_BODY = """
+for cid, name in EXPERIMENTS.items():
+    t0 = time.perf_counter()
+    verdicts = importlib.import_module("experiments." + name).main(setting="tiny", out_dir=out,
+                                                                   seed=0)
+    secs[cid] = time.perf_counter() - t0
+    rows[cid] = [v.as_dict() for v in verdicts]
+"""
+
+
+def tiny_claim_runs(experiments: dict, tag: str, *, body: str | None = None,
+                    wanted=lambda item: "tiny_runs" in getattr(item, "fixturenames", ())):
+    """A module-scoped fixture ``tiny_runs`` for a test module that checks claims at their tiny
+    setting: ``(out_dir, data)`` with ``data["rows"][cid]`` the verdict rows as dicts
+    (``Verdict.as_dict``) and ``data["seconds"][cid]``.
+
+    The runs happen in a subprocess with XLA's cheap backend optimisation level (they are
+    compile-bound, and the flag must be set before JAX starts, which the pytest process has
+    already done). Every module's runs are registered here at collection and started by
+    ``tests/conftest.py`` when collection finishes, one module after another in one background
+    chain, only for modules where a selected test (``wanted(item)``) uses them: they run on the
+    second core while the suite's other tests run, and a module's tests wait only if its runs
+    are not finished yet. ``experiments`` maps claim ids to ``experiments/<name>.py`` scripts
+    (each called with ``main(setting="tiny", out_dir=out, seed=0)``); ``body`` replaces that loop
+    (Python code that fills ``rows`` and ``secs``, with ``out``, ``EXPERIMENTS``, ``importlib``
+    and ``time`` at hand).
+
+    Use: ``tiny_runs = helpers.tiny_claim_runs(EXPERIMENTS, "name")``.
     """
-    state = {}
+    import inspect
 
-    @pytest.fixture(scope="module", autouse=True)
-    def _start_tiny_runs(request, tmp_path_factory):
-        if not any(item.module is request.module and "tiny_runs" in getattr(item, "fixturenames", ())
-                   for item in request.session.items):
-            yield
-            return
-        out = tmp_path_factory.mktemp(f"{tag}_tiny")
-        script = textwrap.dedent(f"""
-            import importlib, json, time
-            rows, secs = {{}}, {{}}
-            for cid, name in {experiments!r}.items():
-                t0 = time.perf_counter()
-                verdicts = importlib.import_module("experiments." + name).main(
-                    setting="tiny", out_dir={str(out)!r}, seed=0)
-                secs[cid] = time.perf_counter() - t0
-                rows[cid] = [v.as_dict() for v in verdicts]
-            json.dump(dict(rows=rows, seconds=secs), open({str(out / "rows.json")!r}, "w"))
-        """)
-        env = dict(os.environ)
-        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "")
-                            + " --xla_backend_optimization_level=0").strip()
-        env["JAX_PLATFORMS"] = env.get("JAX_PLATFORMS", "cpu")
-        state["out"] = out
-        state["proc"] = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=env,
-                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        yield
-        if state["proc"].poll() is None:  # pragma: no cover - only when the tests were skipped
-            state["proc"].kill()
-            state["proc"].communicate()
+    caller = os.path.abspath(inspect.stack()[1].filename)
+    code = (f"import importlib, json, sys, time\nEXPERIMENTS = {experiments!r}\n"
+            "out = sys.argv[1]\nrows, secs = {}, {}\n" + textwrap.dedent(body or _DEFAULT_BODY)
+            + "\nimport os\njson.dump(dict(rows=rows, seconds=secs), "
+              "open(os.path.join(out, 'rows.json'), 'w'))\n")
+    job = _Job(tag, code, caller, wanted)
+    _JOBS.append(job)
 
     @pytest.fixture(scope="module")
     def tiny_runs():
-        proc, out = state["proc"], state["out"]
-        if "data" not in state:
-            stdout, stderr = proc.communicate(timeout=900)
-            assert proc.returncode == 0, stdout[-3000:] + stderr[-5000:]
-            state["data"] = json.loads((out / "rows.json").read_text())
-        return out, state["data"]
+        if job.proc is None and not job.done.is_set():
+            start_jobs([job])  # not started at collection (a plugin-less or partial session)
+        assert job.done.wait(timeout=1200), f"tiny runs of {tag} did not finish in 20 minutes"
+        code, out, err = job.result
+        assert code == 0, out[-3000:] + err[-5000:]
+        with open(os.path.join(job.out, "rows.json")) as f:
+            data = json.load(f)
+        return Path(job.out), data
 
-    return _start_tiny_runs, tiny_runs
+    return tiny_runs
+
+
+def _run_chain(jobs: list) -> None:
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+    env["JAX_PLATFORMS"] = env.get("JAX_PLATFORMS", "cpu")
+    for job in jobs:
+        try:
+            job.out = tempfile.mkdtemp(prefix=f"linmeta_{job.tag}_tiny_")
+            job.proc = subprocess.Popen([sys.executable, "-c", job.body, job.out], cwd=REPO,
+                                        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        text=True)
+            out, err = job.proc.communicate()
+            job.result = (job.proc.returncode, out, err)
+        except Exception as e:  # pragma: no cover - reported by the waiting fixture
+            job.result = (-1, "", repr(e))
+        finally:
+            job.done.set()
+
+
+def start_jobs(jobs: list) -> None:
+    """Start ``jobs`` one after another in a background thread (each a subprocess)."""
+    if jobs:
+        threading.Thread(target=_run_chain, args=(list(jobs),), daemon=True).start()
+
+
+def start_tiny_runs(session) -> None:
+    """conftest's hook: start the registered tiny runs wanted by the session's selected tests."""
+    wanted = [job for job in _JOBS
+              if any(os.path.abspath(str(item.fspath)) == job.module_file and job.wanted(item)
+                     for item in session.items)]
+    start_jobs(wanted)
+
+
+def stop_tiny_runs() -> None:
+    """Kill runs still going (the session was interrupted) and remove their folders."""
+    import shutil
+
+    for job in _JOBS:
+        if job.proc is not None and job.proc.poll() is None:
+            job.proc.kill()
+        if job.out is not None:
+            shutil.rmtree(job.out, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- tolerances

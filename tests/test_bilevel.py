@@ -1,10 +1,8 @@
 """The bilevel family's protocol (linmeta.bilevel) and the tiny runs of claims M1-M6.
 
 The tiny runs happen once, in one subprocess that calls ``experiments/bilevel_all.py`` (every
-claim M1-M6) and one per-claim script at ``setting="tiny"`` with XLA's cheap backend optimisation
-level (compile-bound runs; the flag
-must be set before JAX starts). It starts with the first test of this module and runs while the
-protocol tests run here; the tiny tests come last.
+claim M1-M6) and one per-claim script at ``setting="tiny"`` (``helpers.tiny_claim_runs``: started
+in the background when collection finishes, while the other tests run).
 """
 import functools
 import json
@@ -12,7 +10,6 @@ import os
 import re
 import subprocess
 import sys
-import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -23,55 +20,20 @@ import linmeta
 from linmeta import bilevel, paper, protocols, sweep
 from linmeta.claims._bilevel import numpy_truths, to_jax
 
-from helpers import count_compiles, rel
+from helpers import count_compiles, rel, tiny_claim_runs
 
 FIGURES = ("bilevel_m1_reductions", "bilevel_m2_exact_inner", "bilevel_m3_gradients",
            "bilevel_vs_K_T3", "bilevel_ablation", "bilevel_step_size")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_TINY = {}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _start_tiny_runs(request, tmp_path_factory):
-    """Start the tiny runs in a subprocess as soon as this module's tests begin (when a tiny test
-    is selected), so that the protocol tests below run while it compiles."""
-    if not any(item.module is request.module and "test_tiny_run" in item.name
-               for item in request.session.items):
-        yield
-        return
-    out = tmp_path_factory.mktemp("bilevel_tiny")
-    script = textwrap.dedent(f"""
-        import importlib, json, time
-        t0 = time.perf_counter()
-        verdicts = importlib.import_module("experiments.bilevel_all").main("tiny", {str(out)!r}, 0)
-        secs = dict(all=time.perf_counter() - t0)
-        rows = {{}}
-        for v in verdicts:
-            rows.setdefault(v.claim, []).append(v.as_dict())
-        # one thin per-claim script too (the grid is computed: this is its figure only)
-        importlib.import_module("experiments.bilevel_step_size").main("tiny", {str(out)!r}, 0)
-        json.dump(dict(rows=rows, seconds=secs), open({str(out / "rows.json")!r}, "w"))
-    """)
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
-    env["JAX_PLATFORMS"] = env.get("JAX_PLATFORMS", "cpu")
-    _TINY["out"] = out
-    _TINY["proc"] = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    yield
-    if _TINY["proc"].poll() is None:  # pragma: no cover - only when the tiny tests were skipped
-        _TINY["proc"].kill()
-        _TINY["proc"].communicate()
-
-
-@pytest.fixture(scope="module")
-def tiny_runs():
-    proc, out = _TINY["proc"], _TINY["out"]
-    if "data" not in _TINY:
-        stdout, stderr = proc.communicate(timeout=600)
-        assert proc.returncode == 0, stdout[-3000:] + stderr[-5000:]
-        _TINY["data"] = json.loads((out / "rows.json").read_text())
-    return out, _TINY["data"]
+tiny_runs = tiny_claim_runs({}, "bilevel", body="""
+t0 = time.perf_counter()
+verdicts = importlib.import_module("experiments.bilevel_all").main("tiny", out, 0)
+secs["all"] = time.perf_counter() - t0
+for v in verdicts:
+    rows.setdefault(v.claim, []).append(v.as_dict())
+# one thin per-claim script too (the grid is computed: this is its figure only)
+importlib.import_module("experiments.bilevel_step_size").main("tiny", out, 0)
+""")
 
 
 # ----------------------------------------------------------------------------- the protocol

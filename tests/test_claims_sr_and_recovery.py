@@ -22,7 +22,7 @@ from helpers import check_row_tolerances, tiny_claim_runs
 EXPERIMENTS = {"C1": "c1_sr_minimiser", "C2": "c2_sr_bias", "C3": "c3_recovery",
                "C5": "c5_single_task", "C7": "c7_finite_samples"}
 
-_start_tiny_runs, tiny_runs = tiny_claim_runs(EXPERIMENTS, "sr_recovery")
+tiny_runs = tiny_claim_runs(EXPERIMENTS, "sr_recovery")
 
 
 # ----------------------------------------------------------------------------- fits (C1, C7)
@@ -198,7 +198,7 @@ def test_alternating_check_passes_and_catches_a_base_step_scaled_by_T(monkeypatc
 
 
 # ----------------------------------------------------------------------------- tiny runs (last: the
-# subprocess started by _start_tiny_runs has been compiling while the tests above ran)
+# background subprocess of helpers.tiny_claim_runs has been running while the tests above ran)
 @pytest.mark.parametrize("cid", sorted(EXPERIMENTS))
 def test_tiny_run_passes_and_writes_figures(tiny_runs, cid):
     out, data = tiny_runs

@@ -18,7 +18,7 @@ from helpers import check_row_tolerances, tiny_claim_runs
 
 EXPERIMENTS = {"C4": "c4_two_tasks", "C6": "c6_adaptation_rate", "C8": "c8_landscape_census"}
 
-_start_tiny_runs, tiny_runs = tiny_claim_runs(EXPERIMENTS, "two_tasks_rate_census")
+tiny_runs = tiny_claim_runs(EXPERIMENTS, "two_tasks_rate_census")
 
 
 def test_hyperbolic_family_exact():

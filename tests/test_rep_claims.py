@@ -1,12 +1,9 @@
 """Representation family, claims R1-R7 and the bridge: each experiment's tiny setting (in one
-background subprocess started with the first test of this module, cheap XLA backend optimisation
-as in linmeta verify), and exact hand-built checks of the claim helpers."""
+background subprocess, ``helpers.tiny_claim_runs``, cheap XLA backend optimisation as in linmeta
+verify), and exact hand-built checks of the claim helpers."""
 import json
 import math
 import os
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -14,55 +11,25 @@ import pytest
 from linmeta.claims import CLAIMS, claim_doc, family_claims
 from linmeta.claims import _rep_support, r7
 
+from helpers import tiny_claim_runs
+
 EXPERIMENTS = {"R1": "rep_frozen_pca", "R2": "rep_frozen_floor", "R3": "rep_anil",
                "R4": "rep_moments", "R5": "rep_fedrep", "R6": "rep_adaptrep",
                "R7": "rep_separation"}
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_TINY = {}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _start_tiny_runs(request, tmp_path_factory):
-    if not any(item.module is request.module and "tiny" in item.name
-               for item in request.session.items):
-        yield
-        return
-    out = tmp_path_factory.mktemp("rep_tiny")
-    script = textwrap.dedent(f"""
-        import importlib, json, time
-        rows, secs = {{}}, {{}}
-        for cid, name in {EXPERIMENTS!r}.items():
-            t0 = time.perf_counter()
-            verdicts = importlib.import_module("experiments." + name).main(
-                setting="tiny", out_dir={str(out)!r}, seed=0)
-            secs[cid] = time.perf_counter() - t0
-            rows[cid] = [v.as_dict() for v in verdicts]
-        from experiments import bridge
-        t0 = time.perf_counter()
-        bridge.main("tiny", {str(out)!r}, 0)
-        secs["bridge"] = time.perf_counter() - t0
-        json.dump(dict(rows=rows, seconds=secs), open({str(out / "rows.json")!r}, "w"))
-    """)
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
-    env["JAX_PLATFORMS"] = env.get("JAX_PLATFORMS", "cpu")
-    _TINY["out"] = out
-    _TINY["proc"] = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    yield
-    if _TINY["proc"].poll() is None:  # pragma: no cover - only when the tiny tests were skipped
-        _TINY["proc"].kill()
-        _TINY["proc"].communicate()
-
-
-@pytest.fixture(scope="module")
-def tiny_runs():
-    proc, out = _TINY["proc"], _TINY["out"]
-    if "data" not in _TINY:
-        stdout, stderr = proc.communicate(timeout=900)
-        assert proc.returncode == 0, stdout[-3000:] + stderr[-5000:]
-        _TINY["data"] = json.loads((out / "rows.json").read_text())
-    return out, _TINY["data"]
+_BODY = """
+for cid, name in EXPERIMENTS.items():
+    t0 = time.perf_counter()
+    verdicts = importlib.import_module("experiments." + name).main(setting="tiny", out_dir=out,
+                                                                   seed=0)
+    secs[cid] = time.perf_counter() - t0
+    rows[cid] = [v.as_dict() for v in verdicts]
+from experiments import bridge
+t0 = time.perf_counter()
+bridge.main("tiny", out, 0)
+secs["bridge"] = time.perf_counter() - t0
+"""
+tiny_runs = tiny_claim_runs(EXPERIMENTS, "rep", body=_BODY)
 
 
 # ----------------------------------------------------------------------------- registry
