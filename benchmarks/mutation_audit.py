@@ -50,6 +50,8 @@ T_FINETUNE = ["tests/test_finetune.py"]
 T_METRICS = ["tests/test_metrics.py"]
 T_LANDSCAPE = ["tests/test_landscape.py"]
 T_CLAIMS_A = ["tests/test_claims_sr_and_recovery.py"]
+T_BILEVEL = ["tests/test_maml.py"]
+T_REP = ["tests/test_rep_core.py", "tests/test_rep_methods.py"]
 
 # id, file, original text (must occur exactly once in the file), replacement, what it breaks,
 # covering test files, and (rarely) why the mutant is semantically harmless
@@ -166,6 +168,41 @@ MUTATIONS = [
          old="    tol_slope = Tolerance.seeds(slope_se, S, bias=d / Narr[0],",
          new="    tol_slope = Tolerance.seeds(slope_se, S, p=1e-12, bias=d / Narr[0],",
          what="C7: slope band at level 1e-12 (about 7 standard errors)", tests=T_CLAIMS_A),
+    # the bilevel family (claims M1-M6)
+    dict(id="maml_second_order_halved", file="linmeta/bilevel/methods.py",
+         old="            gA = gA + w[\"maml\"] * corr_A",
+         new="            gA = gA + 0.5 * w[\"maml\"] * corr_A",
+         what="MAML: the second-order term of the base gradient halved", tests=T_BILEVEL),
+    dict(id="reptile_displacement_sign", file="linmeta/bilevel/methods.py",
+         old="        gA = gA - w[\"reptile\"] * jnp.mean(disp, axis=-3)",
+         new="        gA = gA + w[\"reptile\"] * jnp.mean(disp, axis=-3)",
+         what="Reptile: the base moves against the inner displacement", tests=T_BILEVEL),
+    dict(id="full_rank_fomaml_step", file="linmeta/bilevel/theory.py",
+         old="    return {\"maml\": outer_lr * c * c, \"fomaml\": outer_lr * c,",
+         new="    return {\"maml\": outer_lr * c * c, \"fomaml\": outer_lr * c * c,",
+         what="full-rank reduction: first-order MAML's SR step (1-alpha)^(2K) instead of ^K",
+         tests=T_BILEVEL),
+    dict(id="profiled_objective_no_skew", file="linmeta/bilevel/theory.py",
+         old="    per_task = jnp.sum(K * K, axis=(-2, -1)) + lora_bias(S, rank, psd=True)",
+         new="    per_task = lora_bias(S, rank, psd=True)",
+         what="exact inner solve (U U^T): the skew part of the residual dropped", tests=T_BILEVEL),
+    # the representation family (claims R1-R7)
+    dict(id="frozen_risk_m_minus_k", file="linmeta/representation/theory.py",
+         old="    return f + (noise_std ** 2 + f) * k / (m - k - 1)",
+         new="    return f + (noise_std ** 2 + f) * k / (m - k)",
+         what="frozen target risk: k/(m-k) instead of k/(m-k-1)", tests=T_REP),
+    dict(id="anil_rate_without_beta", file="linmeta/representation/theory.py",
+         old="    return 1 - alpha * beta * _lambda_min(Sigma)",
+         new="    return 1 - alpha * _lambda_min(Sigma)",
+         what="ANIL late rate: 1 - alpha lambda_min (beta dropped)", tests=T_REP),
+    dict(id="pooled_moment_factor", file="linmeta/representation/theory.py",
+         old="    return (noise_std ** 2 + q) * jnp.eye(d, dtype=betas.dtype) + 2 * task_moment(betas)",
+         new="    return (noise_std ** 2 + q) * jnp.eye(d, dtype=betas.dtype) + task_moment(betas)",
+         what="moment identity: beta beta^T counted once", tests=T_REP),
+    dict(id="adaptrep_penalty_half", file="linmeta/representation/theory.py",
+         old="    return jnp.sqrt(lam * gamma) * jnp.linalg.norm(v, axis=-1)",
+         new="    return jnp.sqrt(lam * gamma / 2) * jnp.linalg.norm(v, axis=-1)",
+         what="AdaptRep penalty identity: sqrt(lambda gamma / 2)", tests=T_REP),
 ]
 
 

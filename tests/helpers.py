@@ -78,6 +78,7 @@ class _Job:
     def __init__(self, tag: str, body: str, module_file: str, wanted):
         self.tag, self.body, self.module_file, self.wanted = tag, body, module_file, wanted
         self.done = threading.Event()
+        self.started = False
         self.proc = None
         self.out = None
         self.result = None  # (returncode, stdout, stderr)
@@ -94,8 +95,8 @@ for cid, name in EXPERIMENTS.items():
 """
 
 
-def tiny_claim_runs(experiments: dict, tag: str, *, body: str | None = None,
-                    wanted=lambda item: "tiny_runs" in getattr(item, "fixturenames", ())):
+def tiny_claim_runs(experiments: dict, tag: str, *, body: str | None = None, name="tiny_runs",
+                    wanted=None):
     """A module-scoped fixture ``tiny_runs`` for a test module that checks claims at their tiny
     setting: ``(out_dir, data)`` with ``data["rows"][cid]`` the verdict rows as dicts
     (``Verdict.as_dict``) and ``data["seconds"][cid]``.
@@ -111,9 +112,14 @@ def tiny_claim_runs(experiments: dict, tag: str, *, body: str | None = None,
     (Python code that fills ``rows`` and ``secs``, with ``out``, ``EXPERIMENTS``, ``importlib``
     and ``time`` at hand).
 
-    Use: ``tiny_runs = helpers.tiny_claim_runs(EXPERIMENTS, "name")``.
+    Use: ``tiny_runs = helpers.tiny_claim_runs(EXPERIMENTS, "name")``; ``name`` names the fixture
+    (and, by default, selects the tests that want it).
     """
     import inspect
+
+    if wanted is None:
+        def wanted(item):
+            return name in getattr(item, "fixturenames", ())
 
     caller = os.path.abspath(inspect.stack()[1].filename)
     code = (f"import importlib, json, sys, time\nEXPERIMENTS = {experiments!r}\n"
@@ -123,13 +129,13 @@ def tiny_claim_runs(experiments: dict, tag: str, *, body: str | None = None,
     job = _Job(tag, code, caller, wanted)
     _JOBS.append(job)
 
-    @pytest.fixture(scope="module")
+    @pytest.fixture(scope="module", name=name)
     def tiny_runs():
-        if job.proc is None and not job.done.is_set():
+        if not job.started:
             start_jobs([job])  # not started at collection (a plugin-less or partial session)
         assert job.done.wait(timeout=1200), f"tiny runs of {tag} did not finish in 20 minutes"
         code, out, err = job.result
-        assert code == 0, out[-3000:] + err[-5000:]
+        assert code == 0, f"exit code {code}\n" + out[-3000:] + err[-5000:]
         with open(os.path.join(job.out, "rows.json")) as f:
             data = json.load(f)
         return Path(job.out), data
@@ -144,11 +150,11 @@ def _run_chain(jobs: list) -> None:
     for job in jobs:
         try:
             job.out = tempfile.mkdtemp(prefix=f"linmeta_{job.tag}_tiny_")
-            job.proc = subprocess.Popen([sys.executable, "-c", job.body, job.out], cwd=REPO,
-                                        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        text=True)
-            out, err = job.proc.communicate()
-            job.result = (job.proc.returncode, out, err)
+            proc = subprocess.Popen([sys.executable, "-c", job.body, job.out], cwd=REPO, env=env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            job.proc = proc
+            out, err = proc.communicate()
+            job.result = (proc.returncode, out, err)
         except Exception as e:  # pragma: no cover - reported by the waiting fixture
             job.result = (-1, "", repr(e))
         finally:
@@ -157,6 +163,9 @@ def _run_chain(jobs: list) -> None:
 
 def start_jobs(jobs: list) -> None:
     """Start ``jobs`` one after another in a background thread (each a subprocess)."""
+    jobs = [job for job in jobs if not job.started]
+    for job in jobs:
+        job.started = True
     if jobs:
         threading.Thread(target=_run_chain, args=(list(jobs),), daemon=True).start()
 

@@ -1,18 +1,36 @@
 """The benchmarks' tiny modes run (benchmarks are not tests: only their smoke mode is run here).
 
-The tiny settings reuse the shapes and batch sizes of tests/test_sweep.py, so that within one
-session they mostly reuse its compiled programs."""
+The two largest, ``paper_protocol --tiny`` and ``scaling --tiny`` (each starts processes of its
+own), run in the background chain of ``helpers.tiny_claim_runs`` from the session's start, while
+the other tests run; the tests below check what they returned. The other tiny settings reuse the
+shapes and batch sizes of tests/test_sweep.py, so that within one session they mostly reuse its
+compiled programs."""
 import json
 
 import numpy as np
 
 from benchmarks import paper_protocol, run_all, scaling
 
+from helpers import tiny_claim_runs
 
-def test_paper_protocol_tiny(tmp_path, capsys):
-    out = tmp_path / "pp.json"
-    s = paper_protocol.main(["--tiny", "--no-compile-cache", "--out", str(out)])
-    assert json.loads(out.read_text())["numpy_statistics"]["rows"][0]["T"] == 3
+bench_runs = tiny_claim_runs({}, "benchmarks", name="bench_runs", body="""
+import contextlib, io, os
+from benchmarks import paper_protocol, scaling
+printed = io.StringIO()
+with contextlib.redirect_stdout(printed):
+    s = paper_protocol.main(["--tiny", "--no-compile-cache", "--out",
+                             os.path.join(out, "pp.json")])
+rows["paper_protocol"] = json.loads(json.dumps(s, default=str))
+rows["paper_protocol_stdout"] = printed.getvalue()
+s = scaling.main(["--tiny", "--no-compile-cache", "--figure", os.path.join(out, "recovery.png")])
+rows["scaling"] = json.loads(json.dumps(s, default=str))
+""")
+
+
+def test_paper_protocol_tiny(bench_runs):
+    out, data = bench_runs
+    s = data["rows"]["paper_protocol"]
+    assert json.loads((out / "pp.json").read_text())["numpy_statistics"]["rows"][0]["T"] == 3
     # cold and warm whole processes (their own fresh cache): same numbers as in this process
     assert s["linmeta_cold_process_s"] > 0 and s["linmeta_warm_process_s"] > 0
     assert s["cache_entries"] > 0 and s["processes_max_rel_diff"] <= 1e-12
@@ -24,7 +42,7 @@ def test_paper_protocol_tiny(tmp_path, capsys):
     assert s["paper_code"]["seconds"] == paper_protocol.PAPER_CODE_SECONDS
     tp = s["throughput"]
     assert tp["configs_per_s"] > 0 and 0 < tp["fraction_of_flop_floor"] < 1
-    assert "HEADLINE" in capsys.readouterr().out
+    assert "HEADLINE" in data["rows"]["paper_protocol_stdout"]
 
 
 def test_numpy_statistics_loop_is_the_protocol():
@@ -59,9 +77,10 @@ def test_paper_protocol_linmeta_only_prints_json_last(capsys):
     assert all(np.isfinite(r["ml_ft_test_loss"]) for r in finals["3"])
 
 
-def test_scaling_tiny(tmp_path):
-    fig = tmp_path / "recovery.png"
-    s = scaling.main(["--tiny", "--no-compile-cache", "--figure", str(fig)])
+def test_scaling_tiny(bench_runs):
+    out, data = bench_runs
+    fig = out / "recovery.png"
+    s = data["rows"]["scaling"]
     assert [r["batch"] for r in s["batch"]["rows"]] == [1, 2]
     assert all(r["configs_per_s"] > 0 for r in s["batch"]["rows"])
     assert s["dim"]["rows"][0]["flops_model"] > 0
