@@ -17,8 +17,10 @@ text it replaces (which must occur once) and its replacement.
 
 Usage::
 
-    nice python benchmarks/mutation_audit.py                 # every mutant, verify --quick (~40 min)
-    nice python benchmarks/mutation_audit.py --tests         # and the covering test files
+    nice python benchmarks/mutation_audit.py                 # every mutant, verify --quick
+    nice python benchmarks/mutation_audit.py --tests         # and the covering test files (the
+                                                             # 27 core mutants: 70 min, shared machine)
+    python benchmarks/mutation_audit.py --tests --claims bilevel,representation --only ID,...
     python benchmarks/mutation_audit.py --only noise_std_as_variance,c1_tolerance_x1e6
     python benchmarks/mutation_audit.py --list               # the mutants, no runs
     python benchmarks/mutation_audit.py --smoke              # one mutant, verify --tiny --claims C1

@@ -145,6 +145,18 @@ def test_moment_identity_hand_built():
     np.testing.assert_allclose(theory.moment_expectation(beta, 1.0), want, rtol=tol(1e-15))
 
 
+def test_pooled_moment_is_the_mean_of_the_task_moments_and_late_rates_hand_built():
+    betas = jnp.asarray([[1.0, 2.0, 0.0], [0.0, -1.0, 3.0]], dtype())
+    want = np.mean([np.asarray(theory.moment_expectation(b, 0.5)) for b in betas], axis=0)
+    np.testing.assert_allclose(theory.pooled_moment_expectation(betas, 0.5), want,
+                               rtol=tol(1e-15))
+    Sigma = jnp.asarray([[0.65, 0.35], [0.35, 0.65]], dtype())  # eigenvalues 0.3 and 1
+    assert float(theory.anil_late_rate(0.5, 0.4, Sigma)) == pytest.approx(1 - 0.5 * 0.4 * 0.3,
+                                                                          rel=tol(1e-14))
+    assert float(theory.fedrep_late_rate(0.5, Sigma)) == pytest.approx(1 - 0.5 * 0.3,
+                                                                       rel=tol(1e-14))
+
+
 @functools.partial(jax.jit, static_argnums=(1, 2, 3))
 def _anil_identity(key, d, k, T, alpha):
     """For balanced and for Gaussian heads: ANIL's and first-order ANIL's wrong-subspace steps

@@ -187,9 +187,9 @@ def _measures(inst, loop, *, d, k, T, steps):
                                    for i in range(S)])
     Bm = np.asarray(loop["traj_meta"])  # (S, 7, steps + 1, d, k)
     B_meta, w_meta = np.asarray(loop["B_meta"]), np.asarray(loop["w_meta"])
-    lam_w = np.linalg.eigvalsh(np.swapaxes(np.asarray(inst["Wb"]), -1, -2)
-                               @ np.asarray(inst["Wb"]) / T)
-    out["lambda_min"] = lam_w[:, 0]
+    out["sigma_hat"] = (np.swapaxes(np.asarray(inst["Wb"]), -1, -2) @ np.asarray(inst["Wb"])
+                        / T)  # the heads' second moment (S, k, k): the late rates' Sigma
+    out["lambda_min"] = np.linalg.eigvalsh(out["sigma_hat"])[:, 0]
     eye = np.eye(k)
     out["anil_gram"] = np.linalg.norm(ALPHA * np.swapaxes(B_meta[:, 0], -1, -2) @ B_meta[:, 0]
                                       - eye, 2, axis=(-2, -1))

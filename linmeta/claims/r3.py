@@ -30,8 +30,11 @@ from __future__ import annotations
 
 import time
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+from ..representation import theory as rep_theory
 from . import ClaimResult, Verdict
 from ._rep_population import ALPHA, BETA, SETTINGS, population_runs
 from ._rep_support import RATE_WINDOW, late_rate
@@ -52,7 +55,8 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
     out = population_runs(setting, seed)
     S, steps = cfg["seeds"], cfg["steps"]
     lam = out["lambda_min"]
-    pred = 1 - ALPHA * BETA * lam
+    pred = np.asarray(jax.vmap(lambda s: rep_theory.anil_late_rate(ALPHA, BETA, s))(
+        jnp.asarray(out["sigma_hat"])))
     note = (f"d={cfg['d']}, k={cfg['k']}, T={cfg['T']} balanced heads, lambda_min(Sigma)="
             f"{lam.min():.2f}, alpha={ALPHA}, beta={BETA}, {S} seeds, {steps} steps")
     tol_rate = RATE_TOL * ALPHA * BETA * lam

@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import time
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+from ..representation import theory as rep_theory
 from . import ClaimResult, Verdict
 from ._rep_population import ETA, SETTINGS, population_runs
 from ._rep_support import RATE_WINDOW, late_rate
@@ -32,7 +35,8 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
     t0 = time.perf_counter()
     out = population_runs(setting, seed)
     lam = out["lambda_min"]
-    pred = 1 - ETA * lam
+    pred = np.asarray(jax.vmap(lambda s: rep_theory.fedrep_late_rate(ETA, s))(
+        jnp.asarray(out["sigma_hat"])))
     traj = out["fedrep_traj"]
     fits = [late_rate(t) for t in traj]
     r = np.array([f[0] for f in fits])
