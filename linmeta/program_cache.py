@@ -104,7 +104,8 @@ def _lapack_ready() -> None:
     """Lower (not compile) a tiny SVD once: that initialises jaxlib's CPU LAPACK kernels. A stored
     program that calls LAPACK, loaded into a process that has lowered no LAPACK call yet, would
     call uninitialised kernels (a segmentation fault; ``jax.export`` initialises them before it
-    runs a deserialised program, for the same reason)."""
+    runs a deserialised program, for the same reason). About 0.2 s, so only for programs stored
+    with a LAPACK call in their text."""
     import jax.numpy as jnp
     import numpy as np
 
@@ -157,8 +158,15 @@ def _compiled_here(lower: Callable[[], Any], options: dict):
         if not bypassed:
             return None
         _HITS.n = 0
-        exe = lower().compile(options)
-    return exe if _HITS.n == 0 else None
+        lowered = lower()
+        exe = lowered.compile(options)
+    if _HITS.n:
+        return None
+    try:
+        uses_lapack = "lapack" in lowered.as_text()
+    except Exception:  # pragma: no cover - no text: assume it does
+        uses_lapack = True
+    return exe, uses_lapack
 
 
 def load_or_compile(description: Any, devices, lower: Callable[[], Any], options: dict,
@@ -172,9 +180,10 @@ def load_or_compile(description: Any, devices, lower: Callable[[], Any], options
         path = os.path.join(where, fingerprint((description, options), devices) + ".bin")
         try:
             with open(path, "rb") as f:
-                payload, in_tree, out_tree = pickle.loads(zlib.decompress(f.read()))
+                payload, in_tree, out_tree, uses_lapack = pickle.loads(
+                    zlib.decompress(f.read()))
             from jax.experimental import serialize_executable
-            if devices[0].platform == "cpu":
+            if uses_lapack and devices[0].platform == "cpu":
                 _lapack_ready()
             exe = serialize_executable.deserialize_and_load(
                 payload, in_tree, out_tree, backend=devices[0].client,
@@ -184,14 +193,16 @@ def load_or_compile(description: Any, devices, lower: Callable[[], Any], options
             pass
         except Exception:  # unreadable or incompatible entry: compile again and replace it
             pass
-        exe = _compiled_here(lower, options)
-        if exe is None:  # JAX's cache answered and could not be bypassed: usable, not stored
+        compiled = _compiled_here(lower, options)
+        if compiled is None:  # JAX's cache answered and could not be bypassed: usable, not stored
             return lower().compile(options), False
+        exe, uses_lapack = compiled
         try:
             from jax.experimental import serialize_executable
 
             from .results import atomic_write_bytes
-            data = zlib.compress(pickle.dumps(serialize_executable.serialize(exe)), 1)
+            data = zlib.compress(pickle.dumps((*serialize_executable.serialize(exe),
+                                               uses_lapack)), 1)
             os.makedirs(where, exist_ok=True)
             atomic_write_bytes(path, data)
         except Exception:  # a store that cannot be written only costs the next process time
