@@ -2,7 +2,8 @@
 profiles.
 
 Set before JAX starts: ``--xla_force_host_platform_device_count=2`` gives the sharding tests two
-devices on a CPU-only machine. Hypothesis: no deadline (compilation would trip it), derandomised
+devices on a CPU-only machine; ``--xla_backend_optimization_level=0`` halves the compile time of
+the (compile-bound) tests. Hypothesis: no deadline (compilation would trip it), derandomised
 under CI (``CI=true``) so a red run is reproducible.
 
 Precision: float64 by default (verification); ``JAX_ENABLE_X64=0 python -m pytest -m core`` runs
@@ -12,7 +13,10 @@ collection time (so it overlaps the rest of the suite).
 """
 import os
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+# XLA's cheap backend optimisation level: the tests are compile-bound (programs that linmeta
+# compiles with explicit options, the sweep's, keep theirs)
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2 "
+                                   "--xla_backend_optimization_level=0")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # the suite counts compilations: no persistent compilation cache in the test processes (the
 # cache's own tests set up their children explicitly)
