@@ -323,9 +323,9 @@ def _cmd_sweep(args) -> int:
     if diverged:
         by_stage = {}
         for d in diverged:
-            for stage in d["stages"]:
-                by_stage[stage] = by_stage.get(stage, 0) + 1
-        stages = ", ".join(f"{_stage_words(s)} {c}" for s, c in by_stage.items())
+            for words in d["words"]:
+                by_stage[words] = by_stage.get(words, 0) + 1
+        stages = ", ".join(f"{s} {c}" for s, c in by_stage.items())
         ids = ", ".join(d["id"] for d in diverged[:5]) + (", ..." if len(diverged) > 5 else "")
         print(f"{PROG} sweep: {len(diverged)} of {n} configurations diverged ({stages}; NaN/inf "
               f"or a recorded loss that grew {runs.BLOWUP_FACTOR:g}-fold); they are in the table "
@@ -333,19 +333,6 @@ def _cmd_sweep(args) -> int:
               f"(exit code 3)", file=sys.stderr)
         return 3
     return 0
-
-
-def _stage_words(name: str) -> str:
-    """A stage's name in words (its protocol's ``Stage.words``; the paper's ml/sr/ft)."""
-    from . import protocols, runs
-
-    if name in runs.STAGES:
-        return runs.STAGES[name]
-    for proto in map(protocols.get, protocols.names()):
-        for stage in proto.stages:
-            if stage.name == name:
-                return stage.words
-    return name
 
 
 # Test hook: called with the SweepStore after each stored chunk (tests raise from it to simulate a

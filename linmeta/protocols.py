@@ -239,18 +239,7 @@ class Protocol:
         """The result dict of one configuration from its record (NumPy) and flags."""
         if self.results is not None:
             return self.results(cfg, batch, record, flags)
-        res: dict[str, Any] = {}
-        traj: dict[str, Any] = {}
-        for field, value in zip(record._fields, record):
-            value = np.asarray(value)
-            if value.ndim == 0:
-                res[field] = bool(value) if value.dtype == bool else float(value)
-            else:
-                traj[field] = value
-        for name, flag in flags.items():
-            res[f"{name}_diverged"] = bool(flag)
-        res["trajectories"] = traj
-        return res
+        return record_results(record, flags)
 
     def one_device(self, shape) -> bool:
         """Whether batches of this shape must run on one CPU device (LAPACK in the loop)."""
@@ -265,6 +254,23 @@ class Protocol:
 
 _REGISTRY: dict[str, Protocol] = {}
 _LOCK = threading.Lock()
+
+
+def record_results(record, flags: Mapping) -> dict:
+    """The default result dict of one run: the record's scalars as floats (boolean ones as bools),
+    its arrays under ``"trajectories"``, and ``<stage>_diverged`` from ``flags``."""
+    res: dict[str, Any] = {}
+    traj: dict[str, Any] = {}
+    for field, value in zip(record._fields, record):
+        value = np.asarray(value)
+        if value.ndim == 0:
+            res[field] = bool(value) if value.dtype == bool else float(value)
+        else:
+            traj[field] = value
+    for name, flag in flags.items():
+        res[f"{name}_diverged"] = bool(flag)
+    res["trajectories"] = traj
+    return res
 
 
 def register(protocol: Protocol, *, replace: bool = False) -> Protocol:
@@ -718,7 +724,9 @@ def truth_for(cfg: Mapping) -> Truth:
     return _truth_jit()(cfg["truth_seed"], cfg["d"], cfg["k"], cfg["T"], _float_dtype())
 
 
-def _check_given_truth(truth, cfg):
+def check_given_truth(truth, cfg: Mapping) -> None:
+    """``ValueError`` unless ``truth`` is a :class:`linmeta.Truth` with the configuration's d, k, T
+    and at least one unseen task."""
     if not isinstance(truth, Truth):
         raise ValueError(f"truth must be a linmeta.Truth, got {type(truth).__name__}")
     for key, value in (("d", truth.d), ("k", truth.k), ("T", truth.T)):
@@ -746,7 +754,7 @@ def _paper_batch(cfgs: list[dict], given: list | None, dtype, group: list[dict])
     pairs: dict[tuple, list] = {}
     for i, c in enumerate(cfgs):
         if given is not None and given[i] is not None:
-            _check_given_truth(given[i], c)
+            check_given_truth(given[i], c)
             skey = ("given", id(given[i]))
             sources[skey] = given[i]
         else:

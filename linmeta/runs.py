@@ -177,6 +177,15 @@ def _stage_curves(cfg: Mapping, result: Mapping) -> dict:
     }
 
 
+def stage_words(cfg: Mapping, stage: str) -> str:
+    """The name in words of stage ``stage`` of the configuration's protocol."""
+    if _is_paper(cfg):
+        return STAGES.get(stage, stage)
+    from . import protocols
+
+    return next((s.words for s in protocols.get(cfg["protocol"]).stages if s.name == stage), stage)
+
+
 def divergence_flags(cfg: Mapping, result: Mapping) -> dict:
     """``{"<stage>_diverged": bool}`` per stage of the configuration's protocol: for the paper's
     ``{"ml_diverged", "sr_diverged", "ft_diverged"}``, the engine's NaN/inf flag of each stage or
@@ -484,8 +493,9 @@ def sweep_to_folder(spec, out, *, truth=None, chunk_size: int | None = None,
 
     Returns:
       ``{"out", "planned", "computed", "reused", "diverged"}``; ``diverged`` lists
-      ``{"id", "stages"}`` of every configuration in the table whose ``*_diverged`` flag is set
-      (flags include blow-ups), computed now or earlier.
+      ``{"id", "stages", "words"}`` (the stages, and their names in words) of every
+      configuration in the table whose ``*_diverged`` flag is set (flags include blow-ups),
+      computed now or earlier.
     """
     from .config import config_for_truth, load_sweep_spec
     from .sweep import config_id, expand_grid, run_batch
@@ -555,11 +565,13 @@ def sweep_to_folder(spec, out, *, truth=None, chunk_size: int | None = None,
     bar.close()
     store.close("finished")
     diverged = []
+    by_id = dict(zip(ids, configs))
     for cid in ids:
         row = store.rows.get(cid, {})
         stages = [c[:-len("_diverged")] for c in row
                   if c.endswith("_diverged") and row.get(c) is True]
         if stages:
-            diverged.append({"id": cid, "stages": stages})
+            diverged.append({"id": cid, "stages": stages,
+                             "words": [stage_words(by_id[cid], s) for s in stages]})
     return {"out": folder, "planned": len(configs), "computed": len(configs) - n_done,
             "reused": n_done, "diverged": diverged}

@@ -85,7 +85,7 @@ class _Job:
 
 
 _JOBS: list = []  # registered when the test modules are imported (collection)
-_DEFAULT_BODY = """
+DEFAULT_BODY = """
 for cid, name in EXPERIMENTS.items():
     t0 = time.perf_counter()
     verdicts = importlib.import_module("experiments." + name).main(setting="tiny", out_dir=out,
@@ -123,7 +123,7 @@ def tiny_claim_runs(experiments: dict, tag: str, *, body: str | None = None, nam
 
     caller = os.path.abspath(inspect.stack()[1].filename)
     code = (f"import importlib, json, sys, time\nEXPERIMENTS = {experiments!r}\n"
-            "out = sys.argv[1]\nrows, secs = {}, {}\n" + textwrap.dedent(body or _DEFAULT_BODY)
+            "out = sys.argv[1]\nrows, secs = {}, {}\n" + textwrap.dedent(body or DEFAULT_BODY)
             + "\nimport os\njson.dump(dict(rows=rows, seconds=secs), "
               "open(os.path.join(out, 'rows.json'), 'w'))\n")
     job = _Job(tag, code, caller, wanted)

@@ -11,19 +11,13 @@ import pytest
 from linmeta.claims import CLAIMS, claim_doc, family_claims
 from linmeta.claims import _rep_support, r7
 
-from helpers import tiny_claim_runs
+from helpers import DEFAULT_BODY, tiny_claim_runs
 
 EXPERIMENTS = {"R1": "rep_frozen_pca", "R2": "rep_frozen_floor", "R3": "rep_anil",
                "R4": "rep_moments", "R5": "rep_fedrep", "R6": "rep_adaptrep",
                "R7": "rep_separation"}
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_BODY = """
-for cid, name in EXPERIMENTS.items():
-    t0 = time.perf_counter()
-    verdicts = importlib.import_module("experiments." + name).main(setting="tiny", out_dir=out,
-                                                                   seed=0)
-    secs[cid] = time.perf_counter() - t0
-    rows[cid] = [v.as_dict() for v in verdicts]
+_BODY = DEFAULT_BODY + """
 from experiments import bridge
 t0 = time.perf_counter()
 bridge.main("tiny", out, 0)

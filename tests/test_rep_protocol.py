@@ -8,7 +8,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import linmeta
 from linmeta import protocols, results, sweep
 from linmeta.cli import main
 from linmeta.representation import protocol, registry

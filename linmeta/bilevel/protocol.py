@@ -490,15 +490,7 @@ def _sweep_truth(given, c: Mapping, dtype):
     if given is None:
         truth = protocols.truth_for(c)
     else:
-        if not isinstance(given, Truth):
-            raise ValueError(f"truth must be a linmeta.Truth, got {type(given).__name__}")
-        for key, value in (("d", given.d), ("k", given.k), ("T", given.T)):
-            if c[key] != value:
-                raise ValueError(f"configuration {key}={c[key]} does not match the truth "
-                                 f"({key}={value})")
-        if given.n_unseen < 1:
-            raise ValueError("truth needs at least one unseen task (U_new of shape (m, d, k), "
-                             "m >= 1) to fine-tune on")
+        protocols.check_given_truth(given, c)
         truth = given
     return tuple(np.asarray(x, dtype) for x in (truth.A_star, truth.U_star, truth.U_new))
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from typing import Any
 
 from ._verdict import Verdict, fmt
 

@@ -35,7 +35,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from linmeta import metrics
-from linmeta import representation as rep
 from linmeta.representation import methods, theory
 from linmeta.representation.tasks import population_from_betas
 from linmeta.retrain import run_steps

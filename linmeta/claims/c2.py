@@ -338,7 +338,7 @@ def plot(result: ClaimResult, out_dir) -> list:
     ax.axhline(0, color="k", lw=0.5)
     ax.set_xlabel("eigenvalue index (decreasing)")
     ax.set_ylabel(r"eigenvalue of $M^*_{new} - A_{SR}$")
-    ax.set_title(f"residual spectra (seed 0): k positive, Tk negative")
+    ax.set_title("residual spectra (seed 0): k positive, Tk negative")
     ax.legend(fontsize=7, ncol=2)
 
     ax = axes[0, 1]

@@ -205,8 +205,6 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
     for gi, (d, confs) in enumerate(groups.items()):
         res[d] = (confs, _group(cfg, jax.random.fold_in(key, gi), d, confs, gd=d == cfg["d0"]))
     d0, k0, n0, S = cfg["d0"], cfg["k0"], cfg["n0"], cfg["seeds"]
-    sig2 = NOISE_STD ** 2
-    dof0 = theory.adapter_dof(d0, k0)
     note = f"sigma={NOISE_STD}, {S} seeds, base A* (Meta-LoRA), {jnp.asarray(0.0).dtype}"
     rows = []
 

@@ -613,7 +613,6 @@ def verdicts(record) -> list:
                 continue   # empty, or the same cells as the "all cells" row
             runs = sum(c["methods"][m]["runs"] for c in sub)
             strict = sum(c["methods"][m]["strict spurious"] for c in sub)
-            degen = sum(c["methods"][m]["degenerate spurious"] for c in sub)
             far = sum(_far(c, m) for c in sub)
             tot = {n: sum(c["methods"][m][n] for c in sub) for n in landscape.CENSUS_KEYS[1:]}
             finite = all(np.isfinite(s["objective"]) for c in sub

@@ -62,7 +62,7 @@ from linmeta.representation.target import (head_and_representation_fit, head_onl
 from linmeta.retrain import run_steps
 
 from . import ClaimResult, Verdict
-from ._support import figure_dpi, key_for, pyplot, save_figure, settings_value, spread
+from ._support import figure_dpi, key_for, pyplot, save_figure, settings_value
 
 CLAIM = "R7"
 NOISE_STD = 0.5

@@ -236,7 +236,6 @@ def run_protocol(truth: RepTruth, keys: RunKeys, hyper: Hyper, shape: Shape) -> 
     if shape.n_starts > 1:
         extra = orthonormalise(jax.random.normal(kstarts, (shape.n_starts - 1, d, k), dt))
         starts = jnp.concatenate([starts, extra])
-    nl = 2 + shape.n_starts
     lane_B0 = jnp.concatenate([B0[None], B0[None], starts])
     lane_lr = jnp.concatenate([jnp.stack([hyper.frozen_lr, hyper.eta]),
                                jnp.full((shape.n_starts,), hyper.adapt_lr)])

@@ -182,16 +182,8 @@ def _run(truth, keys, hyper, shape):
 
 def _results(cfg: Mapping, batch: protocols.Batch, record, flags) -> dict:
     """Scalars as floats (flags as bools), arrays as trajectories, with their step numbers."""
-    res: dict[str, Any] = {}
-    traj: dict[str, Any] = {}
-    for field, value in zip(record._fields, record):
-        value = np.asarray(value)
-        if value.ndim == 0:
-            res[field] = bool(value) if value.dtype == bool else float(value)
-        else:
-            traj[field] = value
-    for name, flag in flags.items():
-        res[f"{name}_diverged"] = bool(flag)
+    res = protocols.record_results(record, flags)
+    traj = res["trajectories"]
     s = batch.shape
     traj["train_steps"] = record_steps(max(s.frozen_steps, s.fedrep_steps, s.adapt_steps),
                                        s.record_every)
