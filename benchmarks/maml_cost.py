@@ -48,8 +48,9 @@ TINY = dict(dims=(4,), Ks=(1, 4), methods=("maml",), T=3, r=1, budget_s=0.01)
 def _problem(d, T, r):
     import jax.numpy as jnp
 
-    from linmeta.claims._bilevel import numpy_population, numpy_truths, task_matrices, to_jax
-    from linmeta.bilevel.methods import Factors
+    from linmeta.families.bilevel.claims._grid import (numpy_population, numpy_truths,
+                                                       task_matrices, to_jax)
+    from linmeta.families.bilevel.methods import Factors
 
     rng = np.random.default_rng(d)
     A, U, _ = numpy_truths(rng, 1, d, 1, T)
@@ -64,7 +65,7 @@ def measure(d, K, method, T=3, r=1, budget_s=0.5):
     import jax.numpy as jnp
     from jax import lax
 
-    from linmeta.bilevel.methods import BilevelHyper, BilevelState, bilevel_step
+    from linmeta.families.bilevel.methods import BilevelHyper, BilevelState, bilevel_step
 
     stats, start, lam = _problem(d, T, r)
     h = BilevelHyper(jnp.asarray(0.5 / lam), jnp.asarray(0.3), jnp.asarray(0.0),
@@ -126,7 +127,7 @@ def main(argv=None):
     path = a.out or (None if a.tiny else os.path.join(ROOT, "benchmarks", "results",
                                                       "maml_cost.json"))
     if path:
-        from linmeta.results import atomic_write_bytes
+        from linmeta.engine.results import atomic_write_bytes
 
         atomic_write_bytes(path, json.dumps(out, indent=1).encode())
     return out

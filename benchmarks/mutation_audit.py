@@ -331,8 +331,8 @@ def run_tests(root: Path, files: list[str], timeout: int) -> dict:
 
 def _claim_ids(claims: str | None) -> list[str]:
     sys.path.insert(0, str(REPO))
-    from linmeta.claims import CLAIM_IDS
-    from linmeta.verify import _parse_claims
+    from linmeta.engine.claims import CLAIM_IDS
+    from linmeta.front.verify import _parse_claims
 
     return list(CLAIM_IDS) if not claims else _parse_claims(claims)
 
@@ -420,7 +420,7 @@ def markdown(records, meta) -> str:
 
 def _write(out: Path, records, meta):
     sys.path.insert(0, str(REPO))
-    from linmeta.results import atomic_write_text
+    from linmeta.engine.results import atomic_write_text
 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "mutation_audit.md", markdown(records, meta))

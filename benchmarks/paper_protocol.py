@@ -71,7 +71,7 @@ PAPER_CODE_NOTE = ("the paper's code (jacob-block/peft-ml, linear/) for the T sw
 
 
 def _configs(base: dict, Ts, runs: int, fraction: float = 1.0, seeds=None) -> list[dict]:
-    from linmeta import sweep
+    from linmeta.engine import sweep
     steps = {key: max(1, int(round(base[key] * fraction)))
              for key in ("outer_steps", "sr_steps", "ft_steps")}
     seeds = range(runs) if seeds is None else seeds
@@ -80,7 +80,7 @@ def _configs(base: dict, Ts, runs: int, fraction: float = 1.0, seeds=None) -> li
 
 def run_linmeta(configs: list[dict]) -> dict:
     """Run the configurations with linmeta; per-T timings and final numbers."""
-    from linmeta import sweep
+    from linmeta.engine import sweep
     t0 = time.perf_counter()
     results = sweep.run_sweep(configs)
     wall = time.perf_counter() - t0
@@ -109,7 +109,8 @@ def _finals(lm: dict) -> dict:
 def numpy_inputs(cfg: dict):
     """The raw samples and initial factors linmeta's run of ``cfg`` uses, as NumPy arrays."""
     import jax.numpy as jnp
-    from linmeta import paper, sweep
+    from linmeta.families.paper import protocol as paper
+    from linmeta.engine import sweep
     truth = sweep.truth_for(cfg)
     keys = paper.run_keys(cfg["seed"])
     shape = paper.Shape(**{**{f: cfg.get(f) for f in paper.Shape._fields}, "m": 1})
@@ -172,7 +173,7 @@ def _max_rel(pairs) -> float:
 def throughput(base: dict, B: int, fraction: float) -> dict:
     """linmeta's configurations per second at T = THROUGHPUT_T with B configurations in one
     compiled batch (run time: a second call of the compiled program)."""
-    from linmeta import sweep
+    from linmeta.engine import sweep
     cfgs = _configs(base, (THROUGHPUT_T,), B, fraction)
     res = sweep.run_sweep(cfgs, chunk_size=B)
     compile_s = res[0]["seconds"]["compile"]
@@ -204,7 +205,7 @@ def main(argv=None) -> dict:
     p.add_argument("--out", default=None,
                    help="JSON output (default benchmarks/results/paper_protocol.json; "
                         "tiny: no file unless given)")
-    from linmeta import compile_cache
+    from linmeta.engine import compile_cache
     compile_cache.add_argument(p)
     a = p.parse_args(argv)
     if a.numpy_runs < 1 or not 0 < a.numpy_fraction <= 1 or not 0 < a.throughput_fraction <= 1:
@@ -214,7 +215,7 @@ def main(argv=None) -> dict:
     import jax
     jax.config.update("jax_enable_x64", True)
     import linmeta
-    from linmeta.results import atomic_write_json
+    from linmeta.engine.results import atomic_write_json
 
     base, Ts, runs = (TINY, TINY_TS, TINY_RUNS) if a.tiny else (PAPER, TS, RUNS)
     configs = _configs(base, Ts, runs)
@@ -371,7 +372,7 @@ def main(argv=None) -> dict:
 def _tiny_throughput(base: dict, T: int, B: int) -> dict:
     """The tiny smoke version of :func:`throughput`: the tiny T sweep's own batch (no new
     program)."""
-    from linmeta import sweep
+    from linmeta.engine import sweep
     cfgs = _configs(base, (T,), B)
     res = sweep.run_sweep(cfgs)
     run_s = res[0]["seconds"]["run"]

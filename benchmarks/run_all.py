@@ -33,7 +33,7 @@ def main(argv=None) -> dict:
     p.add_argument("--numpy-runs", type=int, default=1, help="NumPy runs measured per T")
     p.add_argument("--out", default=None,
                    help="JSON output (default benchmarks/results/all.json; tiny: none)")
-    from linmeta import compile_cache
+    from linmeta.engine import compile_cache
     compile_cache.add_argument(p)
     a = p.parse_args(argv)
     compile_cache.enable_from_args(a)  # before anything compiles
@@ -54,7 +54,7 @@ def main(argv=None) -> dict:
     summary = {"paper_protocol": pp, "scaling": sc, "seconds": time.perf_counter() - t0}
     out = a.out or (None if a.tiny else os.path.join(results_dir, "all.json"))
     if out:
-        from linmeta.results import atomic_write_json
+        from linmeta.engine.results import atomic_write_json
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
         atomic_write_json(out, summary)
         print(f"wrote {out}")

@@ -125,7 +125,7 @@ def _timed(fn) -> float:
 
 
 def _batch_run(base: dict, B: int, devices=None, repeat: bool = True):
-    from linmeta import sweep
+    from linmeta.engine import sweep
     cfgs = [sweep.validate_config(dict(base, seed=s)) for s in range(B)]
     res = sweep.run_batch(cfgs, devices=devices)
     compile_s = res[0]["seconds"]["compile"]
@@ -276,7 +276,7 @@ def bench_memory(base: dict, n: int, x64: bool, in_process: bool = False) -> dic
     """Peak RSS of an n-configuration sweep, in a fresh subprocess (``in_process``: here, for
     the tiny smoke test; then the peak includes whatever this process did before)."""
     if in_process:
-        from linmeta import sweep
+        from linmeta.engine import sweep
         cfgs = [sweep.validate_config(dict(base, seed=s)) for s in range(n)]
         t0 = time.perf_counter()
         res = sweep.run_sweep(cfgs)
@@ -324,7 +324,8 @@ def recovery_point(d: int, k: int, T: int, n_starts=None, seed: int = 0) -> dict
     import jax
     import jax.numpy as jnp
     import linmeta
-    from linmeta import metrics, retrain
+    from linmeta.core import metrics
+    from linmeta import methods as retrain
     ml_mod = importlib.import_module("linmeta.retrain.meta_lora")
     truth = linmeta.sample_truth(jax.random.key(seed), d, k, T)
     pop = linmeta.population(truth)
@@ -424,7 +425,7 @@ def plot_recovery(rec: dict, path: str) -> str:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from linmeta.results import atomic_write_bytes
+    from linmeta.engine.results import atomic_write_bytes
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     fig.subplots_adjust(wspace=0.5)
@@ -474,7 +475,7 @@ def main(argv=None) -> dict:
                    "benchmarks/results/scaling.json; tiny: no file unless given)")
     p.add_argument("--figure", default=None, help="recovery figure (default "
                    "benchmarks/results/recovery_scaling.png; tiny: none unless given)")
-    from linmeta import compile_cache
+    from linmeta.engine import compile_cache
     compile_cache.add_argument(p)
     a = p.parse_args(argv)
     compile_cache.enable_from_args(a)  # before anything compiles
@@ -484,7 +485,7 @@ def main(argv=None) -> dict:
     jax.config.update("jax_enable_x64", x64)
     import jax.numpy as jnp
     import linmeta
-    from linmeta.results import atomic_write_json
+    from linmeta.engine.results import atomic_write_json
 
     plan = TINY if a.tiny else FULL
     base = TINY_CFG if a.tiny else PAPER_TENTH

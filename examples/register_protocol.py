@@ -9,7 +9,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from linmeta import protocols, sample_truth, sweep
+from linmeta.engine import protocols, sweep
+from linmeta import sample_truth
 
 
 class Hyper(NamedTuple):   # traced: a grid over these costs no compile

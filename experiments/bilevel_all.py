@@ -14,8 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-from linmeta.claims import _support, claim_module, family_claims
-from linmeta.results import atomic_write_bytes
+from linmeta.engine import claim_support as _support
+from linmeta.engine.claims import claim_module, family_claims
+from linmeta.engine.results import atomic_write_bytes
 
 
 def main(setting: str = "full", out_dir="figures", seed: int = 0) -> list:

@@ -47,7 +47,7 @@ def base_matrix_panel(cfg, seed):
     import jax.numpy as jnp
 
     import linmeta
-    from linmeta.claims import r7
+    from linmeta.families.representation.claims import r7
 
     d, k, T, draws = cfg["d"], cfg["k"], cfg["T"], cfg["draws"]
     truth, km, kd = r7.bridge_truth(seed, d, k, T)
@@ -71,7 +71,7 @@ def base_matrix_panel(cfg, seed):
 
 def representation_panel(cfg, seed):
     """The R7 instance: closed forms, and the Monte Carlo arms where the setting measures them."""
-    from linmeta.claims import r7
+    from linmeta.families.representation.claims import r7
 
     rcfg = dict(r7.SETTINGS[cfg["rep_setting"]])
     if cfg["rep_mc"]:
@@ -107,7 +107,7 @@ def run(setting: str = "full", seed: int = 0) -> dict:
 
 def plot(result: dict, out_dir) -> list:
     """``bridge.{png,pdf}``: the two panels, risk relative to the target's squared norm."""
-    from linmeta.claims._support import figure_dpi, pyplot, save_figure
+    from linmeta.engine.claim_support import figure_dpi, pyplot, save_figure
 
     plt = pyplot()
     A, R = result["base_matrix"], result["representation"]
@@ -159,8 +159,8 @@ def main(setting: str = "full", out_dir="figures", seed: int = 0) -> dict:
     """Compute both panels, write ``bridge.{png,pdf,json}`` into ``out_dir``, print a summary."""
     import jax
 
-    from linmeta.claims._support import single_thread_blas
-    from linmeta.results import atomic_write_json
+    from linmeta.engine.claim_support import single_thread_blas
+    from linmeta.engine.results import atomic_write_json
 
     jax.config.update("jax_enable_x64", True)
     single_thread_blas()

@@ -18,8 +18,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from linmeta.claims import c8
-from linmeta.claims._support import experiment_cli, format_verdicts, single_thread_blas
+from linmeta.families.paper.claims import c8
+from linmeta.engine.claim_support import experiment_cli, format_verdicts, single_thread_blas
 
 
 def main(setting: str = "full", out_dir="figures", seed: int = 0) -> list:

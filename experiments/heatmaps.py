@@ -40,8 +40,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import linmeta
-from linmeta import metrics, theory
-from linmeta.results import atomic_write_bytes
+from linmeta.core import metrics, theory
+from linmeta.engine.results import atomic_write_bytes
 
 SETTINGS = {
     "tiny": dict(d=5, ks=(1, 2), Ts=(3,), n_seeds=2, N=400, noise_std=0.1, n_starts=2,
@@ -288,7 +288,7 @@ if __name__ == "__main__":
     parser.add_argument("--setting", choices=tuple(SETTINGS), default="full")
     parser.add_argument("--out", default="figures")
     parser.add_argument("--seed", type=int, default=0)
-    from linmeta import compile_cache
+    from linmeta.engine import compile_cache
     compile_cache.add_argument(parser)
     args = parser.parse_args()
     compile_cache.enable_from_args(args)

@@ -41,8 +41,8 @@ from pathlib import Path
 import numpy as np
 
 import linmeta
-from linmeta import sweep
-from linmeta.results import atomic_write_bytes, atomic_write_json
+from linmeta.engine import sweep
+from linmeta.engine.results import atomic_write_bytes, atomic_write_json
 
 SWEEPS = {"T": (2, 3, 5), "k": (1, 2, 3), "d": (5, 10, 20), "N": (100, 1000, 10000),
           "n": (100, 1000, 10000)}
@@ -287,7 +287,7 @@ def _cli(argv=None):
                         "and fine-tuning starts); the T panel shows both")
     p.add_argument("--truth-seed", type=int, default=0, help="seed of the ground truth")
     p.add_argument("--float32", action="store_true", help="run in float32 (default float64)")
-    from linmeta import compile_cache
+    from linmeta.engine import compile_cache
     compile_cache.add_argument(p)
     a = p.parse_args(argv)
     compile_cache.enable_from_args(a)

@@ -28,8 +28,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from linmeta import shallow
-from linmeta.results import atomic_write_bytes
+from linmeta.families.paper import shallow
+from linmeta.engine.results import atomic_write_bytes
 
 PAPER = dict(d=10, k=1, Ts=(2, 3, 5, 10), N=1000, n=100, noise_std=0.1, lr=1e-3,
              weight_decay=0.01, n_trials=10, retrain_steps=40000, finetune_steps=15000)
@@ -198,7 +198,7 @@ if __name__ == "__main__":
                         default="asymmetric")
     parser.add_argument("--Ts", type=int, nargs="+", help="task counts (default: the setting's)")
     parser.add_argument("--json", help="also write the summary rows to this JSON file")
-    from linmeta import compile_cache
+    from linmeta.engine import compile_cache
     compile_cache.add_argument(parser)
     args = parser.parse_args()
     compile_cache.enable_from_args(args)

@@ -97,7 +97,8 @@ def _decomposition_program(shape, ft_steps: int):
     import jax.numpy as jnp
 
     import linmeta
-    from linmeta import losses, paper
+    from linmeta.core import losses
+    from linmeta.families.paper import protocol as paper
 
     def one(truth, seed, start_key, own, hyper):
         keys = paper.run_keys(seed)
@@ -129,7 +130,8 @@ def decomposition(cfg: dict, seeds, start_seeds, own) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from linmeta import paper, protocols, sweep
+    from linmeta.families.paper import protocol as paper
+    from linmeta.engine import protocols, sweep
 
     shape = protocols.paper_shape(cfg)
     truth = sweep.truth_for(cfg)
@@ -149,8 +151,8 @@ def main(setting: str = "full", out_dir: str = "figures", seed: int = 0) -> dict
         raise ValueError(f"setting must be one of {', '.join(SETTINGS)}; got {setting!r}")
     import jax
 
-    from linmeta import sweep
-    from linmeta.results import atomic_write_json
+    from linmeta.engine import sweep
+    from linmeta.engine.results import atomic_write_json
 
     s = SETTINGS[setting]
     base = dict(BASE, **s["base"])
@@ -222,7 +224,7 @@ def main(setting: str = "full", out_dir: str = "figures", seed: int = 0) -> dict
                        for t in range(s["truths"])} for p in ("paper", "paper_code")},
     }
     out["B"]["truths_pooled"] = {p: _summary(ml(ct, rt, p)) for p in ("paper", "paper_code")}
-    from linmeta import theory
+    from linmeta.core import theory
     out["theory_ft_floor"] = {  # sigma^2 dof of the fine-tuning adapter (C6), paper test loss
         str(T): theory.predicted_finetune_error(base["d"], c["ft_rank"], 1, base["noise_std"])
         for T, c in ((T, sweep.validate_config(dict(base, T=T))) for T in s["Ts"])}
@@ -247,7 +249,7 @@ def plot(out: dict, finals: dict, one: dict, own: dict, longer: list, folder: Pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from linmeta.results import atomic_write_bytes
+    from linmeta.engine.results import atomic_write_bytes
 
     fig, ax = plt.subplots(figsize=(9.0, 5.0))
     steps = out["base"]["ft_steps"]
@@ -302,7 +304,7 @@ def _cli(argv=None):
     p.add_argument("--setting", choices=tuple(SETTINGS), default="full")
     p.add_argument("--out", default="figures", help="output folder (default: figures)")
     p.add_argument("--seed", type=int, default=0, help="first run seed")
-    from linmeta import compile_cache
+    from linmeta.engine import compile_cache
     compile_cache.add_argument(p)
     a = p.parse_args(argv)
     compile_cache.enable_from_args(a)

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import sys
 
-from linmeta.claims import r2
-from linmeta.claims._support import experiment_cli, experiment_main
+from linmeta.families.representation.claims import r2
+from linmeta.engine.claim_support import experiment_cli, experiment_main
 
 
 def main(setting: str = "full", out_dir="figures", seed: int = 0) -> list:

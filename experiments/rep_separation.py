@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from linmeta.claims import r7
-from linmeta.claims._support import experiment_cli, format_verdicts, single_thread_blas
+from linmeta.families.representation.claims import r7
+from linmeta.engine.claim_support import experiment_cli, format_verdicts, single_thread_blas
 
 
 def summary(result) -> dict:
@@ -62,7 +62,7 @@ def main(setting: str = "full", out_dir="figures", seed: int = 0) -> list:
     ``out_dir``; print and return the rows."""
     import jax
 
-    from linmeta.results import atomic_write_json
+    from linmeta.engine.results import atomic_write_json
 
     jax.config.update("jax_enable_x64", True)
     single_thread_blas()

@@ -1,7 +1,7 @@
 """``python -m linmeta``: the command line (see :mod:`linmeta.cli`)."""
 import sys
 
-from .cli import main
+from .front.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -96,7 +96,7 @@ def test_scaling_tiny(bench_runs):
 
 
 def test_flops_model_counts_the_dominant_products():
-    from linmeta import sweep
+    from linmeta.engine import sweep
     cfg = sweep.validate_config(dict(d=100, k=1, T=3, N="inf", n="inf", outer_steps=1,
                                      inner_steps=0, sr_steps=0, ft_steps=0))
     assert scaling.flops_per_config(cfg) == 3 * (2 * 100 * 100 + 2 * 100 ** 3)

@@ -17,8 +17,10 @@ import numpy as np
 import pytest
 
 import linmeta
-from linmeta import bilevel, paper, protocols, sweep
-from linmeta.claims._bilevel import numpy_truths, to_jax
+from linmeta.families import bilevel
+from linmeta.families.paper import protocol as paper
+from linmeta.engine import protocols, sweep
+from linmeta.families.bilevel.claims._grid import numpy_truths, to_jax
 
 from helpers import count_compiles, rel, tiny_claim_runs
 
@@ -116,7 +118,7 @@ def test_finite_support_query_and_pooled_sr_reference():
 
     # the run and its statistics in one program (one compile of the sampler), compiled as
     # run_batch compiles
-    @functools.partial(jax.jit, compiler_options=protocols._cpu_options())
+    @functools.partial(jax.jit, compiler_options=protocols.cpu_options())
     def run_and_stats(t, seed):
         keys = paper.run_keys(seed)
         return (bilevel.run_protocol(t, keys, h, shape),
@@ -265,8 +267,8 @@ def _spec(path, fixed, grid):
 
 
 def test_cli_sweep_of_the_bilevel_protocol_writes_the_table(tmp_path):
-    from linmeta import results
-    from linmeta.cli import main
+    from linmeta.engine import results
+    from linmeta.front.cli import main
 
     fixed = {"protocol": "bilevel", "d": 4, "outer_steps": 20, "record_every": 10}
     spec = _spec(tmp_path / "spec.toml", fixed, {"inner_steps": [0, 3]})
@@ -300,7 +302,7 @@ def test_cli_sweep_loads_the_stored_program_in_a_new_process(tmp_path):
 
 
 def test_cli_sweep_over_the_bilevel_keys(tmp_path):
-    from linmeta.cli import main
+    from linmeta.front.cli import main
 
     fixed = {"protocol": "bilevel", "d": 4, "outer_steps": 20, "record_every": 10,
              "inner_steps": 3}
@@ -310,8 +312,8 @@ def test_cli_sweep_over_the_bilevel_keys(tmp_path):
 
 
 def test_cli_sweep_reports_a_diverged_bilevel_run(tmp_path):
-    from linmeta import results
-    from linmeta.cli import main
+    from linmeta.engine import results
+    from linmeta.front.cli import main
 
     fixed = {"protocol": "bilevel", "d": 4, "outer_steps": 20, "record_every": 10,
              "init_scale": 30.0}     # a huge LoRA start: the inner loop blows up when K > 0

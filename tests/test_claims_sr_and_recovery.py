@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 
 import linmeta
-from linmeta import retrain, theory
-from linmeta.claims import _support, c2, c3
+from linmeta import methods as retrain
+from linmeta.core import theory
+from linmeta.engine import claim_support as _support
+from linmeta.families.paper.claims import c2, c3
 
 from helpers import check_row_tolerances, tiny_claim_runs
 
@@ -111,7 +113,7 @@ def test_padded_objective_equals_the_reduced_objective():
 
 
 def test_padded_newton_run_equals_the_unpadded_run():
-    from linmeta.retrain.meta_lora import _saddle_free_newton
+    from linmeta.methods.meta_lora import _saddle_free_newton
 
     d, k, T, pad = 4, 1, 3, (4, 6, 2)
     R, U0, Rp, w, mask, Up0 = _embedded(d, k, T, pad, 1)
@@ -167,7 +169,7 @@ def test_single_task_minimiser_hand_built():
 
 @pytest.mark.parametrize("setting", ["nope", "TINY"])
 def test_bad_setting_names_the_allowed_ones(setting):
-    from linmeta.claims import c1, c5, c7
+    from linmeta.families.paper.claims import c1, c5, c7
 
     for mod in (c1, c2, c3, c5, c7):
         with pytest.raises(ValueError, match="tiny, quick, full"):

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import linmeta
-from linmeta import landscape
-from linmeta.claims import c4, c6
+from linmeta.methods import landscape
+from linmeta.families.paper.claims import c4, c6
 
 from helpers import check_row_tolerances, tiny_claim_runs
 

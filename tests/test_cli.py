@@ -15,8 +15,9 @@ import pytest
 
 import linmeta
 
-from linmeta import cli, results
-from linmeta.cli import main
+from linmeta.front import cli
+from linmeta.engine import results
+from linmeta.front.cli import main
 
 SHAPE = {"d": 4, "k": 1, "T": 3, "N": 50, "n": 20}
 STEPS = {"outer_steps": 20, "inner_steps": 2, "sr_steps": 20, "ft_steps": 20, "record_every": 5}
@@ -177,7 +178,7 @@ def test_run_prints_summary_and_writes_a_record_with_provenance(tmp_path, capsys
 def test_run_ids_name_the_dtype_and_the_truth_file(tmp_path, capsys, monkeypatch):
     """Different inputs, different ids; a folder holding another run is refused, the same run is
     reused without recomputing, --overwrite recomputes."""
-    from linmeta import runs
+    from linmeta.engine import runs
 
     a = make_truth(tmp_path / "a.npz", seed=1)
     b = make_truth(tmp_path / "b.npz", seed=2)
@@ -233,7 +234,7 @@ def _core_api_run(truth, cfg):
     finetune from the shared adapter initialisation."""
     import types
 
-    from linmeta import paper
+    from linmeta.families.paper import protocol as paper
 
     d, k, T, m, r = truth.d, truth.k, truth.T, truth.n_unseen, cfg["ft_rank"]
     keys = paper.run_keys(cfg["seed"])

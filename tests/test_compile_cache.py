@@ -12,7 +12,7 @@ import stat
 import subprocess
 import sys
 
-from linmeta import compile_cache
+from linmeta.engine import compile_cache
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -141,7 +141,7 @@ def test_stored_programs_run_after_a_code_change(tmp_path):
     # next process failed with "Function ... not found". Simulated by deleting the store.
     import shutil
 
-    from linmeta import program_cache
+    from linmeta.engine import program_cache
 
     env = {k: v for k, v in os.environ.items()
            if k not in ("LINMETA_NO_CACHE", "LINMETA_CACHE_DIR", "JAX_COMPILATION_CACHE_DIR")}

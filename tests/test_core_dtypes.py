@@ -15,7 +15,8 @@ import pytest
 from hypothesis import given, strategies as st
 
 import linmeta
-from linmeta import losses, metrics, runs, theory
+from linmeta.core import losses, metrics, theory
+from linmeta.engine import runs
 
 from conftest import X64
 from helpers import dtype, eps

@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given, strategies as st
 
 import linmeta
-from linmeta import losses, reference
+from linmeta.core import losses
+from linmeta import reference
 
 SHAPES = st.sampled_from([(3, 1, 1), (4, 2, 3), (5, 1, 2)])
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import linmeta
-from linmeta.divergence import BLOWUP_FACTOR, DivergenceError, check_history, divergence_index
+from linmeta.core.divergence import BLOWUP_FACTOR, DivergenceError, check_history, divergence_index
 pytestmark = pytest.mark.core
 
 

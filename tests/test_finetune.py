@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import linmeta
-from linmeta import losses, reference, theory
+from linmeta.core import losses, theory
+from linmeta import reference
 
 
 def _rrr_numpy(X, Y, base, r):

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import linmeta
-from linmeta import landscape as L
+from linmeta.methods import landscape as L
 from tests.helpers import count_compiles
 
 
@@ -244,7 +244,7 @@ def test_finder_records_its_size_half_way():
 # ----------------------------------------------------------------------------- census record (C8)
 def _fake_cell(labels_by_method, d, k, T, truths, starts, base_error=0.0):
     """run_cell's output with prescribed labels (no solver), hand-built checks that hold."""
-    from linmeta.claims import c8
+    from linmeta.families.paper.claims import c8
 
     n = truths * starts
     Us = np.random.default_rng(d * 10 + k).normal(size=(truths, T, d, k))
@@ -273,7 +273,7 @@ def _fake_cell(labels_by_method, d, k, T, truths, starts, base_error=0.0):
 def test_census_record_schema_aggregation_and_resume(tmp_path, monkeypatch):
     import json
 
-    from linmeta.claims import c8
+    from linmeta.families.paper.claims import c8
 
     G, SP, SA, NC = L.GLOBAL_MIN, L.SPURIOUS_MIN, L.STRICT_SADDLE, L.NOT_CONVERGED
     labels = {"newton": [G, G, SP, SA], "alternating": [G, NC, NC, SP],
@@ -347,7 +347,7 @@ def test_committed_full_census_is_complete_and_consistent():
     import json
     import os
 
-    from linmeta.claims import c8
+    from linmeta.families.paper.claims import c8
 
     path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "figures", "c8_census.json")
     rec = json.loads(open(path).read())

@@ -10,14 +10,15 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import linmeta
-from linmeta.bilevel import methods as maml_mod
-from linmeta.bilevel import theory as bl_theory
-from linmeta.bilevel.methods import (BilevelHyper, BilevelState, Factors, adapt, bilevel_excess,
-                                     bilevel_objective, exact_bilevel_objective, inner_optimum,
-                                     outer_gradients, split_support_query)
-from linmeta.claims import m3
-from linmeta.claims._bilevel import (numpy_population, numpy_split, numpy_truths, task_matrices,
-                                     to_jax)
+from linmeta.families.bilevel import methods as maml_mod
+from linmeta.families.bilevel import theory as bl_theory
+from linmeta.families.bilevel.methods import (BilevelHyper, BilevelState, Factors, adapt,
+                                              bilevel_excess, bilevel_objective,
+                                              exact_bilevel_objective, inner_optimum,
+                                              outer_gradients, split_support_query)
+from linmeta.families.bilevel.claims import m3
+from linmeta.families.bilevel.claims._grid import (numpy_population, numpy_split, numpy_truths,
+                                                   task_matrices, to_jax)
 
 from helpers import count_compiles, rel
 
@@ -157,7 +158,7 @@ def test_exact_inner_solve_hand_built():
     assert float(se) == pytest.approx(4.5) and float(sc) == pytest.approx(4.5)
     assert float(ae) == pytest.approx(0.5) and float(ac) == pytest.approx(0.5)
     # an independent solver on Meta-LoRA's objective: BFGS over U with A fixed
-    from linmeta.claims.m2 import minimise_over_adapters
+    from linmeta.families.bilevel.claims.m2 import minimise_over_adapters
     assert minimise_over_adapters(np.zeros((2, 2)), M, 1, seed=0) == pytest.approx(4.5, rel=1e-9)
 
 

@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import linmeta
-from linmeta import metrics, reference, retrain, theory
+from linmeta.core import metrics, theory
+from linmeta import reference, methods as retrain
 import importlib
 
 ml_mod = importlib.import_module("linmeta.retrain.meta_lora")

@@ -3,7 +3,7 @@ import numpy as np
 import scipy.linalg
 from hypothesis import given, strategies as st
 
-from linmeta import metrics
+from linmeta.core import metrics
 
 
 @given(st.integers(0, 10 ** 6), st.sampled_from([(5, 1), (6, 2), (7, 3)]))

@@ -22,7 +22,7 @@ import time
 import jax
 import numpy as np
 
-from linmeta import sweep
+from linmeta.engine import sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 150

@@ -8,8 +8,8 @@ import os
 import numpy as np
 import pytest
 
-from linmeta.claims import CLAIMS, claim_doc, family_claims
-from linmeta.claims import _rep_support, r7
+from linmeta.engine.claims import CLAIMS, claim_doc, family_claims
+from linmeta.families.representation.claims import _rates as _rep_support, r7
 
 from helpers import DEFAULT_BODY, tiny_claim_runs
 

@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given, strategies as st
 
 import linmeta
-from linmeta import metrics
-from linmeta import representation as rep
-from linmeta.representation import _linalg, methods, theory
+from linmeta.core import metrics
+from linmeta.families import representation as rep
+from linmeta.families.representation import _linalg, methods, theory
 from helpers import dtype, tol
 
 pytestmark = pytest.mark.core

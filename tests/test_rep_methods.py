@@ -9,9 +9,9 @@ import pytest
 from hypothesis import example, given, strategies as st
 
 import linmeta
-from linmeta import metrics
-from linmeta import representation as rep
-from linmeta.representation import methods, protocol, theory
+from linmeta.core import metrics
+from linmeta.families import representation as rep
+from linmeta.families.representation import methods, protocol, theory
 from helpers import count_compiles
 
 D, K, T = 6, 2, 8

@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from linmeta import protocols, results, sweep
-from linmeta.cli import main
-from linmeta.representation import protocol, registry
+from linmeta.engine import protocols, results, sweep
+from linmeta.front.cli import main
+from linmeta.families.representation import protocol, registry
 from helpers import count_compiles
 
 # the default loop lengths and target sizes (a sweep spec file can set only the keys the
@@ -147,7 +147,7 @@ def test_cli_sweep_accepts_the_protocols_own_keys(tmp_path, capsys):
 
 
 def test_sweep_folder_reports_a_diverged_representation_run(tmp_path, swept):
-    from linmeta import runs
+    from linmeta.engine import runs
 
     spec = {"seeds": 2, "fixed": dict(SMALL, n="inf"),  # the fixture's first program: no compile
             "grid": {"beta": [0.2, 80.0], "lam": [0.1, 1.0]}}

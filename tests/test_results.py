@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from linmeta import results as res
+from linmeta.engine import results as res
 
 
 def _no_temp_files(folder):
@@ -161,7 +161,7 @@ def test_read_csv_keeps_ids_as_strings(tmp_path):
 
 def test_all_digit_ids_resume_and_the_manifest_does_not_grow(tmp_path):
     """The issue's case: this configuration's id is all digits; its finished row is recognised."""
-    from linmeta import sweep
+    from linmeta.engine import sweep
 
     cfg = dict(d=10, k=1, T=3, N=5000, n=100, noise_std=0.01, ft_steps=10000, seed=22)
     assert sweep.config_id(cfg).isdigit()  # the guard: the case this test is about

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import linmeta
-from linmeta import results, runs
+from linmeta.engine import results, runs
 
 CFG = {"d": 4, "k": 1, "T": 3, "N": 50, "n": 20, "outer_steps": 20, "inner_steps": 2,
        "sr_steps": 20, "ft_steps": 20, "record_every": 5}
@@ -128,7 +128,7 @@ def _toy_protocol():
 
 
 def test_run_and_sweep_reach_a_registered_protocol_by_name(tmp_path, capsys):
-    from linmeta import cli
+    from linmeta.front import cli
 
     _toy_protocol()
     cfg = {"protocol": "toy", "steps": 30, "lr": 0.2}

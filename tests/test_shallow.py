@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from helpers import count_compiles
-from linmeta import shallow
+from linmeta.families.paper import shallow
 
 
 def _problem(key, d=4, k=1, T=3, N=7, n=5):

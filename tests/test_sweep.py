@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import linmeta
-from linmeta import paper, protocols, sweep
+from linmeta.families.paper import protocol as paper
+from linmeta.engine import protocols, sweep
 from tests.helpers import count_compiles, rel
 
 # One tiny shape shared by the tests (compiled programs are cached per shape and batch size).
@@ -432,7 +433,7 @@ def test_registered_toy_protocol_runs_through_run_sweep_one_compile_per_group():
 # ------------------------------------------------------------------------------ program store
 
 def test_program_store_round_trip_and_recovery(tmp_path, monkeypatch):
-    from linmeta import program_cache
+    from linmeta.engine import program_cache
     monkeypatch.setattr(program_cache, "folder", lambda: str(tmp_path))
     devices = jax.local_devices()[:1]
     U = np.arange(6.0).reshape(3, 2)

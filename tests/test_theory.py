@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 import linmeta
-from linmeta import theory
+from linmeta.core import theory
 
 
 @given(st.sampled_from([(8, 1, 2), (9, 2, 3), (12, 1, 5), (6, 2, 4)]), st.integers(0, 10 ** 6),
@@ -149,7 +149,7 @@ def test_sr_sample_error_constant_against_monte_carlo():
 def test_alternating_jacobian_against_the_solver_step():
     """theory.alternating_jacobian (autodiff of the protocol written from its definition) against
     central differences of the library's own outer step (retrain.alternating_step) at (A*, U*)."""
-    from linmeta import retrain
+    from linmeta import methods as retrain
 
     d, k, T = 4, 1, 3
     truth = linmeta.sample_truth(jax.random.key(2), d, k, T)

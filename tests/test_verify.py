@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 import linmeta.claims as claims_pkg
-from linmeta import verify
-from linmeta.claims import ClaimResult, Verdict
-from linmeta.claims._verdict import Tolerance, audit, audited
+from linmeta.front import verify
+from linmeta.engine.claims import ClaimResult, Verdict
+from linmeta.engine.verdict import Tolerance, audit, audited
 
 
 def _parser():
@@ -149,7 +149,7 @@ def test_unwritable_out_is_one_line_and_exit_2(tmp_path, capsys):
     assert verify.main(["--tiny", "--claims", "C1", "--out", bad]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "is not writable" in err and "choose a writable --out" in err
-    from linmeta import cli
+    from linmeta.front import cli
 
     assert cli.main(["verify", "--tiny", "--claims", "C1", "--out", bad]) == 2
     err = capsys.readouterr().err.strip()

@@ -1,0 +1,248 @@
+"""Small shared pieces of the claim modules C1, C2, C3, C5, C7: fits, tolerances, figure output.
+
+- :func:`loglog_slope`: least-squares slope and intercept of ``log y`` against ``log x`` with the
+  standard error of the slope from the residuals (the usual OLS formula).
+- :func:`per_seed_slopes`: that fit for every seed (row) of a (seeds, points) array; the mean of the
+  per-seed slopes and its standard error over seeds are what the verdict rows compare with a rate.
+- :func:`float_tol`: a tolerance scaled by the machine epsilon of the working dtype.
+- :func:`save_figure`: writes a matplotlib figure as PNG and PDF, each atomically.
+- :func:`experiment_main` / :func:`experiment_cli`: the body and command line of the thin
+  ``experiments/cN_*.py`` scripts.
+- :func:`fit_meta_lora_and_sr`: the library's Meta-LoRA (Newton) and SR on a batch of task
+  statistics in fixed-size vmapped chunks, so that C3 and C7 share one compilation.
+- :func:`single_thread_blas`: one OpenBLAS thread for the verification processes (many small
+  LAPACK calls; threads only contend).
+
+matplotlib is imported only inside :func:`pyplot` (Agg backend), so numeric code never pulls it in.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import glob
+import io
+import math
+import os
+import zlib
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from linmeta.core.files import atomic_write_bytes as _atomic_write
+from linmeta.methods import meta_lora, standard_retraining
+from . import compile_cache
+from .verdict import audited, fmt
+
+__all__ = ["loglog_slope", "per_seed_slopes", "float_tol", "working_dtype", "save_figure",
+           "pyplot", "band", "spread", "settings_value", "key_for", "format_verdicts", "figure_dpi",
+           "experiment_main", "experiment_cli", "fit_meta_lora_and_sr", "single_thread_blas"]
+
+
+def working_dtype():
+    """The default float dtype (float64 when x64 is on)."""
+    return jnp.asarray(0.0).dtype
+
+
+def float_tol(float64: float, float32: float) -> float:
+    """``float64`` when x64 is on, else ``float32`` (tolerances are dtype dependent)."""
+    return float64 if working_dtype() == jnp.float64 else float32
+
+
+def loglog_slope(x, y):
+    """``(slope, intercept, stderr)`` of the least-squares line ``log y = a + slope log x``."""
+    lx = np.log(np.asarray(x, float))
+    ly = np.log(np.asarray(y, float))
+    if lx.size < 2:
+        return float("nan"), float("nan"), float("nan")
+    A = np.stack([lx, np.ones_like(lx)], axis=1)
+    coef, *_ = np.linalg.lstsq(A, ly, rcond=None)
+    resid = ly - A @ coef
+    dof = lx.size - 2
+    if dof > 0:
+        s2 = float(resid @ resid) / dof
+        se = math.sqrt(s2 / float(np.sum((lx - lx.mean()) ** 2)))
+    else:
+        se = float("nan")
+    return float(coef[0]), float(coef[1]), se
+
+
+def per_seed_slopes(x, Y):
+    """Slopes of :func:`loglog_slope` for each row of ``Y`` (seeds, points):
+    returns ``(slopes (seeds,), mean, standard error of the mean over seeds)``."""
+    Y = np.asarray(Y, float)
+    slopes = np.array([loglog_slope(x, row)[0] for row in Y])
+    se = float(np.std(slopes, ddof=1) / math.sqrt(len(slopes))) if len(slopes) > 1 else float("nan")
+    return slopes, float(np.mean(slopes)), se
+
+
+def spread(values) -> float:
+    """max - min of finite values (0 for one value, NaN for none)."""
+    v = np.asarray(values, float).ravel()
+    v = v[np.isfinite(v)]
+    return float(v.max() - v.min()) if v.size else float("nan")
+
+
+def settings_value(table: dict, setting: str):
+    """``table[setting]`` with a ValueError naming the allowed settings."""
+    if setting not in table:
+        raise ValueError(f"setting must be one of {', '.join(table)}; got {setting!r}")
+    return table[setting]
+
+
+def key_for(seed: int, claim: str):
+    """The root PRNG key of a claim run: ``fold_in(key(seed), claim number)`` for ``C1``..``C8``,
+    ``fold_in(key(seed), crc32(id) >> 1)`` for the other families' ids."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    cid = str(claim).upper()
+    # C1..C8 fold in their number (unchanged streams); other ids a stable 31-bit hash of the id
+    num = int(cid[1:]) if cid[:1] == "C" and cid[1:].isdigit() else zlib.crc32(cid.encode()) >> 1
+    return jax.random.fold_in(jax.random.key(int(seed)), num)
+
+
+def pyplot():
+    """matplotlib.pyplot with the non-interactive Agg backend (imported here, on first need:
+    numeric code never pulls matplotlib in)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def figure_dpi(setting: str) -> int:
+    """PNG resolution: 150 dpi, 60 for the tiny setting (a test run, not a figure to read)."""
+    return 60 if setting == "tiny" else 150
+
+
+def save_figure(fig, out_dir, stem: str, dpi: int = 150) -> list[Path]:
+    """Write ``fig`` to ``out_dir/stem.png`` (``dpi``) and ``.pdf`` atomically; closes it."""
+    plt = pyplot()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for ext in ("png", "pdf"):
+        buf = io.BytesIO()
+        fig.savefig(buf, format=ext, dpi=dpi, bbox_inches="tight")
+        path = out / f"{stem}.{ext}"
+        _atomic_write(path, buf.getvalue())
+        paths.append(path)
+    plt.close(fig)
+    return paths
+
+
+def band(ax, x, Y, color, label, marker="o"):
+    """Mean over rows of ``Y`` as a line with markers and a min-max band (log axes need Y > 0)."""
+    Y = np.asarray(Y, float)
+    ax.fill_between(x, Y.min(axis=0), Y.max(axis=0), color=color, alpha=0.2, lw=0)
+    ax.plot(x, Y.mean(axis=0), marker=marker, color=color, label=label, ms=4)
+
+
+def format_verdicts(result, paths=()) -> str:
+    """The verdict rows of one claim as text lines (for the experiment scripts)."""
+    lines = []
+    for v in result.verdicts:
+        mark = "pass" if v.passed else "FAIL"
+        lines.append(f"[{mark}] {v.claim} {v.kind:8s} {v.quantity}\n"
+                     f"        predicted {fmt(v.predicted)}  measured {fmt(v.measured)}  "
+                     f"spread {fmt(v.spread)}  tolerance: {v.tolerance}"
+                     + (f"\n        {v.note}" if v.note else ""))
+    for p in paths:
+        lines.append(f"figure: {p}")
+    lines.append(f"{result.claim}: {result.seconds:.1f} s")
+    return "\n".join(lines)
+
+
+def experiment_main(module, setting: str, out_dir, seed: int):
+    """Body of ``experiments/cN_*.py:main``: float64 on, run the claim, audit its tolerances
+    (:func:`linmeta.claims._verdict.audited`), write its figures, print the rows; returns the
+    verdict rows."""
+    jax.config.update("jax_enable_x64", True)
+    single_thread_blas()
+    result = module.run(setting=setting, seed=seed)
+    result.verdicts = audited(result.verdicts, float64=working_dtype() == jnp.float64)
+    paths = module.plot(result, out_dir)
+    print(format_verdicts(result, paths), flush=True)
+    return list(result.verdicts)
+
+
+def experiment_cli(main, doc: str, argv=None):
+    """``--setting {tiny,quick,full}`` (default full), ``--out`` (default figures), ``--seed``."""
+    p = argparse.ArgumentParser(description=(doc or "").strip().splitlines()[0])
+    p.add_argument("--setting", choices=("tiny", "quick", "full"), default="full")
+    p.add_argument("--out", default="figures", help="figure folder (default: figures)")
+    p.add_argument("--seed", type=int, default=0)
+    compile_cache.add_argument(p)
+    a = p.parse_args(argv)
+    compile_cache.enable_from_args(a)
+    rows = main(setting=a.setting, out_dir=a.out, seed=a.seed)
+    return 0 if all(v.passed for v in rows) else 1
+
+
+def _fit_chunk_impl(stats, keys, rank, n_starts):
+    def fit(src, key):
+        ml = meta_lora(src, rank, key=key, n_starts=n_starts)
+        sr = standard_retraining(src)
+        return ml.base, ml.objective, sr.base
+
+    return jax.vmap(fit)(stats, keys)
+
+
+_FIT_CHUNK = None
+
+
+def fit_meta_lora_and_sr(stats, keys, rank: int, n_starts: int, chunk: int):
+    """Meta-LoRA (Newton, ``n_starts`` starts) and SR on a batch of task statistics.
+
+    ``stats``: :class:`~linmeta.TaskStats` with a leading batch axis B; ``keys``: (B,) PRNG keys
+    for the adapter initialisation. The batch runs in vmapped chunks of ``chunk`` sources (the last
+    one padded by repetition), so claims that use the same (T, d, rank, n_starts, chunk) share one
+    compilation. Returns NumPy arrays ``(ml_base (B,d,d), ml_objective (B,), sr_base (B,d,d))``.
+    """
+    global _FIT_CHUNK
+    if _FIT_CHUNK is None:
+        _FIT_CHUNK = jax.jit(_fit_chunk_impl, static_argnames=("rank", "n_starts"))
+    B = keys.shape[0]
+    n_chunks = -(-B // chunk)
+    idx = np.minimum(np.arange(n_chunks * chunk), B - 1)
+    outs = []
+    for c in range(n_chunks):
+        sel = jnp.asarray(idx[c * chunk:(c + 1) * chunk])
+        part = jax.tree.map(lambda x: x[sel], stats)
+        outs.append(_FIT_CHUNK(part, keys[sel], rank=rank, n_starts=n_starts))
+    ml_base, ml_obj, sr_base = (np.concatenate([np.asarray(o[i]) for o in outs])[:B]
+                                for i in range(3))
+    return ml_base, ml_obj, sr_base
+
+
+def single_thread_blas() -> bool:
+    """Ask the OpenBLAS that NumPy, SciPy (and through SciPy, jaxlib's CPU LAPACK kernels) use for
+    one thread, unless ``OPENBLAS_NUM_THREADS`` is set. The verification runs make many small
+    eigendecompositions; on a busy machine OpenBLAS's worker threads wait for each other and a
+    150 x 150 ``eigh`` takes ~10-100 ms instead of ~1.5 ms. Best effort: returns whether a library
+    accepted the call."""
+    if os.environ.get("OPENBLAS_NUM_THREADS"):
+        return False
+    done = False
+    for pkg in ("numpy", "scipy"):
+        try:
+            mod = __import__(pkg)
+        except ImportError:  # pragma: no cover
+            continue
+        pattern = os.path.join(os.path.dirname(mod.__file__), "..", pkg + ".libs",
+                               "libscipy_openblas*.so*")
+        for lib in glob.glob(pattern):
+            try:
+                handle = ctypes.CDLL(lib)
+            except OSError:  # pragma: no cover
+                continue
+            for sym in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads"):
+                fn = getattr(handle, sym, None)
+                if fn is not None:
+                    fn(ctypes.c_int(1))
+                    done = True
+                    break
+    return done

@@ -1,0 +1,190 @@
+"""Relation M1: where bilevel retraining is standard retraining (docs/bilevel.md#m1).
+
+1. **K = 0** (and a start with ``Delta(theta_start) = 0``, e.g. the LoRA start U random, V = 0):
+   ``F_0(A) = (1/T) sum_t L^Q_t(A)``, so a MAML step is ``A - beta (1/T) sum_t grad L^Q_t(A)`` and
+   so is a first-order step: standard retraining by gradient descent on the query statistics
+   (:func:`linmeta.standard_retraining`, ``method="gd"``, ``lr = beta``), step for step.
+2. **A start that cannot move** (``U = V = 0``): every inner gradient vanishes, theta_K = theta_0
+   for every K, and the run equals the K = 0 run exactly.
+3. **Plain MAML in the population** (full-rank inner update from W = 0): the inner loop gives
+   ``M_K - M*_t = (1 - alpha)^K (A - M*_t)``, so every outer step is an SR gradient step of size
+   ``beta (1-alpha)^(2K)`` (MAML), ``beta (1-alpha)^K`` (first order) or ``beta (1-(1-alpha)^K)``
+   (Reptile) (:func:`linmeta.bilevel.theory.full_rank_sr_step`): plain MAML keeps SR's bias.
+
+Rows compare whole trajectories (the base after every outer iteration), for every seed, in the
+population and (items 1-2) with finite support and query sets. Tolerance: 1e-12 relative in float64
+(the compared updates are the same floating-point operations up to the order of a sum, so the
+differences are rounding: ``steps x eps`` at most), 1e-4 in float32.
+"""
+from __future__ import annotations
+
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from linmeta.core.data import TaskStats
+from linmeta.families.bilevel.methods import maml
+from linmeta.methods import standard_retraining
+from linmeta.families.bilevel import theory as bl_theory
+from linmeta.methods import run_steps, sr_gradient_step
+from linmeta.families.bilevel.methods import BilevelHyper, Factors, method_weights
+
+from linmeta.engine.claims import ClaimResult, Verdict
+from ._grid import (numpy_population, numpy_split, numpy_truths, rel_diff, rng_for, task_matrices,
+                    to_jax, trajectories)
+from linmeta.engine.claim_support import figure_dpi, float_tol, pyplot, save_figure, settings_value
+
+CLAIM = "M1"
+ALPHA, BETA = 0.1, 0.3          # inner and outer steps of items 1-2
+FULL_ALPHA, FULL_K = 0.2, 3     # item 3
+SETTINGS = {
+    "tiny": dict(d=4, k=1, T=3, seeds=2, steps=10, N=12, K_zero=4),
+    "quick": dict(d=4, k=1, T=3, seeds=3, steps=30, N=12, K_zero=4),
+    "full": dict(d=8, k=2, T=4, seeds=8, steps=200, N=40, K_zero=10),
+}
+
+
+def _stack(stats_list):
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *stats_list)
+
+
+def _problems(rng, *, S, d, k, T, N):
+    """Population statistics and finite (support, query) statistics (N/2 samples each, noise
+    std 0.1) of S Gaussian truths, and three starts (width d): the LoRA start (U random on k
+    columns, V = 0), the zero start and the full-rank start (W = 0, V = I). NumPy."""
+    A, U, _ = numpy_truths(rng, S, d, k, T)
+    M = task_matrices(A, U)
+    sup, qry = numpy_split(rng, M, N, 0.1)
+    zero = np.zeros((d, d))
+    lora = (0.1 * rng.standard_normal((d, d)) * (np.arange(d) < k), zero)
+    starts = (lora, (zero, zero), (zero, np.eye(d)))
+    return (numpy_population(M, 0.1), sup, qry), starts
+
+
+def _configs(S, K_zero):
+    """(tag, problem index, source, start index, K, alpha, train_v, method) of every run."""
+    out = []
+    for s in range(S):
+        for src in ("population", "finite"):
+            for m in ("maml", "fomaml"):
+                out.append((("K=0", src), s, src, 0, 0, ALPHA, 1.0, m))
+                out.append((("zero start", src), s, src, 1, K_zero, ALPHA, 1.0, m))
+        for m in ("maml", "fomaml", "reptile"):
+            out.append((("full", "population"), s, "population", 2, FULL_K, FULL_ALPHA, 0.0, m))
+    return out
+
+
+@functools.partial(jax.jit, static_argnames=("S", "K_zero", "steps"))
+def _run_all(problems, starts, *, S, K_zero, steps):
+    """Bilevel and SR base trajectories of every run of :func:`_configs` (one program)."""
+    pop, sp, qr = problems
+    runs = _configs(S, K_zero)
+    dt = pop.Sxx.dtype
+    pick = lambda tree, i: jax.tree.map(lambda x: x[i], tree)  # noqa: E731
+    sup = _stack([pick(pop if r[2] == "population" else sp, r[1]) for r in runs])
+    qry = _stack([pick(pop if r[2] == "population" else qr, r[1]) for r in runs])
+    st = _stack([Factors(*starts[r[3]]) for r in runs])
+    hyp = BilevelHyper(jnp.asarray([r[5] for r in runs], dt), jnp.full(len(runs), BETA, dt),
+                       jnp.zeros(len(runs), dt), jnp.asarray([r[4] for r in runs], jnp.int32),
+                       jnp.asarray([r[6] for r in runs], dt))
+    w = jnp.stack([method_weights(r[7], dt) for r in runs])
+    d = pop.Sxx.shape[-1]
+    A0 = jnp.zeros((d, d), dt)
+    bases = trajectories(sup, qry, A0, st, hyp, w, adapter="asymmetric",
+                         length=max(FULL_K, K_zero), steps=steps)
+    lrs = jnp.asarray([BETA if r[0][0] != "full" else bl_theory.full_rank_sr_step(
+        r[7], BETA, FULL_ALPHA, FULL_K) for r in runs], dt)
+    sr = jax.vmap(lambda st_, lr: run_steps(lambda a: sr_gradient_step(a, st_, lr), A0, steps,
+                                            1, lambda a: a)[1].value)(qry, lrs)
+    return bases, sr
+
+
+def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
+    """Measure M1 at ``setting`` (module docstring)."""
+    cfg = settings_value(SETTINGS, setting)
+    t0 = time.perf_counter()
+    d, k, T, S, steps, N = cfg["d"], cfg["k"], cfg["T"], cfg["seeds"], cfg["steps"], cfg["N"]
+    dt = jnp.asarray(0.0).dtype
+    tol = float_tol(1e-12, 1e-4)
+    note = f"d={d}, k={k}, T={T}, {S} seeds, {steps} outer steps, {dt}"
+
+    problems, starts = _problems(rng_for(seed, CLAIM), S=S, d=d, k=k, T=T, N=N)
+    problems, starts = tuple(to_jax(p) for p in problems), to_jax(starts)
+    bases, sr_bases = _run_all(problems, starts, S=S, K_zero=cfg["K_zero"], steps=steps)
+    tags = [r[0] for r in _configs(S, cfg["K_zero"])]
+    bases, sr_bases = np.asarray(bases), np.asarray(sr_bases)
+    diffs = {}
+    for i, (name, src) in enumerate(tags):
+        diffs.setdefault((name, src), []).append(rel_diff(bases[i], sr_bases[i]))
+    pop0 = TaskStats(*(np.asarray(x)[0] for x in problems[0]))
+    pub_diff = None
+    if setting == "full":  # the public entry point (the tests check it at every setting)
+        U0 = np.asarray(starts[0][0])[:, :k]
+        pub = maml(pop0, k, method="maml", inner_steps=0, outer_steps=steps,
+                           outer_lr=BETA, U0=U0, V0=np.zeros_like(U0), record_every=1)
+        sr0 = standard_retraining(pop0, method="gd", steps=steps, lr=BETA,
+                                          record_every=1)
+        pub_diff = max(rel_diff(pub.base, sr0.base),
+                       rel_diff(pub.history.value, sr0.history.value))
+
+    rows = []
+    for (name, src), vals in diffs.items():
+        what = {"K=0": "K = 0, LoRA start (Delta = 0): maml and fomaml vs SR gradient descent on "
+                       "the query set",
+                "zero start": f"start U = V = 0, K = {cfg['K_zero']}: maml and fomaml vs SR "
+                              "gradient descent (the start cannot move)",
+                "full": f"plain MAML (full-rank inner, alpha={FULL_ALPHA}, K={FULL_K}): maml, "
+                        "fomaml, reptile vs SR with step beta(1-a)^2K, beta(1-a)^K, "
+                        "beta(1-(1-a)^K)"}[name]
+        rows.append(Verdict(CLAIM, f"{what} ({src}): max rel. difference of the base, every step",
+                            0.0, float(np.max(vals)), float(np.max(vals) - np.min(vals)),
+                            f"< {tol:g} (rounding; dtype)", bool(np.max(vals) < tol), "check",
+                            note + ("; finite: N/2 support, N/2 query samples, N=" + str(N)
+                                    if src == "finite" else "")))
+    if pub_diff is not None:
+        rows.append(Verdict(CLAIM, "public linmeta.maml(inner_steps=0) vs "
+                            "linmeta.standard_retraining(method='gd'): bases and recorded "
+                            "objectives", 0.0, pub_diff, 0.0, f"< {tol:g}", bool(pub_diff < tol),
+                            "check", note + "; first seed, population"))
+    # the consequence of item 3: plain MAML's fixed point is SR's A* + Rbar
+    sr_fix = np.mean(np.asarray(pop0.Syx), axis=0)  # population SR minimiser: mean_t M*_t
+    full = [i for i, t in enumerate(tags) if t[0] == "full"][:3]  # first seed
+    data = dict(setting=setting, seed=seed, d=d, k=k, T=T, steps=steps,
+                diffs={f"{a} | {b}": np.asarray(v) for (a, b), v in diffs.items()},
+                full_traj=np.stack([np.linalg.norm(bases[i] - sr_fix[None], axis=(-2, -1))
+                                    for i in full]),
+                full_methods=["maml", "fomaml", "reptile"], tol=tol)
+    return ClaimResult(CLAIM, rows, data, time.perf_counter() - t0)
+
+
+def plot(result: ClaimResult, out_dir) -> list:
+    """``bilevel_m1_reductions.{png,pdf}``: the differences against SR per relation; plain MAML's
+    distance to SR's fixed point along the outer loop."""
+    plt = pyplot()
+    D = result.data
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 4))
+    names = list(D["diffs"])
+    for i, n in enumerate(names):
+        v = np.maximum(D["diffs"][n], 1e-18)
+        ax0.semilogy(np.full(v.shape, i), v, "o", ms=5)
+    ax0.axhline(D["tol"], color="k", ls="--", lw=1, label=f"tolerance {D['tol']:g}")
+    ax0.set_xticks(range(len(names)))
+    ax0.set_xticklabels([n.replace(" | ", "\n") for n in names], fontsize=7)
+    ax0.set_ylabel("max rel. difference to SR (every step, every seed)")
+    ax0.set_ylim(1e-18, 1)
+    ax0.set_title("reductions to standard retraining (0 = equal)")
+    ax0.legend(fontsize=8)
+    steps = np.arange(D["full_traj"].shape[1])
+    for m, tr in zip(D["full_methods"], D["full_traj"]):
+        ax1.semilogy(steps, np.maximum(tr, 1e-18), label=f"plain {m} (full-rank inner)")
+    ax1.set_xlabel("outer iteration")
+    ax1.set_ylabel("||A - (A* + Rbar)||_F")
+    ax1.set_title("plain MAML heads for SR's minimiser A* + Rbar")
+    ax1.legend(fontsize=8)
+    fig.suptitle(f"M1  bilevel retraining reduces to SR  d={D['d']}, k={D['k']}, T={D['T']} "
+                 f"({D['setting']})", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, out_dir, "bilevel_m1_reductions", dpi=figure_dpi(D["setting"]))

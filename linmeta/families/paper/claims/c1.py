@@ -1,0 +1,206 @@
+"""Claim C1: the standard-retraining (SR) minimiser is ``A* + Rbar``; empirical SR converges to it.
+
+Population (docs/theory.md, C1): ``min_A (1/T) sum_t 1/2 ||A - M*_t||_F^2`` is solved by the mean
+``A_SR = (1/T) sum_t M*_t = A* + Rbar``, ``Rbar = (1/T) sum_t U*_t U*_t^T``
+(:func:`linmeta.theory.sr_population`). Checked against pooled least squares and against the
+paper's SR gradient descent (3000 steps, lr 0.03). In the population the gradient step is exactly
+``A - Abar <- (1 - lr)(A - Abar)``, so the excess objective follows
+``F_n = F_inf + (F_0 - F_inf)(1 - lr)^(2n)``: the recorded trajectory is checked against it (a
+step of the wrong size fails), and the end point against ``(1 - lr)^3000 ~ 1e-40`` plus rounding.
+
+Finite N (N samples per task, ``x ~ N(0, I)``, noise standard deviation ``sigma``): pooled least
+squares is ``A_SR(N) = A_pop + Z S^{-1} / (T N)`` with ``Z = sum_{t,i} (D_t x_ti + eps_ti) x_ti^T``,
+``D_t = M*_t - A_pop = R*_t - Rbar`` (``sum_t D_t = 0``) and ``S = mean_t S_xx,t -> I``. For
+Gaussian x, ``E[x^T B x ||x||^2] = (d + 2) tr B``, so
+
+    N E||A_SR(N) - (A* + Rbar)||_F^2 -> C = sum_t [(d + 1) ||D_t||_F^2 + d^2 sigma^2] / T^2
+
+(:func:`linmeta.theory.sr_sample_error_constant`; relative correction O(d / (T N)) from
+``S^{-1}``): the error falls as ``N^{-1/2}`` with a known constant.
+
+The data themselves: the residuals ``y - M*_t x`` of the samples :func:`linmeta.draw_samples`
+drew have mean square ``noise_std^2`` (their sum of squares over ``sigma^2`` is chi-square with
+``S T N d`` degrees of freedom), and the population statistics give ``2 L_t(M*_t) / d = sigma^2``.
+
+Rows and tolerances (each a :class:`~linmeta.claims._verdict.Tolerance`): the population identity
+(rounding, 10 d eps), the gradient-descent end point (contraction plus its rounding floor) and
+trajectory (rounding, amplified by the cancellation ``(1 - lr)^(-2n)``), the per-seed log-log slope
+against -1/2 and ``N ||error||^2 / C`` against 1 (Student-t band over seeds plus the
+O(d / (T N)) correction), the sampler's noise (chi-square band, p = 1e-6) and the population
+noise level (rounding times the cancellation ``||M*||^2 / (d sigma^2)``).
+"""
+from __future__ import annotations
+
+import functools
+import math
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from linmeta.core.data import Samples, draw_samples, population, task_statistics
+from linmeta.core.problem import sample_truth
+from linmeta.methods import standard_retraining
+from linmeta.core import losses, metrics, theory
+
+from linmeta.engine.claims import ClaimResult, Verdict
+from linmeta.engine.claim_support import (band, figure_dpi, key_for, per_seed_slopes, pyplot,
+                                          save_figure, settings_value, spread)
+from linmeta.engine.verdict import Tolerance
+
+CLAIM = "C1"
+NOISE_STD = 0.1  # standard deviation of the noise (the spec's sigma; not the paper code's sigma^2)
+GD_STEPS, GD_LR = 3000, 0.03  # the paper's SR gradient descent
+GD_RECORD, GD_CHECK_STEPS = 50, 100  # trajectory recorded every 50 steps, checked up to step 100
+
+SETTINGS = {
+    "tiny": dict(d=6, k=1, T=3, seeds=4, Ns=(100, 1000, 10000)),
+    "quick": dict(d=10, k=1, T=3, seeds=16, Ns=(100, 300, 1000, 3000, 10000, 30000)),
+    "full": dict(d=10, k=1, T=3, seeds=32, Ns=(100, 300, 1000, 3000, 10000, 30000, 100000)),
+}
+
+
+def _one_seed(key, *, d, k, T, Ns, noise_std):
+    """Everything C1 measures for one random truth and one data draw (jit-able)."""
+    k_truth, k_data = jax.random.split(key)
+    truth = sample_truth(k_truth, d, k, T)
+    target = theory.sr_population(truth.A_star, truth.U_star)
+    pop = population(truth, noise_std)
+    a_exact = standard_retraining(pop).base
+    gd = standard_retraining(pop, method="gd", steps=GD_STEPS, lr=GD_LR,
+                                     record_every=GD_RECORD)
+    samples = draw_samples(k_data, truth, max(Ns), noise_std)
+    errs = []
+    for N in Ns:  # nested prefixes of one draw: a learning curve per seed, one compile
+        stats = task_statistics(Samples(samples.X[:, :N], samples.Y[:, :N],
+                                                        samples.M_star, samples.noise_std))
+        errs.append(metrics.base_error(standard_retraining(stats).base, target))
+    # the noise the sampler drew: residuals y - M*_t x of every sample (sum of squares)
+    resid = samples.Y - samples.X @ jnp.swapaxes(truth.M_star, -1, -2)
+    M2 = jnp.sum(truth.M_star ** 2, axis=(-2, -1))
+    return dict(pop_exact=metrics.base_error(a_exact, target, relative=True),
+                pop_gd=metrics.base_error(gd.base, target, relative=True),
+                gd_hist=gd.history.value, err=jnp.stack(errs),
+                const=theory.sr_sample_error_constant(truth.U_star, noise_std),
+                resid_ss=jnp.sum(resid * resid),
+                # population: 2 L_t(M*_t) / d = sigma^2 (closed form of the population loss)
+                pop_noise=2 * losses.task_loss(truth.M_star, pop) / d,
+                pop_noise_cond=jnp.max(M2) / (d * noise_std ** 2))
+
+
+def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
+    """Measure C1 for ``setting`` (tiny/quick/full); see the module docstring."""
+    cfg = settings_value(SETTINGS, setting)
+    t0 = time.perf_counter()
+    d, k, T, S, Ns = cfg["d"], cfg["k"], cfg["T"], cfg["seeds"], tuple(cfg["Ns"])
+    one = functools.partial(_one_seed, d=d, k=k, T=T, Ns=Ns, noise_std=NOISE_STD)
+    keys = jax.random.split(key_for(seed, CLAIM), S)
+    out = jax.jit(lambda ks: jax.lax.map(one, ks))(keys)
+    out = {name: np.asarray(v) for name, v in out.items()}
+    Narr = np.asarray(Ns, float)
+
+    # pooled least squares in the population: Sxx = I (condition 1); a few rounding steps per entry
+    tol_pop = Tolerance.rounding(10 * d, what="pooled least squares, condition of sum_t S_xx = 1")
+    note = f"d={d}, k={k}, T={T}, {S} seeds, {jnp.asarray(0.0).dtype}"
+    rho = 1 - GD_LR
+    floor = 10 * d * float(jnp.finfo(jnp.asarray(0.0).dtype).eps) / GD_LR
+    tol_gd = Tolerance.contraction(rho, GD_STEPS, floor=floor,
+                                   floor_why="rounding settles at 10 d eps / lr")
+    rows = [
+        Verdict(CLAIM, "population SR (pooled least squares): ||A_SR-(A*+Rbar)||_F/||A*+Rbar||_F",
+                0.0, float(out["pop_exact"].mean()), spread(out["pop_exact"]), tol_pop,
+                tol_pop.below(out["pop_exact"]), "check",
+                note + f"; every seed; max {out['pop_exact'].max():.2e}"),
+        Verdict(CLAIM, f"population SR gradient descent ({GD_STEPS} steps, lr {GD_LR}): rel. error",
+                rho ** GD_STEPS, float(out["pop_gd"].mean()), spread(out["pop_gd"]), tol_gd,
+                tol_gd.below(out["pop_gd"]), "check",
+                note + f"; every seed; max {out['pop_gd'].max():.2e}"),
+    ]
+    # the whole trajectory: in the population the SR gradient step is A - Abar <- (1 - lr)(A - Abar)
+    # exactly, so the excess objective F_n = F_inf + (F_0 - F_inf)(1 - lr)^(2n)
+    h = out["gd_hist"]                                              # (S, n_rec)
+    n_chk = np.arange(1, GD_CHECK_STEPS // GD_RECORD + 1)           # records at 50, 100 steps
+    steps = n_chk * GD_RECORD
+    f0, finf = h[:, :1], h[:, -1:]
+    ratio = (h[:, n_chk] - finf) / ((f0 - finf) * rho ** (2 * steps))
+    cond = float(np.max(np.maximum(1.0, finf / (f0 - finf)))) * rho ** (-2 * GD_CHECK_STEPS)
+    tol_traj = Tolerance.rounding(10 * GD_CHECK_STEPS, cond,
+                                  what="cancellation (F_n - F_inf) / ((F_0 - F_inf)(1-lr)^2n)")
+    rows.append(Verdict(
+        CLAIM, f"population SR gradient descent trajectory: (F_n - F_inf) / ((F_0 - F_inf)"
+        f"(1-lr)^(2n)) at n = {', '.join(str(int(s)) for s in steps)}", 1.0, float(ratio.mean()),
+        spread(ratio), tol_traj, tol_traj.admits(ratio - 1), "check",
+        note + f"; max |ratio - 1| {np.max(np.abs(ratio - 1)):.1e}; F = excess objective"))
+
+    slopes, slope_mean, slope_se = per_seed_slopes(Narr, out["err"])
+    tol_slope = Tolerance.seeds(slope_se, S, bias=d / (T * Narr[0]),
+                                bias_why="d/(T N_min): O(d/(T N)) correction from S^-1")
+    rows.append(Verdict(
+        CLAIM, f"log-log slope of ||A_SR(N)-(A*+Rbar)||_F in N (N={Ns[0]}..{Ns[-1]})", -0.5,
+        slope_mean, spread(slopes), tol_slope, tol_slope.admits(slope_mean + 0.5), "check",
+        note + f", sigma={NOISE_STD}, nested samples per seed"))
+    # per seed, N ||error||^2 / C averaged over the N grid (nested draws: correlated, still useful)
+    ratio = np.mean(Narr * out["err"] ** 2, axis=1) / out["const"]
+    ratio_se = float(np.std(ratio, ddof=1) / math.sqrt(S)) if S > 1 else float("nan")
+    tol_ratio = Tolerance.seeds(ratio_se, S, bias=d / (T * Narr[0]),
+                                bias_why="d/(T N_min): O(d/(T N)) correction from S^-1")
+    rows.append(Verdict(
+        CLAIM, "N ||A_SR(N)-(A*+Rbar)||_F^2 / C (mean over the N grid), "
+        "C=sum_t[(d+1)||R*_t-Rbar||^2+d^2 sigma^2]/T^2 (theory.sr_sample_error_constant)", 1.0,
+        float(ratio.mean()), spread(ratio), tol_ratio, tol_ratio.admits(ratio.mean() - 1),
+        "check", note + f", sigma={NOISE_STD}"))
+    # noise of the sampler: sum of squared residuals / sigma^2 ~ chi^2(S T N d)
+    dof = S * T * max(Ns) * d
+    noise_ratio = float(np.sum(out["resid_ss"])) / (dof * NOISE_STD ** 2)
+    tol_noise = Tolerance.chi2(dof)
+    rows.append(Verdict(
+        CLAIM, "noise of linmeta.draw_samples: mean squared residual y - M*_t x / noise_std^2",
+        1.0, noise_ratio, float("nan"), tol_noise, tol_noise.contains_ratio(noise_ratio),
+        "check", note + f", noise_std={NOISE_STD}, {dof} residual entries pooled over seeds; "
+        f"ratio {noise_ratio:.5f}"))
+    pop_ratio = out["pop_noise"] / NOISE_STD ** 2
+    tol_pn = Tolerance.rounding(10 * d, float(np.max(out["pop_noise_cond"])),
+                                what="cancellation of ||M*||^2 in the loss")
+    rows.append(Verdict(
+        CLAIM, "population statistics: 2 L_t(M*_t) / d = noise_std^2 (ratio, every task)", 1.0,
+        float(pop_ratio.mean()), spread(pop_ratio), tol_pn, tol_pn.admits(pop_ratio - 1),
+        "check", note + f"; max |ratio-1| {np.max(np.abs(pop_ratio - 1)):.1e}"))
+    data = dict(setting=setting, seed=seed, d=d, k=k, T=T, noise_std=NOISE_STD, Ns=Narr,
+                err=out["err"], const=out["const"], pop_exact=out["pop_exact"],
+                pop_gd=out["pop_gd"], slope=slope_mean, tol_pop=tol_pop.value)
+    return ClaimResult(CLAIM, rows, data, time.perf_counter() - t0)
+
+
+def plot(result: ClaimResult, out_dir) -> list:
+    """``c1_sr_minimiser.{png,pdf}``: population errors per seed; finite-N error against N."""
+    plt = pyplot()
+    D = result.data
+    Ns, err = D["Ns"], D["err"]
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw=dict(width_ratios=[1, 1.6]))
+    seeds = np.arange(len(D["pop_exact"]))
+    floor = 1e-17
+    ax0.semilogy(seeds, np.maximum(D["pop_exact"], floor), "o", label="pooled least squares")
+    ax0.semilogy(seeds, np.maximum(D["pop_gd"], floor), "s", mfc="none",
+                 label=f"gradient descent ({GD_STEPS} steps)")
+    ax0.axhline(D["tol_pop"], color="k", ls="--", lw=1, label=f"tolerance {D['tol_pop']:g}")
+    ax0.set_xlabel("seed (random truth)")
+    ax0.set_ylabel(r"$\|A_{SR} - (A^* + \bar R)\|_F \,/\, \|A^* + \bar R\|_F$")
+    ax0.set_title("population SR = $A^* + \\bar R$")
+    ax0.set_ylim(floor / 2, 1)
+    ax0.legend(fontsize=8, loc="upper right")
+
+    band(ax1, Ns, err, "tab:red", f"measured (mean, min-max over {err.shape[0]} seeds)")
+    pred = np.sqrt(np.mean(D["const"]) / Ns)
+    ax1.plot(Ns, pred, "k--", lw=1.2, label=r"theory $\sqrt{C/N}$ (slope $-1/2$)")
+    ax1.set_xscale("log")
+    ax1.set_yscale("log")
+    ax1.set_xlabel("samples per task N")
+    ax1.set_ylabel(r"$\|A_{SR}(N) - (A^* + \bar R)\|_F$")
+    ax1.set_title(f"empirical SR converges (fitted slope {D['slope']:.3f})")
+    ax1.legend(fontsize=8)
+    ax1.grid(True, which="both", alpha=0.3)
+    fig.suptitle(f"C1  standard retraining minimiser   d={D['d']}, k={D['k']}, T={D['T']}, "
+                 f"noise std {D['noise_std']}  ({D['setting']})", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, out_dir, "c1_sr_minimiser", dpi=figure_dpi(result.data["setting"]))

@@ -1,0 +1,444 @@
+"""Claim C2: standard retraining is not low-rank adaptable.
+
+After SR the unseen task's residual is ``Res = M*_new - A_SR = U_new U_new^T - Rbar``
+(:func:`linmeta.theory.sr_residual`). Generically (Gaussian U*, ``(T+1)k <= d``) it has rank
+``(T+1)k``: k positive and Tk negative eigenvalues
+(:func:`linmeta.theory.generic_sr_residual_rank`). The best rank-r adapter ``U V^T`` leaves the
+Eckart-Young error ``E_SR(r) = sum_{i>r} sigma_i^2(Res)`` (:func:`linmeta.theory.lora_bias`),
+whatever n: a bias more fine-tuning data never removes. A PSD adapter ``U U^T`` keeps every
+negative eigenvalue: its error is at least ``sum_{lambda<0} lambda^2``.
+
+Measured here, for Gaussian truths over seeds and a range of T:
+
+- the spectrum and numerical rank of ``M*_new - A_SR`` with ``A_SR`` from
+  :func:`linmeta.standard_retraining` (counts of eigenvalues above / below ``d eps ||Res||``);
+- ``E_SR(r)`` for every r: population fine-tuning (:func:`linmeta.finetune`, ``method="exact"``,
+  reduced-rank regression) against :func:`linmeta.theory.lora_bias`; gradient-descent fine-tuning
+  from n samples with rank k, whose population error ``||M_ft - M*_new||_F^2`` can only exceed
+  ``E_SR(k)`` (Eckart-Young is a lower bound) and approaches it as n grows;
+- the PSD bias ``lora_bias(psd=True)`` against an independent solver (BFGS on
+  ``||Res - W W^T||_F^2`` from random starts, SciPy, float64);
+- the worked orthogonal case (:func:`linmeta.orthogonal_truth`): spectrum ``s^2`` (k times),
+  ``-s^2/T`` (Tk times), ``E_SR(k) = k s^4 / T`` (:func:`linmeta.theory.orthogonal_case_bias`
+  against exact fine-tuning) and, at every rank r = 0..d, ``lora_bias`` of the residual for both
+  adapters against the closed forms (for k >= 2 the PSD error at r < k depends on how many positive
+  eigenvalues are kept, so keeping one too many fails);
+- the many-task limit: ``Rbar -> k I`` with ``E||Rbar - k I||_F^2 = k d (d+1) / T`` exactly
+  (entries of ``U U^T`` have variance k off the diagonal and 2k on it), the residual becomes full
+  rank, and since the distance to the rank-k matrices is 1-Lipschitz in the Frobenius norm,
+  ``|sqrt(E_SR(k; T)) - sqrt(E_inf)| <= ||Rbar - k I||_F`` with
+  ``E_inf = lora_bias(U_new U_new^T - k I, k)`` (about ``k^2 (d - k)``: the rank-k bias grows to
+  the full-rank regime where only full fine-tuning, rate ``sigma^2 d^2 / n``, helps).
+
+Tolerances (:class:`~linmeta.claims._verdict.Tolerance`): spectral identities to rounding
+(``10 d eps`` relative to ``||Res||_F^2``), rank counts exactly, the PSD bias against BFGS to the
+independent solver's accuracy (stated), ``||Rbar - kI||^2`` against its expectation
+(:func:`linmeta.theory.rbar_mean_square_deviation`) within a Student-t band over seeds. Measured (no
+closed form): gradient-descent fine-tuning's excess over ``E_SR(k)`` at finite n and steps, and how
+fast ``E_SR(k; T)`` approaches ``E_inf``.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from linmeta.core.data import population, sample_tasks
+from linmeta.core.problem import orthogonal_truth, sample_truth
+from linmeta.methods import standard_retraining
+from linmeta.methods.finetune import finetune
+from linmeta.core import metrics, theory
+
+from linmeta.engine.claims import ClaimResult, Verdict
+from linmeta.engine.claim_support import (band, figure_dpi, key_for, pyplot, save_figure,
+                                          settings_value, spread)
+from linmeta.engine.verdict import Tolerance
+
+CLAIM = "C2"
+NOISE_STD = 0.1  # fine-tuning noise standard deviation
+FT_LR = 0.005    # the paper's fine-tuning step
+
+SETTINGS = {
+    "tiny": dict(d=6, k=1, Ts=(1, 2, 3, 5), many_Ts=(20, 200), seeds=3, ranks=(1, 2, 4),
+                 n=2000, ft_steps=3000, ortho=((2, 2, 1.5),), psd_seeds=1),
+    "quick": dict(d=10, k=1, Ts=(1, 2, 3, 5, 9), many_Ts=(30, 100, 300, 1000), seeds=6,
+                  ranks=(1, 2, 4, 7), n=5000, ft_steps=4000, ortho=((1, 3, 1.0), (3, 2, 1.2)),
+                  psd_seeds=1),
+    "full": dict(d=20, k=2, Ts=(1, 2, 3, 5, 7, 9), many_Ts=(20, 50, 100, 300, 1000, 3000, 10000),
+                 seeds=24, ranks=tuple(range(1, 21)), n=20000, ft_steps=10000,
+                 ortho=((1, 3, 1.0), (2, 3, 1.5), (1, 10, 0.7), (3, 5, 1.2), (4, 4, 2.0)),
+                 psd_seeds=6),
+}
+
+
+def _tile_stats(stats, m):
+    """The single unseen task's statistics repeated m times (one per SR base)."""
+    return jax.tree.map(lambda x: jnp.broadcast_to(x, (m,) + x.shape[1:]), stats)
+
+
+def _gaussian_seed(key, *, d, k, Ts, ranks, n, noise_std, ft_steps):
+    """Residual spectra, rank-r biases and the many-task quantities for one random truth."""
+    k_truth, k_data, k_ft = jax.random.split(key, 3)
+    big = sample_truth(k_truth, d, k, max(Ts))
+    M_new = big.M_new[0]
+    # Rbar for every T at once: running means of U*_t U*_t^T over the tasks of one draw
+    idx = jnp.asarray(Ts) - 1
+    rbar = (jnp.cumsum(big.R_star, axis=0) / jnp.arange(1, max(Ts) + 1)[:, None, None])[idx]
+    bases = big.A_star + rbar                     # A_SR = A* + Rbar (C1)
+    residual = M_new - bases                      # (nT, d, d)
+    m = len(Ts)
+    pop_new = _tile_stats(population(big, tasks="unseen"), m)
+    exact = jnp.stack([finetune(bases, pop_new, r, method="exact").test_loss
+                       for r in ranks], axis=1)  # (nT, n_ranks)
+    pred = jnp.stack([theory.lora_bias(residual, r) for r in ranks], axis=1)
+    pred_psd = jnp.stack([theory.lora_bias(residual, r, psd=True) for r in range(1, d + 1)],
+                         axis=1)                  # every r = 1..d (the PSD check picks some)
+    smp_new = _tile_stats(sample_tasks(k_data, big, n, noise_std, tasks="unseen"), m)
+    ft = finetune(bases, smp_new, k, key=k_ft, method="gd", steps=ft_steps, lr=FT_LR,
+                          record_every=ft_steps)
+    gd = jnp.sum((ft.task_matrix - M_new) ** 2, axis=(-2, -1))
+    limit_res = big.U_new[0] @ big.U_new[0].T - k * jnp.eye(d, dtype=M_new.dtype)
+    return dict(eig=theory.residual_spectrum(residual), rank=metrics.numerical_rank(residual),
+                exact=exact, pred=pred, pred_psd=pred_psd, gd=gd,
+                rbar_dev=jnp.linalg.norm(rbar - k * jnp.eye(d), axis=(-2, -1)),
+                limit=theory.lora_bias(limit_res, k), residual=residual,
+                res_norm=jnp.linalg.norm(residual, axis=(-2, -1)))
+
+
+def _orthogonal_case(key, *, d, k, T, s):
+    """SR residual for mutually orthogonal factors: the exact rank-k fine-tuning error, the
+    spectrum's deviation from {s^2, 0, -s^2/T}, and the residual itself."""
+    truth = orthogonal_truth(key, d, k, T, s=s)
+    base = standard_retraining(population(truth)).base
+    pop_new = population(truth, tasks="unseen")
+    bias = finetune(base, pop_new, k, method="exact").test_loss[0]
+    resid = truth.M_new[0] - base
+    eig = theory.residual_spectrum(resid)
+    want = jnp.concatenate([jnp.full((k,), s ** 2), jnp.zeros((d - (T + 1) * k,)),
+                            jnp.full((T * k,), -s ** 2 / T)]).astype(eig.dtype)
+    return bias, jnp.max(jnp.abs(eig - want)) / s ** 2, resid
+
+
+def orthogonal_rank_errors(resid):
+    """``theory.lora_bias`` of an orthogonal case's residual at every rank 0..d, for ``U V^T`` and
+    for the PSD ``U U^T`` (eagerly, outside the compiled program: 2 (d + 1) small calls)."""
+    d = resid.shape[-1]
+    ey = np.array([float(theory.lora_bias(resid, r)) for r in range(d + 1)])
+    psd = np.array([float(theory.lora_bias(resid, r, psd=True)) for r in range(d + 1)])
+    return ey, psd
+
+
+def psd_bias_bfgs(residual, rank, n_starts=2, seed=0):
+    """Independent PSD rank-``rank`` fit: min over W (d x rank) of ``||Res - W W^T||_F^2`` by SciPy
+    BFGS (analytic gradient ``-4 (Res - W W^T) W``) from ``n_starts`` random starts; the smallest
+    value found."""
+    from scipy.optimize import minimize
+
+    R = np.asarray(residual, float)
+    R = (R + R.T) / 2
+    d = R.shape[0]
+    rng = np.random.default_rng(seed)
+    scale = math.sqrt(max(np.linalg.norm(R), 1e-300) / d)
+
+    def f(w):
+        W = w.reshape(d, rank)
+        E = R - W @ W.T
+        return float(np.sum(E * E)), (-4 * E @ W).ravel()
+
+    best = np.inf
+    for _ in range(n_starts):
+        w0 = scale * rng.standard_normal(d * rank)
+        # BFGS (NumPy) rather than L-BFGS-B: the latter's BLAS threading makes each iteration of
+        # this tiny problem cost milliseconds on a busy machine
+        r = minimize(f, w0, jac=True, method="BFGS", options=dict(maxiter=3000, gtol=1e-10))
+        best = min(best, float(r.fun))
+    return best
+
+
+def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
+    """Measure C2 for ``setting`` (tiny/quick/full); see the module docstring."""
+    cfg = settings_value(SETTINGS, setting)
+    t0 = time.perf_counter()
+    d, k, S = cfg["d"], cfg["k"], cfg["seeds"]
+    Ts = tuple(cfg["Ts"]) + tuple(cfg["many_Ts"])
+    n_few = len(cfg["Ts"])
+    ranks = tuple(sorted(set(cfg["ranks"]) | {k}))
+    key = key_for(seed, CLAIM)
+    k_gauss, k_orth = jax.random.split(key)
+    one = functools.partial(_gaussian_seed, d=d, k=k, Ts=Ts, ranks=ranks, n=cfg["n"],
+                            noise_std=NOISE_STD, ft_steps=cfg["ft_steps"])
+    ortho = cfg["ortho"]
+
+    @jax.jit
+    def compute(keys, o_keys):
+        o = [_orthogonal_case(kk, d=d, k=k_, T=T_, s=s_) for kk, (k_, T_, s_) in zip(o_keys, ortho)]
+        return jax.vmap(one)(keys), [jnp.stack([x[i] for x in o]) for i in range(3)]
+
+    g, o_out = compute(jax.random.split(k_gauss, S), jax.random.split(k_orth, len(ortho)))
+    o_bias, o_eig, o_res = (np.asarray(x) for x in o_out)
+    o_ey, o_psd = (np.stack(x) for x in zip(*(orthogonal_rank_errors(r) for r in o_res)))
+    g = {name: np.asarray(v) for name, v in g.items()}
+    Tarr = np.asarray(Ts)
+    # spectral computations on d x d matrices: 10 d rounding steps, relative to ||Res||^2
+    tol_spec = Tolerance.rounding(10 * d, what="SVD / eigenvalues of d x d, relative to ||Res||^2")
+    note = f"Gaussian truth d={d}, k={k}, {S} seeds, {jnp.asarray(0.0).dtype}"
+    rows = []
+
+    # --- spectrum and rank for (T+1)k <= d (generic regime) and beyond
+    eig = g["eig"]                                        # (S, nT, d), decreasing
+    thr = d * np.finfo(eig.dtype).eps * np.max(np.abs(eig), axis=-1, keepdims=True) * 10
+    n_pos = np.sum(eig > thr, axis=-1)
+    n_neg = np.sum(eig < -thr, axis=-1)
+    gen = np.array([(T + 1) * k <= d for T in Ts])
+    want_rank = np.array([theory.generic_sr_residual_rank(d, k, T) for T in Ts])
+    match = (n_pos[:, gen] == k) & (n_neg[:, gen] == Tarr[gen] * k) & \
+        (g["rank"][:, gen] == want_rank[gen])
+    rows.append(Verdict(
+        CLAIM, "SR residual M*_new-A_SR: (rank, #pos, #neg) = ((T+1)k, k, Tk) for T in "
+        f"{tuple(int(t) for t in Tarr[gen])} (cases matching)", int(match.size),
+        int(match.sum()), float("nan"),
+        Tolerance.exact("all cases; eigenvalue threshold 10 d eps max|lambda|"),
+        bool(match.all()), "check", note))
+    full = ~gen
+    if np.any(full):
+        ok_full = np.all(g["rank"][:, full] == d) and np.all(n_neg[:, full] >= d - k) and \
+            np.all(n_pos[:, full] <= k)
+        rows.append(Verdict(
+            CLAIM, f"many tasks (T in {tuple(int(t) for t in Tarr[full])}, Tk >= d): residual "
+            "full rank d, #pos <= k, #neg >= d-k", d, float(np.mean(g["rank"][:, full])),
+            spread(g["rank"][:, full]), Tolerance.exact(), bool(ok_full), "check",
+            note + f"; #pos seen {sorted(set(n_pos[:, full].ravel().tolist()))}"))
+
+    # --- Eckart-Young bias over r and T: exact population fine-tuning vs theory.lora_bias
+    scale = g["res_norm"][..., None] ** 2
+    dev = np.abs(g["exact"] - g["pred"]) / scale
+    rows.append(Verdict(
+        CLAIM, f"best rank-r fine-tuning error after SR = E_SR(r), r in {ranks}, all T "
+        "(finetune exact vs Eckart-Young), max |diff|/||Res||^2", 0.0, float(np.max(dev)),
+        float("nan"), tol_spec, tol_spec.below(dev), "check", note))
+    ik = ranks.index(k)
+    bias_k = g["pred"][:, :, ik]
+    # gradient-descent fine-tuning from n samples, rank k: never below E_SR(k) (Eckart-Young is a
+    # lower bound for any rank-k adapter, whatever n), and close to it once GD has converged
+    excess = (g["gd"] - bias_k) / bias_k                   # (S, nT)
+    rows.append(Verdict(
+        CLAIM, f"GD fine-tuning (rank k={k}, n={cfg['n']}, {cfg['ft_steps']} steps): "
+        "min over T, seeds of ||M_ft-M*_new||^2 / E_SR(k) - 1 (no rank-k adapter beats E_SR)",
+        ">= 0", float(np.min(excess)), float("nan"), tol_spec,
+        tol_spec.below(-excess), "check", note + f", noise std {NOISE_STD}; passes when "
+        "every value > -tolerance"))
+    rows.append(Verdict(
+        CLAIM, f"GD fine-tuning (rank k, n={cfg['n']}): ||M_ft-M*_new||^2 / E_SR(k) - 1, "
+        "median over T and seeds", 0.0, float(np.median(excess)), spread(excess),
+        "measured (finite n and slow GD directions when singular values are close)",
+        bool(np.all(np.isfinite(excess))), "measured",
+        note + f"; max {np.max(excess):.2e}, sigma^2 dof/(n E_SR) <= "
+        f"{NOISE_STD ** 2 * theory.adapter_dof(d, k) / cfg['n'] / np.min(bias_k):.1e}"))
+
+    # --- PSD adapter: theory vs L-BFGS, and it keeps every negative eigenvalue
+    psd_rows = []
+    for s_i in range(min(cfg["psd_seeds"], S)):
+        for t_i, T in enumerate(Ts[:n_few]):
+            res = g["residual"][s_i, t_i]
+            for r in sorted({k, k + 1, min(d, (T + 1) * k)}):
+                psd_rows.append((g["pred_psd"][s_i, t_i, r - 1],
+                                 psd_bias_bfgs(res, r, seed=s_i * 1000 + t_i),
+                                 g["res_norm"][s_i, t_i] ** 2))
+    psd_rows = np.asarray(psd_rows)
+    psd_dev = np.abs(psd_rows[:, 0] - psd_rows[:, 1]) / psd_rows[:, 2]
+    psd_tol = Tolerance.stated(1e-6, "accuracy of the independent BFGS solver (gtol 1e-10, 2 "
+                               "starts); a wrong closed form is off by a squared eigenvalue")
+    rows.append(Verdict(
+        CLAIM, "PSD adapter bias lora_bias(psd=True) vs BFGS on ||Res-WW^T||^2 "
+        "(max |diff|/||Res||^2)", 0.0, float(np.max(psd_dev)), float("nan"), psd_tol,
+        psd_tol.below(psd_dev), "check",
+        f"{len(psd_rows)} (seed, T, r) cases, r in {{k, k+1, (T+1)k}}"))
+    neg_sq = np.sum(np.where(g["eig"] < 0, g["eig"], 0.0) ** 2, axis=-1)  # (S, nT)
+    keep = np.min(g["pred_psd"] / neg_sq[..., None])  # over r = 1..d
+    rows.append(Verdict(
+        CLAIM, "PSD rank-r bias / sum of squared negative eigenvalues (min over r, T, seeds)",
+        ">= 1", float(keep), float("nan"), tol_spec, tol_spec.below(1 - keep), "check",
+        note + "; equality for r >= #positive eigenvalues; passes when 1 - min < tolerance"))
+
+    # --- orthogonal worked case
+    o_pred = np.array([theory.orthogonal_case_bias(kk, s, T) for kk, T, s in ortho])
+    o_dev = np.abs(o_bias - o_pred) / o_pred
+    rows.append(Verdict(
+        CLAIM, "orthogonal case E_SR(k) = k s^4 / T (theory.orthogonal_case_bias vs exact "
+        "fine-tuning), cases (k,T,s) " + ", ".join(f"({kk},{T},{s:g})" for kk, T, s in ortho),
+        float(np.mean(o_pred)), float(np.mean(o_bias)), float("nan"), tol_spec,
+        tol_spec.below(o_dev), "check",
+        f"d={d}; predicted/measured: mean over cases; max rel. diff {np.max(o_dev):.1e}"))
+    rows.append(Verdict(
+        CLAIM, "orthogonal case spectrum {s^2 (k), 0, -s^2/T (Tk)}: max |diff| / s^2", 0.0,
+        float(np.max(o_eig)), float("nan"), tol_spec, tol_spec.below(o_eig), "check", f"d={d}"))
+    # every rank r = 0..d, both adapters: lora_bias of the measured residual against the closed
+    # forms; for k >= 2 the PSD error at r < k depends on how many positive eigenvalues are kept
+    rr = np.arange(d + 1)
+    want_ey = np.array([[theory.orthogonal_case_bias(kk, s, T, rank=r) for r in rr]
+                        for kk, T, s in ortho])
+    want_psd = np.array([[theory.orthogonal_case_bias(kk, s, T, rank=r, psd=True) for r in rr]
+                         for kk, T, s in ortho])
+    scale = np.array([(kk + kk / T) * s ** 4 for kk, T, s in ortho])[:, None]  # ||Res||_F^2
+    r_dev = np.maximum(np.abs(o_ey - want_ey), np.abs(o_psd - want_psd)) / scale
+    rows.append(Verdict(
+        CLAIM, "orthogonal case, every rank r=0..d: lora_bias (U V^T and PSD U U^T) = closed forms "
+        "(k-r)^+ s^4 + k s^4/T ...; max |diff| / ||Res||^2", 0.0, float(np.max(r_dev)),
+        float("nan"), tol_spec, tol_spec.below(r_dev), "check",
+        f"d={d}; cases with k >= 2 separate keeping r or r+1 positive eigenvalues"))
+
+    # --- many-task limit
+    Tm = Tarr[n_few:]
+    want_dev = np.array([theory.rbar_mean_square_deviation(d, k, int(T)) for T in Tm])
+    ratio = g["rbar_dev"][:, n_few:] ** 2 / want_dev   # (S, nTm) -> 1 in expectation
+    per_seed = ratio.mean(axis=1)
+    se = float(np.std(per_seed, ddof=1) / math.sqrt(S)) if S > 1 else float("nan")
+    tol_rbar = Tolerance.seeds(se, S)
+    rows.append(Verdict(
+        CLAIM, f"||Rbar - kI||_F^2 / E||Rbar - kI||_F^2 (theory: k d (d+1) / T), T in "
+        f"{tuple(int(t) for t in Tm)}", 1.0, float(ratio.mean()), spread(per_seed), tol_rbar,
+        tol_rbar.admits(ratio.mean() - 1), "check", note + "; SE over the per-seed means"))
+    lip = np.abs(np.sqrt(bias_k) - np.sqrt(g["limit"])[:, None]) - g["rbar_dev"]
+    tol_lip = Tolerance.rounding(10 * d, max(1.0, float(np.max(g["res_norm"]))),
+                                 what="absolute, times the scale max ||Res||_F")
+    rows.append(Verdict(
+        CLAIM, "|sqrt E_SR(k;T) - sqrt E_inf| <= ||Rbar - kI||_F (every T, seed); "
+        "E_inf = lora_bias(U_new U_new^T - kI, k)", "<= 0", float(np.max(lip)), float("nan"),
+        tol_lip, tol_lip.below(lip), "check", note + "; passes when max(lhs - rhs) < tolerance"))
+    rows.append(Verdict(
+        CLAIM, f"rank-k bias E_SR(k) at T={int(Tarr[-1])} / E_inf (many-task limit)", 1.0,
+        float(np.mean(bias_k[:, -1] / g["limit"])), spread(bias_k[:, -1] / g["limit"]),
+        "measured (approaches 1 as T grows)", bool(np.all(np.isfinite(bias_k))), "measured",
+        note + f"; E_inf mean {np.mean(g['limit']):.3g}, k^2(d-k) = {k * k * (d - k)}"))
+
+    data = dict(setting=setting, seed=seed, d=d, k=k, Ts=Tarr, n_few=n_few, ranks=np.asarray(ranks),
+                eig=eig, rank=g["rank"], n_pos=n_pos, n_neg=n_neg, exact=g["exact"],
+                pred=g["pred"], pred_psd=g["pred_psd"], gd=g["gd"], rbar_dev=g["rbar_dev"],
+                limit=g["limit"], n=cfg["n"], noise_std=NOISE_STD, ortho=np.asarray(ortho),
+                o_bias=o_bias, o_pred=o_pred, o_ey=o_ey, o_psd=o_psd)
+    return ClaimResult(CLAIM, rows, data, time.perf_counter() - t0)
+
+
+def plot(result: ClaimResult, out_dir) -> list:
+    """``c2_sr_bias.{png,pdf}``: residual spectra, rank vs T, bias vs r, bias vs T, Rbar -> kI,
+    orthogonal case."""
+    plt = pyplot()
+    D = result.data
+    d, k, Ts, n_few = D["d"], D["k"], D["Ts"], D["n_few"]
+    ranks = D["ranks"]
+    cmap = plt.get_cmap("viridis")
+    colors = [cmap(i / max(len(Ts) - 1, 1)) for i in range(len(Ts))]
+    fig, axes = plt.subplots(2, 3, figsize=(16.5, 8.5))
+
+    ax = axes[0, 0]
+    idx = np.arange(1, d + 1)
+    for i, T in enumerate(Ts):
+        ax.plot(idx, D["eig"][0, i], "o-", ms=3, color=colors[i], label=f"T={T}")
+    ax.set_yscale("symlog", linthresh=1e-2)
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set_xlabel("eigenvalue index (decreasing)")
+    ax.set_ylabel(r"eigenvalue of $M^*_{new} - A_{SR}$")
+    ax.set_title("residual spectra (seed 0): k positive, Tk negative")
+    ax.legend(fontsize=7, ncol=2)
+
+    ax = axes[0, 1]
+    ax.plot(Ts, np.minimum((Ts + 1) * k, d), "k--", lw=1, label=r"theory $\min((T+1)k, d)$")
+    ax.plot(Ts, D["rank"].mean(axis=0), "o", color="tab:red", label="numerical rank (mean)")
+    ax.plot(Ts, D["n_neg"].mean(axis=0), "v", color="tab:blue", mfc="none",
+            label="# negative eigenvalues")
+    ax.plot(Ts, D["n_pos"].mean(axis=0), "^", color="tab:green", mfc="none",
+            label="# positive eigenvalues")
+    ax.set_xscale("log")
+    ax.set_xlabel("retraining tasks T")
+    ax.set_ylabel("count")
+    ax.set_title("rank of the SR residual")
+    ax.legend(fontsize=7)
+
+    ax = axes[0, 2]
+    # theory curves for every r from the spectrum (Eckart-Young tail sums; PSD: negatives stay)
+    eig = D["eig"]
+    sv2 = np.sort(eig ** 2, axis=-1)[..., ::-1]
+    r_all = np.arange(0, d + 1)
+    ey = np.stack([sv2[..., r:].sum(-1) for r in r_all], axis=-1)          # (S, nT, d+1)
+    pos = np.where(eig > 0, eig, 0.0) ** 2                                   # decreasing order
+    neg = np.sum(np.where(eig < 0, eig, 0.0) ** 2, axis=-1)
+    psd = np.stack([neg + pos[..., r:].sum(-1) for r in r_all], axis=-1)
+    shown = [i for i in range(len(Ts)) if i < n_few or i == len(Ts) - 1]
+    for i in shown:
+        ax.plot(r_all, ey[:, i].mean(axis=0), "-", color=colors[i], label=f"T={Ts[i]}")
+        ax.plot(ranks, D["exact"][:, i].mean(axis=0), "x", color=colors[i], ms=7, mew=1.5)
+        ax.plot(r_all, psd[:, i].mean(axis=0), ":", color=colors[i], lw=1.2)
+    ax.plot([], [], "k-", label="Eckart-Young theory")
+    ax.plot([], [], "kx", label="measured (exact fine-tuning)")
+    ax.plot([], [], "k:", label="PSD adapter $UU^T$ (theory)")
+    ax.set_yscale("symlog", linthresh=1e-3)
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("adapter rank r")
+    ax.set_ylabel(r"$E_{SR}(r) = \min_{rank \leq r} \|M^*_{new} - A_{SR} - \Delta\|_F^2$")
+    ax.set_title("best rank-r fine-tuning error after SR (mean over seeds)")
+    # beside the axes: inside, it covers the curves
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+
+    ax = axes[1, 0]
+    ik = int(np.where(ranks == k)[0][0])
+    band(ax, Ts, D["pred"][:, :, ik], "tab:red", f"theory $E_{{SR}}(k={k})$ (mean, min-max)")
+    ax.plot(Ts, D["gd"].mean(axis=0), "s", mfc="none", color="k",
+            label=f"GD fine-tuning, n={D['n']} (mean)")
+    ax.axhline(np.mean(D["limit"]), color="tab:purple", ls="--",
+               label=r"many-task limit $E_\infty$ (mean)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("retraining tasks T")
+    ax.set_ylabel(f"rank-{k} fine-tuning error after SR")
+    ax.set_title("rank-k bias after SR never vanishes")
+    frac = D["pred"][:, :, ik] / np.sum(D["eig"] ** 2, axis=-1)
+    ax2 = ax.twinx()
+    ax2.plot(Ts, frac.mean(axis=0), "^--", color="tab:green", ms=4)
+    ax2.set_ylabel(r"share of $\|M^*_{new} - A_{SR}\|_F^2$ left by rank k", color="tab:green")
+    ax2.set_ylim(0, 1)
+    ax2.tick_params(axis="y", colors="tab:green")
+    ax.plot([], [], "^--", color="tab:green", ms=4, label="share left (right axis)")
+    ax.legend(fontsize=7)
+
+    ax = axes[1, 1]
+    band(ax, Ts, D["rbar_dev"], "tab:blue", r"$\|\bar R - kI\|_F$ (mean, min-max)")
+    ax.plot(Ts, np.sqrt(k * d * (d + 1) / Ts), "k--", label=r"$\sqrt{k d (d+1) / T}$")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("retraining tasks T")
+    ax.set_ylabel(r"$\|\bar R - kI\|_F$")
+    ax.set_title(r"many-task limit $\bar R \to kI$")
+    ax.legend(fontsize=8)
+
+    ax = axes[1, 2]
+    # every rank: closed forms (lines) and lora_bias of the measured residual (markers)
+    rr = np.arange(d + 1)
+    ocol = plt.get_cmap("tab10")
+    for i, ((kk, T, s), ey, ps) in enumerate(zip(D["ortho"], D["o_ey"], D["o_psd"])):
+        kk, T = int(kk), int(T)
+        c = ocol(i)
+        ey_th = [theory.orthogonal_case_bias(kk, s, T, rank=r) for r in rr]
+        ps_th = [theory.orthogonal_case_bias(kk, s, T, rank=r, psd=True) for r in rr]
+        ax.plot(rr, ey_th, "-", color=c, lw=1.2, label=f"k={kk}, T={T}, s={s:g}: $UV^T$")
+        ax.plot(rr, ps_th, ":", color=c, lw=1.5, label="   PSD $UU^T$")
+        ax.plot(rr, ey, "o", color=c, ms=4, mfc="none")
+        ax.plot(rr, ps, "x", color=c, ms=5)
+        ax.plot([kk], [theory.orthogonal_case_bias(kk, s, T)], "s", color=c, ms=9, mfc="none")
+    ax.plot([], [], "ko", mfc="none", ms=4, label="lora_bias of the SR residual")
+    ax.plot([], [], "ks", mfc="none", ms=9, label=r"$E_{SR}(k) = k s^4/T$")
+    ax.set_yscale("symlog", linthresh=1e-2)
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("adapter rank r")
+    ax.set_ylabel("best rank-r error (orthogonal truth)")
+    ax.set_title("orthogonal worked case: closed forms at every rank")
+    ax.legend(fontsize=6.5, loc="lower left")
+    for a in axes.ravel():
+        a.grid(True, which="both", alpha=0.3)
+    fig.suptitle(f"C2  SR is not low-rank adaptable   Gaussian truth d={d}, k={k}, "
+                 f"{D['eig'].shape[0]} seeds ({D['setting']})", fontsize=11)
+    fig.tight_layout()
+    return save_figure(fig, out_dir, "c2_sr_bias", dpi=figure_dpi(result.data["setting"]))

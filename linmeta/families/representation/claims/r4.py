@@ -1,0 +1,196 @@
+"""Claim R4: the method of moments: the moment identity and its error scaling (d - k)/(nT).
+
+For ``y = <x, beta> + eps``, ``x ~ N(0, I_d)``, Isserlis' theorem gives
+``E[y^2 x x^T] = (sigma^2 + ||beta||^2) I + 2 beta beta^T``
+(:func:`linmeta.representation.theory.moment_expectation`), so the pooled moment matrix
+``M = (1/(nT)) sum_{t,i} y_ti^2 x_ti x_ti^T`` (raw samples: :func:`linmeta.representation.
+moment_matrix`; the core's statistics do not hold it) has expectation ``(sigma^2 + mean ||beta||^2)
+I + 2 C`` whose top-k eigenspace is col(B*) when the tasks share it exactly. First-order
+perturbation of that eigenspace (docs/representation.md#r4) gives
+
+    n T E||sin Theta||_F^2 / (d - k)  ->  K = sum_{i<=k} mean_t v_t(b_i) / (4 lambda_i(C)^2),
+    v_t(b) = 3 q_t^2 + 12 q_t c_t^2 + 6 sigma^2 (q_t + 2 c_t^2) + 3 sigma^4,  q_t = ||beta_t||^2,
+    c_t = <beta_t, b>
+
+(:func:`linmeta.representation.theory.moments_error_constant`): slope -1 in n (even n = k samples
+per task) and in T, with the constant K.
+
+Setting: a random orthonormal B* and diversity ``Sigma = L L^T`` (eigenvalues 0.5 and 1 for k=2);
+the task heads cycle through the 2k heads ``+-sqrt(k) L e_i`` (second moment exactly Sigma, the
+same empirical head distribution for every T that is a multiple of 2k, so K does not depend on T).
+Each replicate draws ``T_max`` tasks x ``n_max`` samples; the estimate at (n, T) uses the first T
+tasks and the first n samples of each (nested), so one draw gives the whole grid. Rows:
+
+- the moment identity: the mean of M over replicates at (n_max, T_max) against the expectation,
+  entry-wise z-scores (standard errors from the replicates), all within the Bonferroni bound for a
+  1% family-wise level;
+- the fitted slopes in n (at T_max) and in T (at n_max): per seed, the log-log slope of the mean of
+  ``||sin Theta||_F^2`` over replicates; mean over seeds within 3 standard errors of -1, plus an
+  allowance ``(d - k) K / (n T)_min`` for the second-order term;
+- the constant: ``n T E||sin Theta||_F^2 / ((d - k) K)`` at the largest n T, within 3 standard
+  errors of 1 plus the same allowance at that n T.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from linmeta.core import metrics
+from linmeta.families.representation import theory
+from linmeta.families.representation.methods import moments_subspace
+from linmeta.families.representation._linalg import orthonormalise
+
+from linmeta.engine.claims import ClaimResult, Verdict
+from linmeta.engine.claim_support import (figure_dpi, key_for, loglog_slope, pyplot, save_figure,
+                                          settings_value, spread)
+
+CLAIM = "R4"
+NOISE_STD = 0.5
+FAMILY_LEVEL = 0.01
+
+SETTINGS = {
+    "tiny": dict(d=5, k=2, seeds=5, reps=10, ns=(2, 8, 32), Ts=(32, 128)),
+    "quick": dict(d=6, k=2, seeds=5, reps=12, ns=(2, 4, 8, 16, 32), Ts=(64, 128, 256)),
+    "full": dict(d=10, k=2, seeds=10, reps=100, ns=(2, 4, 8, 16, 32, 64),
+                 Ts=(64, 128, 256, 512)),
+}
+
+
+def _base_heads(k, dtype):
+    lam = jnp.linspace(0.5, 1.0, k, dtype=dtype) if k > 1 else jnp.ones((1,), dtype)
+    return lam
+
+
+def _one_seed(key, *, d, k, reps, ns, Ts):
+    nmax, Tmax = max(ns), max(Ts)
+    kb, kq, kz = jax.random.split(key, 3)
+    z = jax.random.normal(kz, (d * k + k * k + reps * Tmax * nmax * (d + 1),))
+    Bs = orthonormalise(z[:d * k].reshape(d, k))
+    Q = orthonormalise(z[d * k:d * k + k * k].reshape(k, k))
+    lam = _base_heads(k, z.dtype)
+    L = Q * jnp.sqrt(lam)  # Sigma = Q diag(lam) Q^T = L L^T
+    H = math.sqrt(k) * jnp.concatenate([L.T, -L.T])  # (2k, k): rows +-sqrt(k) L e_i
+    heads = jnp.tile(H, (Tmax // (2 * k), 1))
+    betas = heads @ Bs.T  # (Tmax, d)
+    ZZ = z[d * k + k * k:].reshape(reps, Tmax, nmax, d + 1)
+    X, E = ZZ[..., :d], ZZ[..., d]
+    Y = jnp.einsum("rtnd,td->rtn", X, betas) + NOISE_STD * E
+    Xw = X * Y[..., None]  # y x
+    # per-task sums over the first n samples, n in ns: (reps, Tmax, len(ns), d, d)
+    edges = (0,) + tuple(ns)
+    blocks = jnp.stack([jnp.einsum("rtni,rtnj->rtij", Xw[:, :, a:b], Xw[:, :, a:b])
+                        for a, b in zip(edges[:-1], edges[1:])], axis=2)
+    per_task = jnp.cumsum(blocks, axis=2)
+    # n-scan at T = Tmax and T-scan at n = nmax
+    M_n = jnp.stack([jnp.sum(per_task[:, :, j], axis=1) / (n * Tmax) for j, n in enumerate(ns)],
+                    axis=1)  # (reps, len(ns), d, d)
+    last = per_task[:, :, -1]
+    M_T = jnp.stack([jnp.sum(last[:, :T], axis=1) / (nmax * T) for T in Ts], axis=1)
+    Ms = jnp.concatenate([M_n, M_T], axis=1)  # (reps, len(ns) + len(Ts), d, d)
+    corner = M_n[:, -1]  # (reps, d, d) at (nmax, Tmax)
+    expect = theory.pooled_moment_expectation(betas, NOISE_STD)
+    return dict(Ms=Ms, Bs=Bs, base_betas=H @ Bs.T, corner_mean=jnp.mean(corner, 0),
+                corner_sd=jnp.std(corner, 0, ddof=1), expect=expect)
+
+
+def _subspaces(out, k):
+    """The method of moments' subspaces and their errors, after the compiled program: eagerly,
+    one batched LAPACK call at a time (the eigendecomposition, then the core's metric)."""
+    S, R, G, d, _ = out["Ms"].shape
+    Bhat = moments_subspace(jnp.asarray(out["Ms"]).reshape(-1, d, d), k)
+    ref = jnp.repeat(jnp.asarray(out["Bs"]), R * G, axis=0)
+    fro2 = np.asarray(metrics.sin_theta_frobenius_sq(Bhat, ref)).reshape(S, R, G)
+    K = np.asarray([theory.moments_error_constant(b, NOISE_STD, k) for b in out["base_betas"]])
+    return fro2, K
+
+
+def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
+    """Measure R4 at ``setting`` (tiny/quick/full); see the module docstring."""
+    from scipy.stats import norm
+
+    cfg = settings_value(SETTINGS, setting)
+    t0 = time.perf_counter()
+    d, k, S, R = cfg["d"], cfg["k"], cfg["seeds"], cfg["reps"]
+    ns, Ts = tuple(cfg["ns"]), tuple(cfg["Ts"])
+    if any(T % (2 * k) for T in Ts):
+        raise ValueError(f"every T must be a multiple of 2k = {2 * k}")
+    one = lambda key: _one_seed(key, d=d, k=k, reps=R, ns=ns, Ts=Ts)  # noqa: E731
+    keys = jax.random.split(key_for(seed, CLAIM), S)
+    out = {n: np.asarray(v) for n, v in jax.jit(lambda ks: jax.lax.map(one, ks))(keys).items()}
+    out["fro2"], out["K"] = _subspaces(out, k)
+    nn, nt = len(ns), len(Ts)
+    E_fro2 = out["fro2"].mean(axis=1)  # (S, nn + nt) mean over replicates
+    K = out["K"]  # (S,) (identical: the head set is fixed up to rotation)
+    nmax, Tmax = max(ns), max(Ts)
+    note = (f"d={d}, k={k}, sigma={NOISE_STD}, {S} seeds x {R} replicates, K={K.mean():.2f}, "
+            f"n in {ns} (T={Tmax}), T in {Ts} (n={nmax})")
+    rows = []
+    iu = np.triu_indices(d)
+    z = (out["corner_mean"] - out["expect"]) / (out["corner_sd"] / math.sqrt(R))
+    zz = np.abs(z[:, iu[0], iu[1]])
+    bound = float(norm.ppf(1 - FAMILY_LEVEL / (2 * zz.size)))
+    rows.append(Verdict(
+        CLAIM, "moment identity: mean of (1/(nT)) sum y^2 x x^T vs (sigma^2+mean||beta||^2) I + "
+        "2C, max |z| over entries and seeds", f"|z| <= {bound:.2f}", float(zz.max()),
+        spread(zz.max(axis=1)), f"Bonferroni, family-wise {FAMILY_LEVEL:g} over {zz.size} "
+        "entries", bool(zz.max() <= bound), "check", note + f", at n={nmax}, T={Tmax}"))
+    nT_n = np.asarray(ns, float) * Tmax
+    nT_T = nmax * np.asarray(Ts, float)
+    allow_n = (d - k) * K.mean() / nT_n.min()
+    allow_T = (d - k) * K.mean() / nT_T.min()
+    for name, x, cols, allow in (("n", np.asarray(ns, float), slice(0, nn), allow_n),
+                                 ("T", np.asarray(Ts, float), slice(nn, nn + nt), allow_T)):
+        sl = np.array([loglog_slope(x, row)[0] for row in E_fro2[:, cols]])
+        se = float(np.std(sl, ddof=1) / math.sqrt(S))
+        tol = 3 * se + allow
+        rows.append(Verdict(
+            CLAIM, f"method of moments: log-log slope of E||sin Theta||_F^2 in {name}", -1.0,
+            float(sl.mean()), spread(sl), f"|slope+1| <= 3 SE ({se:.3f}) + (d-k)K/(nT)_min "
+            f"({allow:.3f}) = {tol:.3f}", bool(abs(sl.mean() + 1) <= tol), "check", note))
+    ratio = nT_n[-1] * E_fro2[:, nn - 1] / ((d - k) * K)
+    per_rep = nT_n[-1] * out["fro2"][:, :, nn - 1] / ((d - k) * K[:, None])
+    se = float(np.std(per_rep, ddof=1) / math.sqrt(per_rep.size))
+    allow = (d - k) * K.mean() / nT_n[-1]
+    rows.append(Verdict(
+        CLAIM, f"method of moments: n T E||sin Theta||_F^2 / ((d-k) K) at n={nmax}, T={Tmax}",
+        1.0, float(ratio.mean()), spread(ratio), f"|ratio-1| <= 3 SE ({se:.3f}) + (d-k)K/(nT) "
+        f"({allow:.3f})", bool(abs(ratio.mean() - 1) <= 3 * se + allow), "check", note))
+    smallest = np.sqrt(out["fro2"][:, :, 0])
+    rows.append(Verdict(
+        CLAIM, f"method of moments with n = {ns[0]} samples per task (T={Tmax}): "
+        "||sin Theta||_F (median)", "measured", float(np.median(smallest)),
+        spread(smallest), "", bool(np.all(np.isfinite(smallest))), "measured",
+        note + f"; n=k={k} samples per task suffice when T is large"))
+    data = dict(setting=setting, d=d, k=k, ns=np.asarray(ns, float), Ts=np.asarray(Ts, float),
+                E_fro2=E_fro2, K=K, nmax=nmax, Tmax=Tmax)
+    return ClaimResult(CLAIM, rows, data, time.perf_counter() - t0)
+
+
+def plot(result: ClaimResult, out_dir) -> list:
+    """``rep_r4_moments.{png,pdf}``: E||sin Theta||_F^2 against n and T, with (d-k)K/(nT)."""
+    plt = pyplot()
+    D = result.data
+    nn = len(D["ns"])
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    K = float(D["K"].mean())
+    for ax, x, cols, other, label in ((axes[0], D["ns"], slice(0, nn), D["Tmax"], "n"),
+                                      (axes[1], D["Ts"], slice(nn, None), D["nmax"], "T")):
+        Y = D["E_fro2"][:, cols]
+        for row in Y:
+            ax.loglog(x, row, "o", color="tab:blue", ms=4, alpha=0.7)
+        nT = x * other
+        ax.loglog(x, (D["d"] - D["k"]) * K / nT, "k--", lw=1, label=r"$(d-k)K/(nT)$")
+        ax.set_xticks(x)
+        ax.set_xticklabels([f"{int(v)}" for v in x])
+        ax.xaxis.set_minor_formatter(plt.NullFormatter())
+        ax.set_xlabel(f"{label} ({'T' if label == 'n' else 'n'} = {int(other)})")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel(r"$E\|\sin\Theta\|_F^2$ (mean over replicates, per seed)")
+    fig.suptitle(f"R4  method of moments, d={D['d']}, k={D['k']}  ({D['setting']})", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, out_dir, "rep_r4_moments", dpi=figure_dpi(D["setting"]))

@@ -1,0 +1,142 @@
+"""Claim R6: AdaptRep's exact facts: the penalty identity, and lambda -> infinity is FrozenRep.
+
+- Penalty identity (docs/representation.md#r6): for ``v`` in R^d,
+  ``min {lambda/2 ||Delta||_F^2 + gamma/2 ||w||^2 : Delta w = v} = sqrt(lambda gamma) ||v||``
+  (:func:`linmeta.representation.theory.adaptrep_penalty`). Checked against a numerical
+  minimisation that does not use the closed form: for a random direction of w and a scale t, the
+  least-norm ``Delta`` with ``Delta (t w) = v`` from the pseudo-inverse of the d x dk constraint
+  matrix ``(t w)^T kron I_d``, then a bounded scalar minimisation over ``log t``
+  (``scipy.optimize.minimize_scalar``); tolerance 1e-10 relative (float64).
+- lambda -> infinity: at a fixed orthonormal B, AdaptRep's inner minimum falls below the frozen one
+  by ``(1/(2 lambda)) mean_t ||g_t||^2 ||w_t||^2 + O(1/lambda^2)`` (``w_t`` the frozen ridge heads,
+  ``g_t`` the loss gradient there; :func:`linmeta.representation.theory.adaptrep_gap_limit`):
+  ``lambda (F_frozen - F_adapt)`` against the limit, relative error <= 1e-4 at lambda = 1e6 (the
+  O(1/lambda) term's constant, measured below, is of order 1).
+- The trained AdaptRep representation approaches FrozenRep's as lambda grows (perturbed tasks, where
+  both differ from B*): sine of the largest principal angle <= 1e-4 at lambda = 1e6; the slope in
+  lambda is measured.
+The lambda rows come from the population program shared with R1, R3, R5.
+"""
+from __future__ import annotations
+
+import time
+
+import jax
+import numpy as np
+
+from linmeta.families.representation import theory
+
+from linmeta.engine.claims import ClaimResult, Verdict
+from ._population import GAMMA, GAP_LAMBDAS, LAMBDAS, SETTINGS, population_runs
+from linmeta.engine.claim_support import (figure_dpi, float_tol, key_for, loglog_slope, pyplot,
+                                          save_figure, settings_value, spread)
+
+CLAIM = "R6"
+PENALTY_CASES = {"tiny": 8, "quick": 20, "full": 200}
+
+
+def _least_norm_penalty(v, w, lam, gamma):
+    """``lambda/2 ||Delta||_F^2 + gamma/2 ||w||^2`` for the least-norm Delta with Delta w = v,
+    Delta from the pseudo-inverse of the constraint matrix (no closed form used)."""
+    d = v.shape[0]
+    A = np.kron(w[None, :], np.eye(d))  # (d, d k): Delta w = A vec(Delta), column-major vec
+    delta = np.linalg.pinv(A) @ v
+    return 0.5 * lam * float(delta @ delta) + 0.5 * gamma * float(w @ w)
+
+
+def _numerical_min(v, direction, lam, gamma):
+    from scipy.optimize import minimize_scalar
+
+    f = lambda lt: _least_norm_penalty(v, np.exp(lt) * direction, lam, gamma)  # noqa: E731
+    res = minimize_scalar(f, bounds=(-30.0, 30.0), method="bounded",
+                          options=dict(xatol=1e-12, maxiter=500))
+    return float(res.fun), float(np.exp(res.x))
+
+
+def penalty_cases(key, n, d=6, k=3):
+    """Random cases ``(v, w direction, lambda, gamma)`` and both sides of the identity."""
+    z = np.asarray(jax.random.normal(key, (n, d + k + 2)))
+    out = []
+    for row in z:
+        v, direc = row[:d], row[d:d + k]
+        lam, gamma = float(np.exp(2 * row[-2])), float(np.exp(2 * row[-1]))
+        num, t = _numerical_min(v, direc, lam, gamma)
+        pred = float(theory.adaptrep_penalty(v, lam, gamma))
+        out.append((num, pred, t ** 2 * float(direc @ direc),
+                    float(np.sqrt(lam / gamma) * np.linalg.norm(v))))
+    return np.asarray(out)
+
+
+def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
+    """Measure R6 at ``setting`` (tiny/quick/full); see the module docstring."""
+    cfg = settings_value(SETTINGS, setting)
+    t0 = time.perf_counter()
+    cases = penalty_cases(key_for(seed, CLAIM), PENALTY_CASES[setting])
+    rel = np.abs(cases[:, 0] - cases[:, 1]) / cases[:, 1]
+    argrel = np.abs(cases[:, 2] - cases[:, 3]) / cases[:, 3]
+    tol = float_tol(1e-10, 1e-10)  # host float64 either way
+    rows = [Verdict(
+        CLAIM, "AdaptRep penalty identity: numerical min over Delta w = v of lambda/2||Delta||^2 + "
+        "gamma/2||w||^2 vs sqrt(lambda gamma)||v|| (relative)", 0.0, float(rel.max()),
+        spread(rel), f"every case < {tol:g}", bool(np.all(rel < tol)), "check",
+        f"{len(cases)} random cases, d=6, k=3, lambda, gamma in e^(2 N(0,1)); argmin ||w||^2 vs "
+        f"sqrt(lambda/gamma)||v||: max relative {argrel.max():.1e}")]
+    out = population_runs(setting, seed)
+    lams = np.asarray(GAP_LAMBDAS)
+    gap_rel = np.abs(out["gap_scaled"] / out["gap_limit"][:, None] - 1)  # (seeds, lambdas)
+    note = (f"d={cfg['d']}, k={cfg['k']}, T={cfg['T']}, perturbed tasks, gamma={GAMMA}, "
+            f"{cfg['seeds']} seeds")
+    rows.append(Verdict(
+        CLAIM, f"AdaptRep at fixed B: lambda (F_frozen - F_adapt) / (1/2 mean ||g||^2||w||^2) - 1 "
+        f"at lambda={lams[-1]:g}", 0.0, float(gap_rel[:, -1].max()), spread(gap_rel[:, -1]),
+        "every seed < 1e-4", bool(np.all(gap_rel[:, -1] < 1e-4)), "check",
+        note + "; lambda x error: " + ", ".join(f"{lam:g}: {np.median(lam * gap_rel[:, i]):.2f}"
+                                               for i, lam in enumerate(lams))))
+    sl = [loglog_slope(lams, row)[0] for row in gap_rel]
+    rows.append(Verdict(CLAIM, "AdaptRep at fixed B: slope of that relative error in lambda "
+                        "(O(1/lambda) expansion)", -1.0, float(np.mean(sl)), spread(sl), "",
+                        bool(np.all(np.isfinite(sl))), "measured", note))
+    dist = out["adapt_vs_frozen"]  # (seeds, len(LAMBDAS))
+    rows.append(Verdict(
+        CLAIM, f"AdaptRep (trained, lambda={LAMBDAS[-1]:g}) vs FrozenRep: sin of the largest "
+        "principal angle", 0.0, float(dist[:, -1].max()), spread(dist[:, -1]),
+        "every seed < 1e-4", bool(np.all(dist[:, -1] < 1e-4)), "check",
+        note + "; per lambda (max over seeds): " + ", ".join(
+            f"{lam:g}: {dist[:, i].max():.1e}" for i, lam in enumerate(LAMBDAS))))
+    sl2 = [loglog_slope(np.asarray(LAMBDAS), row)[0] for row in dist]
+    rows.append(Verdict(CLAIM, "AdaptRep vs FrozenRep: slope of that distance in lambda",
+                        -1.0, float(np.mean(sl2)), spread(sl2), "",
+                        bool(np.all(np.isfinite(sl2))), "measured", note))
+    data = dict(setting=setting, lams=lams, gap_rel=gap_rel, adapt_lams=np.asarray(LAMBDAS),
+                dist=dist, cases=cases)
+    return ClaimResult(CLAIM, rows, data, time.perf_counter() - t0)
+
+
+def plot(result: ClaimResult, out_dir) -> list:
+    """``rep_r6_adaptrep.{png,pdf}``: the lambda -> infinity limits; the penalty identity."""
+    plt = pyplot()
+    D = result.data
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 4))
+    for row in D["gap_rel"]:
+        ax0.loglog(D["lams"], np.maximum(row, 1e-17), "o-", color="tab:purple", ms=3, lw=0.8)
+    for row in D["dist"]:
+        ax0.loglog(D["adapt_lams"], np.maximum(row, 1e-17), "s--", color="tab:green", ms=3,
+                   lw=0.8)
+    ax0.plot([], [], "o-", color="tab:purple",
+             label=r"$|\lambda(F_{frozen}-F_{adapt})/\mathrm{limit} - 1|$ at fixed B")
+    ax0.plot([], [], "s--", color="tab:green", label=r"$\sin\theta_{\max}$(AdaptRep, FrozenRep)")
+    ax0.set_xlabel(r"$\lambda$")
+    ax0.set_title(r"$\lambda\to\infty$: AdaptRep $\to$ FrozenRep (slope $-1$)", fontsize=9)
+    ax0.legend(fontsize=7)
+    ax0.grid(True, which="both", alpha=0.3)
+    c = D["cases"]
+    ax1.loglog(c[:, 1], c[:, 0], "o", ms=4)
+    lo, hi = c[:, 1].min() / 2, c[:, 1].max() * 2
+    ax1.plot([lo, hi], [lo, hi], "k--", lw=1, label="y = x")
+    ax1.set_xlabel(r"$\sqrt{\lambda\gamma}\,\|v\|$")
+    ax1.set_ylabel(r"numerical $\min\ \lambda/2\|\Delta\|^2 + \gamma/2\|w\|^2$, $\Delta w = v$")
+    ax1.set_title("penalty identity", fontsize=9)
+    ax1.legend(fontsize=7)
+    fig.suptitle(f"R6  AdaptRep  ({D['setting']})", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, out_dir, "rep_r6_adaptrep", dpi=figure_dpi(D["setting"]))

@@ -1,0 +1,473 @@
+"""``linmeta verify``: run every claim check of the theory documents (docs/theory.md, C1-C8) and report.
+
+For each claim id in :data:`linmeta.claims.CLAIM_IDS` the module ``linmeta.claims.cN`` is imported
+(:func:`linmeta.claims.claim_module`) and run at the chosen setting (``tiny``: seconds, for tests;
+``quick``: the whole set in under two minutes on 2 CPU cores; ``full``: the documented full run).
+Each claim returns verdict rows (claim, quantity, predicted, measured, spread, tolerance, passed,
+kind); its ``plot`` writes PNG and PDF figures. The runner prints one table row per claim, writes
+``<out>/REPORT.md`` (all rows, each claim linked to its section of the theory document
+(:func:`linmeta.claims.claim_doc`), the figures, setting, seed, dtype, versions, time) and
+``<out>/verdicts.json``, both atomically, and exits with 1 when a check fails. The default
+``<out>`` is ``results/verify`` (git-ignored); the committed figures are regenerated with
+``--out figures``. An output folder that cannot be created is one error line (exit 2).
+
+Tolerances are data: a check row carries a :class:`~linmeta.claims._verdict.Tolerance` (rule,
+inputs, value) and the runner audits it (:func:`linmeta.claims._verdict.audit`): a row whose
+tolerance is looser than its derivation allows fails, whatever its measurement.
+
+A claim whose module is missing, or whose run or plot raises, is reported as a failed row (the
+other claims still run). Rows of kind ``"measured"`` map unconfirmed statements: they fail only
+when the measurement itself did not produce a finite result.
+
+Verification runs in float64 (``jax_enable_x64`` is switched on). The tiny and quick settings are
+dominated by XLA compilation, so when JAX's backend has not started yet they ask XLA for a cheaper
+backend optimisation level (``--xla_backend_optimization_level=0`` appended to ``XLA_FLAGS``);
+a ``XLA_FLAGS`` that already sets that option is left alone. OpenBLAS (used by NumPy, SciPy and
+jaxlib's CPU LAPACK kernels) is asked for one thread unless ``OPENBLAS_NUM_THREADS`` is set: the
+runs make many small eigendecompositions, where threads only contend.
+
+Usage::
+
+    python -m linmeta.verify --quick                 # or: linmeta verify --quick (results/verify)
+    python -m linmeta.verify --quick --out figures   # regenerate the committed figures
+    python -m linmeta.verify --full --out figures
+    python -m linmeta.verify --tiny --claims C1,C3 --no-figures --json
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import jaxlib
+import numpy as np
+
+from linmeta.core.files import atomic_write_text, check_writable_dir
+from linmeta.core.version import __version__
+from linmeta.engine import compile_cache
+from linmeta.engine.claim_support import single_thread_blas, working_dtype
+from linmeta.engine.claims import (SETTINGS, ClaimResult, Verdict, all_claims, claim_doc,
+                                   claim_ids, claim_module, family_claims, family_names, fmt)
+from linmeta.engine.verdict import audited
+
+__all__ = ["add_arguments", "run_from_args", "run_verify", "format_table", "main",
+           "claim_summary"]
+
+_FAST_COMPILE_FLAG = "--xla_backend_optimization_level=0"
+DEFAULT_OUT = os.path.join("results", "verify")
+
+
+# ----------------------------------------------------------------------------- arguments
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the verify options to ``parser`` (used by ``linmeta verify`` and ``python -m``)."""
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", dest="setting", action="store_const", const="quick",
+                      help="the quick checks, under two minutes on 2 CPU cores (default)")
+    mode.add_argument("--full", dest="setting", action="store_const", const="full",
+                      help="the full checks (minutes; the documented run)")
+    mode.add_argument("--tiny", dest="setting", action="store_const", const="tiny",
+                      help="the smallest settings (seconds per claim; used by the tests)")
+    parser.set_defaults(setting="quick")
+    parser.add_argument("--claims", metavar="C1,C3", default=None,
+                        help="comma-separated claim ids to run (default: all, C1-C8)")
+    parser.add_argument("--out", metavar="DIR", default=DEFAULT_OUT,
+                        help="folder for figures, REPORT.md and verdicts.json "
+                             f"(default: {DEFAULT_OUT}; the committed figures: --out figures)")
+    parser.add_argument("--seed", type=int, default=0, metavar="INT",
+                        help="root random seed (default: 0)")
+    parser.add_argument("--json", action="store_true",
+                        help="print the verdict rows as JSON instead of the table")
+    parser.add_argument("--no-figures", dest="figures", action="store_false",
+                        help="skip the figures (REPORT.md then lists the rows only)")
+    return parser
+
+
+def _parse_claims(text):
+    """Claim ids from ``--claims``: ids (``C1``, ``M2``; a bare number means ``C<number>``) and
+    family names (``paper``, ``bilevel``, ``representation``), comma-separated."""
+
+    if text is None or str(text).strip() == "":
+        return list(claim_ids())
+    items = text if isinstance(text, (list, tuple)) else str(text).split(",")
+    allowed = f"{', '.join(claim_ids())} or a family ({', '.join(family_names())})"
+    out = []
+    for item in items:
+        word = str(item).strip()
+        if not word:
+            continue
+        if word.lower() in family_names():
+            ids = family_claims(word.lower())
+        else:
+            cid = word.upper()
+            if cid.isdigit():
+                cid = "C" + cid
+            if cid not in claim_ids():
+                raise ValueError(f"--claims must be a comma-separated list of {allowed}; "
+                                 f"got {item!r}")
+            ids = (cid,)
+        out.extend(c for c in ids if c not in out)
+    if not out:
+        raise ValueError(f"--claims names no claim; use {allowed}")
+    return out
+
+
+# ----------------------------------------------------------------------------- running
+def _prefer_fast_compile() -> bool:
+    """Append the cheap-compile XLA flag when the backend has not started; True if it applies."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_backend_optimization_level" in flags:
+        return "xla_backend_optimization_level=0" in flags
+    try:
+        from jax._src import xla_bridge
+
+        if xla_bridge.backends_are_initialized():
+            return False
+    except Exception:  # noqa: BLE001 - private API moved: leave the flags alone
+        return False
+    os.environ["XLA_FLAGS"] = (flags + " " + _FAST_COMPILE_FLAG).strip()
+    return True
+
+
+def _failed(claim, quantity, note):
+
+    return ClaimResult(claim, [Verdict(claim, quantity, "runs", "error", float("nan"), "",
+                                       False, "check", note)], {}, 0.0)
+
+
+def _is_finite(x) -> bool:
+    try:
+        return math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return True  # text values (counts, statements) are not numbers to check
+
+
+def _row_ok(v) -> bool:
+    return bool(v.passed)
+
+
+def run_claim(claim: str, setting: str, seed: int, out_dir=None, figures: bool = True):
+    """Run one claim (and its figure) and never raise: failures become failed rows.
+    Returns ``(ClaimResult, [figure paths])``."""
+
+    t0 = time.perf_counter()
+    try:
+        mod = claim_module(claim)
+    except ModuleNotFoundError as e:
+        if e.name == all_claims()[claim][1]:
+            return _failed(claim, "module missing", f"{all_claims()[claim][1]} not found"), []
+        raise
+    try:
+        result = mod.run(setting=setting, seed=seed)
+    except Exception as e:  # noqa: BLE001 - reported as a failed claim, the others still run
+        res = _failed(claim, "run raised", f"{type(e).__name__}: {e}")
+        res.data["traceback"] = traceback.format_exc()
+        res.seconds = time.perf_counter() - t0
+        return res, []
+
+
+    result.verdicts = audited(result.verdicts, float64=working_dtype() == jnp.float64)
+    paths = []
+    if figures and out_dir is not None:
+        try:
+            paths = [Path(p) for p in mod.plot(result, out_dir)]
+        except Exception as e:  # noqa: BLE001
+
+            result.verdicts = list(result.verdicts) + [Verdict(
+                claim, "figure", "written", "error", float("nan"), "", False, "check",
+                f"{type(e).__name__}: {e}")]
+    result.seconds = time.perf_counter() - t0
+    return result, paths
+
+
+def run_verify(setting: str = "quick", claims=None, out_dir=DEFAULT_OUT, seed: int = 0,
+               figures: bool = True, *, progress=None):
+    """Run ``claims`` (ids, default all) at ``setting`` and write the report into ``out_dir``.
+
+    Returns ``(results, ok)``: the list of :class:`~linmeta.claims.ClaimResult` and whether every
+    check row passed. ``progress`` (optional) is called with each finished result and its
+    seconds. Writes ``out_dir/REPORT.md`` and ``out_dir/verdicts.json`` atomically.
+    """
+
+    if setting not in SETTINGS:
+        raise ValueError(f"setting must be one of {', '.join(SETTINGS)}; got {setting!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    claim_ids = _parse_claims(claims)
+    fast = _prefer_fast_compile() if setting in ("tiny", "quick") else False
+
+
+
+    out = Path(check_writable_dir(out_dir))
+    jax.config.update("jax_enable_x64", True)
+    blas1 = single_thread_blas()
+    t0 = time.perf_counter()
+    results, figs = [], {}
+    for cid in claim_ids:
+        res, paths = run_claim(cid, setting, seed, out, figures)
+        results.append(res)
+        figs[cid] = paths
+        if progress is not None:
+            progress(res)
+    total = time.perf_counter() - t0
+    ok = all(_row_ok(v) for r in results for v in r.verdicts)
+    meta = _meta(setting, seed, claim_ids, total, fast)
+    meta["blas_single_thread"] = bool(blas1)
+    _write_atomic(out / "verdicts.json", json.dumps(_json_payload(results, meta, ok), indent=2,
+                                                    allow_nan=False) + "\n")
+    _write_atomic(out / "REPORT.md", _report(results, figs, meta, ok, out))
+    return results, ok
+
+
+def _meta(setting, seed, claim_ids, total, fast):
+
+    return dict(setting=setting, seed=seed, claims=list(claim_ids),
+                dtype=str(jax.numpy.asarray(0.0).dtype), total_seconds=round(total, 2),
+                linmeta=__version__, jax=jax.__version__, jaxlib=jaxlib.__version__,
+                numpy=np.__version__, python=platform.python_version(),
+                platform=platform.platform(), cpus=os.cpu_count(),
+                backend=jax.default_backend(), fast_compile=bool(fast),
+                date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"))
+
+
+def _jsonable(x):
+    if hasattr(x, "item") and getattr(x, "ndim", 1) == 0:
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)
+    if isinstance(x, (str, int, float, bool)) or x is None:
+        return x
+    return str(x)
+
+
+def _jsonable_tree(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable_tree(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable_tree(v) for v in x]
+    return _jsonable(x)
+
+
+def _json_payload(results, meta, ok):
+    rows = []
+    for r in results:
+        for v in r.verdicts:
+            d = {k: _jsonable_tree(val) for k, val in v.as_dict().items()}
+            d["passed"] = bool(v.passed)
+            rows.append(d)
+    return dict(ok=bool(ok), meta=meta,
+                claims=[dict(claim=r.claim, passed=all(_row_ok(v) for v in r.verdicts),
+                             seconds=round(r.seconds, 2)) for r in results],
+                verdicts=rows)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    atomic_write_text(path, text)
+
+
+# ----------------------------------------------------------------------------- tables
+def claim_summary(result) -> dict:
+    """One line per claim: checks passed, the key (or first failing) row, seconds."""
+
+    checks = [v for v in result.verdicts if v.kind == "check"]
+    measured = [v for v in result.verdicts if v.kind != "check"]
+    failing = [v for v in result.verdicts if not _row_ok(v)]
+    key = failing[0] if failing else (checks[0] if checks else
+                                      (result.verdicts[0] if result.verdicts else None))
+    return dict(claim=result.claim,
+                checks=f"{sum(_row_ok(v) for v in checks)}/{len(checks)}",
+                measured=len(measured),
+                quantity="" if key is None else key.quantity,
+                predicted="" if key is None else fmt(key.predicted),
+                value="" if key is None else fmt(key.measured),
+                result="pass" if not failing else "FAIL",
+                seconds=f"{result.seconds:.1f}")
+
+
+_COLUMNS = (("claim", "claim"), ("checks", "checks"), ("measured", "mapped"),
+            ("quantity", "key (or first failing) quantity"), ("predicted", "predicted"),
+            ("value", "measured"), ("result", "result"), ("seconds", "s"))
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _table_header() -> tuple[str, str]:
+    widths = _widths()
+    head = "  ".join(title.ljust(widths[k]) for k, title in _COLUMNS)
+    return head, "-" * len(head)
+
+
+def _widths():
+    return dict(claim=5, checks=6, measured=6, quantity=56, predicted=12, value=12, result=6,
+                seconds=7)
+
+
+def format_row(result) -> str:
+    """One text table row for a claim (see :func:`format_table`)."""
+    s = claim_summary(result)
+    w = _widths()
+    return "  ".join(_clip(str(s[k]), w[k]).ljust(w[k]) for k, _ in _COLUMNS)
+
+
+def format_table(results) -> str:
+    """Plain-text table, one row per claim: claim, checks passed, rows of kind "measured", the key
+    (or first failing) quantity with predicted and measured value, pass/FAIL, seconds."""
+    head, rule = _table_header()
+    lines = [head, rule] + [format_row(r) for r in results]
+    n_fail = sum(claim_summary(r)["result"] != "pass" for r in results)
+    total = sum(r.seconds for r in results)
+    lines.append(rule)
+    lines.append(f"{len(results) - n_fail}/{len(results)} claims pass; {total:.1f} s")
+    return "\n".join(lines)
+
+
+def _md(x) -> str:
+
+    return fmt(x).replace("|", "\\|").replace("\n", " ")
+
+
+def _doc_link(claim: str, out: Path) -> str:
+    """``[C1](<relative path>/docs/theory.md#c1)`` from the report folder to the claim's section
+    of the theory document in the repository this linmeta lives in (plain id when unknown)."""
+
+    if claim not in all_claims():
+        return _md(claim)
+    doc = claim_doc(claim)
+    path, _, anchor = doc.partition("#")
+    repo = Path(__file__).resolve().parent.parent
+    rel = os.path.relpath(repo / path, Path(out).resolve())
+    return f"[{claim}]({Path(rel).as_posix()}#{anchor})"
+
+
+def _report(results, figs, meta, ok, out: Path) -> str:
+    lines = ["# linmeta verify report", "",
+             f"Setting **{meta['setting']}**, seed {meta['seed']}, dtype {meta['dtype']}, "
+             f"total {meta['total_seconds']:.1f} s. Overall: **{'PASS' if ok else 'FAIL'}**.", "",
+             "## Claims", "",
+             "Each claim links to its section of the theory document.", "",
+             "| claim | checks passed | mapped rows | key (or first failing) quantity | predicted "
+             "| measured | result | seconds |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        s = claim_summary(r)
+        cells = [_md(s[k]) for k, _ in _COLUMNS]
+        cells[0] = _doc_link(r.claim, out)
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "## All verdict rows", "",
+              "Kind `check`: a prediction tested within the tolerance. Kind `measured`: no "
+              "theory predicts the value; the row maps it (passes when the measurement is "
+              "finite). Rule: how the tolerance was derived (`rounding`: factor x eps x condition; "
+              "`rounding_sq`: its square, for sums of squares; `seeds`: Student-t band over seeds "
+              "plus a stated bias; `chi2`: chi-square band; `contraction`: rate^steps plus a "
+              "floor; `asymptotic`: a constant times the first neglected term; `richardson`: "
+              "measured second-order term of a linearisation; `exact`: counts; `stated`: a "
+              "definition or an independent solver's stopping rule). The runner recomputes each "
+              "tolerance from its inputs and fails a row whose tolerance is looser than its rule "
+              "allows.", "",
+              "| claim | quantity | predicted | measured | spread | tolerance | rule | passed "
+              "| kind | note |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        for v in r.verdicts:
+            tol = getattr(v, "tol", None)
+            lines.append("| " + " | ".join([
+                _md(v.claim), _md(v.quantity), _md(v.predicted), _md(v.measured),
+                _md(v.spread), _md(v.tolerance), _md(tol.rule) if tol is not None else "",
+                "yes" if v.passed else "**NO**", _md(v.kind), _md(v.note)]) + " |")
+    errors = [(r.claim, r.data.get("traceback")) for r in results
+              if isinstance(r.data, dict) and r.data.get("traceback")]
+    if errors:
+        lines += ["", "## Errors", ""]
+        for cid, tb in errors:
+            lines += [f"### {cid}", "", "```", tb.rstrip(), "```", ""]
+    shown = [(cid, p) for cid, paths in figs.items() for p in paths if p.suffix == ".png"]
+    if shown:
+        lines += ["", "## Figures", ""]
+        for cid, p in shown:
+            rel = os.path.relpath(p, out)
+            pdf = Path(rel).with_suffix(".pdf").as_posix()
+            lines += [f"### {cid}: {Path(rel).stem}", "", f"![{cid}]({Path(rel).as_posix()})", "",
+                      f"PDF: [{pdf}]({pdf})", ""]
+    lines += ["", "## Environment", ""]
+    for k in ("linmeta", "jax", "jaxlib", "numpy", "python", "platform", "cpus", "backend",
+              "fast_compile", "blas_single_thread", "date"):
+        lines.append(f"- {k}: {meta[k]}")
+    lines.append(f"- command: `linmeta verify --{meta['setting']} --seed {meta['seed']} "
+                 f"--claims {','.join(meta['claims'])}`")
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- entry points
+def run_from_args(args) -> int:
+    """Run verify from parsed arguments (see :func:`add_arguments`); returns the exit code:
+    0 when every check passes, 1 when a claim fails. Raises ValueError for bad arguments and
+    OSError ("... is not writable; choose a writable --out") for an output folder that cannot be
+    created (the command line prints either as one line and exits 2)."""
+    if getattr(args, "float32", False):
+        raise ValueError("linmeta verify runs in float64 (its tolerances are float64 ones); "
+                         "--float32 is not supported here")
+    setting = getattr(args, "setting", None) or "quick"
+    claims = _parse_claims(getattr(args, "claims", None))
+    as_json = bool(getattr(args, "json", False))
+    out_dir = getattr(args, "out", None) or DEFAULT_OUT
+    seed = getattr(args, "seed", 0)
+    seed = 0 if seed is None else seed
+    figures = bool(getattr(args, "figures", True))
+
+    def progress(res):
+        if not as_json:
+            print(format_row(res), flush=True)
+
+
+    check_writable_dir(out_dir)  # one clear line (OSError) before any work
+    if not as_json:
+        head, rule = _table_header()
+        print(f"linmeta verify --{setting} (seed {seed}, float64): {', '.join(claims)}",
+              flush=True)
+        print(head)
+        print(rule, flush=True)
+    results, ok = run_verify(setting, claims, out_dir, seed, figures, progress=progress)
+    if as_json:
+        report = json.loads((Path(out_dir) / "verdicts.json").read_text(encoding="utf-8"))
+        print(json.dumps(report, indent=2))
+    else:
+        n_fail = sum(claim_summary(r)["result"] != "pass" for r in results)
+        total = sum(r.seconds for r in results)
+        print("-" * len(_table_header()[0]))
+        print(f"{len(results) - n_fail}/{len(results)} claims pass; {total:.1f} s. "
+              f"Report: {Path(out_dir) / 'REPORT.md'}")
+    return 0 if ok else 1
+
+
+def main(argv=None) -> int:
+    """``python -m linmeta.verify [--quick|--full|--tiny] [--claims ...] [--out DIR] ...``."""
+    parser = argparse.ArgumentParser(prog="python -m linmeta.verify",
+                                     description="Check every claim of the theory (C1-C8), "
+                                                 "print one row per claim, write REPORT.md.")
+
+    add_arguments(parser)
+    compile_cache.add_argument(parser)
+    args = parser.parse_args(argv)
+    compile_cache.enable_from_args(args)
+    try:
+        return run_from_args(args)
+    except ValueError as e:
+        print(f"linmeta verify: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        text = e.strerror if e.strerror and not e.filename else str(e)
+        print(f"linmeta verify: error: {text}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
