@@ -88,8 +88,12 @@ _JOBS: list = []  # registered when the test modules are imported (collection)
 DEFAULT_BODY = """
 for cid, name in EXPERIMENTS.items():
     t0 = time.perf_counter()
-    verdicts = importlib.import_module("experiments." + name).main(setting="tiny", out_dir=out,
-                                                                   seed=0)
+    if name:   # a script of its own (it does more than the claim's rows)
+        verdicts = importlib.import_module("experiments." + name).main(setting="tiny",
+                                                                       out_dir=out, seed=0)
+    else:      # the one entry for every claim
+        verdicts = importlib.import_module("experiments.claims").main([cid], setting="tiny",
+                                                                      out_dir=out, seed=0)
     secs[cid] = time.perf_counter() - t0
     rows[cid] = [v.as_dict() for v in verdicts]
 """
@@ -108,7 +112,8 @@ def tiny_claim_runs(experiments: dict, tag: str, *, body: str | None = None, nam
     chain, only for modules where a selected test (``wanted(item)``) uses them: they run on the
     second core while the suite's other tests run, and a module's tests wait only if its runs
     are not finished yet. ``experiments`` maps claim ids to ``experiments/<name>.py`` scripts
-    (each called with ``main(setting="tiny", out_dir=out, seed=0)``); ``body`` replaces that loop
+    (each called with ``main(setting="tiny", out_dir=out, seed=0)``), or to None for the
+    generic ``experiments/claims.py``; ``body`` replaces that loop
     (Python code that fills ``rows`` and ``secs``, with ``out``, ``EXPERIMENTS``, ``importlib``
     and ``time`` at hand).
 

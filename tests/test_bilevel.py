@@ -1,8 +1,8 @@
 """The bilevel family's protocol (linmeta.bilevel) and the tiny runs of claims M1-M6.
 
-The tiny runs happen once, in one subprocess that calls ``experiments/bilevel_all.py`` (every
-claim M1-M6) and one per-claim script at ``setting="tiny"`` (``helpers.tiny_claim_runs``: started
-in the background when collection finishes, while the other tests run).
+The tiny runs happen once, in one subprocess that calls ``python -m experiments.claims bilevel``
+(every claim M1-M6, one grid) at ``setting="tiny"`` (``helpers.tiny_claim_runs``: started in the
+background when collection finishes, while the other tests run).
 """
 import functools
 import json
@@ -29,12 +29,10 @@ FIGURES = ("bilevel_m1_reductions", "bilevel_m2_exact_inner", "bilevel_m3_gradie
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 tiny_runs = tiny_claim_runs({}, "bilevel", body="""
 t0 = time.perf_counter()
-verdicts = importlib.import_module("experiments.bilevel_all").main("tiny", out, 0)
+verdicts = importlib.import_module("experiments.claims").main(["bilevel"], "tiny", out, 0)
 secs["all"] = time.perf_counter() - t0
 for v in verdicts:
     rows.setdefault(v.claim, []).append(v.as_dict())
-# one thin per-claim script too (the grid is computed: this is its figure only)
-importlib.import_module("experiments.bilevel_step_size").main("tiny", out, 0)
 """)
 
 

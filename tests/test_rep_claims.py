@@ -13,8 +13,7 @@ from linmeta.families.representation.claims import _rates as _rep_support, r7
 
 from helpers import DEFAULT_BODY, tiny_claim_runs
 
-EXPERIMENTS = {"R1": "rep_frozen_pca", "R2": "rep_frozen_floor", "R3": "rep_anil",
-               "R4": "rep_moments", "R5": "rep_fedrep", "R6": "rep_adaptrep",
+EXPERIMENTS = {"R1": None, "R2": None, "R3": None, "R4": None, "R5": None, "R6": None,
                "R7": "rep_separation"}
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _BODY = DEFAULT_BODY + """

@@ -21,8 +21,11 @@ import argparse
 import ctypes
 import glob
 import io
+import json
 import math
 import os
+import sys
+import time
 import zlib
 from pathlib import Path
 
@@ -30,14 +33,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from linmeta.core.files import atomic_write_bytes as _atomic_write
+from linmeta.core.files import atomic_write_bytes as _atomic_write, check_writable_dir
 from linmeta.methods import meta_lora, standard_retraining
-from . import compile_cache
+from . import claims, compile_cache
 from .verdict import audited, fmt
 
 __all__ = ["loglog_slope", "per_seed_slopes", "float_tol", "working_dtype", "save_figure",
            "pyplot", "band", "spread", "settings_value", "key_for", "format_verdicts", "figure_dpi",
-           "experiment_main", "experiment_cli", "fit_meta_lora_and_sr", "single_thread_blas"]
+           "experiment_cli", "fit_meta_lora_and_sr", "single_thread_blas", "resolve_claims",
+           "run_claims", "claims_cli"]
 
 
 def working_dtype():
@@ -156,27 +160,110 @@ def format_verdicts(result, paths=()) -> str:
     return "\n".join(lines)
 
 
-def experiment_main(module, setting: str, out_dir, seed: int):
-    """Body of ``experiments/cN_*.py:main``: float64 on, run the claim, audit its tolerances
-    (:func:`linmeta.claims._verdict.audited`), write its figures, print the rows; returns the
-    verdict rows."""
+def resolve_claims(words) -> list[str]:
+    """Claim ids from claim ids and family names (a string, comma-separated, or a list), in
+    registry order; ``ValueError`` naming what is allowed."""
+    if isinstance(words, str):
+        words = [w for w in words.replace(",", " ").split() if w]
+    ids = claims.claim_ids()
+    fams = claims.family_names()
+    out: list[str] = []
+    for w in words:
+        if w.lower() in fams:
+            out += [c for c in claims.family_claims(w.lower()) if c not in out]
+        elif w.upper() in ids:
+            if w.upper() not in out:
+                out.append(w.upper())
+        else:
+            raise ValueError(f"claims must be claim ids ({', '.join(ids)}) or families "
+                             f"({', '.join(fams)}); got {w!r}")
+    if not out:
+        raise ValueError("claims: name at least one claim id or family")
+    return out
+
+
+def run_claims(words, setting: str = "full", out_dir="results/claims", seed: int = 0,
+               log=print) -> list:
+    """Run claims (ids or family names, :func:`resolve_claims`) at ``setting`` in one process:
+    float64 on, each claim's rows audited (:func:`linmeta.engine.verdict.audited`), its figures
+    written into ``out_dir``, its rows printed through ``log``; a JSON summary (rows, seconds and
+    figures per claim) is written as ``out_dir/claims_<ids>_<setting>.json``. Returns every
+    verdict row. Claims of one family that share a computation (the bilevel grid) compute it
+    once in one process."""
+    ids = resolve_claims(words)
+    if setting not in claims.SETTINGS:
+        raise ValueError(f"setting must be one of {', '.join(claims.SETTINGS)}; got {setting!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    out = Path(check_writable_dir(out_dir))
     jax.config.update("jax_enable_x64", True)
     single_thread_blas()
-    result = module.run(setting=setting, seed=seed)
-    result.verdicts = audited(result.verdicts, float64=working_dtype() == jnp.float64)
-    paths = module.plot(result, out_dir)
-    print(format_verdicts(result, paths), flush=True)
-    return list(result.verdicts)
+    rows, summary = [], {}
+    for cid in ids:
+        t0 = time.perf_counter()
+        module = claims.claim_module(cid)
+        result = module.run(setting=setting, seed=seed)
+        result.verdicts = audited(result.verdicts, float64=working_dtype() == jnp.float64)
+        paths = module.plot(result, out)
+        log(format_verdicts(result, paths))
+        rows += list(result.verdicts)
+        summary[cid] = dict(seconds=time.perf_counter() - t0,
+                            rows=[v.as_dict() for v in result.verdicts],
+                            figures=[Path(p).name for p in paths])
+    name = "_".join(ids) if len(ids) <= 3 else f"{ids[0]}-{ids[-1]}"
+    _atomic_write(out / f"claims_{name}_{setting}.json",
+                  json.dumps(dict(setting=setting, seed=seed, claims=summary), indent=1,
+                             default=str).encode())
+    return rows
 
 
-def experiment_cli(main, doc: str, argv=None):
-    """``--setting {tiny,quick,full}`` (default full), ``--out`` (default figures), ``--seed``."""
-    p = argparse.ArgumentParser(description=(doc or "").strip().splitlines()[0])
-    p.add_argument("--setting", choices=("tiny", "quick", "full"), default="full")
-    p.add_argument("--out", default="figures", help="figure folder (default: figures)")
+def claims_cli(argv=None) -> int:
+    """``python -m experiments.claims CLAIMS... [--setting S] [--out DIR] [--seed N]``: exit 0
+    when every check passes, 1 when one fails, 2 for bad input (one line on standard error)."""
+    p = argparse.ArgumentParser(
+        prog="python -m experiments.claims",
+        description="Run claims (ids such as C3, or whole families such as bilevel) at a "
+                    "setting, write their figures and print their verdict rows.")
+    p.add_argument("claims", nargs="+", help="claim ids or family names, e.g. C3 C6 or bilevel")
+    p.add_argument("--setting", choices=claims.SETTINGS, default="full")
+    p.add_argument("--out", default="results/claims",
+                   help="figure folder (default: results/claims; the committed figures are in "
+                        "figures/)")
     p.add_argument("--seed", type=int, default=0)
     compile_cache.add_argument(p)
     a = p.parse_args(argv)
+    try:
+        resolve_claims(a.claims)
+        if a.seed < 0:
+            raise ValueError(f"--seed must be an integer >= 0, got {a.seed}")
+        check_writable_dir(a.out)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    compile_cache.enable_from_args(a)
+    rows = run_claims(a.claims, setting=a.setting, out_dir=a.out, seed=a.seed)
+    return 0 if all(v.passed for v in rows) else 1
+
+
+def experiment_cli(main, doc: str, argv=None, default_out: str = "results/experiments"):
+    """Arguments of an experiment script (``--setting {tiny,quick,full}``, default full;
+    ``--out``, default ``default_out``; ``--seed`` >= 0), validated the way the command line
+    validates (one line on standard error, exit 2), then ``main(setting, out_dir, seed)``."""
+    p = argparse.ArgumentParser(description=(doc or "").strip().splitlines()[0])
+    p.add_argument("--setting", choices=("tiny", "quick", "full"), default="full")
+    p.add_argument("--out", default=default_out,
+                   help=f"output folder (default: {default_out}; the committed figures are in "
+                        "figures/)")
+    p.add_argument("--seed", type=int, default=0)
+    compile_cache.add_argument(p)
+    a = p.parse_args(argv)
+    try:
+        if a.seed < 0:
+            raise ValueError(f"--seed must be an integer >= 0, got {a.seed}")
+        check_writable_dir(a.out)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     compile_cache.enable_from_args(a)
     rows = main(setting=a.setting, out_dir=a.out, seed=a.seed)
     return 0 if all(v.passed for v in rows) else 1

@@ -52,7 +52,7 @@ rtol 1e-8).
 Settings: ``tiny`` (tests, a few seconds), ``quick`` (d=8, k=2: ~9 s in ``linmeta verify --quick``),
 ``full`` (Gaussian groups d=10, k=1,2,3 with 32 seeds and 10000 gradient-descent steps; critical
 points for (d,k) in (4,1), (6,1), (6,2), (8,2), (9,3), 16 truths x 64 starts each): about 105 s on the
-shared 2-core machine (``python -m experiments.c4_two_tasks --setting full``).
+shared 2-core machine (``python -m experiments.claims C4 --setting full``).
 """
 from __future__ import annotations
 

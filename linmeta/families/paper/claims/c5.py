@@ -34,7 +34,7 @@ from linmeta.core.data import population
 from linmeta.core.problem import sample_truth
 from linmeta.methods import meta_lora, standard_retraining
 from linmeta.core import metrics
-from linmeta import methods as retrain
+import linmeta.methods as retrain
 
 from linmeta.engine.claims import ClaimResult, Verdict
 from linmeta.engine.claim_support import (figure_dpi, key_for, pyplot, save_figure, settings_value,

@@ -46,7 +46,7 @@ each prefix are formed with weights so that every n shares one compiled program)
 
 Settings: ``tiny`` (tests), ``quick`` (16 seeds, n = 80..2560: ~7 s in ``linmeta verify --quick``),
 ``full`` (64 seeds, n = 80..10240, k = 1..6, d = 5..40, 4000 GD steps): about 30 s on the shared
-2-core machine (``python -m experiments.c6_adaptation_rate --setting full``).
+2-core machine (``python -m experiments.claims C6 --setting full``).
 """
 from __future__ import annotations
 

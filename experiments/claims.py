@@ -1,0 +1,27 @@
+"""Run claims, or whole families, at a setting: their figures and verdict rows.
+
+One entry for every claim (the same code ``linmeta verify`` runs, without its report)::
+
+    python -m experiments.claims C3 --setting full --out figures        # one claim
+    python -m experiments.claims C2 C6 --setting quick                   # several
+    python -m experiments.claims bilevel --setting full --out figures    # a family (M1-M6 share one grid)
+
+Writes each claim's figures (PNG and PDF) and ``claims_<ids>_<setting>.json`` (rows, seconds,
+figures) into ``--out`` (default ``results/claims``), prints the verdict rows; exit code 1 if a
+check fails, 2 for bad input. ``--setting tiny`` takes seconds (the tests run it). Experiments
+that do more than one claim's rows have their own scripts beside this one.
+"""
+from __future__ import annotations
+
+import sys
+
+from linmeta.engine.claim_support import claims_cli, run_claims
+
+
+def main(claims, setting: str = "full", out_dir="results/claims", seed: int = 0) -> list:
+    """Run ``claims`` (ids or family names) at ``setting``; returns the verdict rows."""
+    return run_claims(claims, setting=setting, out_dir=out_dir, seed=seed)
+
+
+if __name__ == "__main__":
+    sys.exit(claims_cli())
