@@ -194,6 +194,7 @@ class Protocol:
     diverged_stages: Callable | None = None
     divergence_error: Callable | None = None
     record_theory: Callable | None = None
+    summary: Callable | None = None
     accepts_truth: bool = False
 
     @property

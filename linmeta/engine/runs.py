@@ -45,6 +45,7 @@ from .sweep import (config_id, default_chunk_size, expand_grid, group_by_shape, 
 
 __all__ = ["RunPlan", "plan", "run", "run_id", "write", "load", "diverged_stages",
            "divergence_flags", "divergence_error", "truth_source", "sweep_to_folder",
+           "summary_lines", "format_value",
            "BLOWUP_FACTOR"]
 
 
@@ -426,3 +427,39 @@ def sweep_to_folder(spec, out, *, truth=None, chunk_size: int | None = None,
                              "words": [stage_words(by_id[cid], s) for s in stages]})
     return {"out": folder, "planned": len(configs), "computed": len(configs) - n_done,
             "reused": n_done, "diverged": diverged}
+
+
+# ----------------------------------------------------------------------------- summaries
+def format_value(x, digits=4) -> str:
+    """A result value as a summary prints it: 4 significant digits, "-" for None, yes/no."""
+    if x is None:
+        return "-"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, (int,)) and not isinstance(x, bool):
+        return str(x)
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return str(x)
+    if math.isnan(v) or math.isinf(v):
+        return str(v)
+    if v == 0 or 1e-3 <= abs(v) < 1e5:
+        return f"{v:.{digits}g}"
+    return f"{v:.{digits - 1}e}"
+
+
+def summary_lines(record: Mapping) -> list[str]:
+    """The lines that summarise a run record (``linmeta run`` prints them): the protocol's own
+    (its ``summary`` hook), or its configuration and every scalar result."""
+    proto = _proto(record["config"])
+    if proto.summary is not None:
+        return list(proto.summary(record))
+    cfg, r, env = record["config"], record["results"], record["environment"]
+    lines = [f"linmeta run {record['id']}: protocol {cfg['protocol']}; {env['dtype']} on "
+             f"{env['device']}",
+             "  " + " ".join(" ".join(f"{k}={v}" for k, v in cfg.items()
+                                      if k != "protocol").split())]
+    width = max((len(k) for k in r), default=10)
+    lines += [f"  {key:{width}s}  {format_value(value):>12s}" for key, value in r.items()]
+    return lines

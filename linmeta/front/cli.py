@@ -116,21 +116,9 @@ def _one_line(text: str) -> str:
 
 
 def _fmt(x, digits=4) -> str:
-    if x is None:
-        return "-"
-    if isinstance(x, bool):
-        return "yes" if x else "no"
-    if isinstance(x, (int,)) and not isinstance(x, bool):
-        return str(x)
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return str(x)
-    if math.isnan(v) or math.isinf(v):
-        return str(v)
-    if v == 0 or 1e-3 <= abs(v) < 1e5:
-        return f"{v:.{digits}g}"
-    return f"{v:.{digits - 1}e}"
+    from linmeta.engine.runs import format_value  # deferred: 'linmeta --help' stays fast (imports no JAX)
+
+    return format_value(x, digits)
 
 
 # ----------------------------------------------------------------------------- run
@@ -182,37 +170,12 @@ def _cmd_run(args) -> int:
 
 
 def _print_run_summary(record: dict) -> None:
-    cfg, r, th, env = record["config"], record["results"], record["theory"], record["environment"]
-    if cfg.get("protocol", "paper") not in ("paper", "paper_code"):
-        return _print_protocol_summary(record)
-    sizes = " ".join(f"{k}={cfg[k]}" for k in ("d", "k", "T", "N", "n", "noise_std", "seed")
-                     if k in cfg)
-    truth = record["truth"]
-    tsrc = {"file": f"truth file {truth.get('path')}",
-            "arrays": f"truth arrays (sha256 {str(truth.get('sha256'))[:12]})"}.get(
-        truth["source"], f"sampled truth (truth_seed={truth.get('truth_seed')})")
-    print(f"linmeta run {record['id']}: {sizes}")
-    print(f"  {tsrc}; Meta-LoRA solver {cfg.get('ml_solver')}; {env['dtype']} on {env['device']}")
-    rows = [("base error ||A_hat - A*||_F", "ml_base_error", "sr_base_error"),
-            ("relative base error", "ml_base_rel_error", "sr_base_rel_error"),
-            ("fine-tuning test loss (final)", "ml_ft_test_loss", "sr_ft_test_loss"),
-            ("excess risk ||M - M*||_F^2", "ml_ft_excess_risk", "sr_ft_excess_risk"),
-            ("final retraining excess objective", "ml_objective", "sr_objective")]
-    print(f"  {'':34s}{'Meta-LoRA':>12s}{'SR':>12s}")
-    for label, a, b in rows:
-        if a in r or b in r:
-            print(f"  {label:34s}{_fmt(r.get(a)):>12s}{_fmt(r.get(b)):>12s}")
-    if th:
-        print("  theory:")
-        if "theory_sr_base_error" in th:
-            print(f"    C1 SR population base error ||Rbar||_F:          "
-                  f"{_fmt(th['theory_sr_base_error']):>10s}   (vs SR base error)")
-        if "theory_sr_bias" in th:
-            print(f"    C2 SR rank-{cfg.get('ft_rank')} bias E_SR(r) (Eckart-Young):      "
-                  f"{_fmt(th['theory_sr_bias']):>10s}   (vs SR excess risk)")
-        if "theory_ft_error" in th:
-            print(f"    C6 LoRA fine-tuning error sigma^2 dof / n:       "
-                  f"{_fmt(th['theory_ft_error']):>10s}   (vs Meta-LoRA excess risk)")
+    """The run's summary: the lines its protocol writes for it
+    (:func:`linmeta.engine.runs.summary_lines`), then where it is stored and how long it took."""
+    from linmeta.engine import runs  # deferred: 'linmeta --help' stays fast (imports no JAX)
+
+    for line in runs.summary_lines(record):
+        print(line)
     _print_run_end(record)
 
 
@@ -231,18 +194,6 @@ def _print_run_end(record: dict) -> None:
           f"(compile included)")
     if files:
         print(f"  wrote {files['record']} and {files['trajectories']}")
-
-
-def _print_protocol_summary(record: dict) -> None:
-    """A family protocol's run: its configuration, every scalar result, divergence, files."""
-    cfg, r, env = record["config"], record["results"], record["environment"]
-    print(f"linmeta run {record['id']}: protocol {cfg['protocol']}; {env['dtype']} on "
-          f"{env['device']}")
-    print("  " + _one_line(" ".join(f"{k}={v}" for k, v in cfg.items() if k != "protocol")))
-    width = max((len(k) for k in r), default=10)
-    for key, value in r.items():
-        print(f"  {key:{width}s}  {_fmt(value):>12s}")
-    _print_run_end(record)
 
 
 def _key_value(text: str):

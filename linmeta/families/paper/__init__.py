@@ -11,12 +11,13 @@ package holds what is the paper's own:
   the host), on top of the core's :mod:`linmeta.core.theory`;
 - :mod:`.protocol`: one run of the paper's synthetic protocol, registered as the sweep protocols
   ``"paper"`` (as described) and ``"paper_code"`` (as the official code runs it);
-- :mod:`.divergence`: the protocols' divergence report in words a user can act on;
+- :mod:`.records`: what a run's record says: divergence in words a user can act on, the closed
+  forms beside the results, the printed summary;
 - :mod:`.shallow`: the paper's shallow-network experiment;
 - :mod:`.claims`: C1-C8 as verdict rows.
 """
 from linmeta.engine.families import Family, register
-from . import divergence, methods, protocol, theory
+from . import methods, protocol, records, theory
 
 FAMILY = register(Family(
     name="paper",
@@ -26,4 +27,4 @@ FAMILY = register(Family(
     protocols=("paper", "paper_code"),
 ), replace=True)
 
-__all__ = ["FAMILY", "divergence", "methods", "protocol", "theory"]
+__all__ = ["FAMILY", "methods", "records", "protocol", "theory"]

@@ -110,8 +110,8 @@ from linmeta.core.lora import adapter_dof
 from linmeta.engine import protocols
 from linmeta.engine.protocols import MAX_CHUNK, SAMPLE_BYTES, SUB_BATCH, TRAIN_BYTES
 from linmeta.methods import meta_lora, record_steps
-from .divergence import PAPER_DEFAULTS
-from . import divergence as _divergence
+from .records import PAPER_DEFAULTS
+from . import records as _records
 from .methods import finetune_both, meta_lora_alternating, sr_retraining
 from .theory import sr_bias_host, theory_sr_bias
 
@@ -623,10 +623,11 @@ def _paper_entry(name: str, variant: str) -> protocols.Protocol:
         group_key=_paper_group_key, batch=_paper_batch, results=_paper_results,
         single_device=lambda shape: shape.ml_solver == "newton",
         chunk_size=_paper_chunk_size, sub_batch=_paper_sub_batch,
-        divergence_flags=_divergence.divergence_flags,
-        diverged_stages=_divergence.diverged_stages,
-        divergence_error=_divergence.divergence_error,
-        record_theory=_divergence.record_theory, accepts_truth=True)
+        divergence_flags=_records.divergence_flags,
+        diverged_stages=_records.diverged_stages,
+        divergence_error=_records.divergence_error,
+        record_theory=_records.record_theory, summary=_records.summary,
+        accepts_truth=True)
 
 
 PAPER = protocols.register(_paper_entry("paper", "clean"), replace=True)

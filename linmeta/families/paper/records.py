@@ -1,4 +1,4 @@
-"""Divergence of the paper's protocols, in words a user can act on (docs/theory.md, methods and
+"""Run records of the paper's protocols: divergence in words a user can act on (docs/theory.md, methods and
 protocol).
 
 A stage diverged when the engine's flag says so (NaN/inf in its state or records) or when one of
@@ -8,7 +8,8 @@ loss, an unstable one raises it geometrically and stays finite for many steps). 
 ``"ml"`` (Meta-LoRA retraining), ``"sr"`` (standard retraining) and ``"ft"`` (fine-tuning);
 :func:`divergence_error` names the first stage that diverged and what to change: the step size (a
 :class:`linmeta.DivergenceError`), or ``init_scale`` / ``noise_std`` when the initial adapters or
-the data are what overflows. These are the hooks of the paper's protocols in the run records of
+the data are what overflows. These, the closed forms a run's record carries (:func:`record_theory`) and its printed summary
+(:func:`summary`) are the hooks of the paper's protocols in the run records of
 :mod:`linmeta.engine.runs`.
 """
 from __future__ import annotations
@@ -20,9 +21,10 @@ import numpy as np
 
 from linmeta.core import theory
 from linmeta.core.divergence import BLOWUP_FACTOR, DivergenceError, divergence_index
+from linmeta.engine.runs import format_value
 
 __all__ = ["STAGES", "divergence_flags", "diverged_stages", "divergence_error", "stage_words",
-           "record_theory", "PAPER_DEFAULTS"]
+           "record_theory", "summary", "PAPER_DEFAULTS"]
 
 STAGES = {"ml": "Meta-LoRA retraining", "sr": "standard retraining", "ft": "fine-tuning"}
 
@@ -208,3 +210,39 @@ def record_theory(cfg: Mapping, truth) -> dict:
     its base error is ``||Rbar||_F``."""
     return {"theory_sr_base_error": float(np.linalg.norm(np.asarray(
         theory.sr_bias_matrix(truth.U_star))))}
+
+
+def summary(record: Mapping) -> list[str]:
+    """The lines ``linmeta run`` prints for a paper run: sizes, truth, Meta-LoRA beside SR, and
+    the closed forms beside them (C1, C2, C6)."""
+    out = []
+    cfg, r, th, env = record["config"], record["results"], record["theory"], record["environment"]
+    sizes = " ".join(f"{k}={cfg[k]}" for k in ("d", "k", "T", "N", "n", "noise_std", "seed")
+                     if k in cfg)
+    truth = record["truth"]
+    tsrc = {"file": f"truth file {truth.get('path')}",
+            "arrays": f"truth arrays (sha256 {str(truth.get('sha256'))[:12]})"}.get(
+        truth["source"], f"sampled truth (truth_seed={truth.get('truth_seed')})")
+    out.append(f"linmeta run {record['id']}: {sizes}")
+    out.append(f"  {tsrc}; Meta-LoRA solver {cfg.get('ml_solver')}; {env['dtype']} on {env['device']}")
+    rows = [("base error ||A_hat - A*||_F", "ml_base_error", "sr_base_error"),
+            ("relative base error", "ml_base_rel_error", "sr_base_rel_error"),
+            ("fine-tuning test loss (final)", "ml_ft_test_loss", "sr_ft_test_loss"),
+            ("excess risk ||M - M*||_F^2", "ml_ft_excess_risk", "sr_ft_excess_risk"),
+            ("final retraining excess objective", "ml_objective", "sr_objective")]
+    out.append(f"  {'':34s}{'Meta-LoRA':>12s}{'SR':>12s}")
+    for label, a, b in rows:
+        if a in r or b in r:
+            out.append(f"  {label:34s}{format_value(r.get(a)):>12s}{format_value(r.get(b)):>12s}")
+    if th:
+        out.append("  theory:")
+        if "theory_sr_base_error" in th:
+            out.append(f"    C1 SR population base error ||Rbar||_F:          "
+                  f"{format_value(th['theory_sr_base_error']):>10s}   (vs SR base error)")
+        if "theory_sr_bias" in th:
+            out.append(f"    C2 SR rank-{cfg.get('ft_rank')} bias E_SR(r) (Eckart-Young):      "
+                  f"{format_value(th['theory_sr_bias']):>10s}   (vs SR excess risk)")
+        if "theory_ft_error" in th:
+            out.append(f"    C6 LoRA fine-tuning error sigma^2 dof / n:       "
+                  f"{format_value(th['theory_ft_error']):>10s}   (vs Meta-LoRA excess risk)")
+    return out
