@@ -99,6 +99,7 @@ def register(family: Family, *, replace: bool = False) -> Family:
     if not isinstance(family, Family):
         raise ValueError(f"family must be a linmeta.engine.families.Family, got "
                          f"{type(family).__name__}")
+    load()   # the built-in families first, so that a clash with them is seen
     with _LOCK:
         if family.name in _REGISTRY and not replace:
             raise ValueError(f"family {family.name!r} is already registered; pass replace=True "

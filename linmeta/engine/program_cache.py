@@ -35,7 +35,7 @@ from linmeta.core.files import atomic_write_bytes
 __all__ = ["folder", "fingerprint", "load_or_compile", "FOLDER_NAME"]
 
 FOLDER_NAME = "linmeta-programs"
-_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the whole linmeta package
 
 
 def folder() -> str | None:

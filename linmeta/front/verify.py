@@ -343,8 +343,10 @@ def _doc_link(claim: str, out: Path) -> str:
     if claim not in all_claims():
         return _md(claim)
     doc = claim_doc(claim)
+    if doc.startswith(("http://", "https://")):   # a plugin's document published elsewhere
+        return f"[{claim}]({doc})"
     path, _, anchor = doc.partition("#")
-    repo = Path(__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parents[2]
     rel = os.path.relpath(repo / path, Path(out).resolve())
     return f"[{claim}]({Path(rel).as_posix()}#{anchor})"
 

@@ -1,0 +1,1 @@
+"""Claims of the example family (one module per claim)."""
