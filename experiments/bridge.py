@@ -159,14 +159,14 @@ def main(setting: str = "full", out_dir="figures", seed: int = 0) -> dict:
     """Compute both panels, write ``bridge.{png,pdf,json}`` into ``out_dir``, print a summary."""
     import jax
 
-    from linmeta.engine.claim_support import single_thread_blas
+    from linmeta.engine.claim_support import figure_name, plot_claim, single_thread_blas
     from linmeta.engine.results import atomic_write_json
 
     jax.config.update("jax_enable_x64", True)
     single_thread_blas()
     result = run(setting, seed)
-    paths = plot(result, out_dir)
-    json_path = Path(out_dir) / "bridge.json"
+    paths = plot_claim(plot, result, out_dir, setting)
+    json_path = Path(out_dir) / figure_name("bridge.json", setting)
     atomic_write_json(json_path, result)
     A, R = result["base_matrix"], result["representation"]
     print(f"base-matrix model: SR floor E_SR(k) = {A['sr_floor']:.4g}; at n = {A['n'][-1]}: "

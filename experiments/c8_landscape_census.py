@@ -18,16 +18,17 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import jax
+
 from linmeta.families.paper.claims import c8
-from linmeta.engine.claim_support import experiment_cli, format_verdicts, single_thread_blas
+from linmeta.engine.claim_support import (experiment_cli, format_verdicts, plot_claim,
+                                          single_thread_blas)
 
 
-def main(setting: str = "full", out_dir="figures", seed: int = 0) -> list:
+def main(setting: str = "full", out_dir="results/experiments", seed: int = 0) -> list:
     """Run claim C8 at ``setting`` (the full census resumable through ``out_dir/c8_census.json``),
     write its figure (and, for the full setting, the census JSON) into ``out_dir``, print and
     return the verdict rows."""
-    import jax
-
     jax.config.update("jax_enable_x64", True)
     single_thread_blas()
     checkpoint = None
@@ -36,7 +37,7 @@ def main(setting: str = "full", out_dir="figures", seed: int = 0) -> list:
         checkpoint = Path(out_dir) / "c8_census.json"
     result = c8.run(setting=setting, seed=seed, checkpoint=checkpoint,
                     log=lambda line: print(line, flush=True))
-    paths = c8.plot(result, out_dir)
+    paths = plot_claim(c8, result, out_dir, setting)
     print(format_verdicts(result, paths), flush=True)
     return list(result.verdicts)
 

@@ -18,10 +18,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 
 from linmeta.families.representation.claims import r7
-from linmeta.engine.claim_support import experiment_cli, format_verdicts, single_thread_blas
+from linmeta.core.files import atomic_write_json
+from linmeta.engine.claim_support import (experiment_cli, figure_name, format_verdicts, plot_claim,
+                                          single_thread_blas)
 
 
 def summary(result) -> dict:
@@ -57,18 +60,14 @@ def summary(result) -> dict:
                 shown=dict(D["shown"]), seconds=result.seconds)
 
 
-def main(setting: str = "full", out_dir="figures", seed: int = 0) -> list:
+def main(setting: str = "full", out_dir="results/experiments", seed: int = 0) -> list:
     """Run claim R7 at ``setting``; write its figure and ``rep_separation.json`` into
     ``out_dir``; print and return the rows."""
-    import jax
-
-    from linmeta.engine.results import atomic_write_json
-
     jax.config.update("jax_enable_x64", True)
     single_thread_blas()
     result = r7.run(setting=setting, seed=seed)
-    paths = r7.plot(result, out_dir)
-    json_path = Path(out_dir) / "rep_separation.json"
+    paths = plot_claim(r7, result, out_dir, setting)
+    json_path = Path(out_dir) / figure_name("rep_separation.json", setting)
     atomic_write_json(json_path, summary(result))
     print(format_verdicts(result, list(paths) + [json_path]), flush=True)
     return list(result.verdicts)

@@ -343,8 +343,8 @@ def test_tiny_run_rows_pass_and_figures_exist(tiny_runs):
         assert kinds == ({"check"} if cid in ("M1", "M2", "M3") else {"measured"}), (cid, kinds)
         # (M6 adds a check row at the full setting, where the full-rank alpha sweep runs)
     for stem in FIGURES:
-        assert (out / f"{stem}.png").stat().st_size > 1000
-        assert (out / f"{stem}.pdf").exists()
+        assert (out / f"{stem}_tiny.png").stat().st_size > 1000
+        assert (out / f"{stem}_tiny.pdf").exists()
     assert (out / "bilevel_tiny.json").exists()
 
 

@@ -91,12 +91,12 @@ def test_tiny_run(cid, tiny_runs):
     stem = {"R1": "rep_r1_frozen_pca", "R2": "rep_r2_frozen_floor", "R3": "rep_r3_anil",
             "R4": "rep_r4_moments", "R5": "rep_r5_fedrep", "R6": "rep_r6_adaptrep",
             "R7": "rep_r7_separation"}[cid]
-    assert (out / f"{stem}.png").stat().st_size > 1000
+    assert (out / f"{stem}_tiny.png").stat().st_size > 1000
 
 
 def test_tiny_bridge_and_separation_json(tiny_runs):
     out, data = tiny_runs
-    b = json.loads((out / "bridge.json").read_text())
+    b = json.loads((out / "bridge_tiny.json").read_text())
     A, R = b["base_matrix"], b["representation"]
     # SR keeps its Eckart-Young floor at every n; Meta-LoRA falls below it
     assert all(v > 0.5 * A["sr_floor"] for v in A["sr_mean"])
@@ -104,12 +104,12 @@ def test_tiny_bridge_and_separation_json(tiny_runs):
     assert all(v + 3 * se >= A["sr_floor"] for v, se in zip(A["sr_mean"], A["sr_se"]))
     assert A["ml_mean"][-1] < 0.01 * A["sr_floor"]
     assert min(R["frozen_closed_form"]) >= R["frozen_floor"]
-    assert (out / "bridge.png").exists()
+    assert (out / "bridge_tiny.png").exists()
     # the bridge's numbers are a row of R7 (so they reach figures/REPORT.md): the same closed
     # forms at the bridge's quick/full sizes
     row = [r for r in data["rows"]["R7"] if r["quantity"].startswith("bridge")]
     assert len(row) == 1 and row[0]["passed"]
     base = r7.bridge_closed_forms(0, **{k: r7.BRIDGE[k] for k in ("d", "k", "T")})
     assert f"floor {base['sr_floor']:.4g}" in row[0]["note"]
-    sep = json.loads((out / "rep_separation.json").read_text())
+    sep = json.loads((out / "rep_separation_tiny.json").read_text())
     assert sep["screened"] and sep["measured"]

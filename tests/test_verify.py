@@ -11,7 +11,7 @@ import types
 import numpy as np
 import pytest
 
-import linmeta.claims as claims_pkg
+from linmeta.engine import claims as claims_pkg
 from linmeta.front import verify
 from linmeta.engine.claims import ClaimResult, Verdict
 from linmeta.engine.verdict import Tolerance, audit, audited
@@ -51,11 +51,11 @@ def fake_claims(monkeypatch):
 
     def claim_module(cid):
         if cid not in table:
-            raise ModuleNotFoundError(f"No module named 'linmeta.claims.{cid.lower()}'",
-                                      name=f"linmeta.claims.{cid.lower()}")
+            module = claims_pkg.all_claims()[cid][1]
+            raise ModuleNotFoundError(f"No module named {module!r}", name=module)
         return table[cid]
 
-    monkeypatch.setattr(claims_pkg, "claim_module", claim_module)
+    monkeypatch.setattr(verify, "claim_module", claim_module)
     return table
 
 
@@ -103,7 +103,7 @@ def test_failing_claim_gives_exit_code_1_and_report(tmp_path, fake_claims, capsy
     report = (tmp_path / "REPORT.md").read_text()
     assert "Overall: **FAIL**" in report and "**NO**" in report
     assert "a quantity \\| with a pipe" in report          # pipes escaped in the table
-    assert "![C1](c1_fake.png)" in report and "c2_fake.pdf" in report
+    assert "![C1](c1_fake_tiny.png)" in report and "c2_fake_tiny.pdf" in report
     data = json.loads((tmp_path / "verdicts.json").read_text())
     assert data["ok"] is False
     assert [c["passed"] for c in data["claims"]] == [True, False]

@@ -25,6 +25,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 import zlib
 from pathlib import Path
@@ -41,7 +42,7 @@ from .verdict import audited, fmt
 __all__ = ["loglog_slope", "per_seed_slopes", "float_tol", "working_dtype", "save_figure",
            "pyplot", "band", "spread", "settings_value", "key_for", "format_verdicts", "figure_dpi",
            "experiment_cli", "fit_meta_lora_and_sr", "single_thread_blas", "resolve_claims",
-           "run_claims", "claims_cli"]
+           "run_claims", "claims_cli", "figure_name", "plot_claim"]
 
 
 def working_dtype():
@@ -130,7 +131,8 @@ def save_figure(fig, out_dir, stem: str, dpi: int = 150) -> list[Path]:
     paths = []
     for ext in ("png", "pdf"):
         buf = io.BytesIO()
-        fig.savefig(buf, format=ext, dpi=dpi, bbox_inches="tight")
+        fig.savefig(buf, format=ext, dpi=dpi, bbox_inches="tight",
+                    metadata={"CreationDate": None} if ext == "pdf" else None)  # same bytes every run
         path = out / f"{stem}.{ext}"
         _atomic_write(path, buf.getvalue())
         paths.append(path)
@@ -158,6 +160,31 @@ def format_verdicts(result, paths=()) -> str:
         lines.append(f"figure: {p}")
     lines.append(f"{result.claim}: {result.seconds:.1f} s")
     return "\n".join(lines)
+
+
+def figure_name(path, setting: str) -> str:
+    """A figure's file name for ``setting``: the claim's own name for the full setting (the
+    documented runs, the committed figures), ``<stem>_<setting><ext>`` otherwise, so that a quick
+    or tiny run never overwrites a full-setting figure and the name says what it shows."""
+    p = Path(path)
+    return p.name if setting == "full" else f"{p.stem}_{setting}{p.suffix}"
+
+
+def plot_claim(module, result, out_dir, setting: str) -> list[Path]:
+    """``module.plot(result, ...)`` (or ``module(result, ...)`` for a plot function) into
+    ``out_dir`` with the names of :func:`figure_name`: drawn in a temporary folder beside
+    ``out_dir``, then moved into place (atomic renames)."""
+    plot = module if callable(module) else module.plot
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out, prefix=".figures-") as tmp:
+        drawn = [Path(p) for p in plot(result, tmp)]
+        paths = []
+        for p in drawn:
+            dest = out / figure_name(p, setting)
+            os.replace(p, dest)
+            paths.append(dest)
+    return paths
 
 
 def resolve_claims(words) -> list[str]:
@@ -204,7 +231,7 @@ def run_claims(words, setting: str = "full", out_dir="results/claims", seed: int
         module = claims.claim_module(cid)
         result = module.run(setting=setting, seed=seed)
         result.verdicts = audited(result.verdicts, float64=working_dtype() == jnp.float64)
-        paths = module.plot(result, out)
+        paths = plot_claim(module, result, out, setting)
         log(format_verdicts(result, paths))
         rows += list(result.verdicts)
         summary[cid] = dict(seconds=time.perf_counter() - t0,

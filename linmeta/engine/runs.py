@@ -40,8 +40,7 @@ from linmeta.core.divergence import BLOWUP_FACTOR
 from linmeta.core.problem import Truth, load_truth
 from . import protocols, results as res
 from .config import config_for_truth, load_sweep_spec
-from .sweep import (config_id, default_chunk_size, expand_grid, group_by_shape, run_batch,
-                    truth_for, validate_config)
+from . import sweep
 
 __all__ = ["RunPlan", "plan", "run", "run_id", "write", "load", "diverged_stages",
            "divergence_flags", "divergence_error", "truth_source", "sweep_to_folder",
@@ -102,7 +101,7 @@ def run_id(config: Mapping, dtype: str = "float64", truth_sha256: str | None = N
 
     if dtype not in ("float32", "float64"):
         raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
-    rid = config_id(config)
+    rid = sweep.config_id(config)
     if dtype != "float64":
         rid += f"-{dtype}"
     if truth_sha256:
@@ -138,7 +137,7 @@ def plan(config: Mapping | None = None, *, truth=None) -> RunPlan:
     truth_obj, info = truth_source(truth)
     if truth_obj is not None:
         user = config_for_truth(user, truth_obj)
-    cfg = validate_config(user)
+    cfg = sweep.validate_config(user)
     if truth_obj is None:
         info = {"source": "sampled", "truth_seed": cfg.get("truth_seed")}
     dtype = _dtype_name()
@@ -185,13 +184,13 @@ def _compute(p: RunPlan, command) -> dict:
     t_start = time.perf_counter()
     env = res.environment()
     t0 = time.perf_counter()
-    result = run_batch([p.config], truth=p.truth)[0]
+    result = sweep.run_batch([p.config], truth=p.truth)[0]
     t_batch = time.perf_counter() - t0
     scalars = {k: v for k, v in result.items() if k not in ("trajectories", "seconds")}
     scalars.update(divergence_flags(p.config, result))
     proto = _proto(p.config)
     if proto.record_theory is not None:
-        truth = p.truth if p.truth is not None else truth_for(p.config)
+        truth = p.truth if p.truth is not None else sweep.truth_for(p.config)
         scalars.update(proto.record_theory(p.config, truth))
     err = divergence_error(p.config, result)
     return {
@@ -311,8 +310,8 @@ def _chunks_for(configs: list[dict], chunk_size: int | None):
     The chunks depend only on the planned configurations and the chunk size, so a resumed sweep
     runs exactly the chunks an uninterrupted one would (same compiled programs, same numbers)."""
 
-    for group in group_by_shape(configs):
-        cs = chunk_size or default_chunk_size(group[0])
+    for group in sweep.group_by_shape(configs):
+        cs = chunk_size or sweep.default_chunk_size(group[0])
         n_chunks = -(-len(group) // cs)
         size = -(-len(group) // n_chunks)
         for i in range(n_chunks):
@@ -373,12 +372,12 @@ def sweep_to_folder(spec, out, *, truth=None, chunk_size: int | None = None,
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
                                    or chunk_size < 1):
         raise ValueError(f"--chunk-size must be an integer >= 1, got {chunk_size!r}")
-    configs = expand_grid({k: spec[k] for k in ("grid", "fixed", "seeds") if k in spec})
+    configs = sweep.expand_grid({k: spec[k] for k in ("grid", "fixed", "seeds") if k in spec})
     if truth_obj is not None and not all(_accepts_truth(c) for c in configs):
         raise ValueError(f"truth: a truth file is for the protocols "
                          f"({_truth_protocols()}); {where!r} selects another protocol, "
                          "which draws its own truth from its configuration keys")
-    ids = [config_id(c) for c in configs]
+    ids = [sweep.config_id(c) for c in configs]
     if len(set(ids)) != len(ids):
         raise ValueError(f"{where!r} gives duplicate configurations (a grid list repeats a "
                          "value); make every grid value distinct")
@@ -391,7 +390,7 @@ def sweep_to_folder(spec, out, *, truth=None, chunk_size: int | None = None,
                            env=res.environment())
     n_done = store.open()
     todo = [(c, size) for c, size in _chunks_for(configs, store.chunk_size)
-            if not all(store.finished(config_id(x)) for x in c)]
+            if not all(store.finished(sweep.config_id(x)) for x in c)]
 
     from tqdm.auto import tqdm
 
@@ -399,12 +398,12 @@ def sweep_to_folder(spec, out, *, truth=None, chunk_size: int | None = None,
                disable=not progress, file=sys.stderr, dynamic_ncols=True)
     try:
         for chunk, size in todo:
-            chunk = [c for c in chunk if not store.finished(config_id(c))]
+            chunk = [c for c in chunk if not store.finished(sweep.config_id(c))]
             batch = chunk + [chunk[-1]] * (size - len(chunk))  # padded: one compile per group
             t0 = time.perf_counter()
-            outcome = run_batch(batch, truth=truth_obj)[:len(chunk)]
+            outcome = sweep.run_batch(batch, truth=truth_obj)[:len(chunk)]
             seconds = time.perf_counter() - t0
-            rows = [_row(config_id(c), c, r) for c, r in zip(chunk, outcome)]
+            rows = [_row(sweep.config_id(c), c, r) for c, r in zip(chunk, outcome)]
             store.add_chunk(rows, [r.get("trajectories") or {} for r in outcome], seconds,
                             list(rows[0]))
             bar.update(len(chunk))

@@ -54,7 +54,7 @@ import numpy as np
 from linmeta.core.files import atomic_write_text, check_writable_dir
 from linmeta.core.version import __version__
 from linmeta.engine import compile_cache
-from linmeta.engine.claim_support import single_thread_blas, working_dtype
+from linmeta.engine.claim_support import plot_claim, single_thread_blas, working_dtype
 from linmeta.engine.claims import (SETTINGS, ClaimResult, Verdict, all_claims, claim_doc,
                                    claim_ids, claim_module, family_claims, family_names, fmt)
 from linmeta.engine.verdict import audited
@@ -178,7 +178,7 @@ def run_claim(claim: str, setting: str, seed: int, out_dir=None, figures: bool =
     paths = []
     if figures and out_dir is not None:
         try:
-            paths = [Path(p) for p in mod.plot(result, out_dir)]
+            paths = plot_claim(mod, result, out_dir, setting)
         except Exception as e:  # noqa: BLE001
 
             result.verdicts = list(result.verdicts) + [Verdict(
