@@ -659,7 +659,7 @@ def test_verify_delegates_to_linmeta_verify(capsys, monkeypatch):
         return 1
 
     fake = types.SimpleNamespace(add_arguments=add_arguments, run_from_args=run_from_args)
-    monkeypatch.setitem(sys.modules, "linmeta.verify", fake)
+    monkeypatch.setitem(sys.modules, "linmeta.front.verify", fake)
     rc, out, _ = call(capsys, "verify", "--help")
     assert rc == 0 and "--quick" in out
     assert call(capsys, "verify", "--quick")[0] == 1
