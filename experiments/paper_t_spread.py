@@ -133,7 +133,7 @@ def decomposition(cfg: dict, seeds, start_seeds, own) -> dict:
     from linmeta.families.paper import protocol as paper
     from linmeta.engine import protocols, sweep
 
-    shape = protocols.paper_shape(cfg)
+    shape = paper.paper_shape(cfg)
     truth = sweep.truth_for(cfg)
     hyper = paper.Hyper(*(jnp.asarray(cfg[k]) for k in ("noise_std", "lr_adapter", "lr_base",
                                                          "sr_lr", "ft_lr", "init_scale")))

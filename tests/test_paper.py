@@ -219,7 +219,7 @@ def test_paper_code_sr_converges_to_pooled_least_squares_minus_mean_adapter():
         keys = paper.code_keys(seed, 0)
         X, Y = draw(keys.retrain, truth.M_star, 37, 0.05)
         stats = linmeta.stats_from_arrays(X, Y, truth.M_star)
-        U = paper.sr_adapters(keys, protocols.paper_shape(cfg), 0.1, jnp.float64)
+        U = paper.sr_adapters(keys, paper.paper_shape(cfg), 0.1, jnp.float64)
         Xp, Yp = np.asarray(X).reshape(-1, 4), np.asarray(Y).reshape(-1, 4)
         pooled = np.linalg.lstsq(Xp, Yp, rcond=None)[0].T
         Ubar = np.mean(np.asarray(U) @ np.asarray(U).transpose(0, 2, 1), axis=0)

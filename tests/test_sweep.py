@@ -271,7 +271,7 @@ def test_run_batch_equals_core_api_by_hand():
                    ft.history.value.test_loss[:, 0]) < tol
         risk = float(jnp.sum((ft.task_matrix[0] - truth.M_new[0]) ** 2))
         assert rel(res[f"{name}_ft_excess_risk"], risk) < tol
-    # (the sweep computes it on the host: linmeta.protocols.sr_bias_host)
+    # (the sweep computes it on the host: linmeta.families.paper.theory.sr_bias_host)
     residual = linmeta.theory.sr_residual(truth.U_star, truth.U_new)
     assert rel(res["theory_sr_bias"], linmeta.theory.lora_bias(residual, r)[0]) < tol
     assert res["theory_ft_error"] == pytest.approx(
