@@ -160,6 +160,8 @@ def plot(result: dict, out_dir) -> list[str]:
     fig, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), 4.0), squeeze=False,
                              sharey=True)
     colors = {"lora": "tab:blue", "last_layer": "tab:orange"}
+    lowest = min(a for r in result["rows"] for a in r["accuracy"]["per_seed"])
+    y_low = max(0.0, np.floor((lowest - 0.05) * 10) / 10)  # zoomed in: the bars start at y_low
     for ax, model in zip(axes[0], models):
         rows = [r for r in result["rows"] if r["model"] == model]
         for j, ft in enumerate(vision.FINETUNES):
@@ -167,19 +169,23 @@ def plot(result: dict, out_dir) -> list[str]:
             x = np.arange(len(sel)) + (j - 0.5) * 0.38
             mean = [r["accuracy"]["mean"] for r in sel]
             se = [r["accuracy"]["se"] for r in sel]
-            ax.bar(x, mean, 0.36, yerr=se, capsize=3, color=colors[ft], alpha=0.75,
+            ax.bar(x, np.asarray(mean) - y_low, 0.36, bottom=y_low, yerr=se, capsize=3,
+                   color=colors[ft], alpha=0.75,
                    label=f"{LABELS[ft]} ({sel[0]['trainable_params']} trainable)")
             for xi, r in zip(x, sel):
-                ax.plot(np.full(len(r["accuracy"]["per_seed"]), xi), r["accuracy"]["per_seed"],
-                        ".", color="k", ms=3)
+                ax.plot(np.full(len(r["accuracy"]["per_seed"]), xi + 0.1),
+                        r["accuracy"]["per_seed"], "o", color="k", ms=2.5, mfc="none", mew=0.7)
         methods = [r["method"] for r in rows if r["finetune"] == vision.FINETUNES[0]]
         ax.set_xticks(np.arange(len(methods)), [LABELS[m] for m in methods], fontsize=8)
-        ax.axhline(0.5, color="0.5", lw=0.8, ls=":")
+        if y_low < 0.5:
+            ax.axhline(0.5, color="0.5", lw=0.8, ls=":")
         ax.set_title(LABELS[model], fontsize=10)
-        ax.set_ylim(0, 1.05)
+        ax.set_ylim(y_low, 1.0 + 0.25 * (1.0 - y_low))
+        ax.set_yticks([t for t in ax.get_yticks() if y_low <= t <= 1.0 + 1e-9])
         ax.grid(True, axis="y", alpha=0.4)
-        ax.legend(fontsize=7, loc="lower right")
-    axes[0, 0].set_ylabel(f"test accuracy on 8 v 9 (mean +- s.e., {result['n_seeds']} seeds)")
+        ax.legend(fontsize=7, loc="upper center", ncol=2)
+    axes[0, 0].set_ylabel(f"test accuracy on 8 v 9\n(bars: mean +- s.e.; circles: the "
+                          f"{result['n_seeds']} seeds)")
     cfg = result["config"]
     fig.suptitle(f"Paper's vision protocol on scikit-learn's digits, '{result['setting']}' "
                  f"setting (not CIFAR-10): retrain on 0v1, 2v3, 4v5, 6v7, fine-tune on 8v9",
