@@ -83,7 +83,7 @@ def run(setting: str = "full", seed: int = 0) -> dict:
                               split_seed=cfg.pop("split_seed"), dtype=dtype)
     keys = jax.random.split(jax.random.key(seed), n_seeds)
     rows, seconds, array_dtypes = [], {}, set()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for model, spec in models.items():
         for method in vision.METHODS:
             t1 = time.perf_counter()
@@ -101,7 +101,7 @@ def run(setting: str = "full", seed: int = 0) -> dict:
                              "zero_shot_accuracy": _stats(res["zero_shot_accuracy"]),
                              "final_retrain_loss_mean": float(np.mean(
                                  res["retrain_loss"][:, -1]))})
-    total = time.perf_counter() - t0
+    total, cpu = time.perf_counter() - t0, time.process_time() - c0
     return {"setting": setting, "seed": seed, "n_seeds": n_seeds, "dtype": dtype,
             "computed_in": sorted(array_dtypes),
             "config": cfg, "paper": PAPER,
@@ -112,7 +112,15 @@ def run(setting: str = "full", seed: int = 0) -> dict:
                      "train_images_per_task": int(data.y.shape[1]),
                      "unseen_train_images": int(data.y_new.shape[0]),
                      "unseen_test_images": int(data.y_test.shape[0])},
-            "rows": rows, "seconds_per_run": seconds, "seconds": total}
+            "rows": rows, "seconds_per_run": seconds, "seconds": total, "cpu_seconds": cpu,
+            "load_average": list(os.getloadavg())}
+
+
+def _timing(result: dict) -> str:
+    load = result.get("load_average")
+    return (f"{result['seconds']:.0f} s wall, {result['cpu_seconds']:.0f} s CPU, compilation "
+            f"included, on 2 shared CPU cores" + (f" (load average {load[0]:.1f} at the end)"
+                                                 if load else ""))
 
 
 def table(result: dict) -> str:
@@ -125,8 +133,7 @@ def table(result: dict) -> str:
              f"{d['unseen_task']}: {d['unseen_train_images']} fine-tuning images, "
              f"{d['unseen_test_images']} test images. Test accuracy on the unseen task after the "
              f"last fine-tuning epoch, mean +- standard error over {n} seeds; "
-             f"{result['dtype']}; {result['seconds']:.0f} s in all (2 shared CPU cores, "
-             "compilation included).", "",
+             f"{result['dtype']}; {_timing(result)}.", "",
              "| model | retraining | fine-tuning | trainable params | test accuracy | "
              "before fine-tuning |",
              "|---|---|---|---:|---:|---:|"]
@@ -192,8 +199,8 @@ def plot(result: dict, out_dir) -> list[str]:
                  fontsize=10)
     fig.text(0.01, -0.02, f"{cfg['epochs']} retraining / {cfg['epochs_ft']} fine-tuning epochs, "
              f"batch {cfg['batch']}, Adam lr {cfg['lr']} / {cfg['lr_ft']} (paper: 1e-4 / 5e-4 on "
-             f"CIFAR-10, batch 256); {result['dtype']}; {result['seconds']:.0f} s on 2 shared CPU "
-             "cores.", fontsize=7, va="top")
+             f"CIFAR-10, batch 256); {result['dtype']}; {_timing(result)}.", fontsize=7,
+             va="top")
     fig.tight_layout()
     out_dir = Path(out_dir)
     paths = []
