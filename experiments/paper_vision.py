@@ -118,9 +118,10 @@ def run(setting: str = "full", seed: int = 0) -> dict:
 
 def _timing(result: dict) -> str:
     load = result.get("load_average")
-    return (f"{result['seconds']:.0f} s wall, {result['cpu_seconds']:.0f} s CPU, compilation "
-            f"included, on 2 shared CPU cores" + (f" (load average {load[0]:.1f} at the end)"
-                                                 if load else ""))
+    cache = {True: "persistent compilation cache on", False: "compilation included (no cache)",
+             None: "compilation included unless cached"}[result.get("compile_cache")]
+    return (f"{result['seconds']:.0f} s wall, {result['cpu_seconds']:.0f} s CPU, {cache}, on 2 "
+            f"shared CPU cores" + (f" (load average {load[0]:.1f} at the end)" if load else ""))
 
 
 def table(result: dict) -> str:
@@ -214,11 +215,13 @@ def plot(result: dict, out_dir) -> list[str]:
     return paths
 
 
-def main(setting: str = "full", out_dir=DEFAULT_OUT, seed: int = 0) -> dict:
-    """Run, write the table (markdown and JSON) and the figure; return the result."""
+def main(setting: str = "full", out_dir=DEFAULT_OUT, seed: int = 0,
+         compile_cache: bool | None = None) -> dict:
+    """Run, write the table (markdown and JSON) and the figure; return the result.
+    ``compile_cache``: whether the persistent compilation cache was on (stated with the times)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    result = run(setting, seed)
+    result = dict(run(setting, seed), compile_cache=compile_cache)
     stem = out_dir / f"paper_vision_{setting}"
     atomic_write_text(f"{stem}.md", table(result))
     result["figures"] = plot(result, out_dir)
@@ -266,9 +269,9 @@ def cli(argv=None) -> int:
     if why:
         print(f"paper_vision: --out {args.out}: {why}", file=sys.stderr)
         return 2
-    compile_cache.enable_from_args(args)
+    cache = compile_cache.enable_from_args(args)
     try:
-        res = main(args.setting, args.out, args.seed)
+        res = main(args.setting, args.out, args.seed, compile_cache=cache is not None)
     except ModuleNotFoundError as err:
         print(f"paper_vision: {err}", file=sys.stderr)
         return 2
