@@ -141,6 +141,10 @@ def run(setting: str = "full", seed: int = 0, retrain_adapter: str = "asymmetric
     return out
 
 
+def _ordinal(i: int) -> str:
+    return f"{i}{'th' if 10 <= i % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(i % 10, 'th')}"
+
+
 def _save(fig, out_dir: Path, stem: str) -> list[str]:
     paths = []
     for fmt in ("png", "pdf"):
@@ -224,7 +228,7 @@ def plot(result: dict, out_dir="figures") -> list[str]:
                 f"{cfg['weight_decay']}; {cfg['retrain_steps']} retraining / "
                 f"{cfg['finetune_steps']} fine-tuning epochs; {cfg['dtype']}; retraining adapters "
                 f"{adapter}; median over {n_tr} trials, band: the paper's central range "
-                f"({lo_i}th to {hi_i}th of {n_tr} sorted values); '{result['setting']}' setting, "
+                f"({_ordinal(lo_i)} to {_ordinal(hi_i)} of {n_tr} sorted values); '{result['setting']}' setting, "
                 f"{seconds:.0f} s on 2 shared CPU cores.")
         if reduced:
             note += "\nDeparts from the paper's protocol: " + "; ".join(reduced) + "."
