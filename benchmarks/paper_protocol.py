@@ -16,7 +16,7 @@ One run measures:
    protocol over per-task sufficient statistics, one configuration at a time, O(d^3) per step, on
    linmeta's raw samples and initial factors; all 15 configurations (``--stats-runs``). Its final
    losses are compared with linmeta's (same updates on the same data: equal to rounding).
-4. **Raw-sample NumPy loop** (:mod:`linmeta.reference`, per-step gradients over the N raw samples,
+4. **Raw-sample NumPy loop** (:mod:`linmeta.methods.reference`, per-step gradients over the N raw samples,
    O(N d^2) per step): one run per T (``--numpy-runs``) on a fraction of the steps
    (``--numpy-fraction``), extrapolated linearly to all steps and runs.
 5. **The paper's own code**: :data:`PAPER_CODE_SECONDS` (660 s for the T sweep, measured earlier on
@@ -123,7 +123,7 @@ def numpy_inputs(cfg: dict):
 
 def run_numpy_raw(cfg: dict) -> dict:
     """The protocol over raw samples (linmeta.reference) on linmeta's data; draws not timed."""
-    from linmeta import reference as ref
+    from linmeta.methods import reference as ref
     a = numpy_inputs(cfg)
     t0 = time.perf_counter()
     A_ml, _, _ = ref.alternating_protocol(a["X"], a["Y"], a["U0"], outer_steps=cfg["outer_steps"],

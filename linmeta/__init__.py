@@ -69,6 +69,7 @@ _MOVED = {
     "linmeta.representation": "linmeta.families.representation",
     **{f"linmeta.representation.{m}": f"linmeta.families.representation.{m}"
        for m in ("methods", "protocol", "registry", "target", "tasks", "theory", "truth")},
+    "linmeta.reference": "linmeta.methods.reference", "linmeta.vision": "linmeta.families.paper.vision",
     "linmeta.verify": "linmeta.front.verify", "linmeta.report": "linmeta.front.report",
     "linmeta.plotting": "linmeta.front.plotting", "linmeta.cli": "linmeta.front.cli",
 }

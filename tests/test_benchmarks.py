@@ -48,7 +48,7 @@ def test_paper_protocol_tiny(bench_runs):
 def test_numpy_statistics_loop_is_the_protocol():
     # against linmeta.reference (raw samples, an independent loop) on a hand-sized problem
     from benchmarks import numpy_statistics
-    from linmeta import reference
+    from linmeta.methods import reference
     rng = np.random.default_rng(0)
     T, N, n, d, k, r = 3, 40, 12, 5, 1, 1
     M = rng.standard_normal((T, d, d))

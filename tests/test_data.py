@@ -7,7 +7,7 @@ from hypothesis import given, strategies as st
 
 import linmeta
 from linmeta.core import losses
-from linmeta import reference
+from linmeta.methods import reference
 
 SHAPES = st.sampled_from([(3, 1, 1), (4, 2, 3), (5, 1, 2)])
 

@@ -7,7 +7,7 @@ from hypothesis import given, settings, strategies as st
 
 import linmeta
 from linmeta.core import losses, theory
-from linmeta import reference
+from linmeta.methods import reference
 
 
 def _rrr_numpy(X, Y, base, r):

@@ -8,7 +8,8 @@ from hypothesis import given, settings, strategies as st
 
 import linmeta
 from linmeta.core import metrics, theory
-from linmeta import reference, methods as retrain
+from linmeta import methods as retrain
+from linmeta.methods import reference
 import importlib
 
 ml_mod = importlib.import_module("linmeta.retrain.meta_lora")

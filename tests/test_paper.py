@@ -8,7 +8,7 @@ import pytest
 import linmeta
 from linmeta.families.paper import protocol as paper
 from linmeta.engine import protocols, sweep
-from linmeta import reference
+from linmeta.methods import reference
 
 # The tiny shape of tests/test_sweep.py (compiled programs are shared within a session).
 SHAPE = dict(d=4, k=1, T=3, N=37, n=11, outer_steps=6, inner_steps=3, sr_steps=7, ft_steps=9,

@@ -186,17 +186,36 @@ def tiny(tmp_path_factory):
 
 def test_tiny_experiment_writes_figures_and_rows(tiny):
     summary, out = tiny
-    for ext in ("png", "pdf"):
-        assert (out / f"paper_shallow_vary_T.{ext}").stat().st_size > 1000
+    for sweep in ("T", "d"):
+        for ext in ("png", "pdf"):
+            assert (out / f"paper_shallow_vary_{sweep}_tiny.{ext}").stat().st_size > 1000
     rows = summary["rows"]
-    Ts = summary["config"]["Ts"]
+    cfg = summary["config"]
+    Ts = cfg["Ts"]
     # T = 2 fine-tunes at ranks k and 3k (as in the paper), other T at rank k; both methods
     want = {(T, r, m) for T in Ts for r in ((1, 3) if T == 2 else (1,))
             for m in ("meta_lora", "sr")}
     assert {(r["T"], r["rank"], r["method"]) for r in rows} == want
-    for r in rows:
+    # the d sweep: every d at T = T_of_d_sweep, rank k
+    assert {(r["d"], r["T"], r["rank"], r["method"]) for r in summary["rows_d"]} == {
+        (d, cfg["T_of_d_sweep"], 1, m) for d in cfg["ds"] for m in ("meta_lora", "sr")}
+    assert cfg["d"] in cfg["ds"] and cfg["T_of_d_sweep"] in Ts
+    # the (d, T) cell both sweeps name is one run, reported identically in both
+    shared = [[r for r in rs if r["d"] == cfg["d"] and r["T"] == cfg["T_of_d_sweep"]]
+              for rs in (rows, summary["rows_d"])]
+    assert shared[0] == shared[1] and len(shared[0]) == 2
+    n_tr = cfg["n_trials"]
+    for r in rows + summary["rows_d"]:
         assert math.isfinite(r["final_test_loss_median"]) and r["final_test_loss_median"] >= 0
         assert r["final_test_loss_q25"] <= r["final_test_loss_median"] <= r["final_test_loss_q75"]
+        assert (r["final_test_loss_central_low"] <= r["final_test_loss_median"]
+                <= r["final_test_loss_central_high"])
+    # the central range of the tiny run's n_trials = 2 trials: the two values themselves
+    e = summary["per_d"][cfg["ds"][0]]
+    final = e["sr"]["test_loss"][:, 0, -1]
+    r = [r for r in summary["rows_d"] if r["d"] == cfg["ds"][0] and r["method"] == "sr"][0]
+    assert n_tr == 2 and (r["final_test_loss_central_low"], r["final_test_loss_central_high"]) \
+        == (float(np.min(final)), float(np.max(final)))
     e = summary["per_T"][Ts[-1]]
     n_rec = len(e["finetune_step"])
     assert e["meta_lora"]["test_loss"].shape == (summary["config"]["n_trials"], 1, n_rec)
@@ -210,13 +229,30 @@ def test_trials_compile_once_per_shape_and_hyperparameters_are_traced(tiny):
     summary, _ = tiny
     cfg = dict(summary["config"])
     Ts = cfg.pop("Ts")
+    cfg.pop("ds"), cfg.pop("T_of_d_sweep")
     with count_compiles() as n:
         res = shallow.run_trials(jax.random.key(11), T=Ts[-1], **dict(cfg, lr=3e-3,
                                                                       weight_decay=0.0,
                                                                       noise_std=0.3))
         jax.block_until_ready(res)
     assert n() == 0
-    assert res.meta_lora.test_loss.dtype == jnp.float64
+    assert res.meta_lora.test_loss.dtype == jnp.dtype(cfg["dtype"]) == jnp.float32
+
+
+def test_central_range_is_the_papers_fourth_and_eighth_of_ten():
+    from experiments.paper_shallow import central_range
+
+    # shallow/make_plot.py: sorted(values)[3] and sorted(values)[-3] of 10 trials
+    values = np.array([7.0, 0.5, 9.0, 3.0, 1.0, 8.0, 2.0, 6.0, 4.0, 5.0])  # 0.5, 1, 2, ..., 9
+    lo, med, hi = central_range(values)
+    assert (lo, med, hi) == (3.0, 4.5, 7.0)
+    # along an axis, one range per column; 20 trials -> indices 6 and 15
+    table = np.stack([values, -values], axis=1)
+    lo, med, hi = central_range(table, axis=0)
+    np.testing.assert_array_equal(lo, [3.0, -6.0])  # -9, -8, -7, [-6], ..., [-2], -1, -0.5
+    np.testing.assert_array_equal(hi, [7.0, -2.0])
+    lo, _, hi = central_range(np.arange(20.0))
+    assert (lo, hi) == (6.0, 15.0)
 
 
 def test_float32_stays_float32():

@@ -5,7 +5,7 @@ import numpy as np
 from hypothesis import given, strategies as st
 
 import linmeta
-from linmeta import reference
+from linmeta.methods import reference
 from linmeta.core import theory
 
 SHAPES = st.sampled_from([(4, 1, 1), (6, 2, 3), (5, 1, 4)])

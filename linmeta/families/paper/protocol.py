@@ -46,7 +46,7 @@ Every step is the update of the core's step functions (:func:`linmeta.retrain.al
 so that what stays fixed over many steps is computed once (exact in exact arithmetic; tests check
 equality with :func:`linmeta.meta_lora`, :func:`linmeta.standard_retraining`,
 :func:`linmeta.finetune`
-and with the NumPy loops of :mod:`linmeta.reference`):
+and with the NumPy loops of :mod:`linmeta.methods.reference`):
 
 - Meta-LoRA adapter steps, base A fixed: ``G_t = (A + U_t U_t^T) S_t - Y_t = C_t + U_t (U_t^T S_t)``
   with ``C_t = A S_t - Y_t`` formed once per outer iteration: O(d^2 k) per adapter step instead of
