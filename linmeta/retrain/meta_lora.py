@@ -65,14 +65,16 @@ from ..divergence import check_history
 from ..lora import init_factor, symmetric_delta, symmetric_grad
 from ..losses import excess_loss, ols_solution, task_loss
 from ._common import History, RetrainResult, run_steps
-from ._matrix_free import (centred_task_matrices, default_rtol, lbfgs_minimise,
-                           population_excess)
+from ._matrix_free import (centred_task_matrices, compress_population, compression_memory,
+                           default_rtol, lbfgs_minimise, population_excess, population_span,
+                           sketch_width)
 from .standard import _check_stats
 
 __all__ = ["meta_lora", "meta_lora_objective", "meta_lora_excess", "optimal_base",
            "reduced_objective", "population_reduced_objective", "alternating_step",
            "joint_gd_step", "NewtonInfo", "default_solver", "solver_memory", "memory_budget",
-           "lbfgs_start_batch", "LbfgsInfo", "AUTO_NEWTON_MAX_UNKNOWNS",
+           "lbfgs_start_batch", "LbfgsInfo", "LbfgsRun", "lbfgs_run", "population_basis",
+           "AUTO_NEWTON_MAX_UNKNOWNS",
            "NEWTON_MAX_UNKNOWNS"]
 
 
@@ -338,20 +340,17 @@ def meta_lora(source: TaskStats, rank, *, key=None, method: str = "auto", n_star
     if second_order:
         if method == "auto":
             method = default_solver(T, d, r, n_starts, dt.itemsize)
-        _check_fits(method, T, d, r, n_starts, dt.itemsize)
         max_iter = _DEFAULT_MAX_ITER[method] if max_iter is None else max_iter
         max_iter = check_int("max_iter", max_iter, 1)
         check_scalar("ftol", ftol, 0.0)
         check_scalar("gtol", gtol, 0.0)
         if method == "newton":
+            _check_fits(method, T, d, r, n_starts, dt.itemsize)
             return _newton_kernel(stats, U0, jnp.asarray(ftol, dt), jnp.asarray(gtol, dt),
                                   max_iter=max_iter)
         rtol = default_rtol(dt) if rtol is None else rtol
         check_scalar("rtol", rtol, 0.0)
-        return _lbfgs_kernel(stats, U0, jnp.asarray(ftol, dt), jnp.asarray(gtol, dt),
-                             jnp.asarray(rtol, dt), max_iter=max_iter,
-                             population=_is_population(stats),
-                             start_batch=lbfgs_start_batch(T, d, r, n_starts, dt.itemsize))[0]
+        return lbfgs_run(stats, U0, ftol, gtol, rtol, max_iter=max_iter).result
     check_scalar("lr_adapter", lr_adapter, 0.0, lo_open=True)
     check_scalar("lr_base", lr_base, 0.0, lo_open=True)
     if method == "alternating":
@@ -447,6 +446,96 @@ def _lbfgs_kernel(stats, U0, ftol, gtol, rtol, *, max_iter, population, start_ba
     best = jnp.argmin(obj)
     hist = History(jnp.arange(max_iter + 1), info.trace[best])
     return RetrainResult(base(U[best]), U[best], obj[best], hist, obj), info
+
+
+class LbfgsRun(NamedTuple):
+    """What :func:`lbfgs_run` did: the :class:`RetrainResult` of the best start, the
+    :class:`LbfgsInfo` of every start, and ``span_dim``: the dimension m of the exact compressed
+    problem that was solved (``d`` when L-BFGS ran in the full space)."""
+
+    result: RetrainResult
+    info: LbfgsInfo
+    span_dim: int
+
+
+def population_basis(stats: TaskStats, rank: int):
+    """Orthonormal basis ``Q`` (d, m) of the joint span of the symmetric centred task matrices and
+    the per-task squared remainders ``||N_t||_F^2`` (:mod:`linmeta.retrain._matrix_free`), or
+    ``None`` when the compression would not pay (m > d / 2) or is not exact to rounding.
+    Population statistics only (``S_xx = I``, concrete values)."""
+    T, d = stats.T, stats.d
+    dt = stats.Syx.dtype
+    eps = float(jnp.finfo(dt).eps)
+    width = sketch_width(T, d, rank)
+    while True:
+        if 2 * width > d:
+            return None
+        Q, s = population_span(stats.Syx, width=width)
+        s = np.asarray(s)
+        m = max(1, int(np.sum(s > np.sqrt(eps) * s[0])))
+        if m < width:  # a gap: the sketch holds the whole span
+            break
+        width = 2 * width
+    Q = Q[:, :m]
+    K, rest, norms, mean_norm = compress_population(stats.Syx, Q)
+    tol = 64 * eps * (np.asarray(norms) + float(mean_norm))
+    if not np.all(np.sqrt(np.asarray(rest)) <= tol):
+        return None
+    return Q, K, rest
+
+
+@jax.jit
+def _lift(Syx, Q, a):
+    """Adapters ``U_t = Q a_t`` and the base ``A(U) = mean_t S_yx,t - (1/T) sum_t U_t U_t^T``
+    (population) without (T, d, d) temporaries."""
+    U = jnp.einsum("im,tmr->tir", Q, a)
+    T, d, r = U.shape
+    U_all = jnp.moveaxis(U, 0, 1).reshape(d, T * r)
+    return U, jnp.mean(Syx, axis=0) - (U_all @ U_all.T) / T
+
+
+def lbfgs_run(stats: TaskStats, U0, ftol, gtol, rtol, *, max_iter: int) -> LbfgsRun:
+    """The ``"lbfgs"`` solver from the starts ``U0`` (n_starts, T, d, r).
+
+    Population statistics (``S_xx = I``) whose centred task matrices span at most d/2 dimensions
+    (the model's: at most T k) are solved exactly in that span (:func:`population_basis`; the
+    stopping rules apply to the compressed objective, which differs from the full one by the
+    constant ``sum_t ||N_t||^2 / (2T)``, added to every value reported) and lifted; every other
+    problem runs in the full space. Refuses (ValueError) a problem whose memory estimate is past
+    :func:`memory_budget`, before any work."""
+    n_starts, T, d, r = U0.shape
+    dt = U0.dtype
+    args = [jnp.asarray(x, dt) for x in (ftol, gtol, rtol)]
+    population = _is_population(stats)
+    if population and 2 * sketch_width(T, d, r) <= d:
+        need = compression_memory(T, d, sketch_width(T, d, r), dt.itemsize)
+        if need > memory_budget():
+            raise ValueError(f"method='lbfgs' needs ~{_gib(need)} to compress the population "
+                             f"problem (T={T}, d={d}, rank={r}), over the memory budget "
+                             f"{_gib(memory_budget())}; no Meta-LoRA solver fits: reduce d or T, "
+                             "or use a machine with more memory")
+        basis = population_basis(stats, r)
+        if basis is not None:
+            Q, K, rest = basis
+            m = Q.shape[1]
+            _check_fits("lbfgs", T, m, r, n_starts, dt.itemsize)
+            eye = jnp.broadcast_to(jnp.eye(m, dtype=dt), K.shape)
+            small = TaskStats(eye, K, jnp.sum(K * K, axis=(-2, -1)), stats.n_samples[:T], K,
+                              stats.noise_std)
+            a0 = jnp.einsum("im,stir->stmr", Q, U0)
+            res, info = _lbfgs_kernel(small, a0, *args, max_iter=max_iter, population=True,
+                                      start_batch=lbfgs_start_batch(T, m, r, n_starts,
+                                                                    dt.itemsize))
+            extra = jnp.sum(rest) / (2 * T)
+            U, base = _lift(stats.Syx, Q, res.adapters)
+            hist = History(res.history.step, res.history.value + extra)
+            out = RetrainResult(base, U, res.objective + extra, hist,
+                                res.start_objectives + extra)
+            return LbfgsRun(out, info, m)
+    _check_fits("lbfgs", T, d, r, n_starts, dt.itemsize)
+    res, info = _lbfgs_kernel(stats, U0, *args, max_iter=max_iter, population=population,
+                              start_batch=lbfgs_start_batch(T, d, r, n_starts, dt.itemsize))
+    return LbfgsRun(res, info, d)
 
 
 @functools.partial(jax.jit, static_argnames=("method", "n_steps", "inner_steps", "record_every"))
