@@ -26,7 +26,7 @@ from . import (bilevel, compile_cache, data, divergence, finetune as _finetune_m
 from .bilevel import maml
 from .divergence import DivergenceError
 from .data import (Samples, TaskStats, draw_samples, population, sample_tasks, stats_from_arrays,
-                   task_statistics)
+                   stats_from_chunks, task_statistics)
 from .finetune import FinetuneResult, finetune, reduced_rank_fit
 from .problem import Truth, load_truth, orthogonal_truth, sample_truth, save_truth
 from .retrain import RetrainResult, meta_lora, standard_retraining
@@ -35,7 +35,7 @@ __version__ = "0.1.0"
 
 __all__ = ["Truth", "sample_truth", "orthogonal_truth", "load_truth", "save_truth",
            "TaskStats", "Samples", "population", "sample_tasks", "draw_samples",
-           "task_statistics", "stats_from_arrays", "standard_retraining", "meta_lora", "maml",
+           "task_statistics", "stats_from_arrays", "stats_from_chunks", "standard_retraining", "meta_lora", "maml",
            "RetrainResult", "finetune", "FinetuneResult", "reduced_rank_fit", "DivergenceError",
            "bilevel", "compile_cache", "data", "divergence", "landscape", "lora", "losses",
            "metrics", "problem", "protocols", "report", "representation", "retrain", "runs",

@@ -10,7 +10,12 @@ from jax import lax
 
 from .._validate import check_int
 
-__all__ = ["RetrainResult", "History", "run_steps", "record_steps"]
+__all__ = ["RetrainResult", "History", "run_steps", "record_steps", "DENSE_MAX_D"]
+
+# Up to this d, dense SVD / eigendecompositions (the small-d numbers); above, where they cost
+# minutes at d = 4096 on two cores, Cholesky factorisations and subspace iteration
+# (linmeta.finetune.reduced_rank_fit, linmeta.retrain.pooled_least_squares).
+DENSE_MAX_D = 512
 
 
 class History(NamedTuple):

@@ -51,7 +51,6 @@ is refused only when one start does not fit.
 from __future__ import annotations
 
 import functools
-import os
 from typing import NamedTuple
 
 import jax
@@ -59,7 +58,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from .._validate import check_array, check_choice, check_int, check_scalar
+from .._validate import (check_array, check_choice, check_int, check_scalar, format_bytes,
+                         memory_budget)
 from ..data import TaskStats
 from ..divergence import check_history
 from ..lora import init_factor, symmetric_delta, symmetric_grad
@@ -205,23 +205,6 @@ def solver_memory(method: str, T: int, d: int, rank: int, n_starts: int = 8,
     return int(numbers * itemsize)
 
 
-def memory_budget() -> int:
-    """Bytes a solver may plan to use: 80% of the default accelerator's memory when it reports
-    one, else half of the host's physical memory."""
-    dev = jax.devices()[0]
-    if dev.platform != "cpu":
-        try:
-            limit = (dev.memory_stats() or {}).get("bytes_limit")
-        except Exception:  # pragma: no cover - backends without memory stats
-            limit = None
-        if limit:
-            return int(0.8 * limit)
-    try:
-        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2)
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
-        return 8 * 2 ** 30
-
-
 def default_solver(T: int, d: int, rank: int, n_starts: int = 8, itemsize: int = 8) -> str:
     """The solver ``method="auto"`` runs: ``"newton"`` when ``T d rank <=
     AUTO_NEWTON_MAX_UNKNOWNS`` and its memory estimate fits :func:`memory_budget`, else
@@ -230,10 +213,6 @@ def default_solver(T: int, d: int, rank: int, n_starts: int = 8, itemsize: int =
             solver_memory("newton", T, d, rank, n_starts, itemsize) <= memory_budget():
         return "newton"
     return "lbfgs"
-
-
-def _gib(x) -> str:
-    return f"{x / 2 ** 30:.3g} GiB" if x >= 2 ** 30 else f"{x / 2 ** 20:.3g} MiB"
 
 
 def _check_fits(method: str, T: int, d: int, r: int, n_starts: int, itemsize: int) -> None:
@@ -245,15 +224,17 @@ def _check_fits(method: str, T: int, d: int, r: int, n_starts: int, itemsize: in
         if n > NEWTON_MAX_UNKNOWNS or need > budget:
             why = (f"T*d*rank = {n} unknowns exceeds {NEWTON_MAX_UNKNOWNS}" if
                    n > NEWTON_MAX_UNKNOWNS else
-                   f"it needs ~{_gib(need)} for {n_starts} starts, over the budget {_gib(budget)}")
+                   f"it needs ~{format_bytes(need)} for {n_starts} starts, over the budget "
+                   f"{format_bytes(budget)}")
             raise ValueError(f"method='newton' forms the ({n} x {n}) Hessian of the reduced "
                              f"objective and {why}; use method='lbfgs' (matrix-free) or "
                              f"method='auto'")
         return
     if lbfgs_start_batch(T, d, r, n_starts, itemsize) < 1:
         need = solver_memory("lbfgs", T, d, r, 1, itemsize)
-        raise ValueError(f"method='lbfgs' needs ~{_gib(need)} for one start (T={T}, d={d}, "
-                         f"rank={r}), over the memory budget {_gib(budget)}; no Meta-LoRA solver "
+        raise ValueError(f"method='lbfgs' needs ~{format_bytes(need)} for one start (T={T}, "
+                         f"d={d}, rank={r}), over the memory budget {format_bytes(budget)}; "
+                         f"no Meta-LoRA solver "
                          f"fits: reduce d, T or rank, or use a machine with more memory")
 
 
@@ -510,9 +491,9 @@ def lbfgs_run(stats: TaskStats, U0, ftol, gtol, rtol, *, max_iter: int) -> Lbfgs
     if population and 2 * sketch_width(T, d, r) <= d:
         need = compression_memory(T, d, sketch_width(T, d, r), dt.itemsize)
         if need > memory_budget():
-            raise ValueError(f"method='lbfgs' needs ~{_gib(need)} to compress the population "
+            raise ValueError(f"method='lbfgs' needs ~{format_bytes(need)} to compress the population "
                              f"problem (T={T}, d={d}, rank={r}), over the memory budget "
-                             f"{_gib(memory_budget())}; no Meta-LoRA solver fits: reduce d or T, "
+                             f"{format_bytes(memory_budget())}; no Meta-LoRA solver fits: reduce d or T, "
                              "or use a machine with more memory")
         basis = population_basis(stats, r)
         if basis is not None:
