@@ -41,7 +41,7 @@ import time
 import numpy as np
 
 SETTINGS = {
-    "tiny": dict(points=((64, 2), (96, 2)), T=4),
+    "tiny": dict(points=((64, 2),), T=4),
     "quick": dict(points=((128, 4), (256, 4)), T=8),
     "full": dict(points=((256, 4), (1024, 8), (4096, 16)), T=8),
 }

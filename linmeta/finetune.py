@@ -19,9 +19,9 @@ statistics (n samples, or the population).
   ``Delta -> Delta L`` preserves rank), with ``D L = S_yx L^{-T} - A_hat L`` (triangular solves,
   no inverse), and the top-r singular triplets of ``D L`` by subspace iteration on r + 10 columns
   (two d x d x (r + 10) products an iteration, until the triplets' residual
-  ``||(D L)^T u_i - sigma_i v_i|| <= 8 eps sqrt(d) sigma_1``, at most 200 iterations); the result
-  is the dense path's when sigma_r > sigma_{r+1} (tested). A singular ``S_xx`` (n < d) falls back
-  to the dense path.
+  ``||(D L) v_i - sigma_i u_i|| <= 8 eps sqrt(d) sigma_1``, at most 200 iterations); the result
+  is the dense path's when sigma_r > sigma_{r+1} (tested). A singular or ill-conditioned ``S_xx``
+  (n < d; :func:`~linmeta.retrain._common.cholesky_ok`) falls back to the dense path.
 
 Both run on all unseen tasks of the source at once (vmapped over the task axis).
 """
@@ -41,7 +41,7 @@ from .data import TaskStats
 from .divergence import check_history
 from .lora import asymmetric_delta, asymmetric_grads, init_factor
 from .losses import paper_test_loss, task_loss, task_loss_grad
-from .retrain._common import DENSE_MAX_D, History, run_steps
+from .retrain._common import DENSE_MAX_D, History, cholesky_ok, run_steps
 from .retrain.standard import _check_stats
 
 __all__ = ["FinetuneResult", "FinetuneRecord", "finetune", "reduced_rank_fit", "finetune_gd_step",
@@ -95,7 +95,7 @@ def _dense_reduced_rank(base, Sxx, Syx, rank: int):
 def top_singular_triplets(W, rank: int, max_iter: int = 200):
     """Top-``rank`` singular triplets ``(P, s, V)`` of ``W`` (p x d; P (p, rank), V (d, rank)) by
     block subspace iteration on ``rank + 10`` columns from a fixed Gaussian block, re-orthonormalised
-    every half step, stopped when ``max_i ||W^T p_i - s_i v_i|| <= 8 eps sqrt(d) s_1`` or after
+    every half step, stopped when ``max_i ||W v_i - s_i p_i|| <= 8 eps sqrt(d) s_1`` or after
     ``max_iter`` iterations. O(p d (rank + 10)) an iteration; exact to rounding when
     ``s_rank > s_{rank+1}`` (convergence factor ``(s_{rank+10+1} / s_rank)^2`` an iteration)."""
     p_dim, d = W.shape
@@ -111,7 +111,7 @@ def top_singular_triplets(W, rank: int, max_iter: int = 200):
         u, s, vt = jnp.linalg.svd(B, full_matrices=False)
         P = Qp @ u[:, :rank]
         V = vt[:rank].T
-        res = jnp.linalg.norm(W.T @ P - V * s[:rank], axis=0)
+        res = jnp.linalg.norm(W @ V - P * s[:rank], axis=0)  # W^T P = V s holds by construction
         return P, s[:rank], V, jnp.max(res) / jnp.maximum(s[0], jnp.finfo(dt).tiny), vt[:width].T
 
     omega = jax.random.normal(jax.random.key(0), (d, width), dt)
@@ -140,7 +140,7 @@ def _cholesky_reduced_rank(base, Sxx, Syx, rank: int):
         V = solve_triangular(L, Vw, lower=True, trans=1)   # L^{-T} V_w
         return P * s, V
 
-    return lax.cond(jnp.all(jnp.isfinite(L)), fast,
+    return lax.cond(cholesky_ok(L, Sxx), fast,
                     lambda L: _dense_reduced_rank(base, Sxx, Syx, rank), L)
 
 

@@ -21,7 +21,7 @@ from .._validate import check_array, check_choice, check_int, check_scalar
 from ..data import TaskStats
 from ..divergence import check_history
 from ..losses import excess_loss, ols_solution, task_loss_grad
-from ._common import DENSE_MAX_D, RetrainResult, run_steps
+from ._common import DENSE_MAX_D, RetrainResult, cholesky_ok, run_steps
 
 __all__ = ["standard_retraining", "pooled_least_squares", "sr_gradient_step"]
 
@@ -49,7 +49,8 @@ def pooled_least_squares(stats: TaskStats) -> jax.Array:
 
     ``d <=`` :data:`~linmeta.retrain._common.DENSE_MAX_D`: least squares by SVD
     (``jnp.linalg.lstsq``); above, a Cholesky solve when the pooled ``S_xx`` is positive definite
-    (the population's ``T I``, or N T >= d samples), the SVD otherwise."""
+    and well conditioned (:func:`~linmeta.retrain._common.cholesky_ok`; the population's ``T I``,
+    or N T well above d samples), the SVD otherwise."""
     Sxx = jnp.sum(stats.Sxx, axis=-3)
     Syx = jnp.sum(stats.Syx, axis=-3)
     # A Sxx = Syx  <=>  Sxx A^T = Syx^T (Sxx symmetric)
@@ -57,7 +58,7 @@ def pooled_least_squares(stats: TaskStats) -> jax.Array:
     if Sxx.shape[-1] <= DENSE_MAX_D or Sxx.ndim != 2:
         return jnp.linalg.lstsq(Sxx, rhs)[0].swapaxes(-1, -2)
     L = jnp.linalg.cholesky(Sxx)
-    return lax.cond(jnp.all(jnp.isfinite(L)),
+    return lax.cond(cholesky_ok(L, Sxx),
                     lambda L: cho_solve((L, True), rhs),
                     lambda L: jnp.linalg.lstsq(Sxx, rhs)[0], L).swapaxes(-1, -2)
 
