@@ -440,3 +440,31 @@ def test_large_population_refused_before_it_starts(monkeypatch):
     monkeypatch.setattr(ml_mod, "memory_budget", lambda: need - 1)
     with pytest.raises(ValueError, match=r"needs ~[\d.]+ MiB to compress.*over the memory budget"):
         linmeta.meta_lora(pop, k, key=jax.random.key(0))
+
+
+def test_finite_N_low_rank_form_is_the_reduced_objective():
+    # the O(T^2 r d^2) form used above DENSE_MAX_D, forced at d = 8: value, gradient and base
+    # equal the pseudo-inverse form's; L-BFGS on it reaches the same minimiser
+    d, k, T = LB
+    truth = linmeta.sample_truth(jax.random.key(56), d, k, T)
+    smp = linmeta.sample_tasks(jax.random.key(57), truth, 60, 0.1)
+    parts = mf_mod.finite_parts(smp.Sxx, smp.Syx)
+    assert bool(parts[-1])
+    U = 0.5 * jax.random.normal(jax.random.key(58), (T, d, k))
+    f = float(retrain.reduced_objective(U, smp))
+    assert abs(float(mf_mod.finite_excess(U, parts)) - f) <= 1e-13 * f
+    g = jax.grad(retrain.reduced_objective)(U, smp)
+    np.testing.assert_allclose(jax.grad(mf_mod.finite_excess)(U, parts), g,
+                               atol=1e-12 * float(jnp.max(jnp.abs(g))))
+    np.testing.assert_allclose(mf_mod.finite_base(U, parts), retrain.optimal_base(U, smp),
+                               atol=1e-12)
+    U0 = 0.1 * jax.random.normal(jax.random.key(59), (2, T, d, k))
+    args = (1e-26, 1e-14, 1e-28)
+    low = ml_mod.lbfgs_run(smp, U0, *args, max_iter=5000, finite_lowrank=True).result
+    full = ml_mod.lbfgs_run(smp, U0, *args, max_iter=5000, finite_lowrank=False).result
+    # (the low-rank form's values round at ~eps f(0), not eps f: the minimiser to ~1e-10)
+    assert float(metrics.base_error(low.base, full.base, relative=True)) < 1e-9
+    np.testing.assert_allclose(low.objective, full.objective, rtol=1e-10)
+    # N < d: S_xx singular, the pieces are refused (the pseudo-inverse form runs instead)
+    few = linmeta.sample_tasks(jax.random.key(60), truth, 5, 0.1)
+    assert not bool(mf_mod.finite_parts(few.Sxx, few.Syx)[-1])

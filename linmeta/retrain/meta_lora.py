@@ -37,6 +37,11 @@ Solvers (all compiled, per-task work batched over the task axis, starts vmapped)
   (:mod:`linmeta.retrain._matrix_free`): O(T d^2 r) per evaluation in the population (no
   pseudo-inverse), O(T d^3) at finite N, O(10 T d r) memory per start. Relative base error
   1e-12 or below in float64 at the population (T >= 3, 3k <= d), e.g. (d, k, T) = (256, 4, 8).
+  At the population, when the centred task matrices span at most d/2 dimensions (the model's:
+  m <= T k), it solves the exactly equivalent m-dimensional problem and lifts the adapters
+  (:func:`population_basis`, :func:`lbfgs_run`): (d, k, T) = (4096, 16, 8) in about a minute and
+  4 GiB (benchmarks/results/recovery.json), where the full-space L-BFGS would need ~13 GiB a
+  start.
 - ``"auto"`` (default): ``"newton"`` when ``T d r <= AUTO_NEWTON_MAX_UNKNOWNS`` (256) and its memory
   estimate fits, else ``"lbfgs"`` (:func:`default_solver`). Below the switch Newton is as fast and
   exact to the last digits; above it its cubic cost and its memory (``n_starts T d r T d^2``
@@ -46,7 +51,9 @@ Memory: before compiling, :func:`solver_memory` estimates the peak working set o
 solver, and a problem past :func:`memory_budget` (half the host memory, or 80% of an
 accelerator's) is refused with a ``ValueError`` naming what fits (``method='lbfgs'``) instead of
 running out of memory; L-BFGS runs its starts in batches that fit (:func:`lbfgs_start_batch`) and
-is refused only when one start does not fit.
+is refused only when one start does not fit (at the population: when the compression's own
+temporaries, :func:`~linmeta.retrain._matrix_free.compression_memory`, do not fit, or the
+compressed problem's starts do not).
 """
 from __future__ import annotations
 
@@ -64,10 +71,10 @@ from ..data import TaskStats
 from ..divergence import check_history
 from ..lora import init_factor, symmetric_delta, symmetric_grad
 from ..losses import excess_loss, ols_solution, task_loss
-from ._common import History, RetrainResult, run_steps
+from ._common import DENSE_MAX_D, History, RetrainResult, run_steps
 from ._matrix_free import (centred_task_matrices, compress_population, compression_memory,
-                           default_rtol, lbfgs_minimise, population_excess, population_span,
-                           sketch_width)
+                           default_rtol, finite_base, finite_excess, finite_parts,
+                           lbfgs_minimise, population_excess, population_span, sketch_width)
 from .standard import _check_stats
 
 __all__ = ["meta_lora", "meta_lora_objective", "meta_lora_excess", "optimal_base",
@@ -413,10 +420,20 @@ def _lbfgs_kernel(stats, U0, ftol, gtol, rtol, *, max_iter, population, start_ba
         def base(U):
             return optimal_base(U, stats, P)
 
-    f_stop = jnp.maximum(ftol, rtol * f(jnp.zeros((T * d * r,), U0.dtype)))
+    return _lbfgs_starts(f, base, U0, ftol, gtol, rtol, max_iter, start_batch)
+
+
+def _lbfgs_starts(f, base, U0, ftol, gtol, rtol, max_iter, start_batch, noise_rel=0.0):
+    """L-BFGS on the flat objective ``f`` from every start (traced inside a kernel);
+    ``noise_rel``: rounding level of the values relative to f at U = 0 (see
+    :func:`~linmeta.retrain._matrix_free.lbfgs_minimise`'s ``f_noise``)."""
+    _, T, d, r = U0.shape
+    f_ref = f(jnp.zeros((T * d * r,), U0.dtype))
+    f_stop = jnp.maximum(ftol, rtol * f_ref)
 
     def solve(u0):
-        x, fx, it, evals, gn, trace = lbfgs_minimise(f, u0.reshape(-1), max_iter, f_stop, gtol)
+        x, fx, it, evals, gn, trace = lbfgs_minimise(f, u0.reshape(-1), max_iter, f_stop, gtol,
+                                                     noise_rel * f_ref)
         return x.reshape(T, d, r), fx, LbfgsInfo(it, evals, gn, trace)
 
     if start_batch >= U0.shape[0]:
@@ -427,6 +444,26 @@ def _lbfgs_kernel(stats, U0, ftol, gtol, rtol, *, max_iter, population, start_ba
     best = jnp.argmin(obj)
     hist = History(jnp.arange(max_iter + 1), info.trace[best])
     return RetrainResult(base(U[best]), U[best], obj[best], hist, obj), info
+
+
+@functools.partial(jax.jit, static_argnames=("max_iter", "start_batch"))
+def _lbfgs_finite_kernel(parts, U0, ftol, gtol, rtol, *, max_iter, start_batch):
+    """L-BFGS at finite N on the low-rank form of the reduced objective
+    (:func:`~linmeta.retrain._matrix_free.finite_excess`)."""
+    _, T, d, r = U0.shape
+    noise = 64 * jnp.finfo(U0.dtype).eps  # the value is a sum of terms of the size of f(0)
+    return _lbfgs_starts(lambda x: finite_excess(x.reshape(T, d, r), parts),
+                         lambda U: finite_base(U, parts), U0, ftol, gtol, rtol, max_iter,
+                         start_batch, noise)
+
+
+def finite_memory(T: int, d: int, rank: int, n_starts: int, itemsize: int = 8) -> int:
+    """Estimated peak bytes of the finite-N low-rank L-BFGS path beyond the statistics: ``H``
+    (T d^2), ~5 d x d temporaries of :func:`~linmeta.retrain._matrix_free.finite_parts`, and per
+    start ~12 (T, d, (T+1) r) arrays of an evaluation plus 2 x 10 + 12 vectors of T d r."""
+    w = (T + 1) * rank
+    return int((T * d * d + 5 * d * d + n_starts * (12 * T * d * w + 32 * T * d * rank))
+               * itemsize)
 
 
 class LbfgsRun(NamedTuple):
@@ -475,14 +512,18 @@ def _lift(Syx, Q, a):
     return U, jnp.mean(Syx, axis=0) - (U_all @ U_all.T) / T
 
 
-def lbfgs_run(stats: TaskStats, U0, ftol, gtol, rtol, *, max_iter: int) -> LbfgsRun:
+def lbfgs_run(stats: TaskStats, U0, ftol, gtol, rtol, *, max_iter: int,
+              finite_lowrank=None) -> LbfgsRun:
     """The ``"lbfgs"`` solver from the starts ``U0`` (n_starts, T, d, r).
 
     Population statistics (``S_xx = I``) whose centred task matrices span at most d/2 dimensions
     (the model's: at most T k) are solved exactly in that span (:func:`population_basis`; the
     stopping rules apply to the compressed objective, which differs from the full one by the
-    constant ``sum_t ||N_t||^2 / (2T)``, added to every value reported) and lifted; every other
-    problem runs in the full space. Refuses (ValueError) a problem whose memory estimate is past
+    constant ``sum_t ||N_t||^2 / (2T)``, added to every value reported) and lifted. Finite-N
+    statistics at ``d >`` DENSE_MAX_D (or ``finite_lowrank=True``) use the low-rank form of the
+    reduced objective (:func:`~linmeta.retrain._matrix_free.finite_excess`, O(T^2 r d^2) an
+    evaluation) when every ``S_xx,t`` is positive definite; every other problem runs in the full
+    space as before. Refuses (ValueError) a problem whose memory estimate is past
     :func:`memory_budget`, before any work."""
     n_starts, T, d, r = U0.shape
     dt = U0.dtype
@@ -513,6 +554,19 @@ def lbfgs_run(stats: TaskStats, U0, ftol, gtol, rtol, *, max_iter: int) -> Lbfgs
             out = RetrainResult(base, U, res.objective + extra, hist,
                                 res.start_objectives + extra)
             return LbfgsRun(out, info, m)
+    if not population and (d > DENSE_MAX_D if finite_lowrank is None else finite_lowrank):
+        need = finite_memory(T, d, r, n_starts, dt.itemsize)
+        if need > memory_budget():
+            raise ValueError(f"method='lbfgs' at finite N needs ~{format_bytes(need)} for "
+                             f"{n_starts} starts (T={T}, d={d}, rank={r}), over the memory "
+                             f"budget {format_bytes(memory_budget())}; use fewer starts "
+                             "(n_starts), or reduce d or T")
+        parts = finite_parts(stats.Sxx, stats.Syx)
+        if bool(parts[-1]):
+            res, info = _lbfgs_finite_kernel(parts, U0, *args, max_iter=max_iter,
+                                             start_batch=n_starts)
+            return LbfgsRun(res, info, d)
+        del parts  # a singular or ill-conditioned S_xx: the pseudo-inverse form below
     _check_fits("lbfgs", T, d, r, n_starts, dt.itemsize)
     res, info = _lbfgs_kernel(stats, U0, *args, max_iter=max_iter, population=population,
                               start_batch=lbfgs_start_batch(T, d, r, n_starts, dt.itemsize))
