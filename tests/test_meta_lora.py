@@ -386,7 +386,8 @@ def test_switch_rule_and_refusals(monkeypatch):
         linmeta.meta_lora(small, 2, key=jax.random.key(0))
 
 
-CMP = (64, 2, 3)  # (d, k, T): the span of the centred task matrices has m = T k = 6 <= d / 2
+CMP = (64, 4, 3)  # (d, k, T) of the mid-size test: the span of the centred task matrices has
+# m = T k = 12 <= d / 2; 8 starts as there, so that the compressed solver compiles once
 
 
 @pytest.mark.parametrize("dtype, tol", [(jnp.float64, 1e-10), (jnp.float32, 2e-3)])
@@ -395,12 +396,12 @@ def test_compressed_population_solve_is_the_full_space_solve(dtype, tol):
     truth = linmeta.sample_truth(jax.random.key(50), d, k, T, dtype=dtype)
     pop = linmeta.population(truth)
     U0 = jax.vmap(lambda kk: linmeta.lora.init_factor(kk, (T, d, k), 0.1, dtype))(
-        jax.random.split(jax.random.key(51), 2))
+        jax.random.split(jax.random.key(51), 8))
     args = (1e-26, 1e-14, mf_mod.default_rtol(dtype))
     run = ml_mod.lbfgs_run(pop, U0, *args, max_iter=5000)
     assert run.span_dim == T * k and run.result.base.dtype == dtype
     full = ml_mod._lbfgs_kernel(pop, U0, *[jnp.asarray(a, dtype) for a in args], max_iter=5000,
-                                population=True, start_batch=2)[0]
+                                population=True, start_batch=8)[0]
     for res in (run.result, full):
         assert float(metrics.base_error(res.base, truth.A_star, relative=True)) < tol
     assert float(metrics.base_error(run.result.base, full.base, relative=True)) < tol
@@ -425,9 +426,9 @@ def test_compression_only_where_exact():
     noise = 1e-3 * jax.random.normal(jax.random.key(53), (T, d, d))
     rough = pop._replace(Syx=pop.Syx + noise + jnp.swapaxes(noise, 1, 2))
     assert ml_mod.population_basis(rough, k) is None
-    U0 = 0.1 * jax.random.normal(jax.random.key(54), (1, T, d, k))
-    run = ml_mod.lbfgs_run(rough, U0, 1e-26, 1e-14, 1e-28, max_iter=50)
-    assert run.span_dim == d
+    U0 = 0.1 * jax.random.normal(jax.random.key(54), (8, T, d, k))  # the shapes of the test above
+    run = ml_mod.lbfgs_run(rough, U0, 1e-26, 1e-14, 1e-28, max_iter=5000)
+    assert run.span_dim == d and np.isfinite(float(run.result.objective))
     # rank deficient beyond rounding but not exactly low-rank: a tiny full-rank part is refused
     tiny = pop._replace(Syx=pop.Syx + 1e-9 * (noise + jnp.swapaxes(noise, 1, 2)))
     assert ml_mod.population_basis(tiny, k) is None
@@ -458,8 +459,8 @@ def test_finite_N_low_rank_form_is_the_reduced_objective():
                                atol=1e-12 * float(jnp.max(jnp.abs(g))))
     np.testing.assert_allclose(mf_mod.finite_base(U, parts), retrain.optimal_base(U, smp),
                                atol=1e-12)
-    U0 = 0.1 * jax.random.normal(jax.random.key(59), (2, T, d, k))
-    args = (1e-26, 1e-14, 1e-28)
+    U0 = 0.1 * jax.random.normal(jax.random.key(59), (4, T, d, k))  # 4 starts: the full-space
+    args = (1e-26, 1e-14, 1e-28)                                     # kernel of the test above
     low = ml_mod.lbfgs_run(smp, U0, *args, max_iter=5000, finite_lowrank=True).result
     full = ml_mod.lbfgs_run(smp, U0, *args, max_iter=5000, finite_lowrank=False).result
     # (the low-rank form's values round at ~eps f(0), not eps f: the minimiser to ~1e-10)
