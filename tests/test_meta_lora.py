@@ -441,6 +441,15 @@ def test_large_population_refused_before_it_starts(monkeypatch):
     monkeypatch.setattr(ml_mod, "memory_budget", lambda: need - 1)
     with pytest.raises(ValueError, match=r"needs ~[\d.]+ MiB to compress.*over the memory budget"):
         linmeta.meta_lora(pop, k, key=jax.random.key(0))
+    # finite N in low-rank form (forced at d = 8): refused past the budget, naming n_starts
+    d, k, T = LB
+    smp = linmeta.sample_tasks(jax.random.key(61), linmeta.sample_truth(jax.random.key(62), d, k,
+                                                                        T), 60, 0.1)
+    monkeypatch.setattr(ml_mod, "memory_budget",
+                        lambda: ml_mod.finite_memory(T, d, k, 4) - 1)
+    with pytest.raises(ValueError, match=r"finite N needs ~.* for 4 starts.*n_starts"):
+        ml_mod.lbfgs_run(smp, jnp.zeros((4, T, d, k)), 1e-26, 1e-14, 1e-28, max_iter=10,
+                         finite_lowrank=True)
 
 
 def test_finite_N_low_rank_form_is_the_reduced_objective():
