@@ -25,10 +25,17 @@ Five measurements, each printed as a table and written to JSON:
    iterations and evaluations, and the matmul flops of the L-BFGS evaluations
    (``4 T d^2 k`` each: ``U U^T`` and ``(D + D^T) U`` per start) per second as a fraction of the
    dense matmul rate. Against d (up to 1024) at fixed (k, T) = (4, 4), against T (up to 64) at
-   (d, k) = (128, 4), 4 starts each; and the headline point (d, k, T) = (256, 4, 8) with the
-   default 8 starts. A figure: ``benchmarks/results/recovery_scaling.png``.
+   (d, k) = (128, 4), 4 starts each; the headline point (d, k, T) = (256, 4, 8) and the large
+   points (1024, 4, 4), (2048, 8, 4), (4096, 16, 8) with the default 8 starts, printed as one
+   table (time, peak memory, relative base error, iterations). At the population these L-BFGS
+   rows run in the span of the centred task matrices (``span_dim`` = m <= T k,
+   :mod:`linmeta.retrain._matrix_free`), and the flops count ``4 T m^2 k`` an evaluation.
+   A figure: ``benchmarks/results/recovery_scaling.png``.
 
-No GPU is lent to this project's sessions, so all numbers are CPU numbers. float64 unless
+Accelerators: every section but "devices" and "memory" (CPU processes) runs on the default JAX
+device, a GPU when one is present (float64 where the card supports it; the JSON's
+``machine.gpu`` and each recovery row's ``device`` name it). The committed results are CPU
+numbers: no GPU was present when they were measured. float64 unless
 ``--float32``.
 
 Usage::
@@ -65,6 +72,7 @@ FULL = {
     "recovery_d": tuple((d, 4, 4) for d in (32, 64, 128, 256, 512, 1024)),
     "recovery_T": tuple((128, 4, T) for T in (3, 4, 8, 16, 32, 64)),
     "recovery_starts": 4,
+    "recovery_large": ((1024, 4, 4), (2048, 8, 4), (4096, 16, 8)),
     "batches": (1, 4, 16, 64, 256, 1024, 4096),
     # d: (configurations, outer steps); sr_steps = outer, ft_steps = 3 * outer
     "dims": ((10, 256, 300), (32, 64, 100), (100, 16, 20), (316, 2, 4), (1024, 1, 2)),
@@ -74,7 +82,7 @@ FULL = {
 # tiny: the shapes and batch sizes of the test suite's sweeps (tests/test_sweep.py), in-process
 TINY = {"batches": (1, 2), "dims": ((4, 2, 6),), "device_batch": 8, "memory_configs": 8,
         "recovery_headline": (64, 4, 3), "recovery_d": ((64, 4, 3),),
-        "recovery_T": ((64, 4, 3),), "recovery_starts": None}
+        "recovery_T": ((64, 4, 3),), "recovery_starts": None, "recovery_large": ()}
 # (tiny: the shape and starts of tests/test_meta_lora.py's mid-size recovery: one compiled solver)
 
 
@@ -349,23 +357,32 @@ def recovery_point(d: int, k: int, T: int, n_starts=None, seed: int = 0) -> dict
            "memory_estimate_bytes": retrain.solver_memory(method, T, d, k, starts, dt.itemsize)}
     v = jnp.asarray(res2.history.value)
     out["iterations_best_start"] = int(jnp.sum(jnp.isfinite(v))) - 1
-    if method == "lbfgs":  # the warm call's counts: the same kernel on the same starts
+    dev = jax.devices()[0]
+    out["device"] = {"platform": dev.platform, "kind": getattr(dev, "device_kind", str(dev))}
+    if method == "lbfgs":  # the warm call's counts: the same solver on the same starts
         U0 = jax.vmap(lambda kk: linmeta.lora.init_factor(kk, (T, d, k), 0.1, dt))(
             jax.random.split(jax.random.key(seed + 2), starts))
-        tol = [jnp.asarray(x, dt) for x in (1e-26, 1e-14, ml_mod.default_rtol(dt))]
-        _, info = ml_mod._lbfgs_kernel(pop, U0, *tol, max_iter=ml_mod._DEFAULT_MAX_ITER["lbfgs"],
-                                       population=True,
-                                       start_batch=ml_mod.lbfgs_start_batch(T, d, k, starts,
-                                                                            dt.itemsize))
+        run = ml_mod.lbfgs_run(pop, U0, 1e-26, 1e-14, ml_mod.default_rtol(dt),
+                               max_iter=ml_mod._DEFAULT_MAX_ITER["lbfgs"])
+        info = run.info
+        m = run.span_dim  # the dimension the solver ran in (d: the full space)
         evals = int(jnp.sum(info.evaluations))
-        flops = evals * 4.0 * T * d * d * k
-        out.update(iterations_max=int(jnp.max(info.iterations)), evaluations=evals,
-                   matmul_flops=flops, matmul_flops_per_s_warm=flops / warm)
+        flops = evals * 4.0 * T * m * m * k
+        out.update(iterations_max=int(jnp.max(info.iterations)),
+                   iterations_per_start=[int(x) for x in info.iterations], evaluations=evals,
+                   span_dim=m, matmul_flops=flops, matmul_flops_per_s_warm=flops / warm)
+    else:
+        out["iterations_max"] = out["iterations_best_start"]
     return out
 
 
 def _recovery_subprocess(d, k, T, starts, x64: bool) -> dict:
     env = _child_env(1)
+    if _accelerator() is not None:  # the recovery rows run on the accelerator when there is one
+        if "JAX_PLATFORMS" in os.environ:
+            env["JAX_PLATFORMS"] = os.environ["JAX_PLATFORMS"]
+        else:
+            env.pop("JAX_PLATFORMS", None)
     env["LINMETA_NO_CACHE"] = "1"   # cold: compiled in the process
     env.pop("LINMETA_CACHE_DIR", None)
     proc = subprocess.run([sys.executable, "-c", _RECOVERY_CHILD, str(d), str(k), str(T),
@@ -379,14 +396,22 @@ def _recovery_subprocess(d, k, T, starts, x64: bool) -> dict:
     return out
 
 
+def _accelerator():
+    """The default device's kind when it is not a CPU (e.g. ``"NVIDIA H100 80GB HBM3"``), else
+    None."""
+    import jax
+    dev = jax.devices()[0]
+    return None if dev.platform == "cpu" else getattr(dev, "device_kind", dev.platform)
+
+
 def _print_recovery(r: dict, peak: float) -> None:
     frac = (f", {r['matmul_flops_per_s_warm'] / peak:6.2%} of matmul peak"
             if "matmul_flops_per_s_warm" in r else "")
     mem = (f", peak RSS {r['peak_rss_gib']:.2f} GiB" if "peak_rss_gib" in r else "")
     print(f"  d={r['d']:>5} k={r['k']} T={r['T']:>3} ({r['unknowns']:>6} unknowns, "
           f"{r['method']}, {r['n_starts']} starts): cold {r['cold_s']:7.2f} s, warm "
-          f"{r['warm_s']:7.2f} s{mem}, rel. base error {r['rel_base_error']:.1e}{frac}",
-          flush=True)
+          f"{r['warm_s']:7.2f} s{mem}, rel. base error {r['rel_base_error']:.1e}, "
+          f"{r['iterations_max']} iterations{frac}", flush=True)
 
 
 def bench_recovery(plan: dict, x64: bool, peak: float, in_process: bool = False) -> dict:
@@ -411,7 +436,16 @@ def bench_recovery(plan: dict, x64: bool, peak: float, in_process: bool = False)
     by_d = [point(d, k, T, ns) for d, k, T in plan["recovery_d"]]
     print(f"recovery against T ({ns or 'default'} starts):", flush=True)
     by_T = [point(d, k, T, ns) for d, k, T in plan["recovery_T"]]
-    return {"headline": head, "by_d": by_d, "by_T": by_T,
+    print("recovery at large d (default method and starts):", flush=True)
+    large = [point(d, k, T, None) for d, k, T in plan["recovery_large"]]
+    print("table (population, default linmeta.meta_lora, 8 starts):", flush=True)
+    print("| d, k, T | time (cold / warm) | peak memory | relative base error | iterations |",
+          flush=True)
+    for r in [head] + large:
+        mem = f"{r['peak_rss_gib']:.2f} GiB" if "peak_rss_gib" in r else "(in process)"
+        print(f"| {r['d']}, {r['k']}, {r['T']} | {r['cold_s']:.1f} s / {r['warm_s']:.1f} s | "
+              f"{mem} | {r['rel_base_error']:.1e} | {r['iterations_max']} |", flush=True)
+    return {"headline": head, "by_d": by_d, "by_T": by_T, "large": large,
             "note": "cold: the first call in a fresh process without compilation cache "
                     "(tracing + compilation + run); warm: a second call with new starts; "
                     "peak RSS: VmHWM of that process (imports and JAX included)"}
@@ -492,11 +526,14 @@ def main(argv=None) -> dict:
     dtype = jnp.float64 if x64 else jnp.float32
     summary = {"benchmark": "scaling", "tiny": a.tiny, "dtype": str(np.dtype(dtype)),
                "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                           "devices": [str(d) for d in jax.devices()], "gpu": None,
+                           "devices": [str(d) for d in jax.devices()], "gpu": _accelerator(),
                            "jax": jax.__version__, "linmeta": linmeta.__version__},
-               "note": "CPU only: no GPU is lent to this project's sessions."}
+               "note": ("CPU only: no accelerator was present." if _accelerator() is None else
+                        f"recovery rows on {_accelerator()} ({'float64' if x64 else 'float32'}); "
+                        "the batch, dimension, devices and memory sections on the CPU.")}
     print(f"linmeta scaling on {os.cpu_count()} CPU cores ({jax.devices()[0].platform}), "
-          f"{summary['dtype']}; no GPU measured", flush=True)
+          f"{summary['dtype']}; accelerator: {_accelerator() or 'none (CPU numbers only)'}",
+          flush=True)
     if any(sec in a.only for sec in ("dim", "batch", "recovery")):
         peak = matmul_flops(dtype, n=256 if a.tiny else 2048, repeats=2 if a.tiny else 5)
         summary["matmul"] = peak

@@ -93,6 +93,11 @@ def test_scaling_tiny(bench_runs):
     assert 0 < head["fraction_of_matmul_peak"] < 1
     assert rec["by_d"][0]["rel_base_error"] < 1e-10 and rec["by_T"][0]["warm_s"] > 0
     assert fig.stat().st_size > 0
+    # the device is reported: here no accelerator, every recovery row on the CPU; the
+    # population L-BFGS rows ran in the span of the centred task matrices (m = T k)
+    assert s["machine"]["gpu"] is None and "CPU only" in s["note"]
+    assert head["device"]["platform"] == "cpu" and head["span_dim"] == 3 * 4
+    assert rec["large"] == [] and head["iterations_per_start"] and head["iterations_max"] > 0
 
 
 def test_flops_model_counts_the_dominant_products():

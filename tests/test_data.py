@@ -141,3 +141,43 @@ def test_stats_from_user_arrays():
     X[0, 0, 0] = np.nan
     with pytest.raises(ValueError, match="X"):
         linmeta.stats_from_arrays(X, Y)
+
+
+@pytest.mark.parametrize("dtype, rtol", [(jnp.float64, 1e-12), (jnp.float32, 2e-5)])
+def test_chunked_statistics_equal_the_one_shot_statistics(dtype, rtol):
+    truth = linmeta.sample_truth(jax.random.key(3), 6, 2, 3, dtype=dtype)
+    key = jax.random.key(4)
+    sizes = [5, 5, 5, 5, 3]  # N = 23 in chunks of 5: the last chunk shorter
+    chunked = linmeta.sample_tasks(key, truth, 23, 0.3, chunk_size=5)
+    # chunk j is draw_samples(fold_in(key, j), ...): the same samples drawn at once, reduced once
+    parts = [linmeta.draw_samples(jax.random.fold_in(key, j), truth, n, 0.3)
+             for j, n in enumerate(sizes)]
+    X = jnp.concatenate([p.X for p in parts], axis=1)
+    Y = jnp.concatenate([p.Y for p in parts], axis=1)
+    one_shot = linmeta.stats_from_arrays(X, Y, truth.M_star)
+    from_chunks = linmeta.stats_from_chunks(((p.X, p.Y) for p in parts), truth.M_star)
+    for got in (chunked, from_chunks):
+        for f in ("Sxx", "Syx", "Syy"):
+            assert getattr(got, f).dtype == dtype
+            np.testing.assert_allclose(getattr(got, f), getattr(one_shot, f), rtol=rtol,
+                                       atol=rtol * float(jnp.max(jnp.abs(getattr(one_shot, f)))))
+        np.testing.assert_array_equal(got.n_samples, 23.0)
+    np.testing.assert_array_equal(chunked.M_star, truth.M_star)
+
+
+def test_chunked_sampling_refusals(monkeypatch):
+    truth = linmeta.sample_truth(jax.random.key(3), 6, 2, 3)
+    import linmeta.data as data_mod
+    need = data_mod.sampling_memory(3, 1000, 6)
+    monkeypatch.setattr(data_mod, "memory_budget", lambda: need - 1)
+    with pytest.raises(ValueError, match=r"needs ~.*over the memory budget.*chunk_size=\d+"):
+        linmeta.sample_tasks(jax.random.key(0), truth, 1000, 0.1)
+    with pytest.raises(ValueError, match=r"chunk_size=1000 .*use chunk_size <= \d+"):
+        linmeta.sample_tasks(jax.random.key(0), truth, 1000, 0.1, chunk_size=1000)
+    with pytest.raises(ValueError, match="chunk_size"):
+        linmeta.sample_tasks(jax.random.key(0), truth, 10, 0.1, chunk_size=0)
+    with pytest.raises(ValueError, match="chunks is empty"):
+        linmeta.stats_from_chunks([])
+    with pytest.raises(ValueError, match="chunk 1"):
+        linmeta.stats_from_chunks([(np.ones((2, 3, 4)), np.ones((2, 3, 4))),
+                                   (np.ones((2, 3, 5)), np.ones((2, 3, 5)))])

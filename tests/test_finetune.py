@@ -1,4 +1,6 @@
 """Fine-tuning: exact reduced-rank optimum (Eckart-Young at N = inf) and the paper's gradient descent."""
+import importlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -104,3 +106,30 @@ def test_bad_input():
         linmeta.finetune(jnp.zeros((4, 4)), pop, 1, key=jax.random.key(0), lr=0.0)
     with pytest.raises(ValueError, match="base"):
         linmeta.finetune(np.full((4, 4), np.nan), pop, 1, method="exact")
+
+
+def test_large_d_reduced_rank_path_is_the_dense_one(dtype=jnp.float64, tol=1e-11):
+    # the Cholesky + subspace-iteration fit (used above DENSE_MAX_D), forced at d = 12: the same
+    # adapter product as the dense eigh + SVD fit, at finite n (n >= d) and at the population;
+    # n < d (singular S_xx) falls back to the dense fit
+    ft = importlib.import_module("linmeta.finetune")
+    truth = linmeta.sample_truth(jax.random.key(5), 12, 2, 3, n_unseen=2, dtype=dtype)
+    base = truth.A_star + 0.1 * jnp.eye(12, dtype=dtype)
+    fast = jax.jit(ft._cholesky_reduced_rank, static_argnums=3)
+    dense = jax.jit(ft._dense_reduced_rank, static_argnums=3)
+    for stats in (linmeta.sample_tasks(jax.random.key(6), truth, 40, 0.3, tasks="unseen"),
+                  linmeta.population(truth, tasks="unseen"),
+                  linmeta.sample_tasks(jax.random.key(7), truth, 7, 0.3, tasks="unseen")):
+        for i in range(2):
+            U1, V1 = dense(base, stats.Sxx[i], stats.Syx[i], 2)
+            U2, V2 = fast(base, stats.Sxx[i], stats.Syx[i], 2)
+            assert U2.dtype == dtype
+            M1, M2 = U1 @ V1.T, U2 @ V2.T
+            assert float(jnp.max(jnp.abs(M1 - M2))) <= tol * float(jnp.max(jnp.abs(M1)))
+    # the top singular triplets against the dense SVD
+    W = jax.random.normal(jax.random.key(8), (30, 20), dtype) @ jnp.diag(
+        jnp.arange(20, 0, -1).astype(dtype))
+    P, s, V = jax.jit(ft.top_singular_triplets, static_argnums=1)(W, 3)
+    s_dense = jnp.linalg.svd(W, compute_uv=False)[:3]
+    np.testing.assert_allclose(s, s_dense, rtol=tol)
+    np.testing.assert_allclose(P * s @ V.T, W @ V @ V.T, atol=tol * float(s_dense[0]))

@@ -386,3 +386,97 @@ def test_switch_rule_and_refusals(monkeypatch):
     monkeypatch.setattr(ml_mod, "memory_budget", lambda: 1000)
     with pytest.raises(ValueError, match="method='lbfgs'.*no Meta-LoRA solver fits"):
         linmeta.meta_lora(small, 2, key=jax.random.key(0))
+
+
+CMP = (64, 4, 3)  # (d, k, T) of the mid-size test: the span of the centred task matrices has
+# m = T k = 12 <= d / 2; 8 starts as there, so that the compressed solver compiles once
+
+
+@pytest.mark.parametrize("dtype, tol", [(jnp.float64, 1e-10), (jnp.float32, 2e-3)])
+def test_compressed_population_solve_is_the_full_space_solve(dtype, tol):
+    d, k, T = CMP
+    truth = linmeta.sample_truth(jax.random.key(50), d, k, T, dtype=dtype)
+    pop = linmeta.population(truth)
+    U0 = jax.vmap(lambda kk: linmeta.lora.init_factor(kk, (T, d, k), 0.1, dtype))(
+        jax.random.split(jax.random.key(51), 8))
+    args = (1e-26, 1e-14, mf_mod.default_rtol(dtype))
+    run = ml_mod.lbfgs_run(pop, U0, *args, max_iter=5000)
+    assert run.span_dim == T * k and run.result.base.dtype == dtype
+    full = ml_mod._lbfgs_kernel(pop, U0, *[jnp.asarray(a, dtype) for a in args], max_iter=5000,
+                                population=True, start_batch=8)[0]
+    for res in (run.result, full):
+        assert float(metrics.base_error(res.base, truth.A_star, relative=True)) < tol
+    assert float(metrics.base_error(run.result.base, full.base, relative=True)) < tol
+    # the reported objective is the full-space objective at the lifted adapters
+    C = mf_mod.centred_task_matrices(pop.Syx)
+    f_full = float(mf_mod.population_excess(run.result.adapters, C))
+    scale = float(mf_mod.population_excess(jnp.zeros_like(run.result.adapters), C))
+    assert abs(float(run.result.objective) - f_full) <= 10 * float(jnp.finfo(dtype).eps) * scale
+    np.testing.assert_allclose(run.result.base, retrain.optimal_base(run.result.adapters, pop),
+                               atol=tol * float(jnp.max(jnp.abs(truth.A_star))))
+
+
+def test_compression_only_where_exact():
+    d, k, T = CMP
+    truth = linmeta.sample_truth(jax.random.key(52), d, k, T)
+    pop = linmeta.population(truth)
+    Q, K, rest = ml_mod.population_basis(pop, k)
+    assert Q.shape == (d, T * k) and float(jnp.max(rest)) < 1e-20 * float(jnp.sum(pop.Syx ** 2))
+    np.testing.assert_allclose(Q.T @ Q, np.eye(T * k), atol=1e-12)
+    # a full-rank part in every task: the centred matrices span all of R^d; no compression,
+    # the full-space path runs and still finds the minimiser
+    noise = 1e-3 * jax.random.normal(jax.random.key(53), (T, d, d))
+    rough = pop._replace(Syx=pop.Syx + noise + jnp.swapaxes(noise, 1, 2))
+    assert ml_mod.population_basis(rough, k) is None
+    U0 = 0.1 * jax.random.normal(jax.random.key(54), (8, T, d, k))  # the shapes of the test above
+    run = ml_mod.lbfgs_run(rough, U0, 1e-26, 1e-14, 1e-28, max_iter=5000)
+    assert run.span_dim == d and np.isfinite(float(run.result.objective))
+    # rank deficient beyond rounding but not exactly low-rank: a tiny full-rank part is refused
+    tiny = pop._replace(Syx=pop.Syx + 1e-9 * (noise + jnp.swapaxes(noise, 1, 2)))
+    assert ml_mod.population_basis(tiny, k) is None
+
+
+def test_large_population_refused_before_it_starts(monkeypatch):
+    d, k, T = CMP
+    pop = linmeta.population(linmeta.sample_truth(jax.random.key(55), d, k, T))
+    need = mf_mod.compression_memory(T, d, mf_mod.sketch_width(T, d, k))
+    monkeypatch.setattr(ml_mod, "memory_budget", lambda: need - 1)
+    with pytest.raises(ValueError, match=r"needs ~[\d.]+ MiB to compress.*over the memory budget"):
+        linmeta.meta_lora(pop, k, key=jax.random.key(0))
+    # finite N in low-rank form (forced at d = 8): refused past the budget, naming n_starts
+    d, k, T = LB
+    smp = linmeta.sample_tasks(jax.random.key(61), linmeta.sample_truth(jax.random.key(62), d, k,
+                                                                        T), 60, 0.1)
+    monkeypatch.setattr(ml_mod, "memory_budget",
+                        lambda: ml_mod.finite_memory(T, d, k, 4) - 1)
+    with pytest.raises(ValueError, match=r"finite N needs ~.* for 4 starts.*n_starts"):
+        ml_mod.lbfgs_run(smp, jnp.zeros((4, T, d, k)), 1e-26, 1e-14, 1e-28, max_iter=10,
+                         finite_lowrank=True)
+
+
+def test_finite_N_low_rank_form_is_the_reduced_objective():
+    # the O(T^2 r d^2) form used above DENSE_MAX_D, forced at d = 8: value, gradient and base
+    # equal the pseudo-inverse form's; L-BFGS on it reaches the same minimiser
+    d, k, T = LB
+    truth = linmeta.sample_truth(jax.random.key(56), d, k, T)
+    smp = linmeta.sample_tasks(jax.random.key(57), truth, 60, 0.1)
+    parts = mf_mod.finite_parts(smp.Sxx, smp.Syx)
+    assert bool(parts[-1])
+    U = 0.5 * jax.random.normal(jax.random.key(58), (T, d, k))
+    f = float(retrain.reduced_objective(U, smp))
+    assert abs(float(mf_mod.finite_excess(U, parts)) - f) <= 1e-13 * f
+    g = jax.grad(retrain.reduced_objective)(U, smp)
+    np.testing.assert_allclose(jax.grad(mf_mod.finite_excess)(U, parts), g,
+                               atol=1e-12 * float(jnp.max(jnp.abs(g))))
+    np.testing.assert_allclose(mf_mod.finite_base(U, parts), retrain.optimal_base(U, smp),
+                               atol=1e-12)
+    U0 = 0.1 * jax.random.normal(jax.random.key(59), (4, T, d, k))  # 4 starts: the full-space
+    args = (1e-26, 1e-14, 1e-28)                                     # kernel of the test above
+    low = ml_mod.lbfgs_run(smp, U0, *args, max_iter=5000, finite_lowrank=True).result
+    full = ml_mod.lbfgs_run(smp, U0, *args, max_iter=5000, finite_lowrank=False).result
+    # (the low-rank form's values round at ~eps f(0), not eps f: the minimiser to ~1e-10)
+    assert float(metrics.base_error(low.base, full.base, relative=True)) < 1e-9
+    np.testing.assert_allclose(low.objective, full.objective, rtol=1e-10)
+    # N < d: S_xx singular, the pieces are refused (the pseudo-inverse form runs instead)
+    few = linmeta.sample_tasks(jax.random.key(60), truth, 5, 0.1)
+    assert not bool(mf_mod.finite_parts(few.Sxx, few.Syx)[-1])

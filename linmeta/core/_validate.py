@@ -8,6 +8,7 @@ shapes can be checked.
 from __future__ import annotations
 
 import numbers
+import os
 from typing import Sequence
 
 import jax
@@ -102,3 +103,25 @@ def float_dtype(dtype=None):
         raise ValueError("dtype float64 needs jax.config.update('jax_enable_x64', True) "
                          "before any array is created")
     return dt
+
+
+def memory_budget() -> int:
+    """Bytes a computation may plan to use: 80% of the default accelerator's memory when it
+    reports one, else half of the host's physical memory."""
+    dev = jax.devices()[0]
+    if dev.platform != "cpu":
+        try:
+            limit = (dev.memory_stats() or {}).get("bytes_limit")
+        except Exception:  # pragma: no cover - backends without memory stats
+            limit = None
+        if limit:
+            return int(0.8 * limit)
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2)
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return 8 * 2 ** 30
+
+
+def format_bytes(x) -> str:
+    """``x`` bytes as GiB (from 1 GiB) or MiB."""
+    return f"{x / 2 ** 30:.3g} GiB" if x >= 2 ** 30 else f"{x / 2 ** 20:.3g} MiB"

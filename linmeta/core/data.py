@@ -16,6 +16,11 @@ Conventions: samples are rows, ``X`` is (T, N, d), ``Y = X M*^T + noise`` is (T,
 standard deviation is always given explicitly (the paper's code draws noise with standard deviation
 ``sigma^2``; pass ``noise_std=sigma**2`` to reproduce that).
 
+Chunks: the statistics are sums over samples, so they can be accumulated chunk by chunk,
+``S = (1/N) sum_j sum_{i in chunk j} ...``, holding one chunk of raw samples at a time
+(``sample_tasks(..., chunk_size=c)``, :func:`stats_from_chunks`); at d = 1024 and N = 2d the raw
+samples of T = 8 tasks are 3 x 8 x 2048 x 1024 doubles = 0.4 GiB, at d = 4096 and N = 2d 6 GiB.
+
 Output dimension: the task matrices are p x d. The base-matrix model of THEORY.md has p = d; the
 shared-representation family (:mod:`linmeta.representation`, scalar outputs ``y = <x, beta_t> +
 eps``) has p = 1, ``M*_t = beta_t^T``. The quadratic above, :mod:`linmeta.losses` and
@@ -23,16 +28,19 @@ eps``) has p = 1, ``M*_t = beta_t^T``. The quadratic above, :mod:`linmeta.losses
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+import functools
+from typing import Iterable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
-from ._validate import check_array, check_choice, check_int, check_scalar
+from ._validate import (check_array, check_choice, check_int, check_scalar, format_bytes,
+                        memory_budget)
 from .problem import Truth
 
 __all__ = ["TaskStats", "Samples", "population", "draw_samples", "task_statistics",
-           "sample_tasks", "stats_from_arrays"]
+           "sample_tasks", "stats_from_arrays", "stats_from_chunks", "sampling_memory"]
 
 
 class TaskStats(NamedTuple):
@@ -128,9 +136,126 @@ def task_statistics(samples: Samples) -> TaskStats:
     return TaskStats(Sxx, Syx, Syy, n, samples.M_star, samples.noise_std)
 
 
-def sample_tasks(key, truth: Truth, N, noise_std, *, tasks: str = "retrain") -> TaskStats:
-    """Finite-sample statistics of N fresh samples per task (see :func:`draw_samples`)."""
-    return task_statistics(draw_samples(key, truth, N, noise_std, tasks=tasks))
+def sampling_memory(T: int, N: int, d: int, p: int | None = None, itemsize: int = 8) -> int:
+    """Estimated peak bytes of drawing N samples per task at once and reducing them: X, the noise
+    and Y (``T N (d + 2p)`` numbers) and the statistics (``T d (d + p)``)."""
+    p = d if p is None else p
+    return int((T * N * (d + 2 * p) + T * d * (d + p)) * itemsize)
+
+
+def _chunk_samples(key, M, sig, size: int):
+    T, p, d = M.shape
+    kx, ke = jax.random.split(key)
+    X = jax.random.normal(kx, (T, size, d), M.dtype)
+    E = jax.random.normal(ke, (T, size, p), M.dtype)
+    return X, X @ jnp.swapaxes(M, -1, -2) + sig * E
+
+
+def _chunk_sums(X, Y):
+    Xt = jnp.swapaxes(X, -1, -2)
+    return Xt @ X, jnp.swapaxes(Y, -1, -2) @ X, jnp.sum(Y * Y, axis=(-2, -1))
+
+
+@functools.partial(jax.jit, static_argnames=("N", "chunk_size"))
+def _sample_tasks_chunked(key, M, sig, *, N, chunk_size):
+    n_full, rem = divmod(N, chunk_size)
+
+    def add(acc, j):
+        X, Y = _chunk_samples(jax.random.fold_in(key, j), M, sig, chunk_size)
+        return jax.tree.map(jnp.add, acc, _chunk_sums(X, Y)), None
+
+    T, p, d = M.shape
+    zero = (jnp.zeros((T, d, d), M.dtype), jnp.zeros((T, p, d), M.dtype),
+            jnp.zeros((T,), M.dtype))
+    acc = lax.scan(add, zero, jnp.arange(n_full))[0]
+    if rem:
+        X, Y = _chunk_samples(jax.random.fold_in(key, n_full), M, sig, rem)
+        acc = jax.tree.map(jnp.add, acc, _chunk_sums(X, Y))
+    return tuple(a / N for a in acc)
+
+
+def sample_tasks(key, truth: Truth, N, noise_std, *, tasks: str = "retrain",
+                 chunk_size=None) -> TaskStats:
+    """Finite-sample statistics of N fresh samples per task (see :func:`draw_samples`).
+
+    ``chunk_size`` (optional): draw and reduce the samples ``chunk_size`` at a time (a compiled
+    loop; never more than one chunk of raw samples in memory). Chunk j (samples ``j c`` to
+    ``(j + 1) c - 1``, the last one shorter when c does not divide N) is
+    ``draw_samples(jax.random.fold_in(key, j), truth, size_j, noise_std)``: the same distribution
+    as the one-shot draw, other numbers. Without ``chunk_size``, a draw whose memory estimate
+    (:func:`sampling_memory`) is past the budget is refused, naming a chunk size that fits."""
+    N = check_int("N", N, 1)
+    check_scalar("noise_std", noise_std, 0.0)
+    M = _task_matrices(truth, tasks)
+    T, p, d = M.shape
+    it = M.dtype.itemsize
+    budget = memory_budget()
+    if chunk_size is None:
+        need = sampling_memory(T, N, d, p, it)
+        if need > budget:
+            raise ValueError(f"drawing N={N} samples for each of T={T} tasks at d={d} at once "
+                             f"needs ~{format_bytes(need)}, over the memory budget "
+                             f"{format_bytes(budget)}; pass chunk_size (e.g. "
+                             f"chunk_size={max(1, _chunk_that_fits(T, d, p, it, budget))})")
+        return task_statistics(draw_samples(key, truth, N, noise_std, tasks=tasks))
+    chunk_size = check_int("chunk_size", chunk_size, 1)
+    chunk_size = min(chunk_size, N)
+    need = sampling_memory(T, 2 * chunk_size, d, p, it)  # two chunks: the loop's and the rest
+    if need > budget:
+        fits = _chunk_that_fits(T, d, p, it, budget)
+        raise ValueError(f"chunk_size={chunk_size} at T={T}, d={d} needs ~{format_bytes(need)}, "
+                         f"over the memory budget {format_bytes(budget)}; "
+                         + (f"use chunk_size <= {fits}" if fits >= 1 else
+                            "not even the statistics fit: reduce d or T"))
+    sig = jnp.asarray(noise_std, M.dtype)
+    Sxx, Syx, Syy = _sample_tasks_chunked(key, M, sig, N=N, chunk_size=chunk_size)
+    return TaskStats(Sxx, Syx, Syy, jnp.full((T,), float(N), M.dtype), M, jnp.full((T,), sig))
+
+
+def _chunk_that_fits(T, d, p, itemsize, budget) -> int:
+    """Largest chunk size whose two chunks and statistics fit ``budget`` (0 when none)."""
+    free = budget // itemsize - T * d * (d + p)
+    return int(max(0, free // (2 * T * (d + 2 * p))))
+
+
+def stats_from_chunks(chunks: Iterable, M_star=None) -> TaskStats:
+    """Statistics of user data given in chunks: an iterable of ``(X, Y)`` pairs, ``X`` of shape
+    (T, n_j, d) and ``Y`` of shape (T, n_j, p) (any chunk sizes n_j >= 1), reduced one chunk at a
+    time; equal (to rounding) to :func:`stats_from_arrays` of the concatenated samples.
+    ``M_star`` (optional): the true (T, p, d) task matrices."""
+    sums = shape = None
+    N = 0
+    for j, pair in enumerate(chunks):
+        try:
+            X, Y = pair
+        except (TypeError, ValueError):
+            raise ValueError(f"chunk {j} must be a pair (X, Y), got {type(pair).__name__}") \
+                from None
+        X = check_array(f"chunk {j} X", X, ndim=3)
+        Y = check_array(f"chunk {j} Y", Y, ndim=3).astype(X.dtype)
+        if Y.shape[:2] != X.shape[:2] or (sums is not None and (
+                X.shape[::2] != shape[::2] or Y.shape[-1] != sums[1].shape[-2])):
+            want = "" if sums is None else f" with T={shape[0]}, d={shape[2]}"
+            raise ValueError(f"chunk {j}: X must be (T, n, d) and Y (T, n, p) with the same "
+                             f"(T, n){want}, got {tuple(X.shape)} and {tuple(Y.shape)}")
+        shape = X.shape
+        part = _chunk_sums_jit(X, Y)
+        sums = part if sums is None else jax.tree.map(jnp.add, sums, part)
+        N += X.shape[1]
+    if sums is None:
+        raise ValueError("chunks is empty: give at least one (X, Y) pair")
+    T, p, d = sums[1].shape
+    dt = sums[0].dtype
+    if M_star is None:
+        M_star = jnp.full((T, p, d), jnp.nan, dt)
+    else:
+        M_star = jnp.broadcast_to(check_array("M_star", M_star).astype(dt), (T, p, d))
+    nan = jnp.full((T,), jnp.nan, dt)
+    Sxx, Syx, Syy = (a / N for a in sums)
+    return TaskStats(Sxx, Syx, Syy, jnp.full((T,), float(N), dt), M_star, nan)
+
+
+_chunk_sums_jit = jax.jit(_chunk_sums)
 
 
 def stats_from_arrays(X, Y, M_star=None) -> TaskStats:

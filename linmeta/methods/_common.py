@@ -10,7 +10,22 @@ from jax import lax
 
 from linmeta.core._validate import check_int
 
-__all__ = ["RetrainResult", "History", "run_steps", "record_steps"]
+__all__ = ["RetrainResult", "History", "run_steps", "record_steps", "DENSE_MAX_D",
+           "cholesky_ok"]
+
+# Up to this d, dense SVD / eigendecompositions (the small-d numbers); above, where they cost
+# minutes at d = 4096 on two cores, Cholesky factorisations and subspace iteration
+# (linmeta.finetune.reduced_rank_fit, linmeta.retrain.pooled_least_squares).
+DENSE_MAX_D = 512
+
+
+def cholesky_ok(L, S):
+    """True when the Cholesky factor ``L`` of the PSD ``S`` is usable: finite, and every pivot
+    ``L_ii^2`` above ``sqrt(eps) max_i S_ii`` (condition number below ~1/sqrt(eps); a singular
+    ``S`` can give tiny positive pivots instead of NaN). Callers fall back to the dense SVD."""
+    piv = jnp.diagonal(L, axis1=-2, axis2=-1)
+    floor = jnp.sqrt(jnp.finfo(S.dtype).eps) * jnp.max(jnp.diagonal(S, axis1=-2, axis2=-1))
+    return jnp.all(jnp.isfinite(L)) & (jnp.min(piv * piv) > floor)
 
 
 class History(NamedTuple):

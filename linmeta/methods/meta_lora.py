@@ -37,6 +37,11 @@ Solvers (all compiled, per-task work batched over the task axis, starts vmapped)
   (:mod:`linmeta.retrain._matrix_free`): O(T d^2 r) per evaluation in the population (no
   pseudo-inverse), O(T d^3) at finite N, O(10 T d r) memory per start. Relative base error
   1e-12 or below in float64 at the population (T >= 3, 3k <= d), e.g. (d, k, T) = (256, 4, 8).
+  At the population, when the centred task matrices span at most d/2 dimensions (the model's:
+  m <= T k), it solves the exactly equivalent m-dimensional problem and lifts the adapters
+  (:func:`population_basis`, :func:`lbfgs_run`): (d, k, T) = (4096, 16, 8) in about a minute and
+  4 GiB (benchmarks/results/recovery.json), where the full-space L-BFGS would need ~13 GiB a
+  start.
 - ``"auto"`` (default): ``"newton"`` when ``T d r <= AUTO_NEWTON_MAX_UNKNOWNS`` (256) and its memory
   estimate fits, else ``"lbfgs"`` (:func:`default_solver`). Below the switch Newton is as fast and
   exact to the last digits; above it its cubic cost and its memory (``n_starts T d r T d^2``
@@ -46,12 +51,13 @@ Memory: before compiling, :func:`solver_memory` estimates the peak working set o
 solver, and a problem past :func:`memory_budget` (half the host memory, or 80% of an
 accelerator's) is refused with a ``ValueError`` naming what fits (``method='lbfgs'``) instead of
 running out of memory; L-BFGS runs its starts in batches that fit (:func:`lbfgs_start_batch`) and
-is refused only when one start does not fit.
+is refused only when one start does not fit (at the population: when the compression's own
+temporaries, :func:`~linmeta.retrain._matrix_free.compression_memory`, do not fit, or the
+compressed problem's starts do not).
 """
 from __future__ import annotations
 
 import functools
-import os
 from typing import NamedTuple
 
 import jax
@@ -59,19 +65,23 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from linmeta.core._validate import check_array, check_choice, check_int, check_scalar
+from linmeta.core._validate import (check_array, check_choice, check_int, check_scalar,
+                                    format_bytes, memory_budget)
 from linmeta.core.data import TaskStats
 from linmeta.core.divergence import check_history
 from linmeta.core.lora import init_factor, symmetric_delta, symmetric_grad
 from linmeta.core.losses import excess_loss, ols_solution, task_loss
-from ._common import History, RetrainResult, run_steps
-from ._matrix_free import centred_task_matrices, default_rtol, lbfgs_minimise, population_excess
+from ._common import DENSE_MAX_D, History, RetrainResult, run_steps
+from ._matrix_free import (centred_task_matrices, compress_population, compression_memory,
+                           default_rtol, finite_base, finite_excess, finite_parts,
+                           lbfgs_minimise, population_excess, population_span, sketch_width)
 from .standard import _check_stats
 
 __all__ = ["meta_lora", "meta_lora_objective", "meta_lora_excess", "optimal_base",
            "reduced_objective", "population_reduced_objective", "alternating_step",
            "joint_gd_step", "NewtonInfo", "default_solver", "solver_memory", "memory_budget",
-           "lbfgs_start_batch", "LbfgsInfo", "AUTO_NEWTON_MAX_UNKNOWNS",
+           "lbfgs_start_batch", "LbfgsInfo", "LbfgsRun", "lbfgs_run", "population_basis",
+           "AUTO_NEWTON_MAX_UNKNOWNS",
            "NEWTON_MAX_UNKNOWNS"]
 
 
@@ -202,23 +212,6 @@ def solver_memory(method: str, T: int, d: int, rank: int, n_starts: int = 8,
     return int(numbers * itemsize)
 
 
-def memory_budget() -> int:
-    """Bytes a solver may plan to use: 80% of the default accelerator's memory when it reports
-    one, else half of the host's physical memory."""
-    dev = jax.devices()[0]
-    if dev.platform != "cpu":
-        try:
-            limit = (dev.memory_stats() or {}).get("bytes_limit")
-        except Exception:  # pragma: no cover - backends without memory stats
-            limit = None
-        if limit:
-            return int(0.8 * limit)
-    try:
-        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2)
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
-        return 8 * 2 ** 30
-
-
 def default_solver(T: int, d: int, rank: int, n_starts: int = 8, itemsize: int = 8) -> str:
     """The solver ``method="auto"`` runs: ``"newton"`` when ``T d rank <=
     AUTO_NEWTON_MAX_UNKNOWNS`` and its memory estimate fits :func:`memory_budget`, else
@@ -227,10 +220,6 @@ def default_solver(T: int, d: int, rank: int, n_starts: int = 8, itemsize: int =
             solver_memory("newton", T, d, rank, n_starts, itemsize) <= memory_budget():
         return "newton"
     return "lbfgs"
-
-
-def _gib(x) -> str:
-    return f"{x / 2 ** 30:.3g} GiB" if x >= 2 ** 30 else f"{x / 2 ** 20:.3g} MiB"
 
 
 def _check_fits(method: str, T: int, d: int, r: int, n_starts: int, itemsize: int) -> None:
@@ -242,15 +231,17 @@ def _check_fits(method: str, T: int, d: int, r: int, n_starts: int, itemsize: in
         if n > NEWTON_MAX_UNKNOWNS or need > budget:
             why = (f"T*d*rank = {n} unknowns exceeds {NEWTON_MAX_UNKNOWNS}" if
                    n > NEWTON_MAX_UNKNOWNS else
-                   f"it needs ~{_gib(need)} for {n_starts} starts, over the budget {_gib(budget)}")
+                   f"it needs ~{format_bytes(need)} for {n_starts} starts, over the budget "
+                   f"{format_bytes(budget)}")
             raise ValueError(f"method='newton' forms the ({n} x {n}) Hessian of the reduced "
                              f"objective and {why}; use method='lbfgs' (matrix-free) or "
                              f"method='auto'")
         return
     if lbfgs_start_batch(T, d, r, n_starts, itemsize) < 1:
         need = solver_memory("lbfgs", T, d, r, 1, itemsize)
-        raise ValueError(f"method='lbfgs' needs ~{_gib(need)} for one start (T={T}, d={d}, "
-                         f"rank={r}), over the memory budget {_gib(budget)}; no Meta-LoRA solver "
+        raise ValueError(f"method='lbfgs' needs ~{format_bytes(need)} for one start (T={T}, "
+                         f"d={d}, rank={r}), over the memory budget {format_bytes(budget)}; "
+                         f"no Meta-LoRA solver "
                          f"fits: reduce d, T or rank, or use a machine with more memory")
 
 
@@ -337,20 +328,17 @@ def meta_lora(source: TaskStats, rank, *, key=None, method: str = "auto", n_star
     if second_order:
         if method == "auto":
             method = default_solver(T, d, r, n_starts, dt.itemsize)
-        _check_fits(method, T, d, r, n_starts, dt.itemsize)
         max_iter = _DEFAULT_MAX_ITER[method] if max_iter is None else max_iter
         max_iter = check_int("max_iter", max_iter, 1)
         check_scalar("ftol", ftol, 0.0)
         check_scalar("gtol", gtol, 0.0)
         if method == "newton":
+            _check_fits(method, T, d, r, n_starts, dt.itemsize)
             return _newton_kernel(stats, U0, jnp.asarray(ftol, dt), jnp.asarray(gtol, dt),
                                   max_iter=max_iter)
         rtol = default_rtol(dt) if rtol is None else rtol
         check_scalar("rtol", rtol, 0.0)
-        return _lbfgs_kernel(stats, U0, jnp.asarray(ftol, dt), jnp.asarray(gtol, dt),
-                             jnp.asarray(rtol, dt), max_iter=max_iter,
-                             population=_is_population(stats),
-                             start_batch=lbfgs_start_batch(T, d, r, n_starts, dt.itemsize))[0]
+        return lbfgs_run(stats, U0, ftol, gtol, rtol, max_iter=max_iter).result
     check_scalar("lr_adapter", lr_adapter, 0.0, lo_open=True)
     check_scalar("lr_base", lr_base, 0.0, lo_open=True)
     if method == "alternating":
@@ -432,10 +420,20 @@ def _lbfgs_kernel(stats, U0, ftol, gtol, rtol, *, max_iter, population, start_ba
         def base(U):
             return optimal_base(U, stats, P)
 
-    f_stop = jnp.maximum(ftol, rtol * f(jnp.zeros((T * d * r,), U0.dtype)))
+    return _lbfgs_starts(f, base, U0, ftol, gtol, rtol, max_iter, start_batch)
+
+
+def _lbfgs_starts(f, base, U0, ftol, gtol, rtol, max_iter, start_batch, noise_rel=0.0):
+    """L-BFGS on the flat objective ``f`` from every start (traced inside a kernel);
+    ``noise_rel``: rounding level of the values relative to f at U = 0 (see
+    :func:`~linmeta.retrain._matrix_free.lbfgs_minimise`'s ``f_noise``)."""
+    _, T, d, r = U0.shape
+    f_ref = f(jnp.zeros((T * d * r,), U0.dtype))
+    f_stop = jnp.maximum(ftol, rtol * f_ref)
 
     def solve(u0):
-        x, fx, it, evals, gn, trace = lbfgs_minimise(f, u0.reshape(-1), max_iter, f_stop, gtol)
+        x, fx, it, evals, gn, trace = lbfgs_minimise(f, u0.reshape(-1), max_iter, f_stop, gtol,
+                                                     noise_rel * f_ref)
         return x.reshape(T, d, r), fx, LbfgsInfo(it, evals, gn, trace)
 
     if start_batch >= U0.shape[0]:
@@ -446,6 +444,133 @@ def _lbfgs_kernel(stats, U0, ftol, gtol, rtol, *, max_iter, population, start_ba
     best = jnp.argmin(obj)
     hist = History(jnp.arange(max_iter + 1), info.trace[best])
     return RetrainResult(base(U[best]), U[best], obj[best], hist, obj), info
+
+
+@functools.partial(jax.jit, static_argnames=("max_iter", "start_batch"))
+def _lbfgs_finite_kernel(parts, U0, ftol, gtol, rtol, *, max_iter, start_batch):
+    """L-BFGS at finite N on the low-rank form of the reduced objective
+    (:func:`~linmeta.retrain._matrix_free.finite_excess`)."""
+    _, T, d, r = U0.shape
+    noise = 64 * jnp.finfo(U0.dtype).eps  # the value is a sum of terms of the size of f(0)
+    return _lbfgs_starts(lambda x: finite_excess(x.reshape(T, d, r), parts),
+                         lambda U: finite_base(U, parts), U0, ftol, gtol, rtol, max_iter,
+                         start_batch, noise)
+
+
+def finite_memory(T: int, d: int, rank: int, n_starts: int, itemsize: int = 8) -> int:
+    """Estimated peak bytes of the finite-N low-rank L-BFGS path beyond the statistics: ``H``
+    (T d^2), ~5 d x d temporaries of :func:`~linmeta.retrain._matrix_free.finite_parts`, and per
+    start ~12 (T, d, (T+1) r) arrays of an evaluation plus 2 x 10 + 12 vectors of T d r."""
+    w = (T + 1) * rank
+    return int((T * d * d + 5 * d * d + n_starts * (12 * T * d * w + 32 * T * d * rank))
+               * itemsize)
+
+
+class LbfgsRun(NamedTuple):
+    """What :func:`lbfgs_run` did: the :class:`RetrainResult` of the best start, the
+    :class:`LbfgsInfo` of every start, and ``span_dim``: the dimension m of the exact compressed
+    problem that was solved (``d`` when L-BFGS ran in the full space)."""
+
+    result: RetrainResult
+    info: LbfgsInfo
+    span_dim: int
+
+
+def population_basis(stats: TaskStats, rank: int):
+    """Orthonormal basis ``Q`` (d, m) of the joint span of the symmetric centred task matrices and
+    the per-task squared remainders ``||N_t||_F^2`` (:mod:`linmeta.retrain._matrix_free`), or
+    ``None`` when the compression would not pay (m > d / 2) or is not exact to rounding.
+    Population statistics only (``S_xx = I``, concrete values)."""
+    T, d = stats.T, stats.d
+    dt = stats.Syx.dtype
+    eps = float(jnp.finfo(dt).eps)
+    width = sketch_width(T, d, rank)
+    while True:
+        if 2 * width > d:
+            return None
+        Q, s = population_span(stats.Syx, width=width)
+        s = np.asarray(s)
+        m = max(1, int(np.sum(s > np.sqrt(eps) * s[0])))
+        if m < width:  # a gap: the sketch holds the whole span
+            break
+        width = 2 * width
+    Q = Q[:, :m]
+    K, rest, norms, mean_norm = compress_population(stats.Syx, Q)
+    tol = 64 * eps * (np.asarray(norms) + float(mean_norm))
+    if not np.all(np.sqrt(np.asarray(rest)) <= tol):
+        return None
+    return Q, K, rest
+
+
+@jax.jit
+def _lift(Syx, Q, a):
+    """Adapters ``U_t = Q a_t`` and the base ``A(U) = mean_t S_yx,t - (1/T) sum_t U_t U_t^T``
+    (population) without (T, d, d) temporaries."""
+    U = jnp.einsum("im,tmr->tir", Q, a)
+    T, d, r = U.shape
+    U_all = jnp.moveaxis(U, 0, 1).reshape(d, T * r)
+    return U, jnp.mean(Syx, axis=0) - (U_all @ U_all.T) / T
+
+
+def lbfgs_run(stats: TaskStats, U0, ftol, gtol, rtol, *, max_iter: int,
+              finite_lowrank=None) -> LbfgsRun:
+    """The ``"lbfgs"`` solver from the starts ``U0`` (n_starts, T, d, r).
+
+    Population statistics (``S_xx = I``) whose centred task matrices span at most d/2 dimensions
+    (the model's: at most T k) are solved exactly in that span (:func:`population_basis`; the
+    stopping rules apply to the compressed objective, which differs from the full one by the
+    constant ``sum_t ||N_t||^2 / (2T)``, added to every value reported) and lifted. Finite-N
+    statistics at ``d >`` DENSE_MAX_D (or ``finite_lowrank=True``) use the low-rank form of the
+    reduced objective (:func:`~linmeta.retrain._matrix_free.finite_excess`, O(T^2 r d^2) an
+    evaluation) when every ``S_xx,t`` is positive definite; every other problem runs in the full
+    space as before. Refuses (ValueError) a problem whose memory estimate is past
+    :func:`memory_budget`, before any work."""
+    n_starts, T, d, r = U0.shape
+    dt = U0.dtype
+    args = [jnp.asarray(x, dt) for x in (ftol, gtol, rtol)]
+    population = _is_population(stats)
+    if population and 2 * sketch_width(T, d, r) <= d:
+        need = compression_memory(T, d, sketch_width(T, d, r), dt.itemsize)
+        if need > memory_budget():
+            raise ValueError(f"method='lbfgs' needs ~{format_bytes(need)} to compress the population "
+                             f"problem (T={T}, d={d}, rank={r}), over the memory budget "
+                             f"{format_bytes(memory_budget())}; no Meta-LoRA solver fits: reduce d or T, "
+                             "or use a machine with more memory")
+        basis = population_basis(stats, r)
+        if basis is not None:
+            Q, K, rest = basis
+            m = Q.shape[1]
+            _check_fits("lbfgs", T, m, r, n_starts, dt.itemsize)
+            eye = jnp.broadcast_to(jnp.eye(m, dtype=dt), K.shape)
+            small = TaskStats(eye, K, jnp.sum(K * K, axis=(-2, -1)), stats.n_samples[:T], K,
+                              stats.noise_std)
+            a0 = jnp.einsum("im,stir->stmr", Q, U0)
+            res, info = _lbfgs_kernel(small, a0, *args, max_iter=max_iter, population=True,
+                                      start_batch=lbfgs_start_batch(T, m, r, n_starts,
+                                                                    dt.itemsize))
+            extra = jnp.sum(rest) / (2 * T)
+            U, base = _lift(stats.Syx, Q, res.adapters)
+            hist = History(res.history.step, res.history.value + extra)
+            out = RetrainResult(base, U, res.objective + extra, hist,
+                                res.start_objectives + extra)
+            return LbfgsRun(out, info, m)
+    if not population and (d > DENSE_MAX_D if finite_lowrank is None else finite_lowrank):
+        need = finite_memory(T, d, r, n_starts, dt.itemsize)
+        if need > memory_budget():
+            raise ValueError(f"method='lbfgs' at finite N needs ~{format_bytes(need)} for "
+                             f"{n_starts} starts (T={T}, d={d}, rank={r}), over the memory "
+                             f"budget {format_bytes(memory_budget())}; use fewer starts "
+                             "(n_starts), or reduce d or T")
+        parts = finite_parts(stats.Sxx, stats.Syx)
+        if bool(parts[-1]):
+            res, info = _lbfgs_finite_kernel(parts, U0, *args, max_iter=max_iter,
+                                             start_batch=n_starts)
+            return LbfgsRun(res, info, d)
+        del parts  # a singular or ill-conditioned S_xx: the pseudo-inverse form below
+    _check_fits("lbfgs", T, d, r, n_starts, dt.itemsize)
+    res, info = _lbfgs_kernel(stats, U0, *args, max_iter=max_iter, population=population,
+                              start_batch=lbfgs_start_batch(T, d, r, n_starts, dt.itemsize))
+    return LbfgsRun(res, info, d)
 
 
 @functools.partial(jax.jit, static_argnames=("method", "n_steps", "inner_steps", "record_every"))

@@ -14,12 +14,14 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax import lax
+from jax.scipy.linalg import cho_solve
 
 from linmeta.core._validate import check_array, check_choice, check_int, check_scalar
 from linmeta.core.data import TaskStats
 from linmeta.core.divergence import check_history
 from linmeta.core.losses import excess_loss, ols_solution, task_loss_grad
-from ._common import RetrainResult, run_steps
+from ._common import DENSE_MAX_D, RetrainResult, cholesky_ok, run_steps
 
 __all__ = ["standard_retraining", "pooled_least_squares", "sr_gradient_step"]
 
@@ -43,11 +45,22 @@ def _check_stats(source, name="source", *, square: bool = True):
 
 
 def pooled_least_squares(stats: TaskStats) -> jax.Array:
-    """Exact SR minimiser ``(sum_t S_yx,t)(sum_t S_xx,t)^+`` (minimum-norm when singular)."""
+    """Exact SR minimiser ``(sum_t S_yx,t)(sum_t S_xx,t)^+`` (minimum-norm when singular).
+
+    ``d <=`` :data:`~linmeta.retrain._common.DENSE_MAX_D`: least squares by SVD
+    (``jnp.linalg.lstsq``); above, a Cholesky solve when the pooled ``S_xx`` is positive definite
+    and well conditioned (:func:`~linmeta.retrain._common.cholesky_ok`; the population's ``T I``,
+    or N T well above d samples), the SVD otherwise."""
     Sxx = jnp.sum(stats.Sxx, axis=-3)
     Syx = jnp.sum(stats.Syx, axis=-3)
     # A Sxx = Syx  <=>  Sxx A^T = Syx^T (Sxx symmetric)
-    return jnp.linalg.lstsq(Sxx, jnp.swapaxes(Syx, -1, -2))[0].swapaxes(-1, -2)
+    rhs = jnp.swapaxes(Syx, -1, -2)
+    if Sxx.shape[-1] <= DENSE_MAX_D or Sxx.ndim != 2:
+        return jnp.linalg.lstsq(Sxx, rhs)[0].swapaxes(-1, -2)
+    L = jnp.linalg.cholesky(Sxx)
+    return lax.cond(cholesky_ok(L, Sxx),
+                    lambda L: cho_solve((L, True), rhs),
+                    lambda L: jnp.linalg.lstsq(Sxx, rhs)[0], L).swapaxes(-1, -2)
 
 
 def sr_gradient_step(A, stats: TaskStats, lr):
