@@ -14,8 +14,8 @@ against K, with Meta-LoRA and SR as reference lines:
 The full-rank inner loop (plain MAML) is exact (relation M1): every outer step is an SR gradient
 step of size ``s = beta (1-alpha)^(2K)`` (MAML), ``beta (1-alpha)^K`` (first order) or
 ``beta (1 - (1-alpha)^K)`` (Reptile), so from ``A = 0`` the base after N outer steps is
-``(1 - (1 - s)^N) (A* + Rbar)``. Where ``s N`` is large it reaches SR's base; where it is small (MAML
-and first-order MAML at large K) the base barely leaves its start and its fine-tuning error is
+``(1 - (1 - s)^N) (A* + Rbar)``. Where ``s N`` is large it reaches SR's base; where it is small
+(MAML and first-order MAML at large K) the base barely leaves its start and its fine-tuning error is
 whatever A = 0 gives, above or below SR's by chance. The rows check the base error against this
 closed form (a check) and report the fine-tuning error over SR's for every K, with the worst cell
 and the spread over K and seeds (measured).
