@@ -1,7 +1,9 @@
-"""Claim R5: FedRep's late contraction 1 - eta lambda_min(Sigma) in the population.
+"""Claim R5: FedRep's late contraction max(|1 - eta lambda_min|, |1 - eta lambda_max|) in the
+population (1 - eta lambda_min(Sigma) while eta (lambda_min + lambda_max) <= 2).
 
 Thin script over :mod:`linmeta.claims.r5`: alternating minimisation (heads exactly, a step eta on
-B, QR): the fitted late rate of the largest principal angle against 1 - eta lambda_min(Sigma).
+B, QR): the fitted late rate of the largest principal angle against the two-regime rate, at
+eta = 0.5 and on either side of eta (lambda_min + lambda_max) = 2.
 
 Run ``python -m experiments.rep_fedrep --setting full --out figures``: writes
 ``figures/rep_r5_fedrep.png`` and ``.pdf`` and prints the verdict rows (exit code 1 if a check
