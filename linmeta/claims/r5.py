@@ -13,7 +13,7 @@ is ``1 - eta lambda_min`` while ``eta (lambda_min + lambda_max) <= 2`` and ``eta
 beyond (:func:`linmeta.representation.theory.fedrep_late_rate`; B* attracts iff
 ``eta lambda_max < 2``). Checked on the population runs shared with R1/R3/R6 (balanced heads,
 ``Sigma_hat = Sigma`` exactly, eigenvalues 0.3 .. 1) at ``eta = 0.5`` and at the two steps of
-:data:`~linmeta.claims._rep_population.ETA_EDGE`, 1.4 and 1.7, on either side of the regime
+:data:`~linmeta.claims._rep_population.ETA_EDGE`, 1.4 and 1.8, on either side of the regime
 boundary ``eta = 2 / 1.3``: the rate fitted over the records whose sine lies in [1e-10, 1e-4],
 within 1e-3 of ``1 - rate`` (at ``eta = 0.5``: of ``eta lambda_min``).
 """
@@ -65,7 +65,8 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
     edge = []
     for j, eta in enumerate(ETA_EDGE):
         p = _predicted(eta, sig)
-        re = np.array([late_rate(t)[0] for t in out["fedrep_edge_traj"][:, j]])
+        fit = [late_rate(t) for t in out["fedrep_edge_traj"][:, j]]
+        re = np.array([f[0] for f in fit])
         e = np.abs(re - p)
         t = RATE_TOL * (1 - p)
         b = eta * (lam + lam_max)
@@ -77,7 +78,9 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
             "|1 - eta lambda_max|)", float(p.mean()), float(np.nanmean(re)), spread(re),
             f"every seed within {RATE_TOL:g} (1 - rate) ({t.min():.1e})",
             bool(np.all(e <= t)), "check",
-            note.replace(f"eta={ETA}", f"eta={eta}") + f"; max |error| {np.nanmax(e):.1e}; "
+            note.split("; records")[0].replace(f"eta={ETA}", f"eta={eta}")
+            + f"; records in the window: {min(f[1] for f in fit)}..{max(f[1] for f in fit)}"
+            + f"; max |error| {np.nanmax(e):.1e}; "
             f"1 - eta lambda_min would give {float(np.mean(1 - eta * lam)):.3g}"))
         edge.append((eta, re, p))
     end = traj[:, -1]
