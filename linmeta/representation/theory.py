@@ -83,7 +83,11 @@ def task_moment(betas):
 def pca_subspace(betas, k):
     """Top-k eigenvectors (d, k) of ``sum_t beta_t beta_t^T`` (FrozenRep's population solution,
     claim R1) and the eigenvalues of C in decreasing order (the gap ``lambda_k - lambda_{k+1}``
-    decides how well the subspace is determined)."""
+    decides how well the subspace is determined).
+
+    Domain: any betas, ``1 <= k <= d``. The minimiser is unique iff ``lambda_k > lambda_{k+1}``;
+    with a tie the returned eigenvectors are one minimiser among several (the objective value
+    ``1/2 sum_{i>k} lambda_i`` is the same for all of them)."""
     betas = _betas(betas)
     k = check_int("k", k, 1, betas.shape[1], hi_label="d")
     lam, V = jnp.linalg.eigh(task_moment(betas))
@@ -92,14 +96,15 @@ def pca_subspace(betas, k):
 
 def projector_complement(B):
     """``I - Q Q^T`` with Q an orthonormal basis of the columns of B (Gram-Schmidt: no LAPACK
-    call, so the closed forms can sit in compiled loops)."""
+    call, so the closed forms can sit in compiled loops). Domain: B of full column rank."""
     B = _rep(B)
     Q = orthonormalise(B)
     return jnp.eye(B.shape[0], dtype=B.dtype) - Q @ Q.T
 
 
 def frozen_floor(B, beta0):
-    """``||(I - P_B) beta_0||^2``: the part of the target no predictor in col(B) can reach."""
+    """``||(I - P_B) beta_0||^2``: the part of the target no predictor in col(B) can reach
+    (B of full column rank)."""
     beta0 = check_array("beta0", beta0)
     r = beta0 @ projector_complement(B)
     return jnp.sum(r * r, axis=-1)
@@ -112,7 +117,10 @@ def frozen_target_risk(B, beta0, noise_std, m):
     Derivation: with orthonormal B, ``z = B^T x ~ N(0, I_k)`` and ``(I - P_B) x`` are independent,
     so ``y = <z, B^T beta_0> + e`` with ``e = <x, (I - P_B) beta_0> + eps ~ N(0, sigma^2 + f)``
     independent of z: ordinary least squares in k dimensions, whose error is
-    ``(sigma^2 + f) tr E[(Z^T Z)^{-1}] = (sigma^2 + f) k / (m - k - 1)`` (inverse Wishart mean)."""
+    ``(sigma^2 + f) tr E[(Z^T Z)^{-1}] = (sigma^2 + f) k / (m - k - 1)`` (inverse Wishart mean).
+    Domain: ``x ~ N(0, I_d)``, Gaussian noise, ``m > k + 1`` (else ``ValueError``: the inverse
+    Wishart mean is infinite), B of full column rank (the fitted predictor, and so the risk,
+    depends only on col(B))."""
     B = _rep(B)
     k = B.shape[1]
     m = check_int("m", m, k + 2)
@@ -123,7 +131,8 @@ def frozen_target_risk(B, beta0, noise_std, m):
 
 def scratch_risk(d, m, noise_std):
     """``E||beta_hat - beta_0||^2 = sigma^2 d / (m - d - 1)`` of least squares on m target samples
-    in d dimensions (learning the target from scratch); needs ``m > d + 1``."""
+    in d dimensions (learning the target from scratch); ``x ~ N(0, I_d)``, needs ``m > d + 1``
+    (else ``ValueError``)."""
     d = check_int("d", d, 1)
     m = check_int("m", m, d + 2)
     check_scalar("noise_std", noise_std, 0.0)
@@ -137,13 +146,19 @@ def anil_wrong_subspace_update(B, B_star, C, alpha, beta):
 
     ANIL's gradient is ``alpha (P C + C P) B`` with ``P = alpha B B^T - I``, first-order ANIL's is
     ``alpha P C B``; ``(I - P*) C = 0`` removes the second term of ANIL's, and
-    ``(I - P*) P C B = alpha (I - P*) B B^T C B`` for both."""
+    ``(I - P*) P C B = alpha (I - P*) B B^T C B`` for both. Domain: any B, alpha, beta (one exact
+    step), C in col(B*) (the exactly shared model); eagerly, ``ValueError`` when
+    ``||(I - P*) C||_F`` exceeds rounding (1000 eps ||C||_F)."""
     B = check_array("B", B)
     if B.ndim < 2 or B.shape[-1] > B.shape[-2]:
         raise ValueError(f"B must have shape (..., d, k) with k <= d, got {tuple(B.shape)}")
     Pp = projector_complement(_rep(B_star, "B_star"))
     d, k = B.shape[-2:]
     C = check_array("C", C, shape=(d, d))
+    off, size = jnp.linalg.norm(Pp @ C), jnp.linalg.norm(C)
+    _require(off <= 1e3 * jnp.finfo(C.dtype).eps * size,
+             lambda: "C must lie in col(B_star) (the exactly shared model): ||(I - P*) C||_F = "
+             f"{float(np.asarray(off)):.3g} against ||C||_F = {float(np.asarray(size)):.3g}")
     return Pp @ B @ (jnp.eye(k, dtype=B.dtype) - alpha ** 2 * beta * _T(B) @ C @ B)
 
 
@@ -274,7 +289,8 @@ def maml_head_init_gradient(B, betas, alpha):
 
 def moment_expectation(beta, noise_std):
     """``E[y^2 x x^T] = (sigma^2 + ||beta||^2) I + 2 beta beta^T`` for ``y = <x, beta> + eps``,
-    ``x ~ N(0, I)`` (Isserlis: ``E[x_i x_j x_k x_l]`` = sum of the three pairings)."""
+    ``x ~ N(0, I)`` (Isserlis: ``E[x_i x_j x_k x_l]`` = sum of the three pairings). Domain:
+    Gaussian x and noise independent of x (exact for any beta, sigma >= 0)."""
     beta = check_array("beta", beta, ndim=1)
     check_scalar("noise_std", noise_std, 0.0)
     d = beta.shape[0]
@@ -301,11 +317,20 @@ def moments_error_constant(betas, noise_std, k):
         v_t(b) = 3 q_t^2 + 12 q_t c_t^2 + 6 sigma^2 (q_t + 2 c_t^2) + 3 sigma^4,
 
     with ``(lambda_i, b_i)`` the top-k eigenpairs of C, ``q_t = ||beta_t||^2``,
-    ``c_t = <beta_t, b_i>``."""
+    ``c_t = <beta_t, b_i>``. Domain: Gaussian x, tasks sharing a k-dimensional subspace exactly
+    (C of rank k: ``lambda_k > 0 = lambda_{k+1}``; the first-order perturbation argument needs the
+    eigengaps ``2 lambda_i`` and directions u orthogonal to every beta_t); eagerly, ``ValueError``
+    when ``lambda_k`` is not above rounding or ``lambda_{k+1}`` is (1000 d eps lambda_1). It is the
+    limit as nT -> infinity, not a finite-sample value."""
     betas = _betas(betas)
     check_scalar("noise_std", noise_std, 0.0)
     k = check_int("k", k, 1, betas.shape[1] - 1, hi_label="d - 1")
     V, lam = pca_subspace(betas, k)
+    floor = 1e3 * betas.shape[1] * jnp.finfo(betas.dtype).eps * jnp.abs(lam[0])
+    _require((lam[k - 1] > floor) & (jnp.abs(lam[k]) <= floor),
+             lambda: f"the tasks must share a {k}-dimensional subspace exactly (C of rank {k}); "
+             f"lambda_k = {float(np.asarray(lam[k - 1])):.3g}, lambda_(k+1) = "
+             f"{float(np.asarray(lam[k])):.3g}")
     q = jnp.sum(betas * betas, axis=1)[:, None]  # (T, 1)
     c = betas @ V  # (T, k)
     s2 = noise_std ** 2
@@ -315,8 +340,8 @@ def moments_error_constant(betas, noise_std, k):
 
 def adaptrep_penalty(v, lam, gamma):
     """``min {lambda/2 ||Delta||_F^2 + gamma/2 ||w||^2 : Delta w = v} = sqrt(lambda gamma) ||v||``
-    (claim R6): ``||v|| <= ||Delta||_F ||w||`` and ``lambda a^2 / 2 + gamma b^2 / 2 >=
-    sqrt(lambda gamma) a b``; equality at ``Delta = v w^T / ||w||^2``,
+    (claim R6; any lambda, gamma >= 0 and v, the head's scale free): ``||v|| <= ||Delta||_F ||w||``
+    and ``lambda a^2 / 2 + gamma b^2 / 2 >= sqrt(lambda gamma) a b``; equality at ``Delta = v w^T / ||w||^2``,
     ``||w||^2 = sqrt(lambda / gamma) ||v||``."""
     v = check_array("v", v)
     check_scalar("lam", lam, 0.0)
@@ -325,7 +350,8 @@ def adaptrep_penalty(v, lam, gamma):
 
 
 def frozen_heads(B, betas, gamma=0.0):
-    """Population FrozenRep heads ``w_t = (B^T B + gamma I)^{-1} B^T beta_t`` (T, k)."""
+    """Population FrozenRep heads ``w_t = (B^T B + gamma I)^{-1} B^T beta_t`` (T, k); needs
+    ``B^T B + gamma I`` invertible (B of full column rank, or gamma > 0)."""
     B = _rep(B)
     betas = _betas(betas)
     check_scalar("gamma", gamma, 0.0)
@@ -340,7 +366,9 @@ def adaptrep_gap_limit(B, betas, gamma=0.0):
 
     At Delta = 0 the gradient of the inner objective in Delta is ``g_t w_t^T`` (envelope theorem);
     minimising ``<g w^T, Delta> + lambda/2 ||Delta||^2`` gives ``Delta = -g w^T / lambda`` and the
-    decrease ``||g||^2 ||w||^2 / (2 lambda)``, exact to O(1/lambda^2)."""
+    decrease ``||g||^2 ||w||^2 / (2 lambda)``, exact to O(1/lambda^2). Domain: any B with
+    :func:`frozen_heads` defined; it is a limit (lambda -> infinity), not the gap at a finite
+    lambda."""
     w = frozen_heads(B, betas, gamma)
     g = w @ _rep(B).T - _betas(betas)
     return 0.5 * jnp.mean(jnp.sum(g * g, axis=1) * jnp.sum(w * w, axis=1))
