@@ -86,6 +86,38 @@ def test_start_that_cannot_move_equals_k0(adapter):
     assert float(jnp.max(jnp.abs(r6.adapters.adapted.U))) == 0.0
 
 
+def test_k0_with_a_learned_start_is_not_sr():
+    # the learned start's gradient (G V, G^T U) moves V off 0 at the first outer step: from the
+    # second step on Delta(theta_start) != 0 and the run leaves SR's (K = 0 equals SR only with a
+    # fixed start)
+    _, (sup, qry) = _problem(11, finite=True)
+    sr = linmeta.standard_retraining(qry, method="gd", steps=STEPS, lr=0.4, record_every=1)
+    fixed = linmeta.maml(sup, 1, query=qry, inner_steps=0, outer_lr=0.4, **_lora(11), **COMMON)
+    learned = linmeta.maml(sup, 1, query=qry, inner_steps=0, outer_lr=0.4, learn_start=True,
+                           start_lr=0.05, **_lora(11), **COMMON)
+    assert rel(fixed.base, sr.base) < 1e-12
+    assert rel(learned.history.value[:1], sr.history.value[:1]) < 1e-12  # at the start
+    assert rel(learned.base, sr.base) > 1e-6      # (the first base step is SR's: claim M1's row)
+
+
+@pytest.mark.parametrize("method, alpha, step", [
+    ("maml", 1.0, 0.0),            # alpha = 1: the inner loop fits every task, F_K = 0: still
+    ("reptile", 1.0, 0.5),         # ... but Reptile moves with the full step beta
+    ("fomaml", 1.5, -0.0625),      # 1 < alpha < 2, K odd: beta (1 - alpha)^K < 0, ascent
+])
+def test_plain_bilevel_where_the_step_vanishes_is_full_or_negative(method, alpha, step):
+    M, pop = _problem(4)
+    res = linmeta.maml(pop, 4, method=method, adapter="full", start="zero", inner_steps=3,
+                       inner_lr=alpha, outer_lr=0.5, record_every=1, **COMMON)
+    assert float(bl_theory.full_rank_sr_step(method, 0.5, alpha, 3)) == pytest.approx(step)
+    Mbar = M.mean(axis=0)                                   # SR's minimiser A* + Rbar
+    # SR gradient descent from 0 with step s: A_N = (1 - (1 - s)^N) Mbar
+    np.testing.assert_allclose(res.base, (1 - (1 - step) ** STEPS) * Mbar, rtol=1e-12,
+                               atol=1e-14)
+    dist = np.linalg.norm(np.asarray(res.base) - Mbar) / np.linalg.norm(Mbar)
+    assert dist == pytest.approx(abs(1 - step) ** STEPS, rel=1e-12)   # > 1: repelled (step < 0)
+
+
 @settings(max_examples=3)
 @given(st.integers(0, 10 ** 6), st.sampled_from([0.05, 0.2]), st.sampled_from([1, 3]))
 def test_plain_maml_is_sr_with_a_rescaled_step(seed, alpha, K):
@@ -160,6 +192,36 @@ def test_exact_inner_solve_hand_built():
     # an independent solver on Meta-LoRA's objective: BFGS over U with A fixed
     from linmeta.families.bilevel.claims.m2 import minimise_over_adapters
     assert minimise_over_adapters(np.zeros((2, 2)), M, 1, seed=0) == pytest.approx(4.5, rel=1e-9)
+
+
+def test_asymmetric_profile_strictly_smaller_iff_no_best_rank_r_approximation_is_psd():
+    # a skew part alone does not decide: R = 5 e1 e1^T + 0.1 (e3 e4^T - e4 e3^T), r = 1: the best
+    # rank-1 approximation 5 e1 e1^T is PSD, both profiles are 1/2 ||skew||^2 = 0.01
+    from linmeta.claims.m2 import best_rank_r_is_psd, profiles
+    e = np.eye(5)
+    R = 5 * np.outer(e[0], e[0]) + 0.1 * (np.outer(e[2], e[3]) - np.outer(e[3], e[2]))
+    got = [float(bl_theory.profiled_objective(jnp.zeros((5, 5)), jnp.asarray(R[None]), 1, a))
+           for a in ("symmetric", "asymmetric")]
+    assert got == pytest.approx([0.01, 0.01], rel=1e-12)
+    assert best_rank_r_is_psd(R, 1)
+    # random residuals (NumPy closed forms, checked against the library's above): strictly
+    # smaller exactly where the (unique) best rank-r approximation is not PSD
+    rng = np.random.default_rng(0)
+    seen = set()
+    for i in range(16):
+        G = rng.standard_normal((4, 4))
+        R = [G, G @ G.T, G @ G.T + 0.3 * (G - G.T), -G @ G.T][i % 4]
+        r = 1 + i % 2
+        sym, asym = profiles(R, r)
+        lib = [float(bl_theory.profiled_objective(jnp.zeros((4, 4)), jnp.asarray(R[None]), r, a))
+               for a in ("symmetric", "asymmetric")]
+        assert lib == pytest.approx([sym, asym], rel=1e-10, abs=1e-12)
+        strictly = sym - asym > 1e-10 * (1 + sym)
+        assert strictly == (not best_rank_r_is_psd(R, r))
+        seen.add(strictly)
+    assert seen == {True, False}
+    with pytest.raises(ValueError, match="not unique"):
+        best_rank_r_is_psd(np.eye(3), 1)
 
 
 @jax.jit

@@ -195,6 +195,26 @@ def test_anil_wrong_subspace_update_first_order_and_maml_gradient(seed, alpha):
     assert float(jnp.max(jnp.abs(auto))) < tol(1e-13, 1e-5)
 
 
+def test_closed_forms_outside_their_domains_are_refused():
+    t = _truth(0, 5, 2, 4, delta_scale=0.3)          # perturbed tasks: C leaves col(B*)
+    C = theory.task_moment(t.betas)
+    with pytest.raises(ValueError, match="col\\(B_star\\)"):
+        theory.anil_wrong_subspace_update(t.B_star, t.B_star, C, 1.0, 0.1)
+    with pytest.raises(ValueError, match="share a 2-dimensional subspace"):
+        theory.moments_error_constant(t.betas, 0.1, 2)
+    Sigma = jnp.asarray([[1.0, 0.0], [0.0, 0.2]], dtype())
+    with pytest.raises(ValueError, match="positive definite"):
+        theory.fedrep_late_rate(0.5, jnp.asarray([[1.0, 0.0], [0.0, 0.0]], dtype()))
+    with pytest.raises(ValueError, match="eta lambda_max"):
+        theory.fedrep_late_rate(2.0, Sigma)
+    with pytest.raises(ValueError, match="1/2|0.5"):
+        theory.anil_late_rate(1.0, 0.5, Sigma)
+    assert float(theory.anil_late_rate(1.0, 0.5, Sigma, first_order=True)) == pytest.approx(0.9)
+    # both regimes of FedRep's rate (boundary eta = 2 / 1.2)
+    assert float(theory.fedrep_late_rate(1.5, Sigma)) == pytest.approx(0.7, rel=tol(1e-14))
+    assert float(theory.fedrep_late_rate(1.8, Sigma)) == pytest.approx(0.8, rel=tol(1e-14))
+
+
 def _least_norm_penalty(v, w, lam, gamma):
     d = v.shape[0]
     A = np.kron(w[None, :], np.eye(d))

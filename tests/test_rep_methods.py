@@ -73,6 +73,50 @@ def test_frozen_rep_hand_built_and_fedrep_is_the_same_iteration():
     np.testing.assert_allclose(fe.representation, Bh, atol=1e-14)
 
 
+def _balanced_truth(lams, seed=0):
+    """B* Haar (D x K), heads +-sqrt(K lambda_i) e_i (twice): Sigma_hat = diag(lams) exactly."""
+    heads = []
+    for i, lam in enumerate(lams):
+        e = np.zeros(K)
+        e[i] = np.sqrt(K * lam)
+        heads += [e, -e]
+    B = rep.orthonormal_columns(jax.random.key(seed), D, K)
+    return rep.RepTruth(B, jnp.asarray(np.asarray(heads * (T // (2 * K)))))
+
+
+def _late(res, B_star):
+    from linmeta.claims._rep_support import late_rate
+    d = jax.vmap(lambda B: metrics.subspace_distance(B, B_star))(res.history.value.representation)
+    return late_rate(np.asarray(d))[0]
+
+
+@pytest.mark.parametrize("eta", [1.5, 1.8])
+def test_fedrep_late_rate_on_both_sides_of_the_regime_boundary(eta):
+    # Sigma_hat = diag(1, 0.2): the boundary eta (lambda_min + lambda_max) = 2 is eta = 5/3.
+    # 1.5: rate 1 - 1.5 * 0.2 = 0.7; 1.8: rate 1.8 - 1 = 0.8 (1 - eta lambda_min gives 0.64)
+    t = _balanced_truth([1.0, 0.2])
+    B0 = rep.orthonormal_columns(jax.random.key(5), D, K)
+    res = rep.fedrep(rep.population(t), K, eta=eta, B0=B0, steps=ALT)
+    want = max(abs(1 - eta * 0.2), abs(1 - eta * 1.0))
+    assert float(theory.fedrep_late_rate(eta, np.diag([1.0, 0.2]))) == pytest.approx(want)
+    assert _late(res, t.B_star) == pytest.approx(want, abs=1e-3)
+    with pytest.raises(ValueError, match="eta lambda_max"):   # B* does not attract
+        theory.fedrep_late_rate(2.0, np.diag([1.0, 0.2]))
+
+
+def test_frozen_rep_late_rate_with_a_large_eigengap():
+    # R1's step 1.9 / lambda_1 on C with eigenvalues (1, 0.9, 0, ..): the gap's mode has the factor
+    # 1 - 1.9 * 0.9 = -0.71, the widest pair's 1 - 1.9 * (1 - 0) = -0.9: the rate is 0.9
+    t = _balanced_truth([1.0, 0.9])
+    B0 = rep.orthonormal_columns(jax.random.key(6), D, K)
+    res = rep.frozen_rep(rep.population(t), K, B0=B0, steps=ALT, lr=1.9)
+    lam = np.r_[1.0, 0.9, np.zeros(D - K)]
+    assert float(theory.alternating_late_rate(1.9, lam, K)) == pytest.approx(0.9)
+    assert _late(res, t.B_star) == pytest.approx(0.9, abs=1e-3)
+    with pytest.raises(ValueError, match="unique"):             # lambda_k = lambda_(k+1)
+        theory.alternating_late_rate(1.0, np.r_[1.0, 0.5, 0.5, 0.0], 2)
+
+
 # ----------------------------------------------------------------------------- ANIL family
 @given(st.integers(0, 10 ** 6))
 def test_anil_maml_average_loss_identities_along_trajectories(seed):
@@ -121,6 +165,46 @@ def test_first_order_anil_one_step_equals_anil_in_the_wrong_subspace_hand_built(
     assert abs(float(a[0, 0] - f[0, 0])) > 1e-3  # they differ in col(B*)
 
 
+def test_anil_and_first_order_anil_between_their_stability_bounds():
+    # alpha beta lambda_max = 0.7: first-order ANIL's scale part converges (bound 1), ANIL's does not
+    # (bound 1/2; its mode (lambda_max, lambda_max) has the factor 1 - 4 * 0.7 = -1.8)
+    t = _balanced_truth([1.0, 0.3])
+    src = rep.population(t)
+    kw = dict(alpha=1.0, beta=0.7, key=jax.random.key(2), steps=STEPS)
+    gram = {}
+    for fo in (False, True):
+        B = rep.anil(src, K, first_order=fo, **kw).history.value.representation[-10:]
+        gram[fo] = float(jnp.max(jnp.linalg.norm(jnp.swapaxes(B, -1, -2) @ B - jnp.eye(K), 2,
+                                                 axis=(-2, -1))))
+    assert gram[True] < 1e-8 and gram[False] > 1e-2
+    Sigma = np.diag([1.0, 0.3])
+    assert float(theory.anil_late_rate(1.0, 0.7, Sigma, first_order=True)) == pytest.approx(0.79)
+    with pytest.raises(ValueError, match="lambda_max"):
+        theory.anil_late_rate(1.0, 0.7, Sigma)
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_anil_scale_update_is_one_step_near_the_fixed_point(first_order):
+    # from S = Q (I + eps H) / sqrt(alpha) on B*: the library's step against the linearisation
+    # D+ = D - c alpha beta (D Sigma + Sigma D), c = 2 (ANIL) or 1 (first order): error O(eps^2)
+    t = _balanced_truth([1.0, 0.3])
+    rng = np.random.default_rng(0)
+    Q = np.linalg.qr(rng.standard_normal((K, K)))[0]
+    H = rng.standard_normal((K, K))
+    alpha, beta, eps = 0.8, 0.1, 1e-5
+    S = Q @ (np.eye(K) + eps * (H + H.T)) / np.sqrt(alpha)
+    Bs = np.asarray(t.B_star)
+    B1, _ = jax.jit(methods.meta_step)(jnp.asarray(Bs @ S), jnp.zeros(K), rep.population(t),
+                                       alpha, beta, 0.0, 0.0, float(first_order))
+    S1 = Bs.T @ np.asarray(B1)
+    D0, D1 = alpha * S @ S.T - np.eye(K), alpha * S1 @ S1.T - np.eye(K)
+    want = np.asarray(theory.anil_scale_update(D0, alpha, beta, np.diag([1.0, 0.3]), first_order))
+    other = np.asarray(theory.anil_scale_update(D0, alpha, beta, np.diag([1.0, 0.3]),
+                                                not first_order))
+    assert np.linalg.norm(D1 - want) < 1e-3 * np.linalg.norm(D0)
+    assert np.linalg.norm(D1 - other) > 1e-2 * np.linalg.norm(D0)   # the factor 2 matters
+
+
 # ----------------------------------------------------------------------------- AdaptRep
 def test_adaptrep_frozen_limit_and_inner_stationarity():
     t = _truth(3, heads="gaussian", delta_scale=0.4)
@@ -144,6 +228,42 @@ def test_adaptrep_frozen_limit_and_inner_stationarity():
                  - methods.adaptrep_objective(B0, Dl, w, src, lam, gamma))
     assert float(gap) == pytest.approx(float(theory.adaptrep_gap_limit(B0, t.betas, gamma)),
                                        rel=1e-4)
+
+
+@jax.jit
+def _shift_costs(betas, lam, gamma):
+    """AdaptRep's inner minimum at B = [e1 e2] for each single-task parameter in ``betas``
+    (n, D) and the fitted heads (one program)."""
+    B = jnp.eye(D)[:, :K]
+
+    def one(beta):
+        st_ = rep.population_from_betas(beta[None], 0.0)
+        Dd, wd = methods.adaptrep_inner(B, st_, lam, gamma, 2000)
+        return methods.adaptrep_objective(B, Dd, wd, st_, lam, gamma), wd[0]
+
+    return jax.vmap(one)(betas)
+
+
+def test_adaptrep_shift_cost_is_quadratic_in_the_shift():
+    # one task beta = B w* + delta u, u orthogonal to col(B): AdaptRep's inner minimum rises by
+    # lam delta^2 / (2 (||w||^2 + lam)) to leading order (w: the fitted head): quadratic in delta
+    lam, gamma = 0.1, 0.01
+    u = np.eye(D)[K]
+    betas, keys = [], []
+    for w_norm in (2.0, 0.5):
+        for delta in (0.0, 0.01, 0.02):
+            betas.append(np.r_[w_norm * np.asarray([0.6, 0.8]), np.zeros(D - K)] + delta * u)
+            keys.append((w_norm, delta))
+    f, w = (np.asarray(x) for x in _shift_costs(jnp.asarray(np.stack(betas)), lam, gamma))
+    f, w = dict(zip(keys, f)), dict(zip(keys, w))
+    cost = {}
+    for w_norm in (2.0, 0.5):
+        for delta in (0.01, 0.02):
+            cost[w_norm, delta] = f[w_norm, delta] - f[w_norm, 0.0]
+            want = float(theory.adaptrep_shift_cost(delta * u, w[w_norm, 0.0], lam))
+            assert cost[w_norm, delta] == pytest.approx(want, rel=2e-3)
+        assert cost[w_norm, 0.02] / cost[w_norm, 0.01] == pytest.approx(4.0, rel=5e-3)
+    assert cost[0.5, 0.01] > 5 * cost[2.0, 0.01]   # cheap on a task with a large head
 
 
 # ----------------------------------------------------------------------------- targets, moments

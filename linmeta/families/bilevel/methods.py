@@ -48,8 +48,9 @@ dropped); Reptile: ``theta_start <- theta_start + start_lr (1/T) sum_t (theta_K^
 
 Exact relations (tested; verify rows M1-M3, derivations in docs/bilevel.md):
 
-- K = 0 (or a start that cannot move) with ``Delta(theta_start) = 0``: ``"maml"`` and ``"fomaml"``
-  are standard retraining by gradient descent on the query statistics, step for step.
+- K = 0 (or a start that cannot move) with ``Delta(theta_start) = 0`` and the start fixed
+  (``start_lr = 0``): ``"maml"`` and ``"fomaml"`` are standard retraining by gradient descent on
+  the query statistics, step for step (a learned start leaves ``Delta = 0`` after one step).
 - Exact inner solution and support = query:
   ``F_inf(A) = (1/T) sum_t min_theta L_t(A + Delta(theta))``, the objective of Meta-LoRA with the
   adapters minimised out at A when the adapter is ``U U^T`` (the PSD rank-r optimum,
@@ -58,7 +59,10 @@ Exact relations (tested; verify rows M1-M3, derivations in docs/bilevel.md):
   :func:`exact_bilevel_objective`.
 - Plain MAML in the population: ``M_K - M*_t = (1 - alpha)^K (A - M*_t)``, so the outer loop is
   standard retraining with step ``beta (1-alpha)^(2K)`` (MAML), ``beta (1-alpha)^K`` (first order)
-  or ``beta (1 - (1-alpha)^K)`` (Reptile), and every one converges to SR's ``A* + Rbar``.
+  or ``beta (1 - (1-alpha)^K)`` (Reptile); SR's ``A* + Rbar`` is the fixed point, reached only
+  where that step times the number of outer steps is large (it is 0 for MAML and first order at
+  alpha = 1, negative for first order with 1 < alpha < 2 and K odd, and tends to 0 for both as K
+  grows, while Reptile's tends to beta).
 
 The inner loop has a static length ``length`` (``lax.scan``) and a traced number of active steps
 ``K <= length`` (step ``j`` uses ``alpha * [j < K]``, an exact identity when inactive), so a sweep

@@ -36,7 +36,8 @@ Divergence: ``diverged`` (the recorded objective blew up or the base is non-fini
 program with :func:`linmeta.divergence.divergence_index`; never NaN silently
 (``inner_objective_traj``: the inner trace of the first record that blew up, else of the first
 record). ``stalled``: the objective fell by less than 1% over the run while the run did not
-diverge.
+diverge (a statement about the objective only: a run whose objective is at the rounding level
+from the start, plain Reptile near alpha = 1 for instance, is flagged although its base moves).
 
 :func:`run_protocol` is jit- and vmap-able (``shape`` static, everything else traced);
 :func:`run_batch` vmaps it over configurations and compiles once per (shape, batch size, dtype).

@@ -14,7 +14,7 @@ tasks are a batch axis, step sizes are traced arrays.
   ``G = mean_t g_t w_t^T`` (the gradient of F, by the envelope theorem), then QR. In the population
   (``gamma = 0``) F is ``1/2 tr((I - B B^T) C) + const``: the top-k eigenvectors of C (claim R1).
 - **FedRep** (Collins et al. 2021): the same iteration (heads exactly, a step eta on B, QR), named
-  after its source (:func:`fedrep`); late contraction ``1 - eta lambda_min(Sigma)`` (claim R5).
+  after its source (:func:`fedrep`); late contraction ``max(|1 - eta lambda_min|, |1 - eta lambda_max|)`` (claim R5).
 - **ANIL** (:func:`anil_step`): inner step on the head, ``w'_t = w0 - alpha B^T g_t(B w0)``;
   outer step ``B <- B - beta grad_B mean_t L_t(B w'_t(B))`` through the inner step
   (``first_order=True``: ``w'_t`` held fixed, ``G = mean_t g_t(B w'_t) w'_t^T``).
@@ -218,7 +218,8 @@ def fedrep(source: TaskStats, k, *, eta, key=None, B0=None, steps: int = 500,
     """FedRep-style alternating minimisation: heads exactly, a gradient step ``eta`` on B, QR.
 
     The same iteration as :func:`frozen_rep` with ``gamma = 0``; its late contraction in the
-    population is ``1 - eta lambda_min(Sigma)`` (claim R5)."""
+    population is ``max(|1 - eta lambda_min(Sigma)|, |1 - eta lambda_max(Sigma)|)``, i.e.
+    ``1 - eta lambda_min`` while ``eta (lambda_min + lambda_max) <= 2`` (claim R5)."""
     stats, d, k, dt = _sizes(source, k)
     steps = check_int("steps", steps, 0)
     record_every = check_int("record_every", record_every, 1)
@@ -339,7 +340,8 @@ def anil(source: TaskStats, k, *, alpha, beta, key=None, B0=None, w0=None, steps
     ``B0`` default: ``init_scale / sqrt(alpha)`` times a random orthonormal matrix, so that
     ``alpha B0^T B0 = init_scale^2 I``. ``first_order=True`` is first-order ANIL.
     In the population (w0 = 0) the wrong-subspace part of B contracts at the late rate
-    ``1 - alpha beta lambda_min(Sigma)`` and ``alpha B^T B -> I`` (claim R3)."""
+    ``1 - alpha beta lambda_min(Sigma)`` and ``alpha B^T B -> I`` (claim R3), when that fixed
+    point is stable: ``alpha beta lambda_max(Sigma) < 1/2`` for ANIL, ``< 1`` for first order."""
     stats, d, k, dt = _sizes(source, k)
     steps, record_every = _check_steps("alpha", alpha, "beta", beta, steps, record_every)
     check_scalar("init_scale", init_scale, 0.0, lo_open=True)

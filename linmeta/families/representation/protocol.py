@@ -27,7 +27,8 @@ tasks):
    to rounding, tested: the protocol calls no LAPACK routine, so it is safe to batch and shard),
    objectives, ``||alpha B^T B - I||_2`` for ANIL, target excess risks (mean over target tasks),
    closed forms beside them (:mod:`linmeta.representation.theory`: the frozen floor and the
-   frozen target risk of FrozenRep's B, the scratch risk, the late rates), divergence flags, and
+   frozen target risk of FrozenRep's B, the scratch risk, the late rates: NaN outside their
+   domains), divergence flags, and
    the trajectories of the distance (``*_traj``) and of the training objective
    (``*_objective_traj``), recorded at :func:`linmeta.retrain.record_steps` of
    ``max(frozen_steps, fedrep_steps, adapt_steps)`` (ANIL: of ``anil_steps``).
@@ -293,6 +294,7 @@ def run_protocol(truth: RepTruth, keys: RunKeys, hyper: Hyper, shape: Shape) -> 
                  if m > k + 1 else nan)
     th_scratch = theory.scratch_risk(d, m, hyper.noise_std) if m > d + 1 else nan
     lam_min = _lambda_min_psd(truth.head_moment)
+    lam_max = lambda_max_psd(truth.head_moment)
     ends = jnp.stack([B_fr, B_fe, B_an, B_ad])
     sin_max = jax.vmap(lambda B: sin_theta_max(B, Bs))(ends)
     sin_fro2 = jax.vmap(lambda B: sin_theta_fro2(B, Bs))(ends)
@@ -308,8 +310,13 @@ def run_protocol(truth: RepTruth, keys: RunKeys, hyper: Hyper, shape: Shape) -> 
         adapt_head_risk=head[1], anil_head_risk=head[2], scratch_risk=scratch,
         theory_frozen_floor=floor, theory_frozen_risk=jnp.asarray(th_frozen, dt),
         theory_scratch_risk=jnp.asarray(th_scratch, dt),
-        theory_anil_rate=1 - hyper.alpha * hyper.beta * lam_min,
-        theory_fedrep_rate=1 - hyper.eta * lam_min,
+        # theory.anil_late_rate and theory.fedrep_late_rate without LAPACK; NaN outside their
+        # domains (ANIL's fixed point unstable; FedRep not contracting)
+        theory_anil_rate=jnp.where(hyper.alpha * hyper.beta * lam_max < 0.5,
+                                   1 - hyper.alpha * hyper.beta * lam_min, nan),
+        theory_fedrep_rate=jnp.where(hyper.eta * lam_max < 2,
+                                     jnp.maximum(jnp.abs(1 - hyper.eta * lam_min),
+                                                 jnp.abs(1 - hyper.eta * lam_max)), nan),
         frozen_diverged=_diverged(B_fr, hist_l[1][0]),
         fedrep_diverged=_diverged(B_fe, hist_l[1][1]),
         anil_diverged=_diverged(B_an, an_hist.value[1]),

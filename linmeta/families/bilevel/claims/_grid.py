@@ -237,8 +237,9 @@ def _hyper(shape, c, lam):
 
 def references(truths, k: int, ft_rank: int, *, newton: bool, rng=None, n_starts: int = 4):
     """Per truth: Meta-LoRA and SR base errors and rank-``ft_rank`` fine-tuning biases on the
-    unseen tasks (population). ``newton``: Meta-LoRA by :func:`linmeta.meta_lora` (Newton); else
-    its population minimiser for T >= 3, ``A*`` (claim C3,
+    unseen tasks (population), and the bases ``A*`` (``a_star``) and ``A* + Rbar``
+    (``sr_base``). ``newton``: Meta-LoRA by :func:`linmeta.meta_lora` (Newton); else its
+    population minimiser for T >= 3, ``A*`` (claim C3,
     :func:`linmeta.theory.meta_lora_population_base`). SR: ``A* + Rbar``
     (:func:`linmeta.theory.sr_population`)."""
     A, U, Un = truths
@@ -263,7 +264,7 @@ def references(truths, k: int, ft_rank: int, *, newton: bool, rng=None, n_starts
     return dict(ml_base_error=np.linalg.norm(ml - A, axis=(-2, -1)),
                 sr_base_error=np.linalg.norm(sr - A, axis=(-2, -1)),
                 ml_ft_bias=bias(ml), sr_ft_bias=bias(sr),
-                a_norm=np.linalg.norm(A, axis=(-2, -1)))
+                a_norm=np.linalg.norm(A, axis=(-2, -1)), a_star=A, sr_base=sr)
 
 
 _CACHE: dict[Any, Any] = {}

@@ -1,15 +1,22 @@
 """Relation M1: where bilevel retraining is standard retraining (docs/bilevel.md#m1).
 
-1. **K = 0** (and a start with ``Delta(theta_start) = 0``, e.g. the LoRA start U random, V = 0):
-   ``F_0(A) = (1/T) sum_t L^Q_t(A)``, so a MAML step is ``A - beta (1/T) sum_t grad L^Q_t(A)`` and
-   so is a first-order step: standard retraining by gradient descent on the query statistics
-   (:func:`linmeta.standard_retraining`, ``method="gd"``, ``lr = beta``), step for step.
+1. **K = 0** with a fixed start with ``Delta(theta_start) = 0`` (e.g. the LoRA start U random,
+   V = 0): ``F_0(A) = (1/T) sum_t L^Q_t(A)``, so a MAML step is ``A - beta (1/T) sum_t grad
+   L^Q_t(A)`` and so is a first-order step: standard retraining by gradient descent on the query
+   statistics (:func:`linmeta.standard_retraining`, ``method="gd"``, ``lr = beta``), step for step.
+   A learned start breaks it: its gradient ``(G V, G^T U)`` moves V off 0 at the first step, so
+   from the second step on ``Delta(theta_start) != 0`` and the run leaves SR's (a row checks both:
+   the first step equal, the trajectory then different by more than 1e-6).
 2. **A start that cannot move** (``U = V = 0``): every inner gradient vanishes, theta_K = theta_0
    for every K, and the run equals the K = 0 run exactly.
 3. **Plain MAML in the population** (full-rank inner update from W = 0): the inner loop gives
    ``M_K - M*_t = (1 - alpha)^K (A - M*_t)``, so every outer step is an SR gradient step of size
    ``beta (1-alpha)^(2K)`` (MAML), ``beta (1-alpha)^K`` (first order) or ``beta (1-(1-alpha)^K)``
-   (Reptile) (:func:`linmeta.bilevel.theory.full_rank_sr_step`): plain MAML keeps SR's bias.
+   (Reptile) (:func:`linmeta.bilevel.theory.full_rank_sr_step`), for any alpha: SR's minimiser is
+   the only fixed point, attracting iff the step lies in (0, 2). Checked at alpha = 0.2 (all three
+   move), at alpha = 1 (MAML and first order: step 0, the base does not move; Reptile: the full
+   step beta) and at alpha = 1.5 with K = 3 odd (first order: the negative step -beta/8, so the
+   base moves away from SR's minimiser: its distance grows by ``(1 + beta/8)`` per step).
 
 Rows compare whole trajectories (the base after every outer iteration), for every seed, in the
 population and (items 1-2) with finite support and query sets. Tolerance: 1e-12 relative in float64
@@ -33,13 +40,17 @@ from linmeta.methods import run_steps, sr_gradient_step
 from linmeta.families.bilevel.methods import BilevelHyper, Factors, method_weights
 
 from linmeta.engine.claims import ClaimResult, Verdict
+from linmeta.engine.claim_support import (figure_dpi, float_tol, pyplot, save_figure,
+                                          settings_value, spread)
 from ._grid import (numpy_population, numpy_split, numpy_truths, rel_diff, rng_for, task_matrices,
                     to_jax, trajectories)
-from linmeta.engine.claim_support import figure_dpi, float_tol, pyplot, save_figure, settings_value
 
 CLAIM = "M1"
 ALPHA, BETA = 0.1, 0.3          # inner and outer steps of items 1-2
 FULL_ALPHA, FULL_K = 0.2, 3     # item 3
+FULL_ALPHAS = (FULL_ALPHA, 1.0, 1.5)   # item 3: all move; MAML/FO still, Reptile full step;
+#                                        first order's step negative (K odd, 1 < alpha < 2)
+START_LR = 0.05                 # item 1 with a learned start
 SETTINGS = {
     "tiny": dict(d=4, k=1, T=3, seeds=2, steps=10, N=12, K_zero=4),
     "quick": dict(d=4, k=1, T=3, seeds=3, steps=30, N=12, K_zero=4),
@@ -65,15 +76,19 @@ def _problems(rng, *, S, d, k, T, N):
 
 
 def _configs(S, K_zero):
-    """(tag, problem index, source, start index, K, alpha, train_v, method) of every run."""
+    """(tag, problem index, source, start index, K, alpha, train_v, method, start lr) of every
+    run."""
     out = []
     for s in range(S):
         for src in ("population", "finite"):
             for m in ("maml", "fomaml"):
-                out.append((("K=0", src), s, src, 0, 0, ALPHA, 1.0, m))
-                out.append((("zero start", src), s, src, 1, K_zero, ALPHA, 1.0, m))
-        for m in ("maml", "fomaml", "reptile"):
-            out.append((("full", "population"), s, "population", 2, FULL_K, FULL_ALPHA, 0.0, m))
+                out.append((("K=0", src), s, src, 0, 0, ALPHA, 1.0, m, 0.0))
+                out.append((("zero start", src), s, src, 1, K_zero, ALPHA, 1.0, m, 0.0))
+            out.append((("K=0 learned start", src), s, src, 0, 0, ALPHA, 1.0, "maml", START_LR))
+        for a in FULL_ALPHAS:
+            for m in ("maml", "fomaml", "reptile"):
+                out.append(((f"full alpha={a:g}", "population"), s, "population", 2, FULL_K, a,
+                            0.0, m, 0.0))
     return out
 
 
@@ -88,15 +103,16 @@ def _run_all(problems, starts, *, S, K_zero, steps):
     qry = _stack([pick(pop if r[2] == "population" else qr, r[1]) for r in runs])
     st = _stack([Factors(*starts[r[3]]) for r in runs])
     hyp = BilevelHyper(jnp.asarray([r[5] for r in runs], dt), jnp.full(len(runs), BETA, dt),
-                       jnp.zeros(len(runs), dt), jnp.asarray([r[4] for r in runs], jnp.int32),
+                       jnp.asarray([r[8] for r in runs], dt),
+                       jnp.asarray([r[4] for r in runs], jnp.int32),
                        jnp.asarray([r[6] for r in runs], dt))
     w = jnp.stack([method_weights(r[7], dt) for r in runs])
     d = pop.Sxx.shape[-1]
     A0 = jnp.zeros((d, d), dt)
     bases = trajectories(sup, qry, A0, st, hyp, w, adapter="asymmetric",
                          length=max(FULL_K, K_zero), steps=steps)
-    lrs = jnp.asarray([BETA if r[0][0] != "full" else bl_theory.full_rank_sr_step(
-        r[7], BETA, FULL_ALPHA, FULL_K) for r in runs], dt)
+    lrs = jnp.asarray([BETA if not r[0][0].startswith("full") else
+                       bl_theory.full_rank_sr_step(r[7], BETA, r[5], r[4]) for r in runs], dt)
     sr = jax.vmap(lambda st_, lr: run_steps(lambda a: sr_gradient_step(a, st_, lr), A0, steps,
                                             1, lambda a: a)[1].value)(qry, lrs)
     return bases, sr
@@ -132,18 +148,50 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
 
     rows = []
     for (name, src), vals in diffs.items():
-        what = {"K=0": "K = 0, LoRA start (Delta = 0): maml and fomaml vs SR gradient descent on "
-                       "the query set",
-                "zero start": f"start U = V = 0, K = {cfg['K_zero']}: maml and fomaml vs SR "
-                              "gradient descent (the start cannot move)",
-                "full": f"plain MAML (full-rank inner, alpha={FULL_ALPHA}, K={FULL_K}): maml, "
-                        "fomaml, reptile vs SR with step beta(1-a)^2K, beta(1-a)^K, "
-                        "beta(1-(1-a)^K)"}[name]
+        if name == "K=0 learned start":
+            continue
+        if name.startswith("full"):
+            a = float(name.split("=")[1])
+            c = (1 - a) ** FULL_K
+            what = (f"plain MAML (full-rank inner, alpha={a:g}, K={FULL_K}): maml, fomaml, reptile "
+                    f"vs SR with step beta(1-a)^2K, beta(1-a)^K, beta(1-(1-a)^K) = "
+                    f"{BETA * c * c:.4g}, {BETA * c:.4g}, {BETA * (1 - c):.4g}")
+        else:
+            what = {"K=0": "K = 0, fixed LoRA start (Delta = 0): maml and fomaml vs SR gradient "
+                           "descent on the query set",
+                    "zero start": f"start U = V = 0, K = {cfg['K_zero']}: maml and fomaml vs SR "
+                                  "gradient descent (the start cannot move)"}[name]
         rows.append(Verdict(CLAIM, f"{what} ({src}): max rel. difference of the base, every step",
                             0.0, float(np.max(vals)), float(np.max(vals) - np.min(vals)),
                             f"< {tol:g} (rounding; dtype)", bool(np.max(vals) < tol), "check",
                             note + ("; finite: N/2 support, N/2 query samples, N=" + str(N)
                                     if src == "finite" else "")))
+    # K = 0 with a learned start: the first outer step is SR's, then the start has moved
+    learned = [i for i, t in enumerate(tags) if t[0] == "K=0 learned start"]
+    first = np.asarray([rel_diff(bases[i, 1], sr_bases[i, 1]) for i in learned])
+    later = np.asarray([rel_diff(bases[i], sr_bases[i]) for i in learned])
+    rows.append(Verdict(
+        CLAIM, f"K = 0, learned LoRA start (start step {START_LR:g}), maml, population and "
+        "finite: max rel. difference of the base to SR's after the first outer step / min over "
+        "runs of the max along the trajectory", f"< {tol:g} / > 1e-6",
+        f"{first.max():.2e} / {later.min():.2e}", spread(later),
+        f"first step < {tol:g}; trajectory > 1e-6 (the start moves: Delta != 0 from step 2)",
+        bool(first.max() < tol and later.min() > 1e-6), "check", note))
+    # alpha = 1.5, K = 3 (odd): first-order MAML's step beta (1-alpha)^K < 0 repels SR's minimiser
+    sr_fix_all = np.mean(np.asarray(problems[0].Syx), axis=1)        # (S, d, d): mean_t M*_t
+    fo = [i for i, t in enumerate(_configs(S, cfg["K_zero"]))
+          if t[0][0] == "full alpha=1.5" and t[7] == "fomaml"]
+    step = float(bl_theory.full_rank_sr_step("fomaml", BETA, 1.5, FULL_K))
+    growth = np.asarray([np.linalg.norm(bases[i, -1] - sr_fix_all[tags_s]) /
+                         np.linalg.norm(bases[i, 0] - sr_fix_all[tags_s])
+                         for i, tags_s in zip(fo, range(S))])
+    want = (1 - step) ** steps
+    rows.append(Verdict(
+        CLAIM, f"first-order MAML, full-rank inner, alpha=1.5, K={FULL_K} (odd): step "
+        f"beta(1-alpha)^K = {step:.4g} < 0, so SR's minimiser repels: ||A_N - (A* + Rbar)|| / "
+        f"||A_0 - (A* + Rbar)|| vs (1 - step)^N", float(want), float(growth.max()),
+        spread(growth), f"rel. < {tol:g}", bool(np.max(np.abs(growth / want - 1)) < tol),
+        "check", note))
     if pub_diff is not None:
         rows.append(Verdict(CLAIM, "public linmeta.maml(inner_steps=0) vs "
                             "linmeta.standard_retraining(method='gd'): bases and recorded "
@@ -151,9 +199,10 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
                             "check", note + "; first seed, population"))
     # the consequence of item 3: plain MAML's fixed point is SR's A* + Rbar
     sr_fix = np.mean(np.asarray(pop0.Syx), axis=0)  # population SR minimiser: mean_t M*_t
-    full = [i for i, t in enumerate(tags) if t[0] == "full"][:3]  # first seed
+    full = [i for i, t in enumerate(tags) if t[0] == f"full alpha={FULL_ALPHA:g}"][:3]
     data = dict(setting=setting, seed=seed, d=d, k=k, T=T, steps=steps,
-                diffs={f"{a} | {b}": np.asarray(v) for (a, b), v in diffs.items()},
+                diffs={f"{a} | {b}": np.asarray(v) for (a, b), v in diffs.items()
+                       if a != "K=0 learned start"},   # (not a reduction: it differs from SR)
                 full_traj=np.stack([np.linalg.norm(bases[i] - sr_fix[None], axis=(-2, -1))
                                     for i in full]),
                 full_methods=["maml", "fomaml", "reptile"], tol=tol)

@@ -12,7 +12,11 @@ Each run is classified by the protocol (:mod:`linmeta.bilevel`): **diverged** (t
 objective blew up or the base became non-finite, or an inner loop blew up from a finite start:
 :mod:`linmeta.divergence`), **stalled** (the objective fell by less than 1% over the outer loop)
 or converged; rows give the largest ``a`` at which no seed diverged and the smallest at which one
-did, as measured. One row is a check (full setting): for the full-rank inner loop the support loss
+did, as measured. The stall flag reads the recorded objective only: plain Reptile near
+``alpha = 1`` is flagged stalled although its base moves with the step ``beta (1 - (1-alpha)^K)``
+(about beta) and reaches SR's (relation M1), because its objective ``F_K = (1-alpha)^(2K)`` times
+SR's is rounding noise from the start; plain MAML and first-order MAML there do not move (their
+steps ``beta (1-alpha)^(2K)``, ``beta (1-alpha)^K`` vanish). One row is a check (full setting): for the full-rank inner loop the support loss
 after j inner steps is exactly ``(1 - alpha)^(2j)`` times its start, so the inner loop is flagged
 diverged exactly when ``|1 - alpha|^(2K) > 1000`` (the blow-up factor of
 :mod:`linmeta.divergence`).

@@ -9,11 +9,15 @@ i.i.d. Gaussian heads ``N(0, Sigma)``, and the Gaussian heads with perturbed rep
 (``Delta*_t`` entries ``N(0, 0.3^2 / d)``). One random orthonormal start ``B0``. Then:
 
 - alternating minimisation (FrozenRep's and FedRep's iteration) on the four runs (balanced heads,
-  step ``eta``: FedRep; the three sets, step ``1.9 / lambda_1(C)``: FrozenRep);
+  step ``eta``: FedRep; the three sets, step ``1.9 / lambda_1(C)``: FrozenRep), and FedRep at the
+  two steps of :data:`ETA_EDGE`, on either side of ``eta (lambda_min + lambda_max) = 2``, where
+  its late rate changes regime (claim R5);
 - ANIL from ``B0 * 0.5 / sqrt(alpha)``, w0 = 0, on balanced (beta 0.4) and Gaussian heads
   (beta 0.2); first-order ANIL
   on balanced heads; one-step MAML with w0 learned (balanced and Gaussian heads) and fixed at 0
-  (Gaussian heads); average-loss training (balanced heads, mean zero);
+  (Gaussian heads); average-loss training (balanced heads, mean zero); ANIL and first-order ANIL
+  at ``alpha beta lambda_max = BETA_EDGE`` (balanced heads, lambda_max = 1), between the two
+  methods' stability bounds 1/2 and 1 (claim R3);
 - every ANIL and first-order-ANIL step against the closed form of the wrong-subspace update;
 - one-step MAML's update (w0 learned) from every ANIL iterate at w0 = 0, on balanced heads;
 - the MAML gradient in w0 at w0 = 0, autodiff and closed form (Gaussian heads);
@@ -50,6 +54,13 @@ SETTINGS = {
 # (docs/representation.md#r3), stable while alpha beta lambda_max(Sigma_hat) < 1/2: beta = BETA on
 # balanced heads (lambda_max = 1), BETA_GAUSS on Gaussian heads (lambda_max random, about 2 at most)
 ALPHA, BETA, BETA_GAUSS, ETA, INIT_SCALE, AVG_LR, LAMBDA_MIN = 1.0, 0.4, 0.2, 0.5, 0.5, 0.2, 0.3
+# FedRep's late rate is 1 - eta lambda_min while eta (lambda_min + lambda_max) <= 2 and
+# eta lambda_max - 1 beyond (claim R5); with Sigma's eigenvalues 0.3 .. 1 the boundary is
+# eta = 2 / 1.3 = 1.54: one step on each side (rates 0.58 and 0.8; at 1.8 the other extreme mode,
+# 1 - 1.8 * 0.3 = 0.46, dies out fast enough for the fitted rate to be the slowest mode's)
+ETA_EDGE = (1.4, 1.8)
+# ANIL's scale part is stable for alpha beta lambda_max < 1/2, first-order ANIL's for < 1 (R3)
+BETA_EDGE = 0.7
 NOISE_STD, DELTA_SCALE, GAMMA = 0.1, 0.3, 0.01
 LAMBDAS = (1e2, 1e4, 1e6)
 GAP_LAMBDAS = (1e2, 1e3, 1e4, 1e5, 1e6)
@@ -117,12 +128,16 @@ def _loops(inst, *, d, k, T, steps):
     # 1 / lambda_1(C)); AdaptRep on the perturbed tasks, lam in LAMBDAS; and AdaptRep's inner
     # problem at the fixed B0 (step 0) on the perturbed tasks, lam in (inf,) + GAP_LAMBDAS.
     nl, ng = len(LAMBDAS), len(GAP_LAMBDAS) + 1
-    lane_kind = jnp.asarray([0, 0, 1, 2] + [2] * (nl + ng))
+    # (last: FedRep at the steps of ETA_EDGE, balanced heads)
+    ne = len(ETA_EDGE)
+    lane_kind = jnp.asarray([0, 0, 1, 2] + [2] * (nl + ng) + [0] * ne)
     lane_stats = jax.tree.map(lambda x: x[lane_kind], stats)
     lane_lr = jnp.concatenate([jnp.asarray([ETA]), FROZEN_STEP / lam_C[:, -1],
-                               jnp.full((nl,), 1.0 / lam_C[2, -1]), jnp.zeros((ng,))])
-    lane_lam = jnp.asarray([jnp.inf] * 4 + list(LAMBDAS) + [jnp.inf] + list(GAP_LAMBDAS))
-    lane_gamma = jnp.asarray([0.0] * 4 + [GAMMA] * (nl + ng))
+                               jnp.full((nl,), 1.0 / lam_C[2, -1]), jnp.zeros((ng,)),
+                               jnp.asarray(ETA_EDGE)])
+    lane_lam = jnp.asarray([jnp.inf] * 4 + list(LAMBDAS) + [jnp.inf] + list(GAP_LAMBDAS)
+                           + [jnp.inf] * ne)
+    lane_gamma = jnp.asarray([0.0] * 4 + [GAMMA] * (nl + ng) + [0.0] * ne)
 
     def rep_lane(st, lr, lam, g):
         s0 = (B0, jnp.zeros((T, d, k)), methods.frozen_heads(B0, st, g))
@@ -137,15 +152,17 @@ def _loops(inst, *, d, k, T, steps):
     # ANIL, first-order ANIL, one-step MAML, average loss: lanes of one vmapped loop of
     # meta_step (its flags). Lanes: ANIL (balanced), ANIL (Gaussian), first-order ANIL
     # (balanced), MAML w0 learned (balanced), MAML w0 learned (Gaussian), MAML w0 fixed
-    # (Gaussian), average loss (balanced).
-    meta_kind = jnp.asarray([0, 1, 0, 0, 1, 1, 0])
+    # (Gaussian), average loss (balanced); ANIL and first-order ANIL at beta = BETA_EDGE (balanced).
+    meta_kind = jnp.asarray([0, 1, 0, 0, 1, 1, 0, 0, 0])
     meta_stats = jax.tree.map(lambda x: x[meta_kind], stats)
     flags = jnp.asarray([[0, 0, 0], [0, 0, 0], [0, 0, 1], [1, 1, 0], [1, 1, 0], [1, 0, 0],
-                         [0, 1, 0]], float)  # inner_on_rep, learn_head_init, first_order
-    alphas = jnp.asarray([ALPHA] * 6 + [0.0])
-    betas_ = jnp.asarray([BETA, BETA_GAUSS, BETA, BETA, BETA_GAUSS, BETA_GAUSS, AVG_LR])
-    starts = jnp.stack([A0] * 6 + [B0])
-    heads0 = jnp.stack([w0] * 6 + [jnp.ones((k,)) / math.sqrt(k)])
+                         [0, 1, 0], [0, 0, 0], [0, 0, 1]],
+                        float)  # inner_on_rep, learn_head_init, first_order
+    alphas = jnp.asarray([ALPHA] * 6 + [0.0] + [ALPHA] * 2)
+    betas_ = jnp.asarray([BETA, BETA_GAUSS, BETA, BETA, BETA_GAUSS, BETA_GAUSS, AVG_LR]
+                         + [BETA_EDGE / ALPHA] * 2)
+    starts = jnp.stack([A0] * 6 + [B0] + [A0] * 2)
+    heads0 = jnp.stack([w0] * 6 + [jnp.ones((k,)) / math.sqrt(k)] + [w0] * 2)
 
     def meta_lane(st, b0, h0, a, be, f):
         (B, w), hist = run_steps(
@@ -179,8 +196,11 @@ def _measures(inst, loop, *, d, k, T, steps):
     obj_rep = np.asarray(loop["obj_rep"])
     want = 0.5 * lam_C[:, :, :-k].sum(axis=2) + NOISE_STD ** 2 / 2
     out["r1_obj_rel"] = np.abs(obj_rep[:, 1:4] - want) / want
-    out["r1_rate"] = 1 - FROZEN_STEP * (lam_C[:, :, -k] - lam_C[:, :, -k - 1]) / lam_C[:, :, -1]
-    gap_obj = obj_rep[:, 4 + nl:]
+    # the exact late contraction of the iteration (the slowest of 1 - step (lambda_i - lambda_j),
+    # i <= k < j): theory.alternating_late_rate, step 1.9 / lambda_1 per run
+    out["r1_rate"] = np.asarray([[theory.alternating_late_rate(FROZEN_STEP / lam[-1], lam, k)
+                                  for lam in per_seed] for per_seed in lam_C])
+    gap_obj = obj_rep[:, 4 + nl:4 + nl + len(GAP_LAMBDAS) + 1]
     out["gap_scaled"] = np.asarray(GAP_LAMBDAS) * (gap_obj[:, :1] - gap_obj[:, 1:])
     out["gap_limit"] = np.asarray([theory.adaptrep_gap_limit(B0[i], betas[i, 2], GAMMA)
                                    for i in range(S)])
@@ -194,6 +214,11 @@ def _measures(inst, loop, *, d, k, T, steps):
                                       - eye, 2, axis=(-2, -1))
     out["fo_gram"] = np.linalg.norm(ALPHA * np.swapaxes(B_meta[:, 2], -1, -2) @ B_meta[:, 2]
                                     - eye, 2, axis=(-2, -1))
+    # at alpha beta lambda_max = BETA_EDGE: ||alpha B^T B - I||_2, largest over the last 10 steps
+    # (ANIL's oscillates there), for ANIL and first-order ANIL (S, 2)
+    last = Bm[:, 7:9, -10:]
+    out["edge_gram"] = np.linalg.norm(ALPHA * np.swapaxes(last, -1, -2) @ last - eye, 2,
+                                      axis=(-2, -1)).max(axis=-1)
     # ANIL's and first-order ANIL's steps against the closed form, along their trajectories
     cf, fo = [], []
     for i in range(S):
@@ -222,22 +247,27 @@ def _measures(inst, loop, *, d, k, T, steps):
     pca = np.stack([np.stack([np.asarray(theory.pca_subspace(betas[i, j], k)[0])
                               for j in range(3)]) for i in range(S)])  # (S, 3, d, k)
     Bsn = np.asarray(Bs)
-    trajs = np.concatenate([np.asarray(loop["traj_rep"])[:, :4], Bm[:, [0, 1, 2, 6]]], axis=1)
-    refs = np.concatenate([Bsn[:, None], pca, np.repeat(Bsn[:, None], 4, axis=1)], axis=1)
+    ne = len(ETA_EDGE)
+    trajs = np.concatenate([np.asarray(loop["traj_rep"])[:, :4], Bm[:, [0, 1, 2, 6]],
+                            np.asarray(loop["traj_rep"])[:, -ne:], Bm[:, [7, 8]]], axis=1)
+    refs = np.concatenate([Bsn[:, None], pca, np.repeat(Bsn[:, None], 6 + ne, axis=1)], axis=1)
     B_rep = np.asarray(loop["B_rep"])
     ends = np.concatenate([B_meta[:, [3, 4]], B_rep[:, 4:4 + nl]], axis=1)
     end_refs = np.concatenate([np.repeat(Bsn[:, None], 2, axis=1),
                                np.repeat(B_rep[:, 3:4], nl, axis=1)], axis=1)
-    n_t = 8 * (steps + 1)
+    n_tr = trajs.shape[1]
+    n_t = n_tr * (steps + 1)
     allB = np.concatenate([trajs.reshape(S, -1, d, k), ends], axis=1)
     allR = np.concatenate([np.repeat(refs, steps + 1, axis=1), end_refs], axis=1)
     dist = np.asarray(metrics.subspace_distance(allB.reshape(-1, d, k),
                                                 allR.reshape(-1, d, k))).reshape(S, -1)
-    dist_t = dist[:, :n_t].reshape(S, 8, steps + 1)
+    dist_t = dist[:, :n_t].reshape(S, n_tr, steps + 1)
     dist_e = dist[:, n_t:]
     out["fedrep_traj"], out["r1_traj"] = dist_t[:, 0], dist_t[:, 1:4]
     out["anil_traj"], out["anil_gauss_traj"] = dist_t[:, 4], dist_t[:, 5]
     out["fo_traj"], out["avg_traj"] = dist_t[:, 6], dist_t[:, 7]
+    out["fedrep_edge_traj"] = dist_t[:, 8:8 + ne]                 # (S, len(ETA_EDGE), steps + 1)
+    out["edge_anil_traj"], out["edge_fo_traj"] = dist_t[:, 8 + ne], dist_t[:, 9 + ne]
     out["maml_sym_dist"], out["maml_gauss_dist"] = dist_e[:, 0], dist_e[:, 1]
     out["adapt_vs_frozen"] = dist_e[:, 2:]
     return out

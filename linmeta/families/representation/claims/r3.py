@@ -11,9 +11,14 @@ alpha on the head from w0 = 0 and outer step beta on B (derivations: docs/repres
 - Near the fixed point ``alpha B^T B = I`` that factor is ``I - alpha beta Q^T Sigma_hat Q``: the
   late contraction of the largest principal angle is ``1 - alpha beta lambda_min(Sigma_hat)`` for
   both (fitted over the records whose sine lies in [1e-10, 1e-4]; tolerance 1e-3 of
-  ``alpha beta lambda_min``). The scale part ``D = alpha S S^T - I`` contracts with
-  ``1 - 2 alpha beta (lambda_i + lambda_j)`` (stable for ``alpha beta lambda_max < 1/2``), so
-  ``alpha B^T B -> I`` (checked to 1e-3).
+  ``alpha beta lambda_min``). The scale part ``D = alpha S S^T - I`` moves by
+  ``D+ = D - c alpha beta (D Sigma + Sigma D)`` near 0, c = 2 for ANIL and 1 for first-order ANIL
+  (:func:`linmeta.representation.theory.anil_scale_update`): its modes contract by
+  ``1 - c alpha beta (lambda_i + lambda_j)``, stable for ``alpha beta lambda_max < 1/2`` (ANIL) and
+  ``< 1`` (first order), so ``alpha B^T B -> I`` (checked to 1e-3 at ``alpha beta lambda_max =
+  0.4``). At ``alpha beta lambda_max = 0.7`` (between the bounds) first-order ANIL still converges
+  (``||alpha B^T B - I|| < 1e-3``, late rate ``1 - 0.7 lambda_min``) while ANIL's scale part does
+  not (``> 0.01`` over the last 10 steps: its factor ``1 - 2.8`` is below -1).
 - Average loss (one shared head): with heads of mean zero its B-gradient is ``B w w^T``, which never
   involves B*: ``B+ = B (I - lr w w^T)`` keeps the column space, so the distance to B* stays
   exactly where it started (1e-12).
@@ -30,16 +35,15 @@ from __future__ import annotations
 
 import time
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from linmeta.families.representation import theory as rep_theory
 from linmeta.engine.claims import ClaimResult, Verdict
-from ._population import ALPHA, BETA, SETTINGS, population_runs
-from ._rates import RATE_WINDOW, late_rate
 from linmeta.engine.claim_support import (figure_dpi, float_tol, pyplot, save_figure,
                                           settings_value, spread)
+from .. import theory as rep_theory
+from ._population import ALPHA, BETA, BETA_EDGE, SETTINGS, population_runs
+from ._rates import RATE_WINDOW, late_rate
 
 CLAIM = "R3"
 RATE_TOL = 1e-3  # fraction of alpha beta lambda_min
@@ -56,8 +60,8 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
     out = population_runs(setting, seed)
     S, steps = cfg["seeds"], cfg["steps"]
     lam = out["lambda_min"]
-    pred = np.asarray(jax.vmap(lambda s: rep_theory.anil_late_rate(ALPHA, BETA, s))(
-        jnp.asarray(out["sigma_hat"])))
+    sig = jnp.asarray(out["sigma_hat"])
+    pred = np.asarray([float(rep_theory.anil_late_rate(ALPHA, BETA, s)) for s in sig])
     note = (f"d={cfg['d']}, k={cfg['k']}, T={cfg['T']} balanced heads, lambda_min(Sigma)="
             f"{lam.min():.2f}, alpha={ALPHA}, beta={BETA}, {S} seeds, {steps} steps")
     tol_rate = RATE_TOL * ALPHA * BETA * lam
@@ -85,6 +89,33 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
         v = out[key]
         rows.append(Verdict(CLAIM, quantity, 0.0, float(v.max()), spread(v),
                             f"every seed < {exact:g}", bool(np.all(v < exact)), "check", note))
+    # between the stability bounds: alpha beta lambda_max(Sigma_hat) = BETA_EDGE (balanced heads)
+    ab_max = ALPHA * (BETA_EDGE / ALPHA) * np.linalg.eigvalsh(out["sigma_hat"])[:, -1]
+    eg = out["edge_gram"]                                                # (S, 2): ANIL, FO
+    edge_note = (note.replace(f"beta={BETA}", f"beta={BETA_EDGE / ALPHA:g}")
+                 + f"; alpha beta lambda_max = {ab_max.min():.3g}..{ab_max.max():.3g}")
+    fo_pred = np.asarray([float(rep_theory.anil_late_rate(ALPHA, BETA_EDGE / ALPHA, s_,
+                                                          first_order=True)) for s_ in sig])
+    fo_r = _rates(out["edge_fo_traj"])
+    fo_tol = RATE_TOL * BETA_EDGE * lam
+    rows.append(Verdict(
+        CLAIM, f"first-order ANIL at alpha beta lambda_max = {BETA_EDGE:g} (stable below 1): "
+        "||alpha B^T B - I||_2, max over the last 10 steps", 0.0, float(eg[:, 1].max()),
+        spread(eg[:, 1]), "every seed < 1e-3", bool(np.all(eg[:, 1] < 1e-3)), "check",
+        edge_note + f"; late rate {np.nanmean(fo_r):.4f} vs 1 - alpha beta lambda_min "
+        f"{fo_pred.mean():.4f} (max |error| {np.nanmax(np.abs(fo_r - fo_pred)):.1e})"))
+    rows.append(Verdict(
+        CLAIM, f"first-order ANIL at alpha beta lambda_max = {BETA_EDGE:g}: late contraction vs "
+        "1 - alpha beta lambda_min(Sigma)", float(fo_pred.mean()), float(np.nanmean(fo_r)),
+        spread(fo_r), f"every seed within {RATE_TOL:g} alpha beta lambda_min "
+        f"({fo_tol.min():.1e})", bool(np.all(np.abs(fo_r - fo_pred) <= fo_tol)), "check",
+        edge_note))
+    rows.append(Verdict(
+        CLAIM, f"ANIL at alpha beta lambda_max = {BETA_EDGE:g} (stable only below 1/2): "
+        "||alpha B^T B - I||_2, max over the last 10 steps", "> 0.01 (the scale mode's factor "
+        f"1 - 4 alpha beta lambda_max = {1 - 4 * BETA_EDGE:g})", float(eg[:, 0].min()),
+        spread(eg[:, 0]), "every seed > 0.01", bool(np.all(eg[:, 0] > 0.01)), "check",
+        edge_note + f"; per seed {np.array2string(eg[:, 0], precision=2)}"))
     avg = np.abs(out["avg_traj"] - out["avg_traj"][:, :1]).max(axis=1)
     anil_end = out["anil_traj"][:, -1]
     rows.append(Verdict(

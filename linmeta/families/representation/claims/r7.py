@@ -1,8 +1,9 @@
 """Claim R7 (measured): the separation between frozen and fine-tuned representations.
 
-Statement (RELATED.md, Chua, Lei, Lee 2021; the hard instance is unconfirmed): there are instances
-where any method built on the frozen representation does no better than learning the target from
-scratch, while AdaptRep (training and fine-tuning the representation too) benefits. Here the
+Statement (Chua, Lei, Lee 2021, with its quantifier; the hard instance is unconfirmed here): in the
+worst case over task distributions, any method built on the frozen representation does no better
+than learning the target from scratch, while AdaptRep (training and fine-tuning the representation
+too) benefits. Here the
 instances are built, searched and measured (docs/representation.md#r7); nothing is asserted beyond
 what is measured.
 
@@ -13,14 +14,14 @@ diversity ``Sigma_w = diag(1, .., 1, eps)`` (the last shared direction is weakly
 the perturbed tasks being those with the largest (or the smallest) heads;
 one target ``beta_0 = B* (cos phi e_1 + sin phi e_k)`` (``phi = pi/2``: the target loads on the
 weak direction). PCA (FrozenRep) ranks directions by energy ``sum_t <beta_t, u>^2``: a shift of
-energy ``n_perturbed delta^2 / T`` above ``eps`` displaces the weak direction. AdaptRep's
-penalty ``sqrt(lambda gamma) ||Delta_t w_t||`` is linear in the shift's size, so (heuristically)
-it keeps the weak direction when ``n_perturbed delta < T sqrt(eps)``: the two criteria disagree for
-``eps T / n_perturbed < delta^2 < eps T^2 / n_perturbed^2``. That heuristic needs the head's scale
-to be free; a task's head is pinned by its own shared signal, and the least penalty of a shift v on
-a task with head w is then about ``lambda ||v||^2 / (2 ||w||^2)``: a shift on a task with a small
-head is expensive to explain by ``Delta_t``, and AdaptRep then rotates B as PCA does (measured:
-which tasks carry the shift matters).
+energy ``n_perturbed delta^2 / T`` above ``eps`` displaces the weak direction. The scale-free
+penalty ``sqrt(lambda gamma) ||Delta_t w_t||`` would be linear in the shift's size, but it needs the
+head's scale to be free; a task's head is pinned by its own shared signal, and the cost of a shift
+v on a task with fitted head w is then ``lambda ||v||^2 / (2 (||w||^2 + lambda))`` to leading order
+(:func:`linmeta.representation.theory.adaptrep_shift_cost`, docs/representation.md#r6):
+quadratic in the shift, like PCA's energy, but divided by ``||w||^2 + lambda``. A shift on a task
+with a small head is expensive to explain by ``Delta_t``, and AdaptRep then rotates B as PCA does
+(measured: which tasks carry the shift matters).
 
 Measured per instance (population source tasks, noise 0.5 on the targets): the subspaces of
 FrozenRep, AdaptRep (lambda 0.1, gamma 0.01, 4 starts) and ANIL (w0 = 0, alpha 1,
