@@ -66,7 +66,8 @@ __all__ = ["DifferenceFit", "StructureFit", "rank_one_basis", "basis_gram", "coe
            "adapted", "inner_solution", "profile_objective", "joint_fit", "joint_fit_starts",
            "core_basis", "direction_basis", "difference_svd",
            "coefficient_maml", "maml_objective", "structure_learner", "finetune_coefficients",
-           "population_risk", "is_population", "subspace_gap"]
+           "population_risk", "is_population", "subspace_gap", "orthonormalise",
+           "levenberg_marquardt", "profile_residual"]
 
 
 class DifferenceFit(NamedTuple):
@@ -148,10 +149,19 @@ def population_risk(M, M_star):
     return jnp.sum(D * D, axis=(-2, -1))
 
 
+def orthonormalise(B):
+    """An orthonormal basis (Frobenius; QR of the vectorised matrices) of ``span{B_i}``."""
+    r, d = B.shape[0], B.shape[-1]
+    return jnp.linalg.qr(B.reshape(r, d * d).T)[0].T.reshape(r, d, d)
+
+
 def finetune_coefficients(base, B, target: TaskStats):
-    """Coefficient-only fine-tuning on the target tasks: ``base + sum_i a_i B_i`` with ``a`` the
-    least-squares coefficients (:func:`coefficient_fit`), shape (m, d, d)."""
-    return adapted(base, B, coefficient_fit(base, B, target))
+    """Coefficient-only fine-tuning on the target tasks: ``base + sum_i a_i E_i`` with ``a`` the
+    least-squares coefficients (:func:`coefficient_fit`) in an orthonormal basis ``E`` of
+    ``span{B_i}`` (the fit depends only on the span; the orthonormal basis keeps the r x r solve
+    well conditioned when the ``B_i`` are nearly dependent), shape (m, d, d)."""
+    E = orthonormalise(B)
+    return adapted(base, E, coefficient_fit(base, E, target))
 
 
 def is_population(stats: TaskStats) -> bool:
@@ -168,9 +178,12 @@ def inner_solution(B, stats: TaskStats, population: bool):
     ``S_xx = I``; else block elimination of the normal equations (``S_xx`` full rank)."""
     r, d = B.shape[0], B.shape[-1]
     if population:
-        G = jnp.einsum("iab,jab->ij", B, B)
-        s = jnp.linalg.solve(G, jnp.einsum("iab,tab->it", B, stats.Syx)).T  # (T, r)
-        A = jnp.mean(stats.Syx, axis=0) - jnp.einsum("i,iab->ab", jnp.mean(s, axis=0), B)
+        # QR of the vectorised basis: well conditioned even when the B_i are nearly dependent
+        Q, Rm = jnp.linalg.qr(B.reshape(r, d * d).T)
+        m = stats.Syx.reshape(-1, d * d)
+        s = jax.scipy.linalg.solve_triangular(Rm, Q.T @ m.T, lower=False).T  # (T, r)
+        mbar = jnp.mean(m, axis=0)
+        A = (mbar - Q @ (Q.T @ mbar)).reshape(d, d)
         return A, s
     T = stats.T
     HB = jnp.einsum("iab,tbc->tiac", B, stats.Sxx)            # B_i S_t, (T, r, d, d)
