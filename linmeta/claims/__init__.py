@@ -24,16 +24,18 @@ import importlib
 from ._verdict import Verdict, fmt
 
 SETTINGS = ("tiny", "quick", "full")
-FAMILIES = ("paper", "bilevel", "representation")
+FAMILIES = ("paper", "bilevel", "representation", "difference")
 # the theory document of each family; claim ``X`` has the anchor ``#x`` (lower case) there
 FAMILY_DOCS = {"paper": "docs/theory.md", "bilevel": "docs/bilevel.md",
-               "representation": "docs/representation.md"}
+               "representation": "docs/representation.md", "difference": "docs/difference.md"}
 
 # claim id -> (family, module). Order = the order ``linmeta verify`` runs and reports them.
 CLAIMS: dict[str, tuple[str, str]] = {
     **{f"C{i}": ("paper", f"linmeta.claims.c{i}") for i in range(1, 9)},
     **{f"M{i}": ("bilevel", f"linmeta.claims.m{i}") for i in range(1, 7)},
     **{f"R{i}": ("representation", f"linmeta.claims.r{i}") for i in range(1, 8)},
+    # temporary registration of the difference family (issue 17) until families are plugins
+    **{f"D{i}": ("difference", f"linmeta.families.difference.claims.d{i}") for i in range(1, 4)},
 }
 CLAIM_IDS = tuple(CLAIMS)
 

@@ -39,7 +39,7 @@ coefficients, so that task t is modelled as ``M_t = A + sum_i s_ti B_i``.
   (unit norm) with per-task coefficients and the group penalty ``lam sum_i ||s_{.i}||_2`` (the
   coefficient energy of direction i over the tasks); proximal gradient (group soft-threshold), the
   base eliminated in closed form. Directions whose group is exactly zero are pruned; ``kept``
-  counts the others.
+  counts the distinct others (directions with ``|<B_i, B_j>| > 0.999`` count once).
 - Fine-tuning on unseen tasks: :func:`finetune_coefficients` (r numbers per task),
   and the core's rank-r LoRA (:func:`linmeta.finetune.reduced_rank_fit`) and full least squares
   (:func:`linmeta.losses.ols_solution`); :func:`population_risk` = ``||M - M*||_F^2``, the excess
@@ -65,9 +65,9 @@ from linmeta.retrain.standard import _check_stats, pooled_least_squares
 __all__ = ["DifferenceFit", "StructureFit", "rank_one_basis", "basis_gram", "coefficient_fit",
            "adapted", "inner_solution", "profile_objective", "joint_fit", "joint_fit_starts",
            "core_basis", "direction_basis", "difference_svd",
-           "coefficient_maml", "maml_objective", "structure_learner", "finetune_coefficients",
+           "coefficient_maml", "maml_objective", "maml_fit", "structure_learner", "finetune_coefficients",
            "population_risk", "is_population", "subspace_gap", "orthonormalise",
-           "levenberg_marquardt", "profile_residual"]
+           "levenberg_marquardt", "profile_residual", "distinct_directions"]
 
 
 class DifferenceFit(NamedTuple):
@@ -88,7 +88,8 @@ class DifferenceFit(NamedTuple):
 class StructureFit(NamedTuple):
     """The structure learner's result: ``base`` (d, d), ``U``, ``V`` (d, R) unit columns,
     ``coefficients`` (T, R), ``group_norms`` (R,) = ``||s_{.i}||_2``, ``kept`` = number of
-    nonzero groups, ``objective`` (smooth part: mean excess loss)."""
+    distinct directions with a nonzero group (:func:`distinct_directions`), ``objective``
+    (smooth part: mean excess loss)."""
 
     base: jax.Array
     U: jax.Array
@@ -367,33 +368,35 @@ def _svd_kernel(stats, *, rank, kind):
 # (b) meta-learning with an inner loop on the coefficients
 # ------------------------------------------------------------------------------------------
 
-def _inner_coefficients(A, U, V, stats, alpha, K: int):
-    """K gradient steps on every task's coefficients from 0: ``s <- s - alpha [u_i^T G_t v_i]``,
-    ``G_t = (A + U diag(s_t) V^T) S_xx,t - S_yx,t``."""
+def _inner_coefficients(A, U, V, stats, alpha, K, K_max: int):
+    """``K`` (traced, <= ``K_max``) gradient steps on every task's coefficients from 0:
+    ``s <- s - alpha [u_i^T G_t v_i]``, ``G_t = (A + U diag(s_t) V^T) S_xx,t - S_yx,t``."""
     T = stats.T
 
-    def step(s, _):
+    def step(s, k):
         M = A + (U * s[:, None, :]) @ V.T
         G = M @ stats.Sxx - stats.Syx
-        return s - alpha * jnp.einsum("ai,tab,bi->ti", U, G, V), None
+        return jnp.where(k < K, s - alpha * jnp.einsum("ai,tab,bi->ti", U, G, V), s), None
 
     s0 = jnp.zeros((T, U.shape[1]), U.dtype)
-    return lax.scan(step, s0, None, length=K)[0] if K else s0
+    return lax.scan(step, s0, jnp.arange(K_max))[0] if K_max else s0
 
 
-def maml_objective(params, stats: TaskStats, ols, alpha, K: int, first_order: bool = False):
+def maml_objective(params, stats: TaskStats, ols, alpha, K, K_max: int,
+                   first_order: bool = False):
     """Meta-objective ``mean_t [L_t(A + U diag(s_t^K) V^T) - min L_t]`` with ``s^K`` the inner
     loop's coefficients; ``first_order``: ``s^K`` treated as a constant (first-order MAML)."""
     A, U, V = params
-    s = _inner_coefficients(A, U, V, stats, alpha, K)
+    s = _inner_coefficients(A, U, V, stats, alpha, K, K_max)
     if first_order:
         s = lax.stop_gradient(s)
     return _excess(A + (U * s[:, None, :]) @ V.T, stats, ols)
 
 
-@functools.partial(jax.jit, static_argnames=("rank", "K", "first_order", "n_starts",
-                                             "max_iter", "steps"))
-def _maml_kernel(stats, key, alpha, lr, *, rank, K, first_order, n_starts, max_iter, steps):
+def maml_fit(stats: TaskStats, key, alpha, K, lr, *, rank: int, K_max: int, first_order: bool,
+             n_starts: int, max_iter: int, steps: int) -> DifferenceFit:
+    """Coefficient MAML without validation (jit/vmap-able; ``K`` traced, at most ``K_max``):
+    see :func:`coefficient_maml`."""
     d = stats.d
     dt = stats.Sxx.dtype
     ols = ols_solution(stats)
@@ -406,14 +409,14 @@ def _maml_kernel(stats, key, alpha, lr, *, rank, K, first_order, n_starts, max_i
                 x[d * d + d * rank:].reshape(d, rank))
 
     def f(x):
-        return maml_objective(unflat(x), stats, ols, alpha, K, first_order)
+        return maml_objective(unflat(x), stats, ols, alpha, K, K_max, first_order)
 
     def one(uv):
         x0 = jnp.concatenate([A0.ravel(), uv[0].ravel(), uv[1].ravel()])
         if not first_order:
             def res(x):
                 A, U, V = unflat(x)
-                s = _inner_coefficients(A, U, V, stats, alpha, K)
+                s = _inner_coefficients(A, U, V, stats, alpha, K, K_max)
                 return (A + (U * s[:, None, :]) @ V.T - ols) @ root
 
             x, fx, _ = levenberg_marquardt(res, x0, max_iter)
@@ -422,8 +425,7 @@ def _maml_kernel(stats, key, alpha, lr, *, rank, K, first_order, n_starts, max_i
 
         def step(c, _):
             x, st = c
-            g = jax.grad(f)(x)
-            u, st = opt.update(g, st, x)
+            u, st = opt.update(jax.grad(f)(x), st, x)
             return (optax.apply_updates(x, u), st), None
 
         x = lax.scan(step, (x0, opt.init(x0)), None, length=steps)[0][0]
@@ -432,10 +434,14 @@ def _maml_kernel(stats, key, alpha, lr, *, rank, K, first_order, n_starts, max_i
     xs, fs = jax.vmap(one)(UV0)
     best = jnp.argmin(jnp.where(jnp.isfinite(fs), fs, jnp.inf))
     A, U, V = unflat(xs[best])
-    s = _inner_coefficients(A, U, V, stats, alpha, K)
+    s = _inner_coefficients(A, U, V, stats, alpha, K, K_max)
     scale = jnp.linalg.norm(U, axis=0) * jnp.linalg.norm(V, axis=0)
     return DifferenceFit(A, rank_one_basis(U, V), s * scale, fs[best], _unit_columns(U),
                          _unit_columns(V), fs)
+
+
+_maml_kernel = jax.jit(maml_fit, static_argnames=("rank", "K_max", "first_order", "n_starts",
+                                                  "max_iter", "steps"))
 
 
 def coefficient_maml(source: TaskStats, rank, *, key, inner_steps: int = 1, alpha=0.5,
@@ -443,9 +449,10 @@ def coefficient_maml(source: TaskStats, rank, *, key, inner_steps: int = 1, alph
                      steps: int = 2000, lr=0.01) -> DifferenceFit:
     """Method (b): meta-learning whose inner loop adapts only the coefficients (module
     docstring). ``inner_steps`` K >= 0 steps of size ``alpha`` from 0; second order:
-    ``max_iter`` Levenberg-Marquardt iterations on the meta-objective; ``first_order``: ``steps`` Adam steps of rate ``lr``.
-    Starts: base = pooled least squares, ``U, V`` i.i.d. N(0, 1/d). The returned coefficients
-    are the adapted ones, expressed in the unit-norm basis; ``objective`` is the meta-objective."""
+    ``max_iter`` Levenberg-Marquardt iterations on the meta-objective; ``first_order``: ``steps``
+    Adam steps of rate ``lr``. Starts: base = pooled least squares, ``U, V`` i.i.d. N(0, 1/d).
+    The returned coefficients are the adapted ones, expressed in the unit-norm basis;
+    ``objective`` is the meta-objective."""
     _check_stats(source)
     rank = check_int("rank", rank, 1, source.d, hi_label="d")
     K = check_int("inner_steps", inner_steps, 0)
@@ -453,8 +460,9 @@ def coefficient_maml(source: TaskStats, rank, *, key, inner_steps: int = 1, alph
     check_scalar("lr", lr, 0.0, lo_open=True)
     n_starts = check_int("n_starts", n_starts, 1)
     dt = source.Sxx.dtype
-    return _maml_kernel(source, key, jnp.asarray(alpha, dt), jnp.asarray(lr, dt), rank=rank, K=K, first_order=bool(first_order),
-                        n_starts=n_starts, max_iter=check_int("max_iter", max_iter, 1),
+    return _maml_kernel(source, key, jnp.asarray(alpha, dt), K, jnp.asarray(lr, dt), rank=rank,
+                        K_max=K, first_order=bool(first_order), n_starts=n_starts,
+                        max_iter=check_int("max_iter", max_iter, 1),
                         steps=check_int("steps", steps, 1))
 
 
@@ -501,7 +509,20 @@ def _structure_kernel(stats, key, lam, *, R, steps):
     A = _pooled_base(U, V, s, stats)
     norms = jnp.linalg.norm(s, axis=0)
     obj = jnp.mean(excess_loss(A + (U * s[:, None, :]) @ V.T, stats, ols))
-    return StructureFit(A, U, V, s, norms, jnp.sum(norms > 0), obj)
+    return StructureFit(A, U, V, s, norms, distinct_directions(U, V, norms > 0), obj)
+
+
+def distinct_directions(U, V, active, cos_merge=0.999):
+    """Number of distinct directions among the active unit rank-one ``u_i v_i^T``: a direction
+    counts unless an earlier active one has ``|<B_i, B_j>| > cos_merge`` (the group penalty is
+    indifferent to splitting one direction's coefficients between copies of it, since
+    ``||a||_2 + ||b||_2 = ||a + b||_2`` for parallel a, b, so copies are one direction)."""
+    B = rank_one_basis(U, V)
+    G = jnp.abs(jnp.einsum("iab,jab->ij", B, B))
+    R = G.shape[0]
+    earlier = jnp.tril(jnp.ones((R, R), bool), -1)
+    dup = jnp.any(earlier & active[None, :] & (G > cos_merge), axis=1)
+    return jnp.sum(active & ~dup)
 
 
 def structure_learner(source: TaskStats, n_directions, *, lam, key, steps: int = 3000) -> StructureFit:
