@@ -35,7 +35,7 @@ CLAIMS: dict[str, tuple[str, str]] = {
     **{f"M{i}": ("bilevel", f"linmeta.claims.m{i}") for i in range(1, 7)},
     **{f"R{i}": ("representation", f"linmeta.claims.r{i}") for i in range(1, 8)},
     # temporary registration of the difference family (issue 17) until families are plugins
-    **{f"D{i}": ("difference", f"linmeta.families.difference.claims.d{i}") for i in range(1, 4)},
+    **{f"D{i}": ("difference", f"linmeta.families.difference.claims.d{i}") for i in range(1, 6)},
 }
 CLAIM_IDS = tuple(CLAIMS)
 
