@@ -308,7 +308,8 @@ def register(protocol: Protocol, *, replace: bool = False) -> Protocol:
 
 #: Modules of the method families whose protocols register themselves on import; :func:`get` and
 #: :func:`names` import them on first need (so ``linmeta sweep`` reaches them by name).
-FAMILY_MODULES = ("linmeta.bilevel", "linmeta.representation")
+FAMILY_MODULES = ("linmeta.bilevel", "linmeta.representation",
+                  "linmeta.families.difference")  # the last: temporary, until plugin families
 
 
 def _families() -> None:

@@ -21,7 +21,7 @@ Example::
     fit = methods.joint_fit(matrix_tasks(truth.task_matrices(tr)), 2, key=jax.random.key(1))
     print(methods.subspace_gap(fit.basis, truth.difference_space(tr.U_star, tr.V_star)))  # ~1e-12
 """
-from . import methods, theory, truth
+from . import methods, protocol, theory, truth
 from .methods import (DifferenceFit, StructureFit, coefficient_fit, coefficient_maml,
                       difference_svd, finetune_coefficients, joint_fit, structure_learner)
 from .truth import (DifferenceTruth, difference_space, difference_truth, sample_difference_truth,
@@ -35,5 +35,5 @@ CLAIMS = {f"D{i}": f"linmeta.families.difference.claims.d{i}" for i in range(1, 
 __all__ = ["FAMILY_NAME", "TITLE", "DOC", "CLAIMS", "DifferenceTruth", "sample_difference_truth",
            "difference_truth", "task_matrices", "unseen_matrices", "difference_space",
            "DifferenceFit", "StructureFit", "joint_fit", "difference_svd", "coefficient_maml",
-           "structure_learner", "coefficient_fit", "finetune_coefficients", "methods", "theory",
-           "truth"]
+           "structure_learner", "coefficient_fit", "finetune_coefficients", "methods", "protocol",
+           "theory", "truth"]

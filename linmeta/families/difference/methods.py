@@ -268,8 +268,8 @@ def joint_fit_starts(stats: TaskStats, key, *, rank: int, n_starts: int, max_ite
                      population: bool, core: bool = False):
     """Every start of the joint fit (jit/vmap-able; :func:`joint_fit` validates and keeps the
     best): Levenberg-Marquardt on the profile residuals (:func:`profile_residual`) from
-    ``U, V`` with i.i.d. N(0, 1) entries; returns unit-column ``U``, ``V`` (n_starts, d, rank)
-    and final objectives (n_starts,) (mean excess loss)."""
+    ``U, V`` with i.i.d. N(0, 1) entries; returns unit-column ``U``, ``V`` (n_starts, d, rank),
+    final objectives (n_starts,) (mean excess loss) and their traces (n_starts, max_iter + 1)."""
     d, T = stats.d, stats.T
     dt = stats.Sxx.dtype
     ols = ols_solution(stats)
@@ -281,9 +281,11 @@ def joint_fit_starts(stats: TaskStats, key, *, rank: int, n_starts: int, max_ite
                                 stats, ols, root, population, core)
 
     def one(x0):
-        x, fx, _ = levenberg_marquardt(res, x0, max_iter)
+        x, fx, trace = levenberg_marquardt(res, x0, max_iter)
+        r0 = res(x0).ravel()
+        trace = jnp.concatenate([(0.5 * jnp.vdot(r0, r0))[None], trace]) / T
         return (_unit_columns(x[:d * rank].reshape(d, rank)),
-                _unit_columns(x[d * rank:].reshape(d, rank)), fx / T)
+                _unit_columns(x[d * rank:].reshape(d, rank)), fx / T, trace)
 
     return jax.vmap(one)(x0s)
 
@@ -291,7 +293,7 @@ def joint_fit_starts(stats: TaskStats, key, *, rank: int, n_starts: int, max_ite
 @functools.partial(jax.jit, static_argnames=("rank", "n_starts", "max_iter", "population",
                                              "core"))
 def _joint_kernel(stats, key, *, rank, n_starts, max_iter, population, core):
-    Us, Vs, fs = joint_fit_starts(stats, key, rank=rank, n_starts=n_starts,
+    Us, Vs, fs, _ = joint_fit_starts(stats, key, rank=rank, n_starts=n_starts,
                                   max_iter=max_iter, population=population, core=core)
     best = jnp.argmin(jnp.where(jnp.isfinite(fs), fs, jnp.inf))
     U, V = Us[best], Vs[best]

@@ -61,7 +61,7 @@ def _cells(stats, keys, A_star, U_star, V_star, *, rank, starts, max_iter):
     """Every start of the joint fit and the PCA baseline on a batch of cells: objectives, the
     sine of the largest angle to ``L*``, the relative identified base error."""
     def one(st, key, A, Us, Vs):
-        U, V, f = methods.joint_fit_starts(st, key, rank=rank, n_starts=starts,
+        U, V, f, _ = methods.joint_fit_starts(st, key, rank=rank, n_starts=starts,
                                            max_iter=max_iter, population=True)
         B_star = difference_space(Us, Vs)
 
