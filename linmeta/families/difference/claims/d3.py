@@ -52,7 +52,7 @@ P_BAND = 1e-3
 SETTINGS = {
     "tiny": dict(d=4, k=1, ranks=(2,), Ts=(3,), unseen=200, ft_tasks=4, draws=50,
                  ns=(2, 8, 32)),
-    "quick": dict(d=4, k=1, ranks=(2,), Ts=(4,), unseen=1000, ft_tasks=8, draws=100,
+    "quick": dict(d=4, k=1, ranks=(2,), Ts=(4,), unseen=4000, ft_tasks=8, draws=100,
                   ns=(2, 4, 8, 32)),
     "full": dict(d=6, k=1, ranks=(1, 2, 4, 6), Ts=(3, 6, 12), unseen=4000, ft_tasks=16,
                  draws=400, ns=(2, 4, 8, 16, 64, 256)),
