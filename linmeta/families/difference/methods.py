@@ -480,7 +480,7 @@ def _pooled_base(U, V, s, stats):
 
 @functools.partial(jax.jit, static_argnames=("R", "steps"))
 def _structure_kernel(stats, key, lam, *, R, steps):
-    d, T = stats.d, stats.T
+    d = stats.d
     dt = stats.Sxx.dtype
     ols = ols_solution(stats)
     ku, kv = jax.random.split(key)

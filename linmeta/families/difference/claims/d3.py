@@ -37,7 +37,7 @@ import numpy as np
 
 from linmeta.problem import sample_truth
 from linmeta.claims import ClaimResult, Verdict
-from linmeta.claims._support import (figure_dpi, float_tol, key_for, pyplot, save_figure,
+from linmeta.claims._support import (figure_dpi, key_for, pyplot, save_figure,
                                      settings_value, working_dtype)
 from linmeta.claims._verdict import Tolerance
 from linmeta.data import matrix_tasks
