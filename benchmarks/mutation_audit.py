@@ -54,6 +54,7 @@ T_LANDSCAPE = ["tests/test_landscape.py"]
 T_CLAIMS_A = ["tests/test_claims_sr_and_recovery.py"]
 T_BILEVEL = ["tests/test_maml.py"]
 T_REP = ["tests/test_rep_core.py", "tests/test_rep_methods.py"]
+T_DIFF = ["tests/test_difference_core.py"]
 
 # id, file, original text (must occur exactly once in the file), replacement, what it breaks,
 # covering test files, and (rarely) why the mutant is semantically harmless
@@ -205,6 +206,54 @@ MUTATIONS = [
          old="    return jnp.sqrt(lam * gamma) * jnp.linalg.norm(v, axis=-1)",
          new="    return jnp.sqrt(lam * gamma / 2) * jnp.linalg.norm(v, axis=-1)",
          what="AdaptRep penalty identity: sqrt(lambda gamma / 2)", tests=T_REP),
+    # the difference family (claims D1-D5)
+    dict(id="diff_lm_accepts_rises", file="linmeta/families/difference/methods.py",
+         old="        ok = jnp.isfinite(f_new) & (f_new < f)",
+         new="        ok = jnp.isfinite(f_new) & (f_new > f)",
+         what="Levenberg-Marquardt takes only steps that raise the objective", tests=T_DIFF),
+    dict(id="diff_true_space_U_twice", file="linmeta/families/difference/truth.py",
+         old='        span = jnp.einsum("ai,bi->iab", U, V)',
+         new='        span = jnp.einsum("ai,bi->iab", U, U)',
+         what="difference_space: u_i u_i^T instead of u_i v_i^T", tests=T_DIFF),
+    dict(id="diff_project_out_half", file="linmeta/families/difference/theory.py",
+         old='    return X - jnp.einsum("...i,iab->...ab", jnp.einsum("iab,...ab->...i", E, X), E)',
+         new='    return X - 0.5 * jnp.einsum("...i,iab->...ab", jnp.einsum("iab,...ab->...i", E, X), E)',
+         what="project_out removes half of the projection (base modulo L*, D3 bias)",
+         tests=T_DIFF),
+    dict(id="diff_two_tasks_identify", file="linmeta/families/difference/theory.py",
+         old="    directions = T >= 3 or (r == 1 and T >= 2)",
+         new="    directions = T >= 2",
+         what="identifiability: two tasks said to identify the directions", tests=T_DIFF),
+    dict(id="diff_pca_needs_T_ge_r", file="linmeta/families/difference/theory.py",
+         old="                pca_space=T - 1 >= r)",
+         new="                pca_space=T >= r)",
+         what="identifiability: the principal components said to need T >= r", tests=T_DIFF),
+    dict(id="diff_coef_risk_n_minus_1", file="linmeta/families/difference/theory.py",
+         old="    return noise_std ** 2 * r / (n - 2)",
+         new="    return noise_std ** 2 * r / (n - 1)",
+         what="coefficient-only risk sigma^2 r/(n - 1) instead of r/(n - 2)", tests=T_DIFF),
+    dict(id="diff_full_risk_n_minus_d_plus_1", file="linmeta/families/difference/theory.py",
+         old="    return noise_std ** 2 * d * d / (n - d - 1)",
+         new="    return noise_std ** 2 * d * d / (n - d + 1)",
+         what="full least-squares risk over n - d + 1", tests=T_DIFF),
+    dict(id="diff_coef_fit_without_sxx", file="linmeta/families/difference/methods.py",
+         old="    resid = stats.Syx - base @ stats.Sxx  # (T, d, d)",
+         new="    resid = stats.Syx - base  # (T, d, d)",
+         what="coefficient fit: S_yx - A instead of S_yx - A S_xx (exact in the population only)",
+         tests=T_DIFF),
+    dict(id="diff_base_from_first_task", file="linmeta/families/difference/methods.py",
+         old="        mbar = jnp.mean(m, axis=0)",
+         new="        mbar = m[0]",
+         what="population elimination: the base from the first task, not the mean",
+         tests=T_DIFF),
+    dict(id="diff_paper_bias_d_not_d_plus_1", file="linmeta/families/difference/theory.py",
+         old="    return (d * k * (d + 1) - 2 * k * jnp.sum(sym * sym)",
+         new="    return (d * k * d - 2 * k * jnp.sum(sym * sym)",
+         what="expected paper bias: d k d instead of d k (d + 1)", tests=T_DIFF),
+    dict(id="diff_maml_one_step_short", file="linmeta/families/difference/methods.py",
+         old="        return jnp.where(k < K, s - alpha * jnp.einsum(\"ai,tab,bi->ti\", U, G, V), s), None",
+         new="        return jnp.where(k < K - 1, s - alpha * jnp.einsum(\"ai,tab,bi->ti\", U, G, V), s), None",
+         what="coefficient MAML's inner loop runs K - 1 steps", tests=T_DIFF),
 ]
 
 

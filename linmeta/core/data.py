@@ -40,7 +40,8 @@ from ._validate import (check_array, check_choice, check_int, check_scalar, form
 from .problem import Truth
 
 __all__ = ["TaskStats", "Samples", "population", "draw_samples", "task_statistics",
-           "sample_tasks", "stats_from_arrays", "stats_from_chunks", "sampling_memory"]
+           "sample_tasks", "stats_from_arrays", "stats_from_chunks", "sampling_memory",
+           "matrix_tasks"]
 
 
 class TaskStats(NamedTuple):
@@ -285,3 +286,32 @@ def stats_from_arrays(X, Y, M_star=None) -> TaskStats:
         M_star = jnp.broadcast_to(M_star, (T, p, d))
     nan = jnp.full((T,), jnp.nan, X.dtype)
     return task_statistics(Samples(X, Y.astype(X.dtype), M_star.astype(X.dtype), nan))
+
+
+def matrix_tasks(M, noise_std=0.0, *, N=None, key=None) -> TaskStats:
+    """Statistics of tasks given by arbitrary task matrices ``M`` (T, p, d) (or (p, d), one task):
+    the population (``N=None``: ``S_xx = I``, ``S_yx = M_t``, ``S_yy = ||M_t||_F^2 + p sigma^2``)
+    or ``N`` fresh samples per task, ``x ~ N(0, I_d)``, ``y = M_t x + eps``,
+    ``eps ~ N(0, noise_std^2 I_p)`` (``key`` required). For truths that are not a
+    :class:`linmeta.Truth` (any family whose task matrices are computed elsewhere)."""
+    M = check_array("M", M)
+    if M.ndim == 2:
+        M = M[None]
+    if M.ndim != 3:
+        raise ValueError(f"M must have shape (T, p, d) or (p, d), got {tuple(M.shape)}")
+    check_scalar("noise_std", noise_std, 0.0)
+    T, p, d = M.shape
+    dt = M.dtype if jnp.issubdtype(M.dtype, jnp.floating) else jnp.asarray(0.0).dtype
+    M = M.astype(dt)
+    sig = jnp.full((T,), noise_std, dt)
+    if N is None:
+        eye = jnp.broadcast_to(jnp.eye(d, dtype=dt), (T, d, d))
+        Syy = jnp.sum(M * M, axis=(-2, -1)) + p * sig ** 2
+        return TaskStats(eye, M, Syy, jnp.full((T,), jnp.inf, dt), M, sig)
+    N = check_int("N", N, 1)
+    if key is None:
+        raise ValueError("key is required (a jax.random key) when N is given")
+    kx, ke = jax.random.split(key)
+    X = jax.random.normal(kx, (T, N, d), dt)
+    Y = X @ jnp.swapaxes(M, -1, -2) + sig[:, None, None] * jax.random.normal(ke, (T, N, p), dt)
+    return task_statistics(Samples(X, Y, M, sig))
