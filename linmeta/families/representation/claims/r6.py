@@ -129,7 +129,8 @@ def adaptrep_inner_optimality(key, *, d=6, k=2, T=3, n=12, lam=1.0, gamma=0.1, s
     ``(Delta_t, w_t)``, :func:`~linmeta.representation.methods.adaptrep_objective`: its gradient at
     the returned point relative to that at the start (``Delta = 0``, ridge heads), and SciPy's
     L-BFGS over ``(Delta, w)`` from ``starts`` random starts, which must find nothing lower
-    (relative to the drop from the start)."""
+    (relative to the drop from the start). The start itself, :func:`~linmeta.representation.
+    methods.frozen_heads`, must zero the gradient in w of the lambda = inf objective (convex)."""
     kb, kbeta, kd, ks = jax.random.split(key, 4)
     B = orthonormalise(jax.random.normal(kb, (d, k)))
     stats = task_statistics(samples_from_betas(kd, jax.random.normal(kbeta, (T, d)), n, 0.1))
@@ -144,6 +145,11 @@ def adaptrep_inner_optimality(key, *, d=6, k=2, T=3, n=12, lam=1.0, gamma=0.1, s
     x_ref = np.concatenate([np.zeros(m), np.ravel(frozen_heads(B, stats, gamma))])
     x0 = np.asarray(jax.random.normal(ks, (starts, x_hat.size), x_hat.dtype))
     foc, gain = optimality_measures(lambda x: vg(jnp.asarray(x)), x_hat, x_ref, x0)
+    # the start, frozen_heads (ridge; the lambda = inf problem, convex in w): its gradient there
+    zero = jnp.zeros((T, d, k), B.dtype)
+    g_w = jax.grad(lambda v: adaptrep_objective(B, zero, v, stats, jnp.inf, gamma))
+    w_ridge = frozen_heads(B, stats, gamma)
+    foc_ridge = float(jnp.linalg.norm(g_w(w_ridge)) / jnp.linalg.norm(g_w(jnp.zeros_like(w_ridge))))
     tol_foc = Tolerance.rounding(100 * d, what=f"gradient after {steps} updates (linear "
                                  "convergence) / at the start")
     tol_gain = Tolerance.stated(1e-9, "accuracy of L-BFGS (gtol 1e-12) relative to the drop from "
@@ -152,8 +158,9 @@ def adaptrep_inner_optimality(key, *, d=6, k=2, T=3, n=12, lam=1.0, gamma=0.1, s
         CLAIM, f"AdaptRep exact inner update (adaptrep_inner, {steps} updates, lambda={lam:g}, "
         f"gamma={gamma:g}, finite n): ||grad_(Delta, w)||/||grad at start||; L-BFGS ({starts} "
         "starts) finds nothing lower", 0.0, foc, float("nan"), tol_foc,
-        tol_foc.below(foc) and gain < tol_gain.value, "check",
-        f"d={d}, k={k}, T={T}, n={n}, task vectors N(0, I) (off col(B)); ||Delta||_F "
+        tol_foc.below(foc) and gain < tol_gain.value and tol_foc.below(foc_ridge), "check",
+        f"d={d}, k={k}, T={T}, n={n}, task vectors N(0, I) (off col(B)); start frozen_heads "
+        f"(ridge, lambda = inf): gradient in w / at 0 {foc_ridge:.1e}; ||Delta||_F "
         f"{float(np.linalg.norm(np.asarray(Delta))):.2f}; L-BFGS best - F(inner) = {-gain:.1e} x "
         f"drop (must be > -{tol_gain.value:g})")
 
