@@ -121,7 +121,7 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
     return ClaimResult(CLAIM, rows, data, time.perf_counter() - t0)
 
 
-def adaptrep_inner_optimality(key, *, d=6, k=2, T=3, n=12, lam=1.0, gamma=0.1, steps=300,
+def adaptrep_inner_optimality(key, *, d=6, k=2, T=3, n=12, lam=1.0, gamma=0.1, steps=3000,
                               starts=3) -> Verdict:
     """AdaptRep's exact alternating inner update (:func:`linmeta.representation.methods.
     adaptrep_inner`, ``steps`` updates) where the coupling is active (finite lambda, task vectors
