@@ -367,18 +367,20 @@ def reduced_rank_optimality(key, *, d, rank, n=None, starts=3) -> Verdict:
 
 def adapter_dof_rows(d: int) -> Verdict:
     """:func:`linmeta.core.lora.adapter_dof` (via ``theory.adapter_dof``) against the dimension of
-    the tangent space of the rank-r adapters: the rank of the Jacobian of ``(U, V) -> U V^T`` and
-    of ``U -> U U^T`` at random factors (automatic differentiation, NumPy's SVD rank), r in
-    {1, 2, d/2, d-1, d}."""
+    the tangent space of the rank-r adapters: the rank of the Jacobian of ``(U, V) -> U V^T``
+    (``dU V^T + U dV^T``) and of ``U -> U U^T`` (``dU U^T + U dU^T``) at random factors, built
+    entry by entry (NumPy; rank by SVD), r in {1, 2, d/2, d-1, d}."""
     rng = np.random.default_rng(d)
+    eye = np.eye(d)
     got, want = [], []
     rs = sorted({1, 2, d // 2, d - 1, d} & set(range(1, d + 1)))
     for r in rs:
         U, V = rng.standard_normal((2, d, r))
-        J = jax.jacfwd(lambda u, v: u @ v.T, argnums=(0, 1))(jnp.asarray(U), jnp.asarray(V))
-        J = np.concatenate([np.asarray(j).reshape(d * d, -1) for j in J], axis=1)
-        Js = np.asarray(jax.jacfwd(lambda u: u @ u.T)(jnp.asarray(U))).reshape(d * d, -1)
-        got += [np.linalg.matrix_rank(J), np.linalg.matrix_rank(Js)]
+        # J[(a, b), (i, j)] = d (X Y^T)_ab / d X_ij = delta_ai Y_bj, and for Y: X_aj delta_bi
+        dU = lambda Y: np.einsum("ai,bj->abij", eye, Y).reshape(d * d, d * r)  # noqa: E731
+        dV = lambda X: np.einsum("aj,bi->abij", X, eye).reshape(d * d, d * r)  # noqa: E731
+        got += [np.linalg.matrix_rank(np.concatenate([dU(V), dV(U)], axis=1)),
+                np.linalg.matrix_rank(dU(U) + dV(U))]
         want += [theory.adapter_dof(d, r), theory.adapter_dof(d, r, symmetric=True)]
     got, want = np.asarray(got), np.asarray(want)
     return Verdict(
