@@ -360,3 +360,40 @@ def single_thread_blas() -> bool:
                     done = True
                     break
     return done
+
+
+__all__ += ["lbfgs_best_of_starts", "optimality_measures"]
+
+
+def lbfgs_best_of_starts(value_and_grad, starts, *, maxiter: int = 3000, gtol: float = 1e-12):
+    """Smallest value SciPy's L-BFGS-B reaches from each row of ``starts`` on ``value_and_grad``
+    (a function ``x -> (f, grad f)`` of a float64 NumPy vector): the generic optimiser of the
+    optimality rows, which compare an exact solver's value with what it finds (it must find
+    nothing lower). Knows nothing of the solver; returns ``(best value, best x)``."""
+    from scipy.optimize import minimize  # deferred: SciPy only for the rows that use it
+
+    def fun(x):
+        f, g = value_and_grad(x)
+        return float(f), np.asarray(g, dtype=float).ravel()
+
+    best, best_x = math.inf, None
+    for x0 in np.atleast_2d(np.asarray(starts, dtype=float)):
+        r = minimize(fun, x0, jac=True, method="L-BFGS-B",
+                     options=dict(maxiter=maxiter, gtol=gtol, ftol=1e-15, maxcor=30))
+        if float(r.fun) < best:
+            best, best_x = float(r.fun), np.asarray(r.x)
+    return best, best_x
+
+
+def optimality_measures(value_and_grad, x_hat, x_ref, starts, **lbfgs):
+    """How optimal the solver's point ``x_hat`` is for the objective behind ``value_and_grad``
+    (``x -> (f, grad f)``, NumPy vectors): ``(foc, gain)`` with ``foc = ||grad f(x_hat)|| /
+    ||grad f(x_ref)||`` (first-order condition, relative to a reference point such as the start
+    or 0) and ``gain = (f(x_hat) - best) / (f(x_ref) - f(x_hat))``, ``best`` the smallest value
+    L-BFGS reaches from ``starts`` (:func:`lbfgs_best_of_starts`): ``gain > 0`` means the generic
+    optimiser found a lower value than the exact solver."""
+    f_hat, g_hat = value_and_grad(np.asarray(x_hat, dtype=float))
+    f_ref, g_ref = value_and_grad(np.asarray(x_ref, dtype=float))
+    best, _ = lbfgs_best_of_starts(value_and_grad, starts, **lbfgs)
+    foc = float(np.linalg.norm(np.asarray(g_hat)) / np.linalg.norm(np.asarray(g_ref)))
+    return foc, (float(f_hat) - best) / (float(f_ref) - float(f_hat))

@@ -11,7 +11,9 @@ so :class:`linmeta.TaskStats` with ``Syx`` of shape (T, 1, d) carries it, and
 x ~ N(0, I)) ``S_xx = I``, ``s_t = beta_t``, ``S_yy = ||beta_t||^2 + sigma^2``.
 
 The method of moments needs the fourth-order statistic ``(1/(nT)) sum_{t,i} y_ti^2 x_ti x_ti^T``
-(:func:`moment_matrix`), which ``TaskStats`` does not hold: it is computed from raw samples.
+(:func:`moment_matrix`), which ``TaskStats`` does not hold: it is computed from raw samples;
+:func:`nested_moment_matrices` gives it for nested prefixes (first T tasks, first n samples) of one
+draw at the cost of one pass (cumulative sums).
 Its expectation is ``(sigma^2 + mean_t ||beta_t||^2) I + 2 mean_t beta_t beta_t^T``
 (:func:`linmeta.representation.theory.moment_expectation`).
 """
@@ -25,7 +27,7 @@ from linmeta.core.data import Samples, TaskStats, task_statistics
 from .truth import RepTruth
 
 __all__ = ["task_betas", "population", "population_from_betas", "draw_samples",
-           "samples_from_betas", "sample_tasks", "moment_matrix"]
+           "samples_from_betas", "sample_tasks", "moment_matrix", "nested_moment_matrices"]
 
 
 def task_betas(truth: RepTruth, tasks: str = "source") -> jax.Array:
@@ -107,3 +109,35 @@ def moment_matrix(samples: Samples) -> jax.Array:
     T, n = X.shape[0], X.shape[1]
     Xw = X * Y  # y x
     return jnp.einsum("tni,tnj->ij", Xw, Xw) / (n * T)
+
+
+def _check_scalar_samples(samples):
+    if not isinstance(samples, Samples):
+        raise ValueError(f"samples must be linmeta.Samples (raw samples; TaskStats do not hold "
+                         f"the fourth moments), got {type(samples).__name__}")
+    if samples.Y.ndim != 3 or samples.Y.shape[-1] != 1:
+        raise ValueError(f"samples.Y must have shape (T, n, 1) (scalar outputs), got "
+                         f"{tuple(samples.Y.shape)}")
+    return samples
+
+
+def nested_moment_matrices(samples: Samples, ns, Ts) -> jax.Array:
+    """:func:`moment_matrix` of nested prefixes of one draw: entry ``[i, j]`` is
+    ``(1/(n_i T_j)) sum_{t < T_j, m < n_i} y_tm^2 x_tm x_tm^T`` (the first ``T_j`` tasks, the first
+    ``n_i`` samples of each), shape (len(ns), len(Ts), d, d). One pass over the samples: per-task
+    sums over the blocks between consecutive n, then cumulative sums over blocks and tasks.
+    ``ns`` and ``Ts``: increasing integers, at most the draw's n and T."""
+    _check_scalar_samples(samples)
+    X, Y = samples.X, samples.Y
+    T, n = X.shape[0], X.shape[1]
+    ns, Ts = tuple(int(v) for v in ns), tuple(int(v) for v in Ts)
+    for name, vals, hi in (("ns", ns, n), ("Ts", Ts, T)):
+        if not vals or any(b <= a for a, b in zip(vals, vals[1:])) or vals[0] < 1 or vals[-1] > hi:
+            raise ValueError(f"{name} must be increasing integers in [1, {hi}], got {vals}")
+    Xw = X * Y  # y x
+    edges = (0,) + ns
+    blocks = jnp.stack([jnp.einsum("tni,tnj->tij", Xw[:, a:b], Xw[:, a:b])
+                        for a, b in zip(edges[:-1], edges[1:])], axis=1)  # (T, len(ns), d, d)
+    sums = jnp.cumsum(jnp.cumsum(blocks, axis=1), axis=0)[jnp.asarray(Ts) - 1]  # (nT, nn, d, d)
+    counts = jnp.asarray(ns, X.dtype)[:, None] * jnp.asarray(Ts, X.dtype)[None, :]
+    return jnp.swapaxes(sums, 0, 1) / counts[:, :, None, None]

@@ -56,6 +56,9 @@ from ._grid import numpy_truths, rng_for, task_matrices, to_jax
 from .m3 import population_stats
 from linmeta.engine.claim_support import (figure_dpi, float_tol, pyplot, save_figure,
                                           settings_value, spread)
+from linmeta.engine.claim_support import optimality_measures
+from linmeta.engine.verdict import Tolerance
+from linmeta.families.bilevel.methods import inner_optimum
 
 CLAIM = "M2"
 BASES = ("A=0", "A*", "A_SR", "random A")
@@ -183,6 +186,7 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
         ">= 0", float(gap.min()), spread(gap), f">= -{tol:g}", bool(gap.min() >= -tol), "check",
         note + f"; strictly below in {strict}/{gap.size} cases"))
     rows.append(_strict_gap_row(M_star, bases, scale, r, tol, note))
+    rows.append(inner_optimum_where_clipping_binds(rng_for(seed + 1, CLAIM), d=d, k=k, T=T))
     data = dict(setting=setting, seed=seed, d=d, k=k, T=T, r=r, K=K, rel=rel, bfgs=bf, lim=lim,
                 closed=closed, scale=scale, tol=tol)
     return ClaimResult(CLAIM, rows, data, time.perf_counter() - t0)
@@ -295,3 +299,41 @@ def plot(result: ClaimResult, out_dir) -> list:
                  f"k={D['k']}, T={D['T']}, r={D['r']} ({D['setting']})", fontsize=10)
     fig.tight_layout()
     return save_figure(fig, out_dir, "bilevel_m2_exact_inner", dpi=figure_dpi(D["setting"]))
+
+
+def inner_optimum_where_clipping_binds(rng, *, d, k, T, shift=0.3, starts=3) -> Verdict:
+    """The exact inner solution for ``U U^T`` (:func:`linmeta.bilevel.methods.inner_optimum`,
+    symmetric: the r largest eigenvalues of the residual clipped at 0) where the clipping binds:
+    rank ``r = k + 1`` and the base ``A_SR + shift I``, so every task's residual
+    ``R*_t - Rbar - shift I`` has a negative eigenvalue among its r largest. Against the objective
+    it claims to minimise, Meta-LoRA's ``(1/T) sum_t L_t(A + U_t U_t^T)`` at fixed A (population):
+    the gradient in U at the returned point relative to that at a random point, and SciPy's L-BFGS
+    over U from ``starts`` random starts, which must find nothing lower."""
+    r = k + 1
+    A, U, _ = numpy_truths(rng, 1, d, k, T)
+    M_star = task_matrices(A, U)[0]
+    base = M_star.mean(axis=0) + shift * np.eye(d)
+    resid = M_star - base
+    lam_r = np.linalg.eigvalsh((resid + np.swapaxes(resid, -1, -2)) / 2)[:, -r]  # r-th largest
+    B, Mj = to_jax((base, M_star))
+    theta = inner_optimum(B, population_stats(Mj), r, "symmetric")
+    x_hat = np.asarray(theta.U).ravel()
+    x0 = rng.standard_normal((starts, x_hat.size))
+
+    def vg(x):
+        return _ml_value_and_grad(jnp.asarray(x, B.dtype), B, Mj, T=T, d=d, r=r)
+
+    foc, gain = optimality_measures(vg, x_hat, x0[0], x0)
+    tol_foc = Tolerance.rounding(100 * d, what="gradient in U at the inner optimum / at a random "
+                                 "point, eigendecomposition of d x d")
+    tol_gain = Tolerance.stated(1e-9, "accuracy of L-BFGS (gtol 1e-12) relative to the drop from "
+                                "a random point")
+    binds = int(np.sum(lam_r < 0))
+    return Verdict(
+        CLAIM, f"exact inner solve U U^T (inner_optimum, PSD clipping) where it binds (r = k+1 = "
+        f"{r}, base A_SR + {shift:g} I): ||grad_U||/||grad at random||; L-BFGS ({starts} starts) "
+        "finds nothing lower", 0.0, foc, float("nan"), tol_foc,
+        tol_foc.below(foc) and gain < tol_gain.value and binds == T, "check",
+        f"d={d}, k={k}, T={T}, population; tasks whose r-th largest eigenvalue is negative: "
+        f"{binds}/{T} (must be all); L-BFGS best - F(inner optimum) = {-gain:.1e} x drop (must be "
+        f"> -{tol_gain.value:g})")

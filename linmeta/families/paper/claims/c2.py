@@ -52,6 +52,7 @@ from linmeta.core.problem import orthogonal_truth, sample_truth
 from linmeta.methods import standard_retraining
 from linmeta.methods.finetune import finetune
 from linmeta.core import metrics, theory
+from linmeta.families.paper.theory import sr_bias_host, theory_sr_bias
 
 from linmeta.engine.claims import ClaimResult, Verdict
 from linmeta.engine.claim_support import (band, figure_dpi, key_for, pyplot, save_figure,
@@ -102,10 +103,14 @@ def _gaussian_seed(key, *, d, k, Ts, ranks, n, noise_std, ft_steps):
                           record_every=ft_steps)
     gd = jnp.sum((ft.task_matrix - M_new) ** 2, axis=(-2, -1))
     limit_res = big.U_new[0] @ big.U_new[0].T - k * jnp.eye(d, dtype=M_new.dtype)
+    # theory.sr_residual against M*_new minus the SR solver's base (pooled least squares)
+    solved = M_new - standard_retraining(population(big)).base
+    sr_res_dev = jnp.linalg.norm(theory.sr_residual(big.U_star, big.U_new[0]) - solved) / \
+        jnp.linalg.norm(solved)
     return dict(eig=theory.residual_spectrum(residual), rank=metrics.numerical_rank(residual),
                 exact=exact, pred=pred, pred_psd=pred_psd, gd=gd,
                 rbar_dev=jnp.linalg.norm(rbar - k * jnp.eye(d), axis=(-2, -1)),
-                limit=theory.lora_bias(limit_res, k), residual=residual,
+                limit=theory.lora_bias(limit_res, k), residual=residual, sr_res_dev=sr_res_dev,
                 res_norm=jnp.linalg.norm(residual, axis=(-2, -1)))
 
 
@@ -120,7 +125,9 @@ def _orthogonal_case(key, *, d, k, T, s):
     eig = theory.residual_spectrum(resid)
     want = jnp.concatenate([jnp.full((k,), s ** 2), jnp.zeros((d - (T + 1) * k,)),
                             jnp.full((T * k,), -s ** 2 / T)]).astype(eig.dtype)
-    return bias, jnp.max(jnp.abs(eig - want)) / s ** 2, resid
+    res_dev = jnp.linalg.norm(theory.sr_residual(truth.U_star, truth.U_new[0]) - resid) / \
+        jnp.linalg.norm(resid)
+    return bias, jnp.max(jnp.abs(eig - want)) / s ** 2, resid, res_dev
 
 
 def orthogonal_rank_errors(resid):
@@ -159,6 +166,62 @@ def psd_bias_bfgs(residual, rank, n_starts=2, seed=0):
     return best
 
 
+def asym_bias_bfgs(residual, rank, n_starts=2, seed=0):
+    """Independent rank-``rank`` fit: min over U, V (d x rank) of ``||Res - U V^T||_F^2`` by SciPy
+    BFGS (gradients ``-2 E V``, ``-2 E^T U``) from ``n_starts`` random starts; the smallest value."""
+    from scipy.optimize import minimize
+
+    R = np.asarray(residual, float)
+    d = R.shape[0]
+    rng = np.random.default_rng(seed)
+    scale = math.sqrt(max(np.linalg.norm(R), 1e-300) / d)
+
+    def f(x):
+        U, V = x[:d * rank].reshape(d, rank), x[d * rank:].reshape(d, rank)
+        E = R - U @ V.T
+        return float(np.sum(E * E)), np.concatenate([(-2 * E @ V).ravel(), (-2 * E.T @ U).ravel()])
+
+    best = np.inf
+    for _ in range(n_starts):
+        r = minimize(f, scale * rng.standard_normal(2 * d * rank), jac=True, method="BFGS",
+                     options=dict(maxiter=3000, gtol=1e-10))
+        best = min(best, float(r.fun))
+    return best
+
+
+def paper_bias_closed_forms(key, *, d, k, T, ranks, n_unseen=3, pad=2) -> Verdict:
+    """The paper family's closed forms of the mean SR bias (:mod:`linmeta.families.paper.theory`:
+    ``theory_sr_bias`` with a static rank, with a traced rank on a zero-padded truth, and
+    ``sr_bias_host``) against the mean over ``n_unseen`` unseen tasks of the exact population
+    fine-tuning error after the SR solver's base (:func:`linmeta.methods.finetune.finetune`,
+    ``method="exact"``), at every rank of ``ranks``."""
+    truth = sample_truth(key, d, k, T, n_unseen=n_unseen)
+    padded = truth._replace(U_star=jnp.concatenate(
+        [truth.U_star, jnp.zeros((pad,) + truth.U_star.shape[1:], truth.U_star.dtype)]))
+
+    @jax.jit
+    def measured(truth):
+        base = standard_retraining(population(truth)).base
+        pop_new = population(truth, tasks="unseen")
+        return jnp.stack([jnp.mean(finetune(base, pop_new, r, method="exact").test_loss)
+                          for r in ranks])
+
+    want = np.asarray(measured(truth))
+    traced = jax.jit(lambda tr, r, n: theory_sr_bias(tr, r, n))
+    got = np.array([[float(theory_sr_bias(truth, r)),
+                     float(traced(padded, jnp.asarray(r), jnp.asarray(T))),
+                     sr_bias_host(padded.U_star, truth.U_new, T, r)] for r in ranks])
+    scale = float(np.mean(np.sum(np.asarray(theory.sr_residual(truth.U_star, truth.U_new)) ** 2,
+                                 axis=(-2, -1))))
+    dev = np.abs(got - want[:, None]) / scale
+    tol = Tolerance.rounding(10 * d, what="SVD of d x d, relative to mean ||Res||^2")
+    return Verdict(
+        CLAIM, "paper theory: theory_sr_bias (static rank; traced rank, padded truth) and "
+        "sr_bias_host vs mean exact fine-tuning error after SR, max |diff|/||Res||^2", 0.0,
+        float(np.max(dev)), float("nan"), tol, tol.below(dev), "check",
+        f"d={d}, k={k}, T={T} (+{pad} zero tasks), {n_unseen} unseen tasks, r in {ranks}")
+
+
 def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
     """Measure C2 for ``setting`` (tiny/quick/full); see the module docstring."""
     cfg = settings_value(SETTINGS, setting)
@@ -176,10 +239,10 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
     @jax.jit
     def compute(keys, o_keys):
         o = [_orthogonal_case(kk, d=d, k=k_, T=T_, s=s_) for kk, (k_, T_, s_) in zip(o_keys, ortho)]
-        return jax.vmap(one)(keys), [jnp.stack([x[i] for x in o]) for i in range(3)]
+        return jax.vmap(one)(keys), [jnp.stack([x[i] for x in o]) for i in range(4)]
 
     g, o_out = compute(jax.random.split(k_gauss, S), jax.random.split(k_orth, len(ortho)))
-    o_bias, o_eig, o_res = (np.asarray(x) for x in o_out)
+    o_bias, o_eig, o_res, o_res_dev = (np.asarray(x) for x in o_out)
     o_ey, o_psd = (np.stack(x) for x in zip(*(orthogonal_rank_errors(r) for r in o_res)))
     g = {name: np.asarray(v) for name, v in g.items()}
     Tarr = np.asarray(Ts)
@@ -206,12 +269,20 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
     full = ~gen
     if np.any(full):
         ok_full = np.all(g["rank"][:, full] == d) and np.all(n_neg[:, full] >= d - k) and \
-            np.all(n_pos[:, full] <= k)
+            np.all(n_pos[:, full] <= k) and np.all(g["rank"][:, full] == want_rank[full])
         rows.append(Verdict(
             CLAIM, f"many tasks (T in {tuple(int(t) for t in Tarr[full])}, Tk >= d): residual "
-            "full rank d, #pos <= k, #neg >= d-k", d, float(np.mean(g["rank"][:, full])),
+            "full rank d = generic_sr_residual_rank, #pos <= k, #neg >= d-k", d, float(np.mean(g["rank"][:, full])),
             spread(g["rank"][:, full]), Tolerance.exact(), bool(ok_full), "check",
             note + f"; #pos seen {sorted(set(n_pos[:, full].ravel().tolist()))}"))
+
+    # --- theory.sr_residual against M*_new - A_SR from the SR solver (Gaussian and orthogonal)
+    res_dev = np.concatenate([g["sr_res_dev"].ravel(), o_res_dev.ravel()])
+    rows.append(Verdict(
+        CLAIM, "theory.sr_residual(U*, U_new) vs M*_new - A_SR (standard_retraining, pooled least "
+        "squares): max ||diff||_F/||M*_new - A_SR||_F", 0.0, float(np.max(res_dev)),
+        float("nan"), tol_spec, tol_spec.below(res_dev), "check",
+        note + f" at T={max(Ts)}, and the {len(ortho)} orthogonal case(s)"))
 
     # --- Eckart-Young bias over r and T: exact population fine-tuning vs theory.lora_bias
     scale = g["res_norm"][..., None] ** 2
@@ -257,6 +328,22 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
         "(max |diff|/||Res||^2)", 0.0, float(np.max(psd_dev)), float("nan"), psd_tol,
         psd_tol.below(psd_dev), "check",
         f"{len(psd_rows)} (seed, T, r) cases, r in {{k, k+1, (T+1)k}}"))
+    # the U V^T bias against the same kind of independent solver (no SVD involved)
+    ey_rows, ey_ranks = [], sorted({k, k + 1} & set(ranks))
+    for t_i in sorted({0, n_few - 1}):
+        res = g["residual"][0, t_i]
+        for r in ey_ranks:
+            ey_rows.append((g["pred"][0, t_i, ranks.index(r)], asym_bias_bfgs(res, r, seed=t_i),
+                            g["res_norm"][0, t_i] ** 2))
+    ey_rows = np.asarray(ey_rows)
+    ey_dev = np.abs(ey_rows[:, 0] - ey_rows[:, 1]) / ey_rows[:, 2]
+    rows.append(Verdict(
+        CLAIM, "U V^T adapter bias lora_bias vs BFGS on ||Res-UV^T||^2 (max |diff|/||Res||^2)",
+        0.0, float(np.max(ey_dev)), float("nan"), psd_tol, psd_tol.below(ey_dev), "check",
+        f"{len(ey_rows)} (T, r) cases, seed 0, T in {{{Ts[0]}, {Ts[n_few - 1]}}}, r in "
+        f"{tuple(ey_ranks)}"))
+    rows.append(paper_bias_closed_forms(jax.random.fold_in(key, 7), d=d, k=k, T=max(cfg["Ts"]),
+                                        ranks=(k, k + 1)))
     neg_sq = np.sum(np.where(g["eig"] < 0, g["eig"], 0.0) ** 2, axis=-1)  # (S, nT)
     keep = np.min(g["pred_psd"] / neg_sq[..., None])  # over r = 1..d
     rows.append(Verdict(

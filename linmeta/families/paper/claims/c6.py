@@ -57,8 +57,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from linmeta.core.data import TaskStats, draw_samples
-from linmeta.core.problem import Truth
+from linmeta.core.data import TaskStats, draw_samples, sample_tasks
+from linmeta.core.losses import task_loss
+from linmeta.core.problem import Truth, sample_truth
 from linmeta.methods.finetune import finetune
 from linmeta.core import theory
 from linmeta.methods.finetune import reduced_rank_fit
@@ -66,8 +67,8 @@ from linmeta.core.losses import excess_risk, ols_solution
 
 from linmeta.engine.claims import ClaimResult, Verdict
 from ._draws import draw
-from linmeta.engine.claim_support import (key_for, per_seed_slopes, pyplot, save_figure,
-                                          settings_value, spread)
+from linmeta.engine.claim_support import (key_for, optimality_measures, per_seed_slopes, pyplot,
+                                          save_figure, settings_value, spread)
 from linmeta.engine.verdict import Tolerance
 
 CLAIM = "C6"
@@ -317,9 +318,76 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
         note + f"; Bonferroni over {m_sw} configurations; per k (d={d0}): "
         + ", ".join(f"{c:.2f}" for c in C_mean[:len(ks)]) + f"; per d (k={k0}): "
         + ", ".join(f"{c:.2f}" for c in C_mean[len(ks):])))
+    rows.append(reduced_rank_optimality(jax.random.fold_in(key, 99), d=d0, rank=k0))
+    rows.append(adapter_dof_rows(d0))
     data = dict(setting=setting, seed=seed, cfg=cfg, noise_std=NOISE_STD, T_sr=T_SR, ns=ns, cn=cn,
                 ks=ks, ck=ck, ds=ds, cd=cd, slope=slope, C=float(C_in.mean()))
     return ClaimResult(CLAIM, rows, data, time.perf_counter() - t0)
+
+
+def reduced_rank_optimality(key, *, d, rank, n=None, starts=3) -> Verdict:
+    """Exact rank-r fine-tuning (:func:`linmeta.methods.finetune.reduced_rank_fit`) where the rank
+    constraint binds (finite n: ``S_yx S_xx^+ - base`` has full rank d > r, and ``S_xx != I`` weights
+    the fit) against the loss it claims to minimise, ``L(base + U V^T)``
+    (:func:`linmeta.core.losses.task_loss`) over the factors: its gradient in (U, V) relative to
+    that at a random point, and SciPy's L-BFGS over (U, V) from ``starts`` random starts, which
+    must find nothing lower (relative to the loss drop from the random point)."""
+    n = 2 * d if n is None else n
+
+    def f(x, base, stats):
+        U, V = x[:d * rank].reshape(d, rank), x[d * rank:].reshape(d, rank)
+        return task_loss(base + U @ V.T, stats)[0]
+
+    @jax.jit
+    def instance(key):
+        k_truth, k_data, k_start = jax.random.split(key, 3)
+        truth = sample_truth(k_truth, d, 1, 3)
+        stats = sample_tasks(k_data, truth, n, NOISE_STD, tasks="unseen")
+        base = truth.A_star
+        U, V = reduced_rank_fit(base, stats, rank)
+        x_hat = jnp.concatenate([U[0].reshape(-1), V[0].reshape(-1)])
+        x0 = jax.random.normal(k_start, (starts, 2 * d * rank), base.dtype)
+        return base, stats, x_hat, x0
+
+    base, stats, x_hat, x0 = jax.tree.map(np.asarray, instance(key))
+    vg = jax.jit(jax.value_and_grad(f))
+    foc, gain = optimality_measures(lambda x: vg(jnp.asarray(x), base, stats), x_hat, x0[0], x0)
+    tol_foc = Tolerance.rounding(100 * d, float(np.linalg.cond(stats.Sxx[0])),
+                                 what="gradient at the fit / at a random point, cond of S_xx")
+    tol_gain = Tolerance.stated(1e-9, "accuracy of L-BFGS (gtol 1e-12) relative to the loss drop "
+                                "from a random point")
+    return Verdict(
+        CLAIM, f"exact rank-{rank} fine-tuning reduced_rank_fit at n={n} (rank of the target d={d} "
+        f"> {rank}, S_xx != I): ||grad_(U,V) L||/||grad at random||; L-BFGS ({starts} starts) "
+        "finds nothing lower", 0.0, foc, float("nan"), tol_foc,
+        tol_foc.below(foc) and gain < tol_gain.value, "check",
+        f"one unseen task, base A*, sigma={NOISE_STD}; L-BFGS best - L(fit) = {-gain:.1e} x drop "
+        f"(must be > -{tol_gain.value:g})")
+
+
+def adapter_dof_rows(d: int) -> Verdict:
+    """:func:`linmeta.core.lora.adapter_dof` (via ``theory.adapter_dof``) against the dimension of
+    the tangent space of the rank-r adapters: the rank of the Jacobian of ``(U, V) -> U V^T``
+    (``dU V^T + U dV^T``) and of ``U -> U U^T`` (``dU U^T + U dU^T``) at random factors, built
+    entry by entry (NumPy; rank by SVD), r in {1, 2, d/2, d-1, d}."""
+    rng = np.random.default_rng(d)
+    eye = np.eye(d)
+    got, want = [], []
+    rs = sorted({1, 2, d // 2, d - 1, d} & set(range(1, d + 1)))
+    for r in rs:
+        U, V = rng.standard_normal((2, d, r))
+        # J[(a, b), (i, j)] = d (X Y^T)_ab / d X_ij = delta_ai Y_bj, and for Y: X_aj delta_bi
+        dU = lambda Y: np.einsum("ai,bj->abij", eye, Y).reshape(d * d, d * r)  # noqa: E731
+        dV = lambda X: np.einsum("aj,bi->abij", X, eye).reshape(d * d, d * r)  # noqa: E731
+        got += [np.linalg.matrix_rank(np.concatenate([dU(V), dV(U)], axis=1)),
+                np.linalg.matrix_rank(dU(U) + dV(U))]
+        want += [theory.adapter_dof(d, r), theory.adapter_dof(d, r, symmetric=True)]
+    got, want = np.asarray(got), np.asarray(want)
+    return Verdict(
+        CLAIM, f"adapter_dof(d, r) (U V^T: r(2d-r); U U^T: r(2d-r+1)/2) = rank of the Jacobian of "
+        f"the adapter map at random factors, d={d}, r in {rs} (cases matching)", int(got.size),
+        int(np.sum(got == want)), float("nan"), Tolerance.exact("matrix_rank, NumPy default rtol"),
+        bool(np.all(got == want)), "check", f"Jacobian ranks {got.tolist()}")
 
 
 def _line(ax, x, Y, color, label, marker="o", ls="-"):

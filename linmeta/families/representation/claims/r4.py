@@ -4,8 +4,9 @@ For ``y = <x, beta> + eps``, ``x ~ N(0, I_d)``, Isserlis' theorem gives
 ``E[y^2 x x^T] = (sigma^2 + ||beta||^2) I + 2 beta beta^T``
 (:func:`linmeta.representation.theory.moment_expectation`), so the pooled moment matrix
 ``M = (1/(nT)) sum_{t,i} y_ti^2 x_ti x_ti^T`` (raw samples: :func:`linmeta.representation.
-moment_matrix`; the core's statistics do not hold it) has expectation ``(sigma^2 + mean ||beta||^2)
-I + 2 C`` whose top-k eigenspace is col(B*) when the tasks share it exactly. First-order
+moment_matrix`; the core's statistics do not hold it; nested prefixes of one draw:
+:func:`linmeta.families.representation.tasks.nested_moment_matrices`) has expectation
+``(sigma^2 + mean ||beta||^2) I + 2 C`` whose top-k eigenspace is col(B*) when the tasks share it exactly. First-order
 perturbation of that eigenspace (docs/representation.md#r4) gives
 
     n T E||sin Theta||_F^2 / (d - k)  ->  K = sum_{i<=k} mean_t v_t(b_i) / (4 lambda_i(C)^2),
@@ -41,12 +42,15 @@ import numpy as np
 
 from linmeta.core import metrics
 from linmeta.families.representation import theory
+from linmeta.core.data import Samples
 from linmeta.families.representation.methods import moments_subspace
+from linmeta.families.representation.tasks import moment_matrix, nested_moment_matrices
 from linmeta.families.representation._linalg import orthonormalise
 
 from linmeta.engine.claims import ClaimResult, Verdict
-from linmeta.engine.claim_support import (figure_dpi, key_for, loglog_slope, pyplot, save_figure,
-                                          settings_value, spread)
+from linmeta.engine.verdict import Tolerance
+from linmeta.engine.claim_support import (figure_dpi, float_tol, key_for, loglog_slope, pyplot,
+                                          save_figure, settings_value, spread)
 
 CLAIM = "R4"
 NOISE_STD = 0.5
@@ -79,21 +83,20 @@ def _one_seed(key, *, d, k, reps, ns, Ts):
     ZZ = z[d * k + k * k:].reshape(reps, Tmax, nmax, d + 1)
     X, E = ZZ[..., :d], ZZ[..., d]
     Y = jnp.einsum("rtnd,td->rtn", X, betas) + NOISE_STD * E
-    Xw = X * Y[..., None]  # y x
-    # per-task sums over the first n samples, n in ns: (reps, Tmax, len(ns), d, d)
-    edges = (0,) + tuple(ns)
-    blocks = jnp.stack([jnp.einsum("rtni,rtnj->rtij", Xw[:, :, a:b], Xw[:, :, a:b])
-                        for a, b in zip(edges[:-1], edges[1:])], axis=2)
-    per_task = jnp.cumsum(blocks, axis=2)
-    # n-scan at T = Tmax and T-scan at n = nmax
-    M_n = jnp.stack([jnp.sum(per_task[:, :, j], axis=1) / (n * Tmax) for j, n in enumerate(ns)],
-                    axis=1)  # (reps, len(ns), d, d)
-    last = per_task[:, :, -1]
-    M_T = jnp.stack([jnp.sum(last[:, :T], axis=1) / (nmax * T) for T in Ts], axis=1)
+    # the library's moment matrices: nested prefixes of each replicate's draw (one pass), and the
+    # corner (n_max, T_max) by moment_matrix itself (the identity row below checks its scale)
+    smp = Samples(X, Y[..., None], jnp.broadcast_to(betas[:, None, :], (Tmax, 1, d)),
+                  jnp.full((Tmax,), NOISE_STD, X.dtype))
+    one_rep = lambda x, y: nested_moment_matrices(smp._replace(X=x, Y=y), ns, Ts)  # noqa: E731
+    grid = jax.vmap(one_rep)(X, Y[..., None])  # (reps, len(ns), len(Ts), d, d)
+    M_n = grid[:, :, -1]  # n-scan at T = Tmax: (reps, len(ns), d, d)
+    M_T = grid[:, -1, :]  # T-scan at n = nmax
     Ms = jnp.concatenate([M_n, M_T], axis=1)  # (reps, len(ns) + len(Ts), d, d)
-    corner = M_n[:, -1]  # (reps, d, d) at (nmax, Tmax)
+    corner = jax.vmap(lambda x, y: moment_matrix(smp._replace(X=x, Y=y)))(X, Y[..., None])
+    nested_dev = jnp.max(jnp.abs(M_n[:, -1] - corner)) / jnp.max(jnp.abs(corner))
     expect = theory.pooled_moment_expectation(betas, NOISE_STD)
     return dict(Ms=Ms, Bs=Bs, base_betas=H @ Bs.T, corner_mean=jnp.mean(corner, 0),
+                nested_dev=nested_dev,
                 corner_sd=jnp.std(corner, 0, ddof=1), expect=expect)
 
 
@@ -138,6 +141,14 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
         "2C, max |z| over entries and seeds", f"|z| <= {bound:.2f}", float(zz.max()),
         spread(zz.max(axis=1)), f"Bonferroni, family-wise {FAMILY_LEVEL:g} over {zz.size} "
         "entries", bool(zz.max() <= bound), "check", note + f", at n={nmax}, T={Tmax}"))
+    ndev = out["nested_dev"]  # (seeds,)
+    tol_nested = Tolerance.rounding(10 * math.sqrt(nmax * Tmax), what=f"sums of n T = "
+                                    f"{nmax * Tmax} terms in two orders (random-walk rounding), "
+                                    "relative to max |M|")
+    rows.append(Verdict(
+        CLAIM, "tasks.nested_moment_matrices at (n_max, T_max) = tasks.moment_matrix (the identity "
+        "row's matrix), max |diff| / max |M|", 0.0, float(ndev.max()), spread(ndev), tol_nested,
+        tol_nested.below(ndev), "check", note + "; every seed and replicate"))
     nT_n = np.asarray(ns, float) * Tmax
     nT_T = nmax * np.asarray(Ts, float)
     allow_n = (d - k) * K.mean() / nT_n.min()
