@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from linmeta.families.paper.claims import c8
-from linmeta.engine.claim_support import experiment_cli, format_verdicts, single_thread_blas
+from linmeta.engine.claim_support import experiment_cli, experiment_parser, format_verdicts, single_thread_blas
 
 
 def main(setting: str = "full", out_dir="figures", seed: int = 0) -> list:
@@ -41,5 +41,10 @@ def main(setting: str = "full", out_dir="figures", seed: int = 0) -> list:
     return list(result.verdicts)
 
 
+def build_parser():
+    """The command line (:func:`linmeta.engine.claim_support.experiment_parser`)."""
+    return experiment_parser(__doc__, prog="python -m experiments.c8_landscape_census")
+
+
 if __name__ == "__main__":
-    sys.exit(experiment_cli(main, __doc__))
+    sys.exit(experiment_cli(main, __doc__, parser=build_parser()))

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from linmeta.families.representation.claims import r7
-from linmeta.engine.claim_support import experiment_cli, format_verdicts, single_thread_blas
+from linmeta.engine.claim_support import experiment_cli, experiment_parser, format_verdicts, single_thread_blas
 
 
 def summary(result) -> dict:
@@ -74,5 +74,10 @@ def main(setting: str = "full", out_dir="figures", seed: int = 0) -> list:
     return list(result.verdicts)
 
 
+def build_parser():
+    """The command line (:func:`linmeta.engine.claim_support.experiment_parser`)."""
+    return experiment_parser(__doc__, prog="python -m experiments.rep_separation")
+
+
 if __name__ == "__main__":
-    sys.exit(experiment_cli(main, __doc__))
+    sys.exit(experiment_cli(main, __doc__, parser=build_parser()))

@@ -101,7 +101,7 @@ from . import families, program_cache
 
 __all__ = ["Protocol", "Stage", "Check", "Batch", "register", "get", "names", "DEFAULT",
            "validate", "divergence_error", "divergence_message", "diverged_stages",
-           "stage_flags", "default_keys"]
+           "stage_flags", "default_keys", "unknown_key_error"]
 
 DEFAULT = "paper"
 SEED_MAX = 2 ** 31 - 1
@@ -411,11 +411,27 @@ def _inferred_check(key, default) -> Check | None:
     return None
 
 
+def unknown_key_error(key, protocol: str | list, allowed, where: str = "") -> ValueError:
+    """The error for a configuration key that ``protocol`` (a name, or the names of a grid over
+    protocols) does not have: it names the key, says that the keys depend on the protocol (the
+    key ``protocol`` chooses it) and lists the registered protocols and ``allowed``, the chosen
+    protocol's keys."""
+    names_ = [protocol] if isinstance(protocol, str) else list(protocol)
+    chosen = " / ".join(map(repr, names_))
+    keys = ["protocol", *[k for k in allowed if k != "protocol"]]
+    others = [n for n in names() if n not in names_]
+    example = f"; e.g. protocol = \"{others[0]}\" has other keys" if others else ""
+    return ValueError(
+        f"unknown configuration key {key!r}{' in ' + where if where else ' for protocol ' + chosen}"
+        f"; allowed keys: {', '.join(keys)} (the keys of protocol {chosen}: the keys depend on "
+        f"the protocol, which the key protocol chooses, one of {', '.join(map(repr, names()))}"
+        f"{example})")
+
+
 def _unknown_keys(proto: Protocol, cfg: Mapping) -> None:
     unknown = [key for key in cfg if key not in proto.defaults]
     if unknown:
-        raise ValueError(f"unknown configuration key {unknown[0]!r} for protocol "
-                         f"{proto.name!r}; allowed keys: protocol, {', '.join(proto.defaults)}")
+        raise unknown_key_error(unknown[0], proto.name, proto.defaults)
 
 
 def _generic_validate(proto: Protocol, cfg: Mapping) -> dict:

@@ -92,6 +92,7 @@ fine-tuning start from ``fold_in(truth key, START_STREAM)`` (:func:`fixed_start`
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Mapping, NamedTuple
 
 import jax
@@ -402,11 +403,10 @@ _PAPER_HYPER = ("noise_std", "lr_adapter", "lr_base", "sr_lr", "ft_lr", "init_sc
 _NEWTON_MAX_ITER = 200        # linmeta.meta_lora's default for method="newton"
 
 
-def _paper_validate(cfg: Mapping) -> dict:
+def _paper_validate(cfg: Mapping, name: str = "paper") -> dict:
     unknown = [key for key in cfg if key not in PAPER_DEFAULTS]
     if unknown:
-        raise ValueError(f"unknown configuration key {unknown[0]!r}; allowed keys: protocol, "
-                         f"{', '.join(PAPER_DEFAULTS)}")
+        raise protocols.unknown_key_error(unknown[0], name, PAPER_DEFAULTS)
     out = dict(PAPER_DEFAULTS)
     out.update(cfg)
     res: dict[str, Any] = {}
@@ -619,7 +619,8 @@ def _paper_entry(name: str, variant: str) -> protocols.Protocol:
         truth_keys=("truth_seed", "d", "k", "T"),
         keys=code_keys if variant == "paper_code" else protocols.default_keys,
         stages=_PAPER_STAGES, result_keys=PAPER_RESULT_KEYS,
-        description=_PAPER_DESCRIPTIONS[name], validate=_paper_validate,
+        description=_PAPER_DESCRIPTIONS[name],
+        validate=functools.partial(_paper_validate, name=name),
         group_key=_paper_group_key, batch=_paper_batch, results=_paper_results,
         single_device=lambda shape: shape.ml_solver == "newton",
         chunk_size=_paper_chunk_size, sub_batch=_paper_sub_batch,
