@@ -139,9 +139,11 @@ def check_writable_dir(path) -> str:
     while not os.path.exists(existing) and os.path.dirname(existing) != existing:
         existing = os.path.dirname(existing)
     if os.path.exists(existing) and not os.path.isdir(existing):
-        where = "is a file" if existing == path else f"lies under the file {existing!r}"
-        raise OSError(errno.ENOTDIR, f"output folder {path!r} {where}, not a folder; choose a "
-                                     "folder for --out")
+        if existing == path:
+            raise OSError(errno.ENOTDIR, f"output folder {path!r} is a file, not a folder; "
+                                         "choose a writable --out folder")
+        raise OSError(errno.ENOTDIR, f"output folder {path!r} is not writable ({existing!r} is "
+                                     "a file, not a folder); choose a writable --out")
     try:
         os.makedirs(path, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=path, prefix=".write-test-")
