@@ -388,16 +388,21 @@ def _print_theory(rep: dict) -> None:
 _PLOT_EPILOG = """\
 examples:
   linmeta plot results/t_sweep                  # a sweep folder (manifest.json, results.csv)
+  linmeta plot results/bilevel_K                # any protocol: the figures it declares
   linmeta plot results/run-1a2b3c4d --out figs  # a run folder (record.json)
 
-Reads only stored files (no computation). A sweep gives
-  finetune_curves.{png,pdf}: fine-tuning test loss against step, one panel per grid point,
-                             Meta-LoRA vs SR, mean line with a min-max band over seeds;
-  final_vs_<key>.{png,pdf}:  final fine-tuning test loss, excess risk ||M - M*||_F^2 beside the
-                             theory (SR bias E_SR(r), sigma^2 dof / n) and base error
-                             ||A_hat - A*||_F against each swept key.
-A run gives finetune_curves.{png,pdf} (and the retraining objectives).
-Dashed lines: the theory's levels (claims C2, C6).
+Reads only stored files (no computation). What is drawn comes from the protocol of the results
+(its plots: result columns and trajectories, labels, theory levels). A sweep gives
+  <curves>.{png,pdf}:       each of the protocol's trajectory figures (the paper's
+                            finetune_curves: test loss against fine-tuning step, Meta-LoRA vs
+                            SR; bilevel: retrain_curves, base_error_curves; representation:
+                            distance_curves, objective_curves), one panel per grid point, mean
+                            line with a min-max band over seeds;
+  final_vs_<key>.{png,pdf}: the protocol's final values against each swept key, one row of
+                            panels per value of the other swept keys (and of the fine-tuning rank,
+                            never pooled), dashed: closed forms.
+A run gives one figure with every trajectory panel of its protocol (the paper's: finetune_curves).
+A protocol with nothing to plot is one error line (exit code 2).
 """
 
 
