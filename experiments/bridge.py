@@ -23,13 +23,14 @@ seconds (the tests run it).
 """
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from linmeta.engine.claim_support import experiment_args, experiment_parser
 
 SETTINGS = {
     "tiny": dict(d=6, k=1, T=3, ns=(20, 80), draws=20, rep_setting="tiny", rep_mc=False),
@@ -181,11 +182,13 @@ def main(setting: str = "full", out_dir="figures", seed: int = 0) -> dict:
     return result
 
 
+def build_parser():
+    """The command line (:func:`linmeta.engine.claim_support.experiment_parser`)."""
+    return experiment_parser(__doc__, prog="python -m experiments.bridge",
+                             settings=tuple(SETTINGS))
+
+
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=(__doc__ or "").strip().splitlines()[0])
-    p.add_argument("--setting", choices=tuple(SETTINGS), default="full")
-    p.add_argument("--out", default="figures")
-    p.add_argument("--seed", type=int, default=0)
-    a = p.parse_args()
+    a = experiment_args(build_parser())
     main(a.setting, a.out, a.seed)
     sys.exit(0)

@@ -21,8 +21,8 @@ from pathlib import Path
 import jax
 
 from linmeta.families.paper.claims import c8
-from linmeta.engine.claim_support import (experiment_cli, format_verdicts, plot_claim,
-                                          single_thread_blas)
+from linmeta.engine.claim_support import (experiment_cli, experiment_parser, format_verdicts,
+                                          plot_claim, single_thread_blas)
 
 
 def main(setting: str = "full", out_dir="results/experiments", seed: int = 0) -> list:
@@ -42,5 +42,10 @@ def main(setting: str = "full", out_dir="results/experiments", seed: int = 0) ->
     return list(result.verdicts)
 
 
+def build_parser():
+    """The command line (:func:`linmeta.engine.claim_support.experiment_parser`)."""
+    return experiment_parser(__doc__, prog="python -m experiments.c8_landscape_census")
+
+
 if __name__ == "__main__":
-    sys.exit(experiment_cli(main, __doc__))
+    sys.exit(experiment_cli(main, __doc__, parser=build_parser()))

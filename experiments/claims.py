@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import sys
 
-from linmeta.engine.claim_support import claims_cli, run_claims
+from linmeta.engine.claim_support import claims_cli, claims_parser, run_claims
+
+build_parser = claims_parser  # the command line (python -m experiments.claims --help)
 
 
 def main(claims, setting: str = "full", out_dir="results/claims", seed: int = 0) -> list:

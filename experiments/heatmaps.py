@@ -29,7 +29,6 @@ Run: ``python -m experiments.heatmaps --setting full --out figures`` writes
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import io
 import time
@@ -41,6 +40,7 @@ import numpy as np
 
 import linmeta
 from linmeta.core import metrics, theory
+from linmeta.engine.claim_support import experiment_args, experiment_parser
 from linmeta.engine.results import atomic_write_bytes
 
 SETTINGS = {
@@ -283,13 +283,12 @@ def _print(result: dict) -> None:
     print("figures:", ", ".join(result["figures"]))
 
 
+def build_parser():
+    """The command line (:func:`linmeta.engine.claim_support.experiment_parser`)."""
+    return experiment_parser(__doc__, prog="python -m experiments.heatmaps",
+                             settings=tuple(SETTINGS))
+
+
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--setting", choices=tuple(SETTINGS), default="full")
-    parser.add_argument("--out", default="figures")
-    parser.add_argument("--seed", type=int, default=0)
-    from linmeta.engine import compile_cache
-    compile_cache.add_argument(parser)
-    args = parser.parse_args()
-    compile_cache.enable_from_args(args)
+    args = experiment_args(build_parser())
     _print(main(args.setting, args.out, args.seed))

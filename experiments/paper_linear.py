@@ -32,7 +32,6 @@ Settings: ``full`` (the paper's), ``quick`` (a tenth of the steps, 3 runs), ``ti
 """
 from __future__ import annotations
 
-import argparse
 import io
 import textwrap
 import time
@@ -42,6 +41,7 @@ import numpy as np
 
 import linmeta
 from linmeta.engine import sweep
+from linmeta.engine.claim_support import experiment_args, experiment_parser
 from linmeta.engine.results import atomic_write_bytes, atomic_write_json
 
 SWEEPS = {"T": (2, 3, 5), "k": (1, 2, 3), "d": (5, 10, 20), "N": (100, 1000, 10000),
@@ -275,11 +275,11 @@ def main(setting: str = "full", out_dir: str = "figures",
     return summary
 
 
-def _cli(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--setting", choices=tuple(SETTINGS), default="full")
-    p.add_argument("--out", default="figures", help="output folder (default: figures)")
+def build_parser():
+    """The command line (:func:`linmeta.engine.claim_support.experiment_parser` and this
+    script's own arguments)."""
+    p = experiment_parser(__doc__, prog="python -m experiments.paper_linear",
+                          settings=tuple(SETTINGS), seed=False)
     p.add_argument("--which", nargs="+", choices=tuple(SWEEPS), default=list(SWEEPS),
                    help="which one-at-a-time sweeps to run (default: all five)")
     p.add_argument("--protocol", choices=PROTOCOLS, default="paper",
@@ -287,10 +287,11 @@ def _cli(argv=None):
                         "and fine-tuning starts); the T panel shows both")
     p.add_argument("--truth-seed", type=int, default=0, help="seed of the ground truth")
     p.add_argument("--float32", action="store_true", help="run in float32 (default float64)")
-    from linmeta.engine import compile_cache
-    compile_cache.add_argument(p)
-    a = p.parse_args(argv)
-    compile_cache.enable_from_args(a)
+    return p
+
+
+def _cli(argv=None):
+    a = experiment_args(build_parser(), argv)
     import jax
     jax.config.update("jax_enable_x64", not a.float32)
     main(a.setting, a.out, tuple(a.which), a.truth_seed, a.protocol)

@@ -22,13 +22,14 @@ Run: ``python -m experiments.paper_t_spread --setting full --out figures`` write
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import io
 import time
 from pathlib import Path
 
 import numpy as np
+
+from linmeta.engine.claim_support import experiment_args, experiment_parser
 
 OFFICIAL = {  # the official code, 5 runs per T, final Meta-LoRA test loss: mean [min, max]
     2: (0.0136, 0.0048, 0.046), 3: (0.0022, 0.0019, 0.0026), 5: (0.0023, 0.0017, 0.0031)}
@@ -299,15 +300,14 @@ def _print(out: dict) -> None:
     print(f"total {out['seconds']:.1f} s")
 
 
+def build_parser():
+    """The command line (:func:`linmeta.engine.claim_support.experiment_parser`)."""
+    return experiment_parser(__doc__, prog="python -m experiments.paper_t_spread",
+                             settings=tuple(SETTINGS))
+
+
 def _cli(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--setting", choices=tuple(SETTINGS), default="full")
-    p.add_argument("--out", default="figures", help="output folder (default: figures)")
-    p.add_argument("--seed", type=int, default=0, help="first run seed")
-    from linmeta.engine import compile_cache
-    compile_cache.add_argument(p)
-    a = p.parse_args(argv)
-    compile_cache.enable_from_args(a)
+    a = experiment_args(build_parser(), argv)
     import jax
     jax.config.update("jax_enable_x64", True)
     main(a.setting, a.out, a.seed)

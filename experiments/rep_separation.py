@@ -23,8 +23,8 @@ import numpy as np
 
 from linmeta.families.representation.claims import r7
 from linmeta.core.files import atomic_write_json
-from linmeta.engine.claim_support import (experiment_cli, figure_name, format_verdicts, plot_claim,
-                                          single_thread_blas)
+from linmeta.engine.claim_support import (experiment_cli, experiment_parser, figure_name,
+                                          format_verdicts, plot_claim, single_thread_blas)
 
 
 def summary(result) -> dict:
@@ -73,5 +73,10 @@ def main(setting: str = "full", out_dir="results/experiments", seed: int = 0) ->
     return list(result.verdicts)
 
 
+def build_parser():
+    """The command line (:func:`linmeta.engine.claim_support.experiment_parser`)."""
+    return experiment_parser(__doc__, prog="python -m experiments.rep_separation")
+
+
 if __name__ == "__main__":
-    sys.exit(experiment_cli(main, __doc__))
+    sys.exit(experiment_cli(main, __doc__, parser=build_parser()))

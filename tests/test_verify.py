@@ -13,7 +13,7 @@ import pytest
 
 from linmeta.engine import claims as claims_pkg
 from linmeta.front import verify
-from linmeta.engine.claims import ClaimResult, Verdict
+from linmeta.engine.claims import ClaimResult, Verdict, all_claims
 from linmeta.engine.verdict import Tolerance, audit, audited
 
 
@@ -51,11 +51,12 @@ def fake_claims(monkeypatch):
 
     def claim_module(cid):
         if cid not in table:
-            module = claims_pkg.all_claims()[cid][1]
+            module = all_claims()[cid][1]   # the registered module, absent here
             raise ModuleNotFoundError(f"No module named {module!r}", name=module)
         return table[cid]
 
-    monkeypatch.setattr(verify, "claim_module", claim_module)
+    monkeypatch.setattr(claims_pkg, "claim_module", claim_module)
+    monkeypatch.setattr(verify, "claim_module", claim_module)  # the name verify calls
     return table
 
 
@@ -78,11 +79,11 @@ def test_arguments_and_defaults():
 def test_run_verify_tiny_writes_report_and_json(tmp_path):
     results, ok = verify.run_verify("tiny", ["C1"], tmp_path, seed=0, figures=False)
     assert ok and [r.claim for r in results] == ["C1"]
-    report = (tmp_path / "REPORT.md").read_text()
+    report = (tmp_path / "REPORT-C1.md").read_text()          # a partial run: its own report
     assert "| [C1](" in report and "docs/theory.md#c1)" in report        # linked to its section
     assert "Setting **tiny**" in report and "float64" in report
     assert "jax:" in report and "Overall: **PASS**" in report
-    data = json.loads((tmp_path / "verdicts.json").read_text())
+    data = json.loads((tmp_path / "verdicts-C1.json").read_text())
     assert data["ok"] is True and data["meta"]["setting"] == "tiny"
     assert data["meta"]["dtype"] == "float64"
     assert all(r["claim"] == "C1" and r["passed"] for r in data["verdicts"])
@@ -100,11 +101,11 @@ def test_failing_claim_gives_exit_code_1_and_report(tmp_path, fake_claims, capsy
     assert verify.run_from_args(args) == 1
     printed = capsys.readouterr().out
     assert "C2" in printed and "FAIL" in printed and "1/2 claims pass" in printed
-    report = (tmp_path / "REPORT.md").read_text()
+    report = (tmp_path / "REPORT-C1_C2.md").read_text()
     assert "Overall: **FAIL**" in report and "**NO**" in report
     assert "a quantity \\| with a pipe" in report          # pipes escaped in the table
     assert "![C1](c1_fake_tiny.png)" in report and "c2_fake_tiny.pdf" in report
-    data = json.loads((tmp_path / "verdicts.json").read_text())
+    data = json.loads((tmp_path / "verdicts-C1_C2.json").read_text())
     assert data["ok"] is False
     assert [c["passed"] for c in data["claims"]] == [True, False]
 
@@ -127,7 +128,7 @@ def test_missing_module_raising_run_and_raising_plot_are_failed_rows(tmp_path, f
     assert by["C8"].verdicts[0].quantity == "module missing" and not by["C8"].verdicts[0].passed
     assert "RuntimeError: boom" in by["C2"].verdicts[0].note
     assert [v.quantity for v in by["C3"].verdicts if not v.passed] == ["figure"]
-    report = (tmp_path / "REPORT.md").read_text()
+    report = (tmp_path / "REPORT-C8_C2_C3.md").read_text()
     assert "## Errors" in report and "boom" in report
 
 
@@ -201,8 +202,38 @@ def test_a_row_whose_tolerance_fails_the_audit_fails(tmp_path, fake_claims):
     assert not ok
     fine, loose = results[0].verdicts
     assert fine.passed and not loose.passed and "tolerance audit failed" in loose.note
-    rows = json.loads((tmp_path / "verdicts.json").read_text())["verdicts"]
+    rows = json.loads((tmp_path / "verdicts-C1.json").read_text())["verdicts"]
     assert rows[1]["tolerance_rule"] == "rounding" and rows[1]["passed"] is False
     # measured rows and rows with a text tolerance pass through the audit unchanged
     plain = Verdict("C9", "q", 1, 1, 0.0, "text", True, "check")
     assert audited([plain]) == [plain]
+
+
+# ----------------------------------------------------------------------------- partial runs (issue 20)
+def test_a_partial_run_writes_its_own_report_and_leaves_the_full_one(tmp_path, fake_claims,
+                                                                     capsys):
+    from linmeta.engine.claims import claim_ids, family_claims
+
+    for cid in claim_ids():
+        fake_claims[cid] = _fake_module(cid)
+    verify.run_verify("tiny", None, tmp_path, figures=False)         # every registered claim
+    full = {name: (tmp_path / name).read_bytes() for name in ("REPORT.md", "verdicts.json")}
+    assert "Partial run" not in full["REPORT.md"].decode()
+    args = _parser().parse_args(["--tiny", "--claims", "C3,C6", "--out", str(tmp_path),
+                                 "--no-figures"])
+    assert verify.run_from_args(args) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "REPORT-C3_C6.md" in last and "partial run" in last and "REPORT.md" in last
+    assert {name: (tmp_path / name).read_bytes() for name in full} == full   # untouched
+    partial = (tmp_path / "REPORT-C3_C6.md").read_text()
+    assert "Partial run: 2 of" in partial and "REPORT.md" in partial
+    data = json.loads((tmp_path / "verdicts-C3_C6.json").read_text())
+    assert [c["claim"] for c in data["claims"]] == ["C3", "C6"]
+    # the rule: a whole family is named by its name; every claim is the full report
+    assert verify.report_files(family_claims("bilevel")) == ("REPORT-bilevel.md",
+                                                            "verdicts-bilevel.json")
+    assert verify.report_files(claim_ids()) == ("REPORT.md", "verdicts.json")
+    long = verify.report_files(claim_ids()[:-1])[0]
+    assert len(long) <= len("REPORT-.md") + verify.MAX_TAG
+    assert "REPORT-<claims>.md" in verify.PARTIAL_RULE and "REPORT-<claims>.md" in (
+        verify.__doc__ + _parser().format_help())

@@ -9,6 +9,7 @@ folders, reports and figures all go through it.
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import io
 import json
@@ -130,9 +131,19 @@ def file_sha256(path) -> str:
 def check_writable_dir(path) -> str:
     """Create ``path`` (and parents) if needed and prove it is writable; OSError otherwise.
 
-    The OSError message names the folder, so the command line can print it as one line.
+    The OSError message names the folder, so the command line can print it as one line; a path
+    that is a file (or lies under one) is named as a file, not as an unwritable folder.
     """
     path = os.path.abspath(os.fspath(path))
+    existing = path
+    while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    if os.path.exists(existing) and not os.path.isdir(existing):
+        if existing == path:
+            raise OSError(errno.ENOTDIR, f"output folder {path!r} is a file, not a folder; "
+                                         "choose a writable --out folder")
+        raise OSError(errno.ENOTDIR, f"output folder {path!r} is not writable ({existing!r} is "
+                                     "a file, not a folder); choose a writable --out")
     try:
         os.makedirs(path, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=path, prefix=".write-test-")

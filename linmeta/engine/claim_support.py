@@ -6,8 +6,9 @@
   per-seed slopes and its standard error over seeds are what the verdict rows compare with a rate.
 - :func:`float_tol`: a tolerance scaled by the machine epsilon of the working dtype.
 - :func:`save_figure`: writes a matplotlib figure as PNG and PDF, each atomically.
-- :func:`experiment_main` / :func:`experiment_cli`: the body and command line of the thin
-  ``experiments/cN_*.py`` scripts.
+- :func:`experiment_parser`, :func:`experiment_args`, :func:`experiment_cli`: the command line of
+  every experiment script (``experiments/*.py``), checked as ``linmeta``'s is (a seed in
+  [0, 2^31 - 1], a writable ``--out``: otherwise one line on standard error and exit code 2).
 - :func:`fit_meta_lora_and_sr`: the library's Meta-LoRA (Newton) and SR on a batch of task
   statistics in fixed-size vmapped chunks, so that C3 and C7 share one compilation.
 - :func:`single_thread_blas`: one OpenBLAS thread for the verification processes (many small
@@ -42,7 +43,8 @@ from .verdict import audited, fmt
 __all__ = ["loglog_slope", "per_seed_slopes", "float_tol", "working_dtype", "save_figure",
            "pyplot", "band", "spread", "settings_value", "key_for", "format_verdicts", "figure_dpi",
            "experiment_cli", "fit_meta_lora_and_sr", "single_thread_blas", "resolve_claims",
-           "run_claims", "claims_cli", "figure_name", "plot_claim"]
+           "run_claims", "claims_cli", "figure_name", "plot_claim", "claims_parser",
+           "experiment_parser", "experiment_args", "check_experiment_args"]
 
 
 def working_dtype():
@@ -244,54 +246,96 @@ def run_claims(words, setting: str = "full", out_dir="results/claims", seed: int
     return rows
 
 
+SEED_MAX = 2 ** 31 - 1
+#: The argument names an experiment's command line checks as seeds (integers in [0, SEED_MAX]).
+SEED_ARGUMENTS = ("seed", "truth_seed")
+
+
+class _ExperimentParser(argparse.ArgumentParser):
+    """argparse with the command line's one-line usage errors (exit code 2)."""
+
+    def error(self, message):
+        message = " ".join(str(message).split())
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def experiment_parser(doc: str, *, prog: str | None = None,
+                      default_out: str = "results/experiments",
+                      settings=("tiny", "quick", "full"), seed: bool = True,
+                      setting: bool = True) -> argparse.ArgumentParser:
+    """The shared arguments of an experiment script: ``--setting`` (default full), ``--out``
+    (default ``default_out``), ``--seed`` (unless ``seed=False``) and ``--no-compile-cache``.
+    A script adds its own arguments to the parser; :func:`experiment_args` parses and checks."""
+    p = _ExperimentParser(prog=prog, description=(doc or "").strip().split("\n\n")[0],
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    if setting:
+        p.add_argument("--setting", choices=tuple(settings), default="full")
+    p.add_argument("--out", default=default_out,
+                   help=f"output folder (default: {default_out}; the committed figures are in "
+                        "figures/)")
+    if seed:
+        p.add_argument("--seed", type=int, default=0, help="root random seed (default: 0)")
+    compile_cache.add_argument(p)
+    return p
+
+
+def check_experiment_args(args) -> None:
+    """The command line's rules for an experiment's parsed arguments: every seed argument
+    (:data:`SEED_ARGUMENTS`) an integer in [0, 2^31 - 1] and ``--out`` a writable folder
+    (:func:`linmeta.core.files.check_writable_dir`). ``ValueError`` / ``OSError`` naming the
+    argument."""
+    for name in SEED_ARGUMENTS:
+        value = getattr(args, name, None)
+        if value is not None and not 0 <= value <= SEED_MAX:
+            raise ValueError(f"--{name.replace('_', '-')} must be an integer in [0, {SEED_MAX}], "
+                             f"got {value}")
+    if getattr(args, "out", None) is not None:
+        check_writable_dir(args.out)
+
+
+def experiment_args(parser: argparse.ArgumentParser, argv=None, check=None) -> argparse.Namespace:
+    """Parse ``argv`` with ``parser`` (:func:`experiment_parser`), check the arguments
+    (``check(args)`` if given, then :func:`check_experiment_args`: a bad one is one line on
+    standard error and exit code 2, like the command line) and switch on the compilation cache;
+    returns the arguments."""
+    a = parser.parse_args(argv)
+    try:
+        if check is not None:
+            check(a)
+        check_experiment_args(a)
+    except (ValueError, OSError) as e:
+        text = e.strerror if isinstance(e, OSError) and e.strerror and not e.filename else str(e)
+        parser.exit(2, f"{parser.prog}: error: {' '.join(str(text).split())}\n")
+    compile_cache.enable_from_args(a)
+    return a
+
+
+def claims_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m experiments.claims``."""
+    p = experiment_parser(
+        "Run claims (ids such as C3, or whole families such as bilevel) at a setting, write "
+        "their figures and print their verdict rows.", prog="python -m experiments.claims",
+        default_out="results/claims", settings=claims.SETTINGS)
+    p.add_argument("claims", nargs="+", help="claim ids or family names, e.g. C3 C6 or bilevel")
+    return p
+
+
 def claims_cli(argv=None) -> int:
     """``python -m experiments.claims CLAIMS... [--setting S] [--out DIR] [--seed N]``: exit 0
     when every check passes, 1 when one fails, 2 for bad input (one line on standard error)."""
-    p = argparse.ArgumentParser(
-        prog="python -m experiments.claims",
-        description="Run claims (ids such as C3, or whole families such as bilevel) at a "
-                    "setting, write their figures and print their verdict rows.")
-    p.add_argument("claims", nargs="+", help="claim ids or family names, e.g. C3 C6 or bilevel")
-    p.add_argument("--setting", choices=claims.SETTINGS, default="full")
-    p.add_argument("--out", default="results/claims",
-                   help="figure folder (default: results/claims; the committed figures are in "
-                        "figures/)")
-    p.add_argument("--seed", type=int, default=0)
-    compile_cache.add_argument(p)
-    a = p.parse_args(argv)
-    try:
-        resolve_claims(a.claims)
-        if a.seed < 0:
-            raise ValueError(f"--seed must be an integer >= 0, got {a.seed}")
-        check_writable_dir(a.out)
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    compile_cache.enable_from_args(a)
+    a = experiment_args(claims_parser(), argv, check=lambda a: resolve_claims(a.claims))
     rows = run_claims(a.claims, setting=a.setting, out_dir=a.out, seed=a.seed)
     return 0 if all(v.passed for v in rows) else 1
 
 
-def experiment_cli(main, doc: str, argv=None, default_out: str = "results/experiments"):
-    """Arguments of an experiment script (``--setting {tiny,quick,full}``, default full;
-    ``--out``, default ``default_out``; ``--seed`` >= 0), validated the way the command line
-    validates (one line on standard error, exit 2), then ``main(setting, out_dir, seed)``."""
-    p = argparse.ArgumentParser(description=(doc or "").strip().splitlines()[0])
-    p.add_argument("--setting", choices=("tiny", "quick", "full"), default="full")
-    p.add_argument("--out", default=default_out,
-                   help=f"output folder (default: {default_out}; the committed figures are in "
-                        "figures/)")
-    p.add_argument("--seed", type=int, default=0)
-    compile_cache.add_argument(p)
-    a = p.parse_args(argv)
-    try:
-        if a.seed < 0:
-            raise ValueError(f"--seed must be an integer >= 0, got {a.seed}")
-        check_writable_dir(a.out)
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    compile_cache.enable_from_args(a)
+def experiment_cli(main, doc: str, argv=None, default_out: str = "results/experiments",
+                   parser: argparse.ArgumentParser | None = None):
+    """Arguments of an experiment script (``parser``, default :func:`experiment_parser`:
+    ``--setting {tiny,quick,full}``, default full; ``--out``, default ``default_out``; ``--seed``
+    >= 0), validated the way the command line validates (:func:`experiment_args`: one line on
+    standard error, exit 2), then ``main(setting, out_dir, seed)``."""
+    parser = parser if parser is not None else experiment_parser(doc, default_out=default_out)
+    a = experiment_args(parser, argv)
     rows = main(setting=a.setting, out_dir=a.out, seed=a.seed)
     return 0 if all(v.passed for v in rows) else 1
 

@@ -10,8 +10,8 @@ here.
 Contract of a claim module:
 
 - ``run(setting: str = "quick", seed: int = 0) -> ClaimResult``: computes the measurements for
-  ``setting`` in ``SETTINGS`` (``"tiny"``: seconds, used by the tests; ``"quick"``: a share of the
-  two-minute ``linmeta verify --quick``; ``"full"``: the documented full run) and returns the verdict
+  ``setting`` in ``SETTINGS`` (``"tiny"``: seconds, used by the tests; ``"quick"``: a share of
+  ``linmeta verify --quick``; ``"full"``: the documented full run) and returns the verdict
   rows (:class:`linmeta.engine.verdict.Verdict`) plus the arrays its figure needs.
 - ``plot(result: ClaimResult, out_dir) -> list[pathlib.Path]``: writes the figure(s) as PNG and
   PDF; imports matplotlib inside the function so numeric code never pulls it in.

@@ -121,8 +121,12 @@ def parse_count_or_inf(text: str, key: str = "N"):
         raise ValueError(f"{key} must be an integer >= 1 or 'inf' (population), got {text!r}")
 
 
-def _check_keys(where: str, cfg: dict, allowed) -> None:
+def _check_keys(where: str, cfg: dict, allowed, protocol: str | None = None) -> None:
+    """``ValueError`` for a key of ``cfg`` not in ``allowed`` (the keys of ``protocol``, when
+    given: the message then says that the keys depend on the protocol)."""
     unknown = [k for k in cfg if k not in allowed]
+    if unknown and protocol is not None:
+        raise protocols.unknown_key_error(unknown[0], protocol, allowed, where)
     if unknown:
         raise ValueError(f"{where}: unknown key {unknown[0]!r}; allowed keys: "
                          f"{', '.join(allowed)}")
@@ -138,15 +142,18 @@ def merge(*layers: dict | None) -> dict:
     return out
 
 
-def _protocol_keys(*layers: dict) -> list:
-    """Keys allowed in a file: those of the protocol it names (key ``protocol`` in any layer,
-    default ``"paper"``), so a family's file is checked against its own keys."""
-
-    name = next((layer["protocol"] for layer in layers
+def _protocol_name(*layers: dict) -> str:
+    """The protocol a file names (key ``protocol`` in any layer, default ``"paper"``)."""
+    return next((layer["protocol"] for layer in layers
                  if isinstance(layer, dict) and isinstance(layer.get("protocol"), str)),
                 protocols.DEFAULT)
+
+
+def _protocol_keys(*layers: dict) -> list:
+    """Keys allowed in a file: those of the protocol it names (:func:`_protocol_name`), so a
+    family's file is checked against its own keys."""
     try:
-        proto = protocols.get(name)
+        proto = protocols.get(_protocol_name(*layers))
     except ValueError:
         return ["protocol"]  # the unknown name is reported by validation, naming the choices
     return ["protocol", *proto.defaults]
@@ -179,7 +186,8 @@ def load_run_config(path, *, check_truth: bool = True) -> tuple[dict, str | None
                 raise ValueError(f"config file {os.fspath(path)!r}: truth must be a path string, "
                                  f"got {truth_path!r}")
             truth_path = resolve_path(truth_path, os.fspath(path))
-    _check_keys(f"config file {os.fspath(path)!r}", data, _protocol_keys(data))
+    _check_keys(f"config file {os.fspath(path)!r}", data, _protocol_keys(data),
+                _protocol_name(data))
     return data, truth_path
 
 
@@ -199,8 +207,8 @@ def load_sweep_spec(path) -> tuple[dict, str | None]:
     if not isinstance(grid, dict) or not isinstance(fixed, dict):
         raise ValueError(f"{where}: 'grid' and 'fixed' must be tables of config keys")
     allowed = _protocol_keys(fixed, grid)
-    _check_keys(f"{where} [grid]", grid, allowed)
-    _check_keys(f"{where} [fixed]", fixed, allowed)
+    _check_keys(f"{where} [grid]", grid, allowed, _protocol_name(fixed, grid))
+    _check_keys(f"{where} [fixed]", fixed, allowed, _protocol_name(fixed, grid))
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise ValueError(f"{where}: grid.{key} must be a non-empty list of values, "

@@ -101,7 +101,8 @@ from . import families, program_cache
 
 __all__ = ["Protocol", "Stage", "Check", "Batch", "register", "get", "names", "DEFAULT",
            "validate", "divergence_error", "divergence_message", "diverged_stages",
-           "stage_flags", "default_keys"]
+           "stage_flags", "default_keys", "unknown_key_error", "Series", "Curves", "Finals",
+           "Plots"]
 
 DEFAULT = "paper"
 SEED_MAX = 2 ** 31 - 1
@@ -150,6 +151,66 @@ class Batch(NamedTuple):
     context: Any = None
 
 
+class Series(NamedTuple):
+    """One plotted quantity of a protocol (:class:`Plots`): ``name`` is a result column (in
+    :class:`Finals` and as a level of :class:`Curves`) or a trajectory (in :class:`Curves`);
+    ``label`` its legend entry; ``color`` a matplotlib colour (None: the cycle); ``steps`` the
+    trajectory holding its x values (default: the figure's ``steps``); ``dashed``: a theory
+    level, drawn dashed, values below 1e-12 (an exact fit) left out; ``scale``: a result column
+    the value is multiplied by (e.g. ``"n"``: a per-sample closed form in the units of a sum over
+    n samples; rows where it is not a finite number are left out)."""
+
+    name: str
+    label: str
+    color: str | None = None
+    steps: str | None = None
+    dashed: bool = False
+    scale: str | None = None
+
+
+class Curves(NamedTuple):
+    """A figure of trajectories against their steps: in a sweep, ``<stem>.png`` with one panel
+    per grid point (mean line and min-max band over seeds) when ``sweep`` is true; in a run, one
+    panel of the run's figure. ``levels``: result columns drawn as horizontal dashed lines (their
+    mean over the panel's rows), e.g. a closed-form floor."""
+
+    stem: str
+    title: str
+    ylabel: str
+    series: tuple
+    steps: str | None = None
+    xlabel: str = "iteration"
+    levels: tuple = ()
+    logy: bool = True
+    sweep: bool = True
+
+
+class Finals(NamedTuple):
+    """A panel of final values (result columns) against each swept key, in the sweep figures
+    ``final_vs_<key>.png``: mean line and min-max band over seeds, per group of the other swept
+    keys (and of :attr:`Plots.split_by`)."""
+
+    ylabel: str
+    series: tuple
+    logy: bool = True
+
+
+class Plots(NamedTuple):
+    """What ``linmeta plot`` draws for a protocol (:attr:`Protocol.plots`): ``curves`` (figures of
+    trajectories, :class:`Curves`), ``finals`` (panels of result columns against each swept key,
+    :class:`Finals`), ``split_by`` (keys never pooled into one line, also when a sweep does not
+    sweep them, e.g. the fine-tuning rank that the paper's protocol sets from T), ``fixed``
+    (keys named in the titles as the setting) and ``note`` (a line under each figure: what the
+    plotted quantities are). A protocol without a ``plots`` value gets one read off its stored
+    results (:func:`linmeta.front.plotting.default_plots`); ``Plots()`` plots nothing."""
+
+    curves: tuple = ()
+    finals: tuple = ()
+    split_by: tuple = ()
+    fixed: tuple = ("d", "k", "T", "N", "n", "noise_std")
+    note: str = ""
+
+
 def default_keys(seed, truth_seed=None):
     """:func:`linmeta.core.sampling.run_keys`: independent retrain, finetune, init, newton
     streams."""
@@ -166,7 +227,10 @@ class Protocol:
     result, for tables), ``description``, ``help`` (key -> text). Hooks (replace the generic
     behaviour): ``validate(cfg) -> dict``, ``group_key(cfg) -> tuple``, ``batch(cfgs, truths,
     dtype) -> Batch``, ``results(cfg, batch, record, flags) -> dict``, ``single_device(shape)``,
-    ``chunk_size(cfg)``, ``sub_batch(shape, dtype)``."""
+    ``chunk_size(cfg)``, ``sub_batch(shape, dtype)``. Run records: ``divergence_flags``,
+    ``diverged_stages``, ``divergence_error``, ``record_theory``, ``summary``, ``accepts_truth``.
+    Figures: ``plots`` (a :class:`Plots`: what ``linmeta plot`` draws from its result columns and
+    trajectories)."""
 
     name: str
     run: Callable
@@ -196,6 +260,8 @@ class Protocol:
     record_theory: Callable | None = None
     summary: Callable | None = None
     accepts_truth: bool = False
+    # figures (linmeta.front.plotting): which columns and trajectories 'linmeta plot' draws
+    plots: Plots | None = None
 
     @property
     def static(self) -> tuple:
@@ -411,11 +477,27 @@ def _inferred_check(key, default) -> Check | None:
     return None
 
 
+def unknown_key_error(key, protocol: str | list, allowed, where: str = "") -> ValueError:
+    """The error for a configuration key that ``protocol`` (a name, or the names of a grid over
+    protocols) does not have: it names the key, says that the keys depend on the protocol (the
+    key ``protocol`` chooses it) and lists the registered protocols and ``allowed``, the chosen
+    protocol's keys."""
+    names_ = [protocol] if isinstance(protocol, str) else list(protocol)
+    chosen = " / ".join(map(repr, names_))
+    keys = ["protocol", *[k for k in allowed if k != "protocol"]]
+    others = [n for n in names() if n not in names_]
+    example = f"; e.g. protocol = \"{others[0]}\" has other keys" if others else ""
+    return ValueError(
+        f"unknown configuration key {key!r}{' in ' + where if where else ' for protocol ' + chosen}"
+        f"; allowed keys: {', '.join(keys)} (the keys of protocol {chosen}: the keys depend on "
+        f"the protocol, which the key protocol chooses, one of {', '.join(map(repr, names()))}"
+        f"{example})")
+
+
 def _unknown_keys(proto: Protocol, cfg: Mapping) -> None:
     unknown = [key for key in cfg if key not in proto.defaults]
     if unknown:
-        raise ValueError(f"unknown configuration key {unknown[0]!r} for protocol "
-                         f"{proto.name!r}; allowed keys: protocol, {', '.join(proto.defaults)}")
+        raise unknown_key_error(unknown[0], proto.name, proto.defaults)
 
 
 def _generic_validate(proto: Protocol, cfg: Mapping) -> dict:

@@ -175,13 +175,13 @@ def expand_grid(spec: Mapping) -> list[dict]:
     if not isinstance(grid, Mapping) or not isinstance(fixed, Mapping):
         raise ValueError("sweep spec 'grid' and 'fixed' must be mappings of configuration keys")
     allowed = ["protocol"]
-    for proto in _spec_protocols(grid, fixed):
+    chosen = _spec_protocols(grid, fixed)
+    for proto in chosen:
         allowed += [k for k in proto.defaults if k not in allowed]
     for where, table in (("grid", grid), ("fixed", fixed)):
         bad = [key for key in table if key not in allowed]
         if bad:
-            raise ValueError(f"unknown configuration key {bad[0]!r} in {where}; allowed keys: "
-                             f"{', '.join(allowed)}")
+            raise protocols.unknown_key_error(bad[0], [p.name for p in chosen], allowed, where)
     both = [key for key in grid if key in fixed]
     if both:
         raise ValueError(f"key {both[0]!r} is both in grid and fixed; keep one")

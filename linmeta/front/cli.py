@@ -105,10 +105,34 @@ def _precision(float32: bool):
         jax.config.update("jax_enable_x64", old)
 
 
-def _wrap_keys(defaults: dict) -> str:
+def _wrap_keys(defaults) -> str:
     import textwrap
 
-    return "\n  ".join(textwrap.wrap(", ".join(defaults), 94))
+    return "\n    ".join(textwrap.wrap(", ".join(defaults), 92))
+
+
+def _protocol_keys_text() -> str:
+    """The configuration keys of every registered protocol (protocols with the same keys share
+    a line), for ``linmeta sweep --help``."""
+    from linmeta.engine import protocols  # deferred: 'linmeta --help' stays fast (imports no JAX)
+
+    by_keys: dict[tuple, list[str]] = {}
+    for name in protocols.names():
+        by_keys.setdefault(tuple(protocols.get(name).defaults), []).append(name)
+    return "\n".join(f"  protocol = {' or '.join(map(repr, names))}:\n    {_wrap_keys(keys)}"
+                     for keys, names in by_keys.items())
+
+
+def _claims_text() -> str:
+    """The registered claims, by family (e.g. ``C1-C8, M1-M6, R1-R7``), read from the registry."""
+    from linmeta.engine import claims  # deferred: 'linmeta --help' stays fast (imports no JAX)
+
+    parts = []
+    for family in claims.family_names():
+        ids = claims.family_claims(family)
+        if ids:
+            parts.append(ids[0] if len(ids) == 1 else f"{ids[0]}-{ids[-1]}")
+    return ", ".join(parts)
 
 
 def _one_line(text: str) -> str:
@@ -242,8 +266,10 @@ diverged (NaN/inf, or a recorded loss that grew 1000-fold): they are kept in the
 ml_diverged, sr_diverged, ft_diverged columns set, and a summary on stderr names them; 2 for bad
 input; 130 when interrupted (what is written stays; run the command again to resume).
 
-Keys allowed in [fixed] and [grid] (defaults and meaning: 'linmeta run --help'):
-  {keys}
+The keys allowed in [fixed] and [grid] depend on the protocol: the key protocol (default
+"paper") chooses it, and protocol = "bilevel" (or "representation", ...) changes every other key.
+The keys of each registered protocol (defaults and meaning of the paper's: 'linmeta run --help'):
+{keys}
 """
 
 
@@ -362,16 +388,21 @@ def _print_theory(rep: dict) -> None:
 _PLOT_EPILOG = """\
 examples:
   linmeta plot results/t_sweep                  # a sweep folder (manifest.json, results.csv)
+  linmeta plot results/bilevel_K                # any protocol: the figures it declares
   linmeta plot results/run-1a2b3c4d --out figs  # a run folder (record.json)
 
-Reads only stored files (no computation). A sweep gives
-  finetune_curves.{png,pdf}: fine-tuning test loss against step, one panel per grid point,
-                             Meta-LoRA vs SR, mean line with a min-max band over seeds;
-  final_vs_<key>.{png,pdf}:  final fine-tuning test loss, excess risk ||M - M*||_F^2 beside the
-                             theory (SR bias E_SR(r), sigma^2 dof / n) and base error
-                             ||A_hat - A*||_F against each swept key.
-A run gives finetune_curves.{png,pdf} (and the retraining objectives).
-Dashed lines: the theory's levels (claims C2, C6).
+Reads only stored files (no computation). What is drawn comes from the protocol of the results
+(its plots: result columns and trajectories, labels, theory levels). A sweep gives
+  <curves>.{png,pdf}:       each of the protocol's trajectory figures (the paper's
+                            finetune_curves: test loss against fine-tuning step, Meta-LoRA vs
+                            SR; bilevel: retrain_curves, base_error_curves; representation:
+                            distance_curves, objective_curves), one panel per grid point, mean
+                            line with a min-max band over seeds;
+  final_vs_<key>.{png,pdf}: the protocol's final values against each swept key, one row of
+                            panels per value of the other swept keys (and of the fine-tuning rank,
+                            never pooled), dashed: closed forms.
+A run gives one figure with every trajectory panel of its protocol (the paper's: finetune_curves).
+A protocol with nothing to plot is one error line (exit code 2).
 """
 
 
@@ -390,11 +421,13 @@ def _cmd_plot(args) -> int:
 # ----------------------------------------------------------------------------- verify
 _VERIFY_EPILOG = """\
 examples:
-  linmeta verify --quick                    # every claim C1-C8, under two minutes on 2 CPU cores
+  linmeta verify --quick                    # every registered claim ({claims})
   linmeta verify --full                     # the documented full checks
+  linmeta verify --quick --claims bilevel   # one family's claims
   linmeta verify --tiny --claims C1,C3 --no-figures --json
 Prints one row per claim, writes OUT/REPORT.md, OUT/verdicts.json and the figures (--out: see its
 default above), and exits with 1 if a claim fails. Runs in float64.
+{partial}
 """
 
 
@@ -407,6 +440,14 @@ def _verify_module():
         if e.name == "linmeta.front.verify":  # not there yet; an import error inside it is a real bug
             return None
         raise
+
+
+def _partial_report_rule() -> str:
+    """The rule of partial verify runs (:data:`linmeta.front.verify.PARTIAL_RULE`), wrapped."""
+    import textwrap
+
+    verify = _verify_module()
+    return "" if verify is None else "\n".join(textwrap.wrap(verify.PARTIAL_RULE, 96))
 
 
 def _cmd_verify(args) -> int:
@@ -475,7 +516,7 @@ def build_parser(command: str | None = "verify") -> argparse.ArgumentParser:
                        description="Run a grid of configurations from a TOML/JSON spec; shape "
                                    "groups run as compiled, vmapped chunks; results are written "
                                    "after every chunk and an interrupted sweep resumes.",
-                       epilog=_SWEEP_EPILOG.format(keys=_wrap_keys(defaults)),
+                       epilog=_SWEEP_EPILOG.format(keys=_protocol_keys_text()),
                        formatter_class=_FMT, allow_abbrev=False)
     p.add_argument("spec", metavar="SPEC", help="sweep spec file (.toml or .json)")
     p.add_argument("--out", metavar="DIR", required=True, help="output folder (created)")
@@ -492,11 +533,14 @@ def build_parser(command: str | None = "verify") -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_sweep)
 
     # verify
-    p = sub.add_parser("verify", help="check every claim of the theory (C1-C8)",
+    claims_text = _claims_text()
+    p = sub.add_parser("verify", help=f"check every claim of the theory ({claims_text})",
                        description="Run the claim checks of docs/theory.md, docs/bilevel.md and "
                                    "docs/representation.md and print one row per "
                                    "claim; exit code 1 if a claim fails.",
-                       epilog=_VERIFY_EPILOG, formatter_class=_FMT, allow_abbrev=False)
+                       epilog=_VERIFY_EPILOG.format(claims=claims_text,
+                                                    partial=_partial_report_rule()),
+                       formatter_class=_FMT, allow_abbrev=False)
     verify = _verify_module() if command == "verify" else None
     if verify is not None:
         verify.add_arguments(p)  # float64 only: its tolerances are float64 ones (no --float32)

@@ -1,15 +1,24 @@
-"""``linmeta verify``: run every claim check of the theory documents (docs/theory.md, C1-C8) and report.
+"""``linmeta verify``: run the claim checks of every registered family and report.
 
-For each claim id in :data:`linmeta.claims.CLAIM_IDS` the module ``linmeta.claims.cN`` is imported
-(:func:`linmeta.claims.claim_module`) and run at the chosen setting (``tiny``: seconds, for tests;
-``quick``: the whole set in under two minutes on 2 CPU cores; ``full``: the documented full run).
-Each claim returns verdict rows (claim, quantity, predicted, measured, spread, tolerance, passed,
-kind); its ``plot`` writes PNG and PDF figures. The runner prints one table row per claim, writes
-``<out>/REPORT.md`` (all rows, each claim linked to its section of the theory document
-(:func:`linmeta.claims.claim_doc`), the figures, setting, seed, dtype, versions, time) and
-``<out>/verdicts.json``, both atomically, and exits with 1 when a check fails. The default
-``<out>`` is ``results/verify`` (git-ignored); the committed figures are regenerated with
-``--out figures``. An output folder that cannot be created is one error line (exit 2).
+The claims are read from the registry (:func:`linmeta.engine.claims.claim_ids`: the families'
+claims, e.g. C1-C8 of docs/theory.md, M1-M6 of docs/bilevel.md, R1-R7 of docs/representation.md,
+and an installed plugin's). Each claim's module (:func:`linmeta.engine.claims.claim_module`) is run
+at the chosen setting (``tiny``: seconds per claim, for tests; ``quick``: the default, minutes for
+the whole set, dominated by compilation; ``full``: the documented full run). Each claim returns
+verdict rows (claim, quantity, predicted, measured, spread, tolerance, passed, kind); its ``plot``
+writes PNG and PDF figures. The runner prints one table row per claim, writes a report (all rows,
+each claim linked to its section of the theory document (:func:`linmeta.engine.claims.claim_doc`),
+the figures, setting, seed, dtype, versions, time) and the verdicts as JSON, both atomically, and
+exits with 1 when a check fails. The default ``<out>`` is ``results/verify`` (git-ignored); the
+committed figures are regenerated with ``--out figures``. An output folder that cannot be created
+is one error line (exit 2).
+
+Full and partial runs (:func:`report_files`): a run of every registered claim writes
+``<out>/REPORT.md`` and ``<out>/verdicts.json``. A partial run (``--claims C3,C6``, ``--claims
+bilevel``) never replaces them: it writes ``<out>/REPORT-<claims>.md`` and
+``<out>/verdicts-<claims>.json`` beside them (``<claims>``: the claim ids joined by ``_``, a whole
+family by its name, e.g. ``REPORT-C3_C6.md``, ``REPORT-bilevel.md``), says so at the top of its
+report and on its last line, and replaces only the figures of the claims it ran.
 
 Tolerances are data: a check row carries a :class:`~linmeta.claims._verdict.Tolerance` (rule,
 inputs, value) and the runner audits it (:func:`linmeta.claims._verdict.audit`): a row whose
@@ -60,7 +69,7 @@ from linmeta.engine.claims import (SETTINGS, ClaimResult, Verdict, all_claims, c
 from linmeta.engine.verdict import audited
 
 __all__ = ["add_arguments", "run_from_args", "run_verify", "format_table", "main",
-           "claim_summary"]
+           "claim_summary", "report_files", "PARTIAL_RULE"]
 
 _FAST_COMPILE_FLAG = "--xla_backend_optimization_level=0"
 DEFAULT_OUT = os.path.join("results", "verify")
@@ -71,14 +80,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the verify options to ``parser`` (used by ``linmeta verify`` and ``python -m``)."""
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", dest="setting", action="store_const", const="quick",
-                      help="the quick checks, under two minutes on 2 CPU cores (default)")
+                      help="the quick checks (default; minutes for every claim, mostly "
+                           "compilation)")
     mode.add_argument("--full", dest="setting", action="store_const", const="full",
-                      help="the full checks (minutes; the documented run)")
+                      help="the full checks (the documented run; much longer than --quick)")
     mode.add_argument("--tiny", dest="setting", action="store_const", const="tiny",
                       help="the smallest settings (seconds per claim; used by the tests)")
     parser.set_defaults(setting="quick")
     parser.add_argument("--claims", metavar="C1,C3", default=None,
-                        help="comma-separated claim ids to run (default: all, C1-C8)")
+                        help="comma-separated claim ids or family names to run (default: every "
+                             f"registered claim, {_claims_by_family()}; families: "
+                             f"{', '.join(family_names())}). A partial run writes "
+                             "REPORT-<claims>.md and verdicts-<claims>.json, never the full "
+                             "REPORT.md and verdicts.json")
     parser.add_argument("--out", metavar="DIR", default=DEFAULT_OUT,
                         help="folder for figures, REPORT.md and verdicts.json "
                              f"(default: {DEFAULT_OUT}; the committed figures: --out figures)")
@@ -89,6 +103,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--no-figures", dest="figures", action="store_false",
                         help="skip the figures (REPORT.md then lists the rows only)")
     return parser
+
+
+def _claims_by_family() -> str:
+    """The registered claims as ranges by family, e.g. ``C1-C8, M1-M6, R1-R7``."""
+    parts = []
+    for family in family_names():
+        ids = family_claims(family)
+        if ids:
+            parts.append(ids[0] if len(ids) == 1 else f"{ids[0]}-{ids[-1]}")
+    return ", ".join(parts)
+
+
+#: The rule for partial runs, as the help states it.
+PARTIAL_RULE = ("A partial run (--claims) writes OUT/REPORT-<claims>.md and "
+                "OUT/verdicts-<claims>.json (e.g. REPORT-C3_C6.md, REPORT-bilevel.md) beside the "
+                "full run's OUT/REPORT.md and OUT/verdicts.json, which only a run of every "
+                "registered claim writes; it replaces the figures of the claims it ran.")
+MAX_TAG = 60  # longest <claims> part of a partial report's file name
+
+
+def report_files(claims) -> tuple[str, str]:
+    """File names of the report and the verdicts of a run of ``claims`` (ids): ``REPORT.md`` and
+    ``verdicts.json`` when they are every registered claim, else ``REPORT-<tag>.md`` and
+    ``verdicts-<tag>.json``, the tag naming the claims (a whole family by its name; ids joined by
+    ``_``; a long list by its first and last id and its count)."""
+    ids = list(claims)
+    if set(ids) == set(claim_ids()):
+        return "REPORT.md", "verdicts.json"
+    words, rest = [], list(ids)
+    for family in family_names():
+        members = family_claims(family)
+        if members and all(c in rest for c in members):
+            words.append(family)
+            rest = [c for c in rest if c not in members]
+    words += rest
+    tag = "_".join(words)
+    if len(tag) > MAX_TAG:
+        tag = f"{ids[0]}-{ids[-1]}_{len(ids)}claims"
+    return f"REPORT-{tag}.md", f"verdicts-{tag}.json"
 
 
 def _parse_claims(text):
@@ -194,7 +247,9 @@ def run_verify(setting: str = "quick", claims=None, out_dir=DEFAULT_OUT, seed: i
 
     Returns ``(results, ok)``: the list of :class:`~linmeta.claims.ClaimResult` and whether every
     check row passed. ``progress`` (optional) is called with each finished result and its
-    seconds. Writes ``out_dir/REPORT.md`` and ``out_dir/verdicts.json`` atomically.
+    seconds. Writes the report and the verdicts (:func:`report_files`: ``out_dir/REPORT.md`` and
+    ``out_dir/verdicts.json`` for every registered claim, ``REPORT-<claims>.md`` and
+    ``verdicts-<claims>.json`` for a partial run) atomically.
     """
 
     if setting not in SETTINGS:
@@ -221,9 +276,11 @@ def run_verify(setting: str = "quick", claims=None, out_dir=DEFAULT_OUT, seed: i
     ok = all(_row_ok(v) for r in results for v in r.verdicts)
     meta = _meta(setting, seed, claim_ids, total, fast)
     meta["blas_single_thread"] = bool(blas1)
-    _write_atomic(out / "verdicts.json", json.dumps(_json_payload(results, meta, ok), indent=2,
-                                                    allow_nan=False) + "\n")
-    _write_atomic(out / "REPORT.md", _report(results, figs, meta, ok, out))
+    report_name, verdicts_name = report_files(claim_ids)
+    meta["report"], meta["verdicts"] = report_name, verdicts_name
+    _write_atomic(out / verdicts_name, json.dumps(_json_payload(results, meta, ok), indent=2,
+                                                  allow_nan=False) + "\n")
+    _write_atomic(out / report_name, _report(results, figs, meta, ok, out))
     return results, ok
 
 
@@ -351,10 +408,20 @@ def _doc_link(claim: str, out: Path) -> str:
     return f"[{claim}]({Path(rel).as_posix()}#{anchor})"
 
 
+def _partial_note(meta) -> list[str]:
+    """The report's statement that it covers part of the registered claims (else nothing)."""
+    if meta.get("report", "REPORT.md") == "REPORT.md":
+        return []
+    return [f"Partial run: {len(meta['claims'])} of {len(claim_ids())} registered claims "
+            f"({', '.join(meta['claims'])}). The full report, REPORT.md and verdicts.json, is "
+            "written only by a run of every claim and is not changed by this one.", ""]
+
+
 def _report(results, figs, meta, ok, out: Path) -> str:
     lines = ["# linmeta verify report", "",
              f"Setting **{meta['setting']}**, seed {meta['seed']}, dtype {meta['dtype']}, "
              f"total {meta['total_seconds']:.1f} s. Overall: **{'PASS' if ok else 'FAIL'}**.", "",
+             *_partial_note(meta),
              "## Claims", "",
              "Each claim links to its section of the theory document.", "",
              "| claim | checks passed | mapped rows | key (or first failing) quantity | predicted "
@@ -438,23 +505,29 @@ def run_from_args(args) -> int:
         print(head)
         print(rule, flush=True)
     results, ok = run_verify(setting, claims, out_dir, seed, figures, progress=progress)
+    report_name, verdicts_name = report_files(claims)
     if as_json:
-        report = json.loads((Path(out_dir) / "verdicts.json").read_text(encoding="utf-8"))
+        report = json.loads((Path(out_dir) / verdicts_name).read_text(encoding="utf-8"))
         print(json.dumps(report, indent=2))
     else:
         n_fail = sum(claim_summary(r)["result"] != "pass" for r in results)
         total = sum(r.seconds for r in results)
+        partial = ("" if report_name == "REPORT.md" else
+                   f" (a partial run: {Path(out_dir) / 'REPORT.md'}, the full report, is left "
+                   "as it was)")
         print("-" * len(_table_header()[0]))
         print(f"{len(results) - n_fail}/{len(results)} claims pass; {total:.1f} s. "
-              f"Report: {Path(out_dir) / 'REPORT.md'}")
+              f"Report: {Path(out_dir) / report_name}{partial}")
     return 0 if ok else 1
 
 
 def main(argv=None) -> int:
     """``python -m linmeta.verify [--quick|--full|--tiny] [--claims ...] [--out DIR] ...``."""
     parser = argparse.ArgumentParser(prog="python -m linmeta.verify",
-                                     description="Check every claim of the theory (C1-C8), "
-                                                 "print one row per claim, write REPORT.md.")
+                                     description=f"Check every registered claim "
+                                                 f"({_claims_by_family()}), print one row per "
+                                                 "claim, write REPORT.md.",
+                                     epilog=PARTIAL_RULE)
 
     add_arguments(parser)
     compile_cache.add_argument(parser)

@@ -556,6 +556,42 @@ SWEEP_STAGES = (
                     steps=("outer_steps",)),
 )
 
+#: What ``linmeta plot`` draws for ``"bilevel"`` (:mod:`linmeta.front.plotting`): the bilevel
+#: base (blue) beside SR's exact minimiser (red), fine-tuning biases dashed.
+SWEEP_PLOTS = protocols.Plots(
+    curves=(
+        protocols.Curves("retrain_curves", "bilevel retraining", "query excess objective",
+                         (protocols.Series("objective", "bilevel (after adaptation)", "tab:blue"),),
+                         steps="outer_steps", xlabel="outer step"),
+        protocols.Curves("base_error_curves", "base error during retraining",
+                         "||A - A*||_F",
+                         (protocols.Series("base_error", "bilevel base", "tab:blue"),),
+                         steps="outer_steps", xlabel="outer step",
+                         levels=(protocols.Series("sr_base_error", "SR's exact minimiser",
+                                                  "tab:red"),)),
+        protocols.Curves("inner_curves", "the inner loop (first record, or the first that blew "
+                         "up)", "support excess objective",
+                         (protocols.Series("inner_objective", "inner loop", "tab:green"),),
+                         steps="inner_steps", xlabel="inner step", sweep=False)),
+    finals=(
+        protocols.Finals("fine-tuning excess risk ||M_ft - M*_new||_F^2", (
+            protocols.Series("ft_excess_risk", "bilevel", "tab:blue"),
+            protocols.Series("sr_ft_excess_risk", "SR", "tab:red"),
+            protocols.Series("ft_bias", "bilevel: rank-ft_rank bias (n -> inf)", "tab:blue",
+                             dashed=True),
+            protocols.Series("sr_ft_bias", "SR: rank-ft_rank bias (n -> inf)", "tab:red",
+                             dashed=True))),
+        protocols.Finals("base error ||A_hat - A*||_F", (
+            protocols.Series("base_error", "bilevel", "tab:blue"),
+            protocols.Series("sr_base_error", "SR", "tab:red"))),
+        protocols.Finals("final query excess objective", (
+            protocols.Series("objective", "bilevel", "tab:blue"),))),
+    split_by=("ft_rank", "inner_rank"),
+    fixed=("d", "k", "T", "N", "n", "noise_std", "method", "inner_steps", "outer_steps"),
+    note=("bilevel: the base retrained by the chosen method (MAML, first-order MAML or Reptile) "
+          "with a low-rank inner loop; SR: standard retraining's exact minimiser; both fine-tuned "
+          "on the unseen task at rank ft_rank (docs/bilevel.md)"))
+
 #: The protocol ``"bilevel"`` of :mod:`linmeta.protocols` (registered by :mod:`linmeta.bilevel`).
 SWEEP_PROTOCOL = protocols.Protocol(
     name="bilevel", run=_sweep_run, defaults=SWEEP_DEFAULTS, hyper=Hyper, shape=sweep_shape,
@@ -565,7 +601,7 @@ SWEEP_PROTOCOL = protocols.Protocol(
                  "from A = 0, SR's exact minimiser as reference, both fine-tuned at rank ft_rank "
                  "on an unseen task (linmeta.bilevel, docs/bilevel.md)"),
     validate=_sweep_validate, group_key=_sweep_group_key, batch=_sweep_batch,
-    results=_sweep_results)
+    results=_sweep_results, plots=SWEEP_PLOTS)
 
 # the same protocol without the validate hook: its generic, per-key validation
 _GENERIC_VALIDATION = dataclasses.replace(SWEEP_PROTOCOL, validate=None)

@@ -92,6 +92,7 @@ fine-tuning start from ``fold_in(truth key, START_STREAM)`` (:func:`fixed_start`
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Mapping, NamedTuple
 
 import jax
@@ -402,11 +403,10 @@ _PAPER_HYPER = ("noise_std", "lr_adapter", "lr_base", "sr_lr", "ft_lr", "init_sc
 _NEWTON_MAX_ITER = 200        # linmeta.meta_lora's default for method="newton"
 
 
-def _paper_validate(cfg: Mapping) -> dict:
+def _paper_validate(cfg: Mapping, name: str = "paper") -> dict:
     unknown = [key for key in cfg if key not in PAPER_DEFAULTS]
     if unknown:
-        raise ValueError(f"unknown configuration key {unknown[0]!r}; allowed keys: protocol, "
-                         f"{', '.join(PAPER_DEFAULTS)}")
+        raise protocols.unknown_key_error(unknown[0], name, PAPER_DEFAULTS)
     out = dict(PAPER_DEFAULTS)
     out.update(cfg)
     res: dict[str, Any] = {}
@@ -612,6 +612,48 @@ _PAPER_DESCRIPTIONS = {
 }
 
 
+# What 'linmeta plot' draws (linmeta.front.plotting): the paper's figures, Meta-LoRA (blue) beside
+# SR (red), the test loss a sum over the n fine-tuning inputs, the theory's levels dashed (C2, C6)
+_ML, _SR = "tab:blue", "tab:red"
+_S = protocols.Series
+PAPER_PLOTS = protocols.Plots(
+    curves=(
+        protocols.Curves("finetune_curves", "fine-tuning on the unseen task",
+                         "test loss (sum over the n samples)",
+                         (_S("ml_ft_test_loss", "Meta-LoRA", _ML), _S("sr_ft_test_loss", "SR", _SR)),
+                         steps="ft_steps", xlabel="fine-tuning iteration",
+                         levels=(_S("theory_sr_bias", "theory: SR bias n E_SR(r) (C2)", _SR,
+                                    scale="n"),
+                                 _S("theory_ft_error", "theory: sigma^2 dof (C6)", _ML,
+                                    scale="n"))),
+        protocols.Curves("ml_objective", "Meta-LoRA retraining", "excess retraining objective",
+                         (_S("ml_objective", "Meta-LoRA", _ML),), steps="outer_steps",
+                         xlabel="outer iteration (Newton iteration with ml_solver = newton)",
+                         sweep=False),
+        protocols.Curves("sr_objective", "standard retraining (SR)",
+                         "excess retraining objective", (_S("sr_objective", "SR", _SR),),
+                         steps="sr_steps", xlabel="gradient step", sweep=False)),
+    finals=(
+        protocols.Finals("final test loss (sum over the n samples)",
+                         (_S("ml_ft_test_loss", "Meta-LoRA", _ML),
+                          _S("sr_ft_test_loss", "SR", _SR))),
+        protocols.Finals("fine-tuning excess risk ||M - M*||_F^2",
+                         (_S("ml_ft_excess_risk", "Meta-LoRA", _ML),
+                          _S("sr_ft_excess_risk", "SR", _SR),
+                          _S("theory_ft_error", "theory: sigma^2 dof / n (C6)", _ML, dashed=True),
+                          _S("theory_sr_bias", "theory: SR bias E_SR(r) (C2)", _SR,
+                             dashed=True))),
+        protocols.Finals("base error ||A_hat - A*||_F",
+                         (_S("ml_base_error", "Meta-LoRA", _ML),
+                          _S("sr_base_error", "SR", _SR)))),
+    split_by=("ft_rank",),
+    fixed=("d", "k", "T", "N", "n", "noise_std", "ml_solver", "outer_steps", "ft_steps"),
+    note=("test loss = sum over the n fine-tuning inputs of ||(M - M*) x||^2 (the paper's test "
+          "task loss); dashed: theory, n E_SR(r) = SR's rank-r bias (C2), sigma^2 dof = LoRA "
+          "floor (C6), sigma = noise_std, dof = r(2d - r); the fine-tuning rank is 3k at T = 2 "
+          "(C4): rows and panels name it"))
+
+
 def _paper_entry(name: str, variant: str) -> protocols.Protocol:
     return protocols.Protocol(
         name=name, run=_paper_run(variant), defaults=PAPER_DEFAULTS, hyper=Hyper,
@@ -619,7 +661,8 @@ def _paper_entry(name: str, variant: str) -> protocols.Protocol:
         truth_keys=("truth_seed", "d", "k", "T"),
         keys=code_keys if variant == "paper_code" else protocols.default_keys,
         stages=_PAPER_STAGES, result_keys=PAPER_RESULT_KEYS,
-        description=_PAPER_DESCRIPTIONS[name], validate=_paper_validate,
+        description=_PAPER_DESCRIPTIONS[name],
+        validate=functools.partial(_paper_validate, name=name),
         group_key=_paper_group_key, batch=_paper_batch, results=_paper_results,
         single_device=lambda shape: shape.ml_solver == "newton",
         chunk_size=_paper_chunk_size, sub_batch=_paper_sub_batch,
@@ -627,7 +670,7 @@ def _paper_entry(name: str, variant: str) -> protocols.Protocol:
         diverged_stages=_records.diverged_stages,
         divergence_error=_records.divergence_error,
         record_theory=_records.record_theory, summary=_records.summary,
-        accepts_truth=True)
+        accepts_truth=True, plots=PAPER_PLOTS)
 
 
 PAPER = protocols.register(_paper_entry("paper", "clean"), replace=True)

@@ -192,6 +192,46 @@ def _results(cfg: Mapping, batch: protocols.Batch, record, flags) -> dict:
     return res
 
 
+_COLOURS = {"frozen": "tab:purple", "fedrep": "tab:green", "anil": "tab:orange",
+            "adapt": "tab:blue"}
+_NAMES = {"frozen": "FrozenRep", "fedrep": "FedRep", "anil": "ANIL", "adapt": "AdaptRep"}
+
+
+def _by_method(fmt: str, methods=tuple(_NAMES), **kw) -> tuple:
+    return tuple(protocols.Series(fmt.format(m), _NAMES[m], _COLOURS[m],
+                                  steps="anil_train_steps" if m == "anil" else None, **kw)
+                 for m in methods)
+
+
+#: What ``linmeta plot`` draws for ``"representation"`` (:mod:`linmeta.front.plotting`).
+PLOTS = protocols.Plots(
+    curves=(
+        protocols.Curves("distance_curves", "distance to the shared representation B*",
+                         "sin of the largest principal angle to B*", _by_method("{}_traj"),
+                         steps="train_steps", xlabel="training iteration"),
+        protocols.Curves("objective_curves", "training objectives", "training objective",
+                         _by_method("{}_objective_traj"), steps="train_steps",
+                         xlabel="training iteration")),
+    finals=(
+        protocols.Finals("sin of the largest principal angle to B*", _by_method("{}_sin_max")),
+        protocols.Finals("target excess risk, head only", (
+            *(protocols.Series(f"{m}_head_risk", _NAMES[m], _COLOURS[m])
+              for m in ("frozen", "adapt", "anil")),
+            protocols.Series("scratch_risk", "least squares from scratch", "black"),
+            protocols.Series("theory_frozen_risk", "theory: FrozenRep", "tab:purple",
+                             dashed=True),
+            protocols.Series("theory_scratch_risk", "theory: from scratch", "black",
+                             dashed=True))),
+        protocols.Finals("target excess risk, head and representation fine-tuned", (
+            *(protocols.Series(f"{m}_finetune_risk", _NAMES[m], _COLOURS[m])
+              for m in ("frozen", "adapt")),
+            protocols.Series("scratch_risk", "least squares from scratch", "black"),
+            protocols.Series("theory_frozen_floor", "theory: FrozenRep's floor", "tab:purple",
+                             dashed=True)))),
+    fixed=("d", "k", "T", "n", "m", "noise_std", "diversity", "delta_scale"),
+    note=("FrozenRep, FedRep, ANIL and AdaptRep trained on T source tasks; target risks are "
+          "means over the target tasks, fine-tuned on m samples each (docs/representation.md)"))
+
 PROTOCOL = protocols.Protocol(
     name=NAME, run=_run, defaults=DEFAULTS, hyper=Hyper, shape=shape_of,
     truth=truth_for, truth_keys=("truth_seed", "d", "k", "T", "n_target", "heads", "diversity",
@@ -200,7 +240,7 @@ PROTOCOL = protocols.Protocol(
     description=("the shared-representation protocol (claims R1-R7): FrozenRep, FedRep, ANIL "
                  "and AdaptRep trained on T source tasks, fine-tuned on target tasks beside "
                  "least squares from scratch (linmeta.representation.protocol)"),
-    help=HELP, validate=validate, results=_results)
+    help=HELP, validate=validate, results=_results, plots=PLOTS)
 
 
 def register() -> protocols.Protocol:
