@@ -4,14 +4,14 @@ remove?
 Both models answer the same question the same way, and this script puts them side by side against
 the target sample size:
 
-- base-matrix model (THEORY.md, claims C2, C3, C6): standard retraining (SR) and Meta-LoRA on the
+- base-matrix model (docs/theory.md, claims C2, C3, C6): standard retraining (SR) and Meta-LoRA on the
   population of T retraining tasks (:func:`linmeta.standard_retraining`,
   :func:`linmeta.meta_lora`), then the best rank-k adapter fitted on n samples of the unseen task
   (:func:`linmeta.finetune`, ``method="exact"``: reduced-rank regression). Excess risk
   ``||M - M*||_F^2`` against n; SR's floor is the Eckart-Young bias of ``U_new U_new^T - Rbar``
   (:func:`linmeta.theory.lora_bias`), which no n removes; Meta-LoRA's base is A*, so its risk falls
   like ``sigma^2 k (2d - k) / n`` (C6).
-- shared-representation model (RELATED.md; claims R2, R7): FrozenRep and AdaptRep on the
+- shared-representation model (docs/representation.md; claims R2, R7): FrozenRep and AdaptRep on the
   separation instance of R7, then head-only fine-tuning on FrozenRep's representation (closed form
   ``f + (sigma^2 + f) k / (m - k - 1)``, floor f) and on AdaptRep's (closed form), AdaptRep's
   head-and-representation fine-tuning (Monte Carlo, quick and full settings), and least squares
@@ -39,7 +39,7 @@ SETTINGS = {
     "full": dict(d=10, k=1, T=3, ns=(20, 50, 100, 300, 1000, 3000), draws=400,
                  rep_setting="quick", rep_mc=True),
 }
-NOISE_STD = 0.1  # base-matrix model (THEORY.md's sigma)
+NOISE_STD = 0.1  # base-matrix model (the noise standard deviation of docs/theory.md)
 
 
 def base_matrix_panel(cfg, seed):

@@ -1,4 +1,4 @@
-"""``python -m linmeta``: the command line (see :mod:`linmeta.cli`)."""
+"""``python -m linmeta``: the command line (see :mod:`linmeta.front.cli`)."""
 import sys
 
 from .front.cli import main

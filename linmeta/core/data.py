@@ -21,9 +21,9 @@ Chunks: the statistics are sums over samples, so they can be accumulated chunk b
 (``sample_tasks(..., chunk_size=c)``, :func:`stats_from_chunks`); at d = 1024 and N = 2d the raw
 samples of T = 8 tasks are 3 x 8 x 2048 x 1024 doubles = 0.4 GiB, at d = 4096 and N = 2d 6 GiB.
 
-Output dimension: the task matrices are p x d. The base-matrix model of THEORY.md has p = d; the
-shared-representation family (:mod:`linmeta.representation`, scalar outputs ``y = <x, beta_t> +
-eps``) has p = 1, ``M*_t = beta_t^T``. The quadratic above, :mod:`linmeta.losses` and
+Output dimension: the task matrices are p x d. The base-matrix model (docs/theory.md) has p = d; the
+shared-representation family (:mod:`linmeta.families.representation`, scalar outputs ``y = <x, beta_t> +
+eps``) has p = 1, ``M*_t = beta_t^T``. The quadratic above, :mod:`linmeta.core.losses` and
 :func:`task_statistics` hold for any p.
 """
 from __future__ import annotations

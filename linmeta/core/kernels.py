@@ -44,7 +44,7 @@ def ols_solution(stats: TaskStats, N: int | None):
 
     Population (``N`` None): ``S_xx = I``, so it is ``S_yx``. ``N > d``: ``S_yx`` times
     :func:`psd_pinv` of ``S_xx`` (nonsingular with probability one). The same quantity as
-    :func:`linmeta.losses.ols_solution`.
+    :func:`linmeta.core.losses.ols_solution`.
     """
     if N is None:
         return stats.Syx

@@ -1,6 +1,6 @@
 """Quadratic task losses on sufficient statistics (docs/theory.md#losses).
 
-For task t with statistics (S_xx, S_yx, S_yy) (see :mod:`linmeta.data`):
+For task t with statistics (S_xx, S_yx, S_yy) (see :mod:`linmeta.core.data`):
 
     L_t(M)        = 1/2 tr(M S_xx M^T) - tr(M^T S_yx) + 1/2 S_yy        (= 1/(2N) sum ||y - M x||^2)
     grad L_t(M)   = M S_xx - S_yx

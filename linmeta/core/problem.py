@@ -5,7 +5,7 @@ A :class:`Truth` holds the shared matrix ``A*`` (d x d), the retraining tasks' l
 
     M*_t = A* + U*_t U*_t^T          (rank-k, symmetric PSD shift R*_t = U*_t U*_t^T)
 
-and data ``x ~ N(0, I_d)``, ``y = M*_t x + eps``, ``eps ~ N(0, sigma^2 I_d)`` (see :mod:`linmeta.data`).
+and data ``x ~ N(0, I_d)``, ``y = M*_t x + eps``, ``eps ~ N(0, sigma^2 I_d)`` (see :mod:`linmeta.core.data`).
 
 Samplers:
 - :func:`sample_truth`: the paper's Gaussian problem, ``A*`` with i.i.d. N(0,1) entries symmetrised

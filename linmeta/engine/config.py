@@ -1,9 +1,9 @@
 """Configurations for the command line: loading TOML/JSON files, merging flags, validating.
 
-A *run configuration* is a flat dict of the keys of :data:`linmeta.sweep.DEFAULTS` (sizes d, k, T,
+A *run configuration* is a flat dict of the keys of :data:`linmeta.engine.sweep.DEFAULTS` (sizes d, k, T,
 N, n, the noise level, seeds, the solver and its step counts and learning rates). Precedence, lowest
 first: the defaults, a config file, command-line flags. Validation and the filling of defaults are
-done by :func:`linmeta.sweep.validate_config`, so the command line, a sweep and the Python API
+done by :func:`linmeta.engine.sweep.validate_config`, so the command line, a sweep and the Python API
 accept exactly the same values.
 
 A *sweep spec* (``linmeta sweep CONFIG``) is a TOML or JSON file with the top-level keys::
@@ -196,7 +196,7 @@ def load_sweep_spec(path) -> tuple[dict, str | None]:
 
     The returned spec has ``grid``, ``fixed`` and ``seeds`` (and ``chunk_size``/``name``/
     ``description`` when given); its keys are checked against the named protocol's keys here
-    (the paper's by default), its values by :func:`linmeta.sweep.validate_config` when the grid
+    (the paper's by default), its values by :func:`linmeta.engine.sweep.validate_config` when the grid
     is expanded.
     """
     where = f"sweep spec {os.fspath(path)!r}"

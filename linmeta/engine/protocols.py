@@ -1,4 +1,4 @@
-"""Protocols: named, registered values that :mod:`linmeta.sweep` runs (a protocol is a value; the
+"""Protocols: named, registered values that :mod:`linmeta.engine.sweep` runs (a protocol is a value; the
 sweep is generic).
 
 A protocol is what one configuration (a flat dict of keys) computes, as a pure function
@@ -14,10 +14,10 @@ how its truth is obtained (drawn once per ``truth_seed`` on the host, or passed 
 are derived from ``seed`` (and ``truth_seed``), and its stages for divergence. The sweep engine
 does the rest for every registered protocol: grouping by shape, chunking, padding, compile-ahead,
 sharding over devices, results dicts, and the ``*_diverged`` flags, computed in the program over
-the recorded trajectories with :func:`linmeta.divergence.divergence_index` (non-finite, or a
+the recorded trajectories with :func:`linmeta.core.divergence.divergence_index` (non-finite, or a
 1000-fold rise over the first record; NaN-padded traces allowed per stage).
 
-Built in: ``"paper"`` (the default: the paper's protocol, clean, :mod:`linmeta.paper`) and
+Built in: ``"paper"`` (the default: the paper's protocol, clean, :mod:`linmeta.families.paper.protocol`) and
 ``"paper_code"`` (the same with the official code's SR baseline and fine-tuning starts), selected
 by the configuration key ``protocol``.
 
@@ -74,12 +74,12 @@ representation model) registers the same way, from its own module (imported by
 Every key in ``defaults`` is validated (``checks``, else by the default's type: integers >= 0,
 finite reals >= 0, strings unchanged); ``seed`` (and ``truth_seed`` if present) are the run's
 seeds. ``keys(seed, truth_seed)`` defaults to ``fold_in(jax.random.key(seed), 0x5EED)`` split
-into :class:`linmeta.paper.RunKeys` (retrain, finetune, init, newton). A result dict holds every
+into :class:`linmeta.families.paper.protocol.RunKeys` (retrain, finetune, init, newton). A result dict holds every
 0-d field of the record as a float (bool for bool fields), every other field in
 ``result["trajectories"]``, and one ``<stage>_diverged`` flag per stage. Families with their own
 ``run_protocol(truth, keys, hyper, shape)`` register the same way; the paper's entries below use
 the optional hooks (``validate``, ``group_key``, ``batch``, ``results``) for padding across T and
-the records of :mod:`linmeta.sweep`.
+the records of :mod:`linmeta.engine.sweep`.
 """
 from __future__ import annotations
 
@@ -539,7 +539,7 @@ def _nan_is_padding(stage: Stage, cfg: Mapping) -> bool:
 
 def stage_flags(proto: Protocol, record, cfg: Mapping) -> dict:
     """In-program (traced) divergence flags of one run's ``record``: per stage, the or of the
-    record's ``<name>_diverged`` field (if any) and :func:`linmeta.divergence.divergence_index`
+    record's ``<name>_diverged`` field (if any) and :func:`linmeta.core.divergence.divergence_index`
     over the stage's recorded fields. ``cfg``: a configuration of the group (static choices such
     as ``nan_is_padding``)."""
     flags = {}
@@ -568,7 +568,7 @@ def _stage_diverged(stage: Stage, cfg: Mapping, result: Mapping) -> bool:
 
 def diverged_stages(cfg: Mapping, result: Mapping) -> list[str]:
     """Names of the stages of ``cfg``'s protocol that diverged in ``result``, in the protocol's
-    order: its ``<name>_diverged`` flags (computed by :mod:`linmeta.sweep`), or, for a result
+    order: its ``<name>_diverged`` flags (computed by :mod:`linmeta.engine.sweep`), or, for a result
     without them, the blow-up test on its trajectories. A later stage fed by a diverged one is
     listed too (its flag is set); :func:`divergence_error` names the first."""
     proto = get(cfg.get("protocol", DEFAULT))
@@ -632,7 +632,7 @@ SUB_BATCH = 32                # configurations vmapped together (their state sta
 @functools.lru_cache(maxsize=None)
 def _truth_program(d: int, k: int, T: int, dtype):
     """The compiled program ``truth_seed -> (A*, U*, U_new)`` of :func:`linmeta.core.sampling.truth_for_seed`
-    (from :mod:`linmeta.program_cache` when stored)."""
+    (from :mod:`linmeta.engine.program_cache` when stored)."""
     devices = jax.local_devices()[:1]
     opts = cpu_options() if devices[0].platform == "cpu" else {}
     seed = np.zeros((), np.int64 if jax.config.jax_enable_x64 else np.int32)
@@ -672,7 +672,7 @@ def _float_dtype():
 
 def truth_for(cfg: Mapping) -> Truth:
     """The ground truth a paper configuration runs on: ``linmeta.sample_truth(jax.random.key(
-    truth_seed), d, k, T, n_unseen=1)`` (see :mod:`linmeta.paper`)."""
+    truth_seed), d, k, T, n_unseen=1)`` (see :mod:`linmeta.families.paper.protocol`)."""
     cfg = validate(cfg)
     return truth_program()(cfg["truth_seed"], cfg["d"], cfg["k"], cfg["T"], _float_dtype())
 

@@ -1,14 +1,14 @@
 """One configuration run and recorded; a grid run into a resumable folder (``linmeta run``,
 ``linmeta sweep``).
 
-:func:`run` runs one configuration of the paper's protocol (:mod:`linmeta.paper` through
-:func:`linmeta.sweep.run_batch`: retrain with Meta-LoRA and with standard retraining (SR), fine-tune
+:func:`run` runs one configuration of the paper's protocol (:mod:`linmeta.families.paper.protocol` through
+:func:`linmeta.engine.sweep.run_batch`: retrain with Meta-LoRA and with standard retraining (SR), fine-tune
 both bases on the unseen task) and returns its *record*: the validated configuration, the truth's
 provenance, the results, the closed forms beside them (C1: ``||Rbar||_F``; C2: ``E_SR(r)``; C6:
 ``sigma^2 r(2d - r) / n``), the divergence flags, the environment and timings, and the recorded
 trajectories. ``linmeta run`` prints that record and writes it (:func:`write`: ``record.json`` and
 ``trajectories.npz``). :func:`sweep_to_folder` runs a sweep spec chunk by chunk into a
-:class:`linmeta.results.SweepStore` folder, resumable after a kill.
+:class:`linmeta.engine.results.SweepStore` folder, resumable after a kill.
 
 Run ids. A run is named by its validated configuration, its dtype and its truth:
 ``<config id>`` (float64, truth sampled from ``truth_seed``; the same id as in a sweep), with
@@ -17,7 +17,7 @@ as a file (of the file's bytes) or as arrays (of their float64 bytes). A folder 
 run is reused, not recomputed; one that holds another run is refused; ``overwrite=True`` recomputes.
 
 Divergence. A stage diverged when the engine's flag says so (NaN/inf in its state or records) or
-when one of its recorded losses blew up: :func:`linmeta.divergence.divergence_index` (non-finite,
+when one of its recorded losses blew up: :func:`linmeta.core.divergence.divergence_index` (non-finite,
 or above ``BLOWUP_FACTOR`` = 1e3 times its first record; a stable gradient step never raises a
 quadratic loss, an unstable one raises it geometrically and stays finite for many steps). The
 record's ``results.*_diverged`` flags include these blow-ups; :func:`divergence_error` names the
@@ -96,7 +96,7 @@ def _dtype_name() -> str:
 
 
 def run_id(config: Mapping, dtype: str = "float64", truth_sha256: str | None = None) -> str:
-    """The id of a run (module docstring): the sweep's :func:`linmeta.sweep.config_id`, plus
+    """The id of a run (module docstring): the sweep's :func:`linmeta.engine.sweep.config_id`, plus
     ``-float32`` and ``-truth<sha256[:12]>`` when they apply."""
 
     if dtype not in ("float32", "float64"):
@@ -120,7 +120,7 @@ class RunPlan(NamedTuple):
 
 
 def plan(config: Mapping | None = None, *, truth=None) -> RunPlan:
-    """Validate ``config`` (keys of :data:`linmeta.sweep.DEFAULTS`, defaults filled in) against the
+    """Validate ``config`` (keys of :data:`linmeta.engine.sweep.DEFAULTS`, defaults filled in) against the
     truth (a file or a Truth sets d, k, T; a config that names other sizes is refused) and name
     the run. Computes nothing; the dtype is JAX's current default (float64 with x64 enabled)."""
 
@@ -224,7 +224,7 @@ def run(config: Mapping | RunPlan | None = None, *, truth=None, out=None,
     """Run one configuration and return its record (module docstring).
 
     Args:
-      config: configuration keys (:data:`linmeta.sweep.DEFAULTS`; missing keys take the
+      config: configuration keys (:data:`linmeta.engine.sweep.DEFAULTS`; missing keys take the
         defaults), or a :class:`RunPlan` from :func:`plan`.
       truth: None (sampled from ``truth_seed``), a path to a truth ``.npz`` or a
         :class:`linmeta.Truth`; sets d, k, T.
@@ -238,7 +238,7 @@ def run(config: Mapping | RunPlan | None = None, *, truth=None, out=None,
 
     Returns:
       The record: ``id``, ``config``, ``seed``, ``truth`` (provenance), ``results`` (the
-      floats of :data:`linmeta.sweep.RESULT_KEYS`, the ``*_diverged`` flags including
+      floats of :data:`linmeta.engine.sweep.RESULT_KEYS`, the ``*_diverged`` flags including
       blow-ups), ``theory`` (closed forms), ``divergence`` (``stages``, ``message``),
       ``environment``, ``timings``, ``trajectories`` (NumPy arrays; in ``trajectories.npz``,
       not in ``record.json``) and ``files`` when written.
@@ -304,8 +304,8 @@ def load(folder) -> dict:
 def _chunks_for(configs: list[dict], chunk_size: int | None):
     """Deterministic chunks ``(configs, batch size)``: each shape group (first-appearance order)
     split into equal chunks of at most ``chunk_size`` (default
-    :func:`linmeta.sweep.default_chunk_size`); a short last chunk is padded to the batch size when
-    it runs, so every group compiles once (as :func:`linmeta.sweep.run_sweep`).
+    :func:`linmeta.engine.sweep.default_chunk_size`); a short last chunk is padded to the batch size when
+    it runs, so every group compiles once (as :func:`linmeta.engine.sweep.run_sweep`).
 
     The chunks depend only on the planned configurations and the chunk size, so a resumed sweep
     runs exactly the chunks an uninterrupted one would (same compiled programs, same numbers)."""
@@ -331,16 +331,16 @@ def _row(cid: str, cfg: dict, result: dict) -> dict:
 
 def sweep_to_folder(spec, out, *, truth=None, chunk_size: int | None = None,
                     progress: bool = False, on_chunk: Callable | None = None) -> dict:
-    """Run a sweep spec into the folder ``out`` (:class:`linmeta.results.SweepStore` layout),
+    """Run a sweep spec into the folder ``out`` (:class:`linmeta.engine.results.SweepStore` layout),
     chunk by chunk; started again on the same folder it computes only the unfinished chunks.
 
     Args:
-      spec: a spec file (``.toml``/``.json``, :func:`linmeta.config.load_sweep_spec`) or a spec
+      spec: a spec file (``.toml``/``.json``, :func:`linmeta.engine.config.load_sweep_spec`) or a spec
         dict (``grid``, ``fixed``, ``seeds``, optional ``chunk_size``, ``name``).
       out: the sweep folder (created).
       truth: a truth ``.npz`` path or a :class:`linmeta.Truth` (overrides the spec's ``truth``).
       chunk_size: configurations per compiled call (default: the spec's, else
-        :func:`linmeta.sweep.default_chunk_size`); a resumed sweep keeps the size it started with.
+        :func:`linmeta.engine.sweep.default_chunk_size`); a resumed sweep keeps the size it started with.
       progress: a progress bar on stderr.
       on_chunk: called with the store after each stored chunk.
 

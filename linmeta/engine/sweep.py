@@ -1,7 +1,7 @@
 """Sweeps: many configurations of any registered protocol as a few compiled, batched programs.
 
 A configuration is a flat dict; its key ``protocol`` names a registered protocol
-(:mod:`linmeta.protocols`; default ``"paper"``, the paper's protocol of :mod:`linmeta.paper`,
+(:mod:`linmeta.engine.protocols`; default ``"paper"``, the paper's protocol of :mod:`linmeta.families.paper.protocol`,
 docs/theory.md, methods and protocol, claims C2-C7; ``"paper_code"`` is the same with the
 official code's SR baseline and fine-tuning starts). :data:`DEFAULTS` lists the keys of the default protocol. One
 paper configuration samples the truth (from ``truth_seed``), draws N retraining samples per task
@@ -28,12 +28,12 @@ How a sweep runs (for every protocol):
   the programs of later shape groups are compiled in two background threads meanwhile.
 - The ground truth (one draw per ``truth_seed`` and sizes, on the host, by a small cached
   program) and its theory values are passed in, replicated or batched per configuration.
-- Compiled programs are also kept across processes (:mod:`linmeta.program_cache`, beside JAX's
+- Compiled programs are also kept across processes (:mod:`linmeta.engine.program_cache`, beside JAX's
   persistent compilation cache when that is on): a warm process loads them without tracing.
 - Divergence: each result carries one ``<stage>_diverged`` flag per stage of the protocol,
   computed in the program from the recorded trajectories (:func:`linmeta.divergence.
   divergence_index`: non-finite, or a 1000-fold rise over the first record; Newton traces are
-  NaN-padded). :func:`linmeta.protocols.divergence_message` names the stage, its step size(s)
+  NaN-padded). :func:`linmeta.engine.protocols.divergence_message` names the stage, its step size(s)
   and the iteration.
 
 Devices: the batch axis is sharded over a :class:`jax.sharding.Mesh` of ``devices`` (default: all
@@ -43,7 +43,7 @@ how the batch is split (tested to equality). To try it on a CPU, start Python wi
 ``XLA_FLAGS=--xla_force_host_platform_device_count=2``. XLA:CPU in jax 0.10 was seen to deadlock
 (nondeterministically, in the runtime) when several simulated host devices run a program that
 calls LAPACK; the paper's program therefore calls none (the OLS solution behind the excess
-objectives uses :func:`linmeta.paper.psd_pinv`, matrix products only), and ``ml_solver="newton"``
+objectives uses :func:`linmeta.families.paper.protocol.psd_pinv`, matrix products only), and ``ml_solver="newton"``
 batches (LAPACK ``eigh`` in the loop) run on the first CPU device only.
 
 Several hosts (``jax.distributed``): start the same script on every host with the same list of
@@ -62,7 +62,7 @@ every host with ``multihost_utils.process_allgather``; write results from ``jax.
 ``jax.distributed`` processes over the gloo CPU collectives give the numbers of one process, bit for
 bit); not tested on several physical hosts.
 
-Random streams: see :mod:`linmeta.paper` (``truth_for_seed``, ``run_keys``, ``code_keys``). The
+Random streams: see :mod:`linmeta.families.paper.protocol` (``truth_for_seed``, ``run_keys``, ``code_keys``). The
 noise level ``noise_std`` is the standard deviation of the noise actually drawn; the paper's code
 uses ``sigma^2 = 0.01`` with sigma = 0.1, hence the default 0.01.
 
@@ -121,7 +121,7 @@ def validate_config(cfg: Mapping) -> dict:
     """Fill defaults and check every value; returns a new dict with canonical types.
 
     The key ``protocol`` (default ``"paper"``) selects the protocol, whose keys and checks apply
-    (:mod:`linmeta.protocols`). For the paper's protocols: ``N``/``n`` become an int or ``"inf"``
+    (:mod:`linmeta.engine.protocols`). For the paper's protocols: ``N``/``n`` become an int or ``"inf"``
     (population; 0 is accepted for it); ``ft_rank`` 0 is resolved to k (``min(3k, d)`` when
     T == 2). Raises ``ValueError`` naming the key and the allowed range or values for unknown keys
     or protocols, out-of-range sizes (k > d, k < 1, T < 1, N < 1, n < 1, ft_rank > d),
@@ -252,8 +252,8 @@ def _float_dtype():
 
 def default_chunk_size(cfg: Mapping) -> int:
     """Configurations per compiled call for ``cfg``'s protocol (paper: records and inputs of
-    about :data:`linmeta.protocols.TRAIN_BYTES` per device, at most
-    :data:`linmeta.protocols.MAX_CHUNK`)."""
+    about :data:`linmeta.engine.protocols.TRAIN_BYTES` per device, at most
+    :data:`linmeta.engine.protocols.MAX_CHUNK`)."""
     cfg = validate_config(cfg)
     return _proto(cfg).default_chunk(cfg)
 
@@ -364,7 +364,7 @@ def run_batch(configs: Sequence[Mapping], *, truth: Truth | None = None,
       after it stopped), ``sr_objective`` over ``sr_steps``, ``ml_ft_test_loss``/
       ``sr_ft_test_loss`` over ``ft_steps``) and ``"seconds"`` (of the whole batch: ``compile``
       (the program's compilation, or its loading from the program store of
-      :mod:`linmeta.program_cache`, on the batch that first used it, else 0), ``run``,
+      :mod:`linmeta.engine.program_cache`, on the batch that first used it, else 0), ``run``,
       ``prepare`` (truths drawn on the host), ``batch`` = configurations in it including
       padding).
     """

@@ -2,18 +2,18 @@
 
 Each command parses its arguments, calls one library function and prints what it returns:
 
-- ``run``: :func:`linmeta.runs.run`, one configuration (flags and/or ``--config FILE``), Meta-LoRA
+- ``run``: :func:`linmeta.engine.runs.run`, one configuration (flags and/or ``--config FILE``), Meta-LoRA
   against standard retraining (SR), then fine-tuning on the unseen task; prints a summary
-  (``--json`` for scripts) and writes the run record (:mod:`linmeta.results` layout).
-- ``sweep``: :func:`linmeta.runs.sweep_to_folder`, a grid from a spec file (:mod:`linmeta.config`),
-  one compiled program per chunk of configurations of one shape (:mod:`linmeta.sweep`), a progress
+  (``--json`` for scripts) and writes the run record (:mod:`linmeta.engine.results` layout).
+- ``sweep``: :func:`linmeta.engine.runs.sweep_to_folder`, a grid from a spec file (:mod:`linmeta.engine.config`),
+  one compiled program per chunk of configurations of one shape (:mod:`linmeta.engine.sweep`), a progress
   bar on stderr, results written as it goes; started again on the same folder it skips finished
   work.
 - ``verify``: the claim checks of docs/theory.md, docs/bilevel.md and docs/representation.md
-  (:mod:`linmeta.verify`).
-- ``plot``: :func:`linmeta.plotting.plot_results`, figures from a stored run or sweep folder,
+  (:mod:`linmeta.front.verify`).
+- ``plot``: :func:`linmeta.front.plotting.plot_results`, figures from a stored run or sweep folder,
   without recomputing.
-- ``theory``: :func:`linmeta.report.theory`, the closed forms of :mod:`linmeta.theory` for one
+- ``theory``: :func:`linmeta.front.report.theory`, the closed forms of :mod:`linmeta.core.theory` for one
   problem (claims C1, C2, C4, C6).
 
 Exit codes: 0 done; 1 ``verify`` found a failing check; 2 bad input (sizes out of range, a broken
@@ -472,7 +472,7 @@ stderr); 3 a sweep finished with diverged configurations (flagged in its table);
 
 
 def build_parser(command: str | None = "verify") -> argparse.ArgumentParser:
-    """The argument parser. The verify options come from :mod:`linmeta.verify`, imported only when
+    """The argument parser. The verify options come from :mod:`linmeta.front.verify`, imported only when
     ``command`` is ``"verify"`` (so the other commands start without importing the claim checks)."""
     defaults = _defaults()
     parser = _Parser(prog=PROG, formatter_class=_FMT, allow_abbrev=False,
@@ -582,7 +582,7 @@ def build_parser(command: str | None = "verify") -> argparse.ArgumentParser:
 
 def _before_command(args) -> None:
     """Process-wide set-up shared by every command, after parsing and before the command runs:
-    the persistent compilation cache (:mod:`linmeta.compile_cache`; off with
+    the persistent compilation cache (:mod:`linmeta.engine.compile_cache`; off with
     ``--no-compile-cache`` or ``LINMETA_NO_CACHE=1``)."""
     from linmeta.engine import compile_cache  # deferred: 'linmeta --help' stays fast (imports no JAX)
 

@@ -15,7 +15,7 @@ For a truth ``(A*, U*_1..U*_T, U_new)`` and an adapter rank r, from the truth al
   from n samples with noise standard deviation sigma is ``sigma^2 dof / n`` (full fine-tuning:
   ``sigma^2 d^2 / n``).
 
-Only :mod:`linmeta.theory` and :mod:`linmeta.metrics` compute here (no solver), so the report is a
+Only :mod:`linmeta.core.theory` and :mod:`linmeta.core.metrics` compute here (no solver), so the report is a
 check, not a measurement. :func:`theory` resolves a configuration and a truth (sampled from
 ``truth_seed`` as ``linmeta run`` does, or a file) and calls :func:`theory_report`.
 """
@@ -54,7 +54,7 @@ def _theory_arrays():
 
 
 def theory_report(truth, *, rank: int, n, noise_std: float, truth_info: dict | None = None) -> dict:
-    """Closed-form predictions of :mod:`linmeta.theory` for ``truth`` (module docstring), as a
+    """Closed-form predictions of :mod:`linmeta.core.theory` for ``truth`` (module docstring), as a
     JSON-able dict. ``n`` is the fine-tuning sample count (an int, or ``"inf"`` for the
     population); ``truth_info`` is recorded as given."""
 
@@ -116,7 +116,7 @@ def theory_report(truth, *, rank: int, n, noise_std: float, truth_info: dict | N
 
 def theory(config: Mapping | None = None, *, truth=None, rank: int | None = None) -> dict:
     """:func:`theory_report` for a configuration (keys d, k, T, n, noise_std, truth_seed of
-    :data:`linmeta.sweep.DEFAULTS`; defaults filled in) and a truth: None (the truth ``linmeta run``
+    :data:`linmeta.engine.sweep.DEFAULTS`; defaults filled in) and a truth: None (the truth ``linmeta run``
     samples from ``truth_seed``, in float64 and cast to the current dtype), a path to an ``.npz``
     or a :class:`linmeta.Truth` (sets d, k, T). ``rank`` defaults to the run's fine-tuning rank
     (k, or 3k when T = 2)."""

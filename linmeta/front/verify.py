@@ -20,8 +20,8 @@ bilevel``) never replaces them: it writes ``<out>/REPORT-<claims>.md`` and
 family by its name, e.g. ``REPORT-C3_C6.md``, ``REPORT-bilevel.md``), says so at the top of its
 report and on its last line, and replaces only the figures of the claims it ran.
 
-Tolerances are data: a check row carries a :class:`~linmeta.claims._verdict.Tolerance` (rule,
-inputs, value) and the runner audits it (:func:`linmeta.claims._verdict.audit`): a row whose
+Tolerances are data: a check row carries a :class:`~linmeta.engine.verdict.Tolerance` (rule,
+inputs, value) and the runner audits it (:func:`linmeta.engine.verdict.audit`): a row whose
 tolerance is looser than its derivation allows fails, whatever its measurement.
 
 A claim whose module is missing, or whose run or plot raises, is reported as a failed row (the
@@ -245,7 +245,7 @@ def run_verify(setting: str = "quick", claims=None, out_dir=DEFAULT_OUT, seed: i
                figures: bool = True, *, progress=None):
     """Run ``claims`` (ids, default all) at ``setting`` and write the report into ``out_dir``.
 
-    Returns ``(results, ok)``: the list of :class:`~linmeta.claims.ClaimResult` and whether every
+    Returns ``(results, ok)``: the list of :class:`~linmeta.engine.claims.ClaimResult` and whether every
     check row passed. ``progress`` (optional) is called with each finished result and its
     seconds. Writes the report and the verdicts (:func:`report_files`: ``out_dir/REPORT.md`` and
     ``out_dir/verdicts.json`` for every registered claim, ``REPORT-<claims>.md`` and

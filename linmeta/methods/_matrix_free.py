@@ -2,7 +2,7 @@
 claim C3).
 
 The unknowns are the adapters U (T x d x r); the base is eliminated, ``A = A(U)`` (see
-:mod:`linmeta.retrain.meta_lora`), and the reduced excess objective
+:mod:`linmeta.methods.meta_lora`), and the reduced excess objective
 
     f(U) = F(A(U), U) - (1/T) sum_t min L_t        (population: f = G(U) / T)
 
@@ -18,7 +18,7 @@ Structure used:
 
       D_t = E_t - mean_s E_s,   E_t = C_t - U_t U_t^T,   C_t = M*_t - mean_s M*_s,
 
-  so ``f(U) = G(U)/T`` is :func:`~linmeta.retrain.population_reduced_objective` of the centred task
+  so ``f(U) = G(U)/T`` is :func:`~linmeta.methods.population_reduced_objective` of the centred task
   matrices (centring removes the common part ``A*`` once, before the loop; ``G`` is invariant to
   adding one matrix to every ``E_t``): O(T d^2 r) per evaluation, no pseudo-inverse and no
   d x d x d product; its gradient ``-(1/T)(D_t + D_t^T) U_t`` is written out
@@ -240,7 +240,7 @@ def compress_population(Syx, Q):
 def finite_parts(Sxx, Syx):
     """Precomputed pieces of :func:`finite_excess` (module docstring, "Finite N, large d"):
     ``(S_xx, H, L_pooled, c, A_0, ok)``; ``ok`` is False when a Cholesky factor is unusable
-    (:func:`linmeta.retrain._common.cholesky_ok`), and then the pieces must not be used."""
+    (:func:`linmeta.methods._common.cholesky_ok`), and then the pieces must not be used."""
     pooled = jnp.sum(Sxx, axis=0)
     Lp = jnp.linalg.cholesky(pooled)
     A0 = jax.scipy.linalg.cho_solve((Lp, True), jnp.sum(Syx, axis=0).T).T

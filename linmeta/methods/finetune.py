@@ -21,7 +21,7 @@ statistics (n samples, or the population).
   (two d x d x (r + 10) products an iteration, until the triplets' residual
   ``||(D L) v_i - sigma_i u_i|| <= 8 eps sqrt(d) sigma_1``, at most 200 iterations); the result
   is the dense path's when sigma_r > sigma_{r+1} (tested). A singular or ill-conditioned ``S_xx``
-  (n < d; :func:`~linmeta.retrain._common.cholesky_ok`) falls back to the dense path.
+  (n < d; :func:`~linmeta.methods._common.cholesky_ok`) falls back to the dense path.
 
 Both run on all unseen tasks of the source at once (vmapped over the task axis).
 """
@@ -178,7 +178,7 @@ def finetune(base, source: TaskStats, rank, *, key=None, method: str = "gd", ste
 
     Raises:
       linmeta.DivergenceError: gradient descent diverged (the training loss of some task became
-        non-finite or rose 1000-fold, :mod:`linmeta.divergence`); names ``lr`` and the iteration.
+        non-finite or rose 1000-fold, :mod:`linmeta.core.divergence`); names ``lr`` and the iteration.
         Not raised inside a caller's ``jit`` (traced values).
     """
     _check_stats(source)

@@ -5,10 +5,10 @@ over the adapters ``U = (U_1, ..., U_T)``, ``U_t`` of shape (d, k), is
 
     G(U) = 1/2 sum_t ||E_t - Ebar||_F^2,   E_t = R*_t - U_t U_t^T,   Ebar = (1/T) sum_t E_t
 
-(:func:`linmeta.retrain.population_reduced_objective`). For general task statistics the same role
+(:func:`linmeta.methods.population_reduced_objective`). For general task statistics the same role
 is played by ``T * reduced_objective(U, stats)`` (the excess of ``F(A(U), U)`` times T), which equals
 G in the population. ``source`` in this module is either the (T, d, d) stack ``R*`` or a
-:class:`~linmeta.data.TaskStats`. U is flattened row-major from (T, d, k) to a vector of length
+:class:`~linmeta.core.data.TaskStats`. U is flattened row-major from (T, d, k) to a vector of length
 ``n = T d k``. For a population ``R*`` gradient and Hessian are the closed forms below (checked
 against ``jax.hessian`` and finite differences in the tests; about 20x cheaper); for TaskStats
 they are ``jax.grad`` / ``jax.hessian`` of the flattened objective.
@@ -544,7 +544,7 @@ def escaped(label, size_mid, size, diverged=None):
     """Runs that escaped to infinity (boolean, elementwise; NumPy or JAX).
 
     A run escaped when it ``diverged`` (optional boolean: non-finite values or a 1000-fold rise of
-    its objective, :func:`linmeta.divergence.divergence_index`), when its end point is not finite,
+    its objective, :func:`linmeta.core.divergence.divergence_index`), when its end point is not finite,
     or when it ended ``NOT_CONVERGED`` still moving outwards: its size ``||U||_F^2 / c`` at least
     ``ESCAPE_GROWTH`` times its size half-way through the run, and at least ``ESCAPE_SIZE`` (a few
     times the size of the global minimisers, about ``||U*||_F^2 / c``, 1-5 for Gaussian truths).

@@ -34,7 +34,7 @@ Solvers (all compiled, per-task work batched over the task axis, starts vmapped)
   T d^2 numbers) and its eigendecomposition, O((T d r)^3) per iteration: meant for T d r up to a
   few hundred; refused above :data:`NEWTON_MAX_UNKNOWNS` or past the memory budget.
 - ``"lbfgs"``: matrix-free quasi-Newton (``optax.lbfgs``) on the same reduced objective
-  (:mod:`linmeta.retrain._matrix_free`): O(T d^2 r) per evaluation in the population (no
+  (:mod:`linmeta.methods._matrix_free`): O(T d^2 r) per evaluation in the population (no
   pseudo-inverse), O(T d^3) at finite N, O(10 T d r) memory per start. Relative base error
   1e-12 or below in float64 at the population (T >= 3, 3k <= d), e.g. (d, k, T) = (256, 4, 8).
   At the population, when the centred task matrices span at most d/2 dimensions (the model's:
@@ -52,7 +52,7 @@ solver, and a problem past :func:`memory_budget` (half the host memory, or 80% o
 accelerator's) is refused with a ``ValueError`` naming what fits (``method='lbfgs'``) instead of
 running out of memory; L-BFGS runs its starts in batches that fit (:func:`lbfgs_start_batch`) and
 is refused only when one start does not fit (at the population: when the compression's own
-temporaries, :func:`~linmeta.retrain._matrix_free.compression_memory`, do not fit, or the
+temporaries, :func:`~linmeta.methods._matrix_free.compression_memory`, do not fit, or the
 compressed problem's starts do not).
 """
 from __future__ import annotations
@@ -286,13 +286,13 @@ def meta_lora(source: TaskStats, rank, *, key=None, method: str = "auto", n_star
       record_every: history stride (outer iterations / steps) for the gradient methods.
 
     Returns:
-      :class:`~linmeta.retrain.RetrainResult` with ``base`` = A_hat, ``adapters`` = U (T, d, r).
+      :class:`~linmeta.methods.RetrainResult` with ``base`` = A_hat, ``adapters`` = U (T, d, r).
       For ``"newton"`` and ``"lbfgs"`` the base is ``A(U)``; ``history.value`` holds the
       objective per iteration of the best start (NaN after it stopped).
 
     Raises:
       linmeta.DivergenceError: a gradient method's best start diverged (non-finite, or its
-        objective rose 1000-fold; :mod:`linmeta.divergence`): names the step sizes and the
+        objective rose 1000-fold; :mod:`linmeta.core.divergence`): names the step sizes and the
         iteration. Not raised inside a caller's ``jit`` (traced values).
       ValueError: bad arguments; or a problem too large for the second-order solver asked for
         (``method="newton"`` above :data:`NEWTON_MAX_UNKNOWNS` unknowns or past the memory
@@ -426,7 +426,7 @@ def _lbfgs_kernel(stats, U0, ftol, gtol, rtol, *, max_iter, population, start_ba
 def _lbfgs_starts(f, base, U0, ftol, gtol, rtol, max_iter, start_batch, noise_rel=0.0):
     """L-BFGS on the flat objective ``f`` from every start (traced inside a kernel);
     ``noise_rel``: rounding level of the values relative to f at U = 0 (see
-    :func:`~linmeta.retrain._matrix_free.lbfgs_minimise`'s ``f_noise``)."""
+    :func:`~linmeta.methods._matrix_free.lbfgs_minimise`'s ``f_noise``)."""
     _, T, d, r = U0.shape
     f_ref = f(jnp.zeros((T * d * r,), U0.dtype))
     f_stop = jnp.maximum(ftol, rtol * f_ref)
@@ -449,7 +449,7 @@ def _lbfgs_starts(f, base, U0, ftol, gtol, rtol, max_iter, start_batch, noise_re
 @functools.partial(jax.jit, static_argnames=("max_iter", "start_batch"))
 def _lbfgs_finite_kernel(parts, U0, ftol, gtol, rtol, *, max_iter, start_batch):
     """L-BFGS at finite N on the low-rank form of the reduced objective
-    (:func:`~linmeta.retrain._matrix_free.finite_excess`)."""
+    (:func:`~linmeta.methods._matrix_free.finite_excess`)."""
     _, T, d, r = U0.shape
     noise = 64 * jnp.finfo(U0.dtype).eps  # the value is a sum of terms of the size of f(0)
     return _lbfgs_starts(lambda x: finite_excess(x.reshape(T, d, r), parts),
@@ -459,7 +459,7 @@ def _lbfgs_finite_kernel(parts, U0, ftol, gtol, rtol, *, max_iter, start_batch):
 
 def finite_memory(T: int, d: int, rank: int, n_starts: int, itemsize: int = 8) -> int:
     """Estimated peak bytes of the finite-N low-rank L-BFGS path beyond the statistics: ``H``
-    (T d^2), ~5 d x d temporaries of :func:`~linmeta.retrain._matrix_free.finite_parts`, and per
+    (T d^2), ~5 d x d temporaries of :func:`~linmeta.methods._matrix_free.finite_parts`, and per
     start ~12 (T, d, (T+1) r) arrays of an evaluation plus 2 x 10 + 12 vectors of T d r."""
     w = (T + 1) * rank
     return int((T * d * d + 5 * d * d + n_starts * (12 * T * d * w + 32 * T * d * rank))
@@ -478,7 +478,7 @@ class LbfgsRun(NamedTuple):
 
 def population_basis(stats: TaskStats, rank: int):
     """Orthonormal basis ``Q`` (d, m) of the joint span of the symmetric centred task matrices and
-    the per-task squared remainders ``||N_t||_F^2`` (:mod:`linmeta.retrain._matrix_free`), or
+    the per-task squared remainders ``||N_t||_F^2`` (:mod:`linmeta.methods._matrix_free`), or
     ``None`` when the compression would not pay (m > d / 2) or is not exact to rounding.
     Population statistics only (``S_xx = I``, concrete values)."""
     T, d = stats.T, stats.d
@@ -521,7 +521,7 @@ def lbfgs_run(stats: TaskStats, U0, ftol, gtol, rtol, *, max_iter: int,
     stopping rules apply to the compressed objective, which differs from the full one by the
     constant ``sum_t ||N_t||^2 / (2T)``, added to every value reported) and lifted. Finite-N
     statistics at ``d >`` DENSE_MAX_D (or ``finite_lowrank=True``) use the low-rank form of the
-    reduced objective (:func:`~linmeta.retrain._matrix_free.finite_excess`, O(T^2 r d^2) an
+    reduced objective (:func:`~linmeta.methods._matrix_free.finite_excess`, O(T^2 r d^2) an
     evaluation) when every ``S_xx,t`` is positive definite; every other problem runs in the full
     space as before. Refuses (ValueError) a problem whose memory estimate is past
     :func:`memory_budget`, before any work."""

@@ -47,9 +47,9 @@ def _check_stats(source, name="source", *, square: bool = True):
 def pooled_least_squares(stats: TaskStats) -> jax.Array:
     """Exact SR minimiser ``(sum_t S_yx,t)(sum_t S_xx,t)^+`` (minimum-norm when singular).
 
-    ``d <=`` :data:`~linmeta.retrain._common.DENSE_MAX_D`: least squares by SVD
+    ``d <=`` :data:`~linmeta.methods._common.DENSE_MAX_D`: least squares by SVD
     (``jnp.linalg.lstsq``); above, a Cholesky solve when the pooled ``S_xx`` is positive definite
-    and well conditioned (:func:`~linmeta.retrain._common.cholesky_ok`; the population's ``T I``,
+    and well conditioned (:func:`~linmeta.methods._common.cholesky_ok`; the population's ``T I``,
     or N T well above d samples), the SVD otherwise."""
     Sxx = jnp.sum(stats.Sxx, axis=-3)
     Syx = jnp.sum(stats.Syx, axis=-3)
@@ -86,7 +86,7 @@ def standard_retraining(source: TaskStats, *, method: str = "exact", steps: int 
       :class:`RetrainResult` with ``adapters=None``.
 
     Raises:
-      linmeta.DivergenceError: ``"gd"`` diverged (see :mod:`linmeta.divergence`); names ``lr`` and
+      linmeta.DivergenceError: ``"gd"`` diverged (see :mod:`linmeta.core.divergence`); names ``lr`` and
         the iteration. (Not raised inside a caller's ``jit``, where the values are traced.)
     """
     stats = _check_stats(source)

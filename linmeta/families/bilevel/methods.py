@@ -14,7 +14,7 @@ task's *query* statistics Q_t:
 Adapters (``adapter=``; theta and Delta(theta)):
 
 - ``"asymmetric"``: theta = (U, V), U, V in R^{d x r}, Delta = U V^T (the fine-tuning adapter);
-  gradients ``(G V, G^T U)`` with ``G = grad L(M) = M S_xx - S_yx`` (:mod:`linmeta.lora`).
+  gradients ``(G V, G^T U)`` with ``G = grad L(M) = M S_xx - S_yx`` (:mod:`linmeta.core.lora`).
 - ``"symmetric"``: theta = U, Delta = U U^T (Meta-LoRA's adapter); gradient ``(G + G^T) U``.
 - ``"full"``: theta = W in R^{d x d}, Delta = W (plain MAML: the inner loop moves the whole
   task matrix M = A + W); gradient G.
@@ -189,7 +189,7 @@ def adapt_with_trace(A, start: Factors, support: TaskStats, inner_lr, inner_step
                      adapter: str, length: int, train_v=1.0, B=None, excess_fn=None):
     """:func:`adapt` and the support excess loss (mean over tasks) before every inner step and
     after the last one, shape (length + 1,) (constant after step K). The excess is
-    ``excess_fn(M)`` if given, else :func:`linmeta.losses.excess_loss` with ``B`` (default the
+    ``excess_fn(M)`` if given, else :func:`linmeta.core.losses.excess_loss` with ``B`` (default the
     least-squares solution of ``support``)."""
     if excess_fn is None:
         B = ols_solution(support) if B is None else B
@@ -459,7 +459,7 @@ def maml(source, rank, *, key=None, method: str = "maml", inner_steps: int = 10,
       record_every: stride (outer iterations) of the recorded objective.
 
     Returns:
-      :class:`~linmeta.retrain.RetrainResult`: ``base`` A_hat, ``adapters`` a
+      :class:`~linmeta.methods.RetrainResult`: ``base`` A_hat, ``adapters`` a
       :class:`BilevelAdapters` (theta_K of every task at A_hat, and theta_start), ``objective`` the
       query excess objective ``F_K(A_hat) - (1/T) sum_t min L^Q_t``, ``history`` that objective
       along the outer loop, ``start_objectives`` the final objective of every start.
@@ -559,7 +559,7 @@ def check_bilevel_divergence(steps, objective, inner_trace, K: int, step_sizes, 
 @functools.lru_cache(maxsize=None)
 def _kernel():
     """The jitted :func:`_maml_kernel`, created on first use. On CPU it is compiled at XLA's
-    backend optimisation level 1 (as :mod:`linmeta.sweep` does): measured on these programs
+    backend optimisation level 1 (as :mod:`linmeta.engine.sweep` does): measured on these programs
     (d = 10, K = 100, 1000 outer steps) it compiles about a quarter faster and runs as fast."""
     opts = {"xla_backend_optimization_level": 1} if jax.default_backend() == "cpu" else None
     return jax.jit(_maml_kernel, static_argnames=("method", "adapter", "length", "outer_steps",

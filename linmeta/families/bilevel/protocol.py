@@ -8,8 +8,8 @@ One run, every step the core's own function:
    support = query), or N samples per task split into a support set of ``support`` samples and a
    query set of ``N - support`` samples, drawn independently (the same distribution as splitting
    one draw of N) from the two halves of ``keys.retrain``.
-3. Bilevel retraining (:func:`linmeta.bilevel.methods.bilevel_step` driven by
-   :func:`linmeta.retrain.run_steps`, as :func:`linmeta.maml` does): from ``A = 0`` and a start
+3. Bilevel retraining (:func:`linmeta.families.bilevel.methods.bilevel_step` driven by
+   :func:`linmeta.methods.run_steps`, as :func:`linmeta.maml` does): from ``A = 0`` and a start
    shared by the tasks, ``outer_steps`` outer iterations. The inner adapter has
    ``shape.width`` columns of which the first ``hyper.inner_rank`` are used (the others start at
    zero in both factors and stay there: a padded run equals the unpadded one), so every inner
@@ -25,7 +25,7 @@ One run, every step the core's own function:
    (:func:`linmeta.reduced_rank_fit`) on n samples (or the population) of each unseen task, for the
    bilevel base and SR's; recorded as ``||M_ft - M*_new||_F^2`` (mean over unseen tasks) and, for
    the n -> infinity limit, the Eckart-Young bias of ``M*_new - A_hat`` at rank ``ft_rank``
-   (:func:`linmeta.theory.lora_bias`); in the population the two are equal.
+   (:func:`linmeta.core.theory.lora_bias`); in the population the two are equal.
 
 Everything but the fine-tuning fit at finite n (and the SVD of the bias) is LAPACK-free (the
 least-squares solutions use :func:`linmeta.kernels.psd_pinv`), as the sweep's sharded CPU
@@ -33,7 +33,7 @@ programs require.
 
 Divergence: ``diverged`` (the recorded objective blew up or the base is non-finite) and
 ``inner_diverged`` (some record's inner loop blew up from a finite start), computed in the
-program with :func:`linmeta.divergence.divergence_index`; never NaN silently
+program with :func:`linmeta.core.divergence.divergence_index`; never NaN silently
 (``inner_objective_traj``: the inner trace of the first record that blew up, else of the first
 record). ``stalled``: the objective fell by less than 1% over the run while the run did not
 diverge (a statement about the objective only: a run whose objective is at the rounding level
@@ -43,7 +43,7 @@ from the start, plain Reptile near alpha = 1 for instance, is flagged although i
 :func:`run_batch` vmaps it over configurations and compiles once per (shape, batch size, dtype).
 
 The sweep engine runs it as the registered protocol ``"bilevel"`` (:data:`SWEEP_PROTOCOL`,
-registered by :mod:`linmeta.bilevel`; keys and defaults :data:`SWEEP_DEFAULTS`): a configuration
+registered by :mod:`linmeta.families.bilevel`; keys and defaults :data:`SWEEP_DEFAULTS`): a configuration
 names ``method``, ``adapter``, ``inner_steps``, ``inner_lr``, ``outer_lr``, ``start_lr``,
 ``inner_rank``, ``inner_full``, ... as flat keys. Configurations that differ only in the traced
 keys (method, K, alpha, beta, the start's step and scale, the inner rank, the full-rank inner
@@ -91,7 +91,7 @@ class Shape(NamedTuple):
     ``adapter`` is ``"asymmetric"`` (U V^T, also the full-rank inner update) or ``"symmetric"``;
     ``width`` the number of factor columns (>= every inner rank used; d for the full-rank update);
     ``inner_length`` the static inner scan length (>= every K used); ``methods`` ``"all"``
-    (method traced) or one name of :data:`linmeta.bilevel.methods.METHODS`."""
+    (method traced) or one name of :data:`linmeta.families.bilevel.methods.METHODS`."""
 
     d: int
     k: int
@@ -592,7 +592,7 @@ SWEEP_PLOTS = protocols.Plots(
           "with a low-rank inner loop; SR: standard retraining's exact minimiser; both fine-tuned "
           "on the unseen task at rank ft_rank (docs/bilevel.md)"))
 
-#: The protocol ``"bilevel"`` of :mod:`linmeta.protocols` (registered by :mod:`linmeta.bilevel`).
+#: The protocol ``"bilevel"`` of :mod:`linmeta.engine.protocols` (registered by :mod:`linmeta.families.bilevel`).
 SWEEP_PROTOCOL = protocols.Protocol(
     name="bilevel", run=_sweep_run, defaults=SWEEP_DEFAULTS, hyper=Hyper, shape=sweep_shape,
     truth=lambda cfg, dtype: protocols.truth_for(cfg), truth_keys=("truth_seed", "d", "k", "T"),

@@ -1,6 +1,6 @@
 """Closed forms of the bilevel family (docs/bilevel.md), from the ground truth alone.
 
-Like :mod:`linmeta.theory` this module never imports a solver, so checking
+Like :mod:`linmeta.core.theory` this module never imports a solver, so checking
 :func:`linmeta.maml` against it stays a check.
 
 Population losses ``L_t(M) = 1/2 ||M - M*_t||_F^2 + d sigma^2 / 2``; ``R_t = M*_t - A`` is what

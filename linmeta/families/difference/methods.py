@@ -1,6 +1,6 @@
 """Solvers of the difference family (docs/difference.md#methods; claims D1-D5).
 
-Every method works on task statistics (:class:`linmeta.data.TaskStats`, population or samples,
+Every method works on task statistics (:class:`linmeta.core.data.TaskStats`, population or samples,
 p = d) and returns the learned base, the learned adaptation directions as a basis of d x d
 matrices ``B_i`` (the space ``L = span{B_i}`` is what fine-tuning adapts in) and per-task
 coefficients, so that task t is modelled as ``M_t = A + sum_i s_ti B_i``.
@@ -41,8 +41,8 @@ coefficients, so that task t is modelled as ``M_t = A + sum_i s_ti B_i``.
   base eliminated in closed form. Directions whose group is exactly zero are pruned; ``kept``
   counts the distinct others (directions with ``|<B_i, B_j>| > 0.999`` count once).
 - Fine-tuning on unseen tasks: :func:`finetune_coefficients` (r numbers per task),
-  and the core's rank-r LoRA (:func:`linmeta.finetune.reduced_rank_fit`) and full least squares
-  (:func:`linmeta.losses.ols_solution`); :func:`population_risk` = ``||M - M*||_F^2``, the excess
+  and the core's rank-r LoRA (:func:`linmeta.methods.finetune.reduced_rank_fit`) and full least squares
+  (:func:`linmeta.core.losses.ols_solution`); :func:`population_risk` = ``||M - M*||_F^2``, the excess
   risk for ``x ~ N(0, I)``.
 """
 from __future__ import annotations

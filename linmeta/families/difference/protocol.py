@@ -1,5 +1,5 @@
 """The difference family's sweep protocol ``"difference"`` (docs/difference.md), registered with
-:mod:`linmeta.protocols` when :mod:`linmeta.families.difference` is imported, so that
+:mod:`linmeta.engine.protocols` when :mod:`linmeta.families.difference` is imported, so that
 ``linmeta run --protocol difference`` and ``linmeta sweep`` reach it by name.
 
 One configuration (flat keys, :data:`DEFAULTS`):

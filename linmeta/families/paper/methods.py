@@ -35,7 +35,7 @@ def _T(x):
 def meta_lora_alternating(stats: TaskStats, U0, lr_adapter, lr_base, *, outer_steps: int,
                           inner_steps: int, record_every: int, B=None, n_tasks=None):
     """The paper's alternating Meta-LoRA protocol from ``A = 0``: the updates of
-    :func:`linmeta.retrain.alternating_step` with ``C_t = A S_t - Y_t`` formed once per outer
+    :func:`linmeta.methods.alternating_step` with ``C_t = A S_t - Y_t`` formed once per outer
     iteration. Returns ``(A, U, history)``; the history records the excess objective."""
     S, Y = stats.Sxx, stats.Syx
     d = S.shape[-1]
@@ -69,7 +69,7 @@ def sr_retraining(stats: TaskStats, lr, *, steps: int, record_every: int, B=None
     """Standard retraining by gradient descent from ``A = 0``; returns ``(A, history)``.
 
     ``adapters=None`` (clean): ``A <- A - lr (A sum_t S_t - sum_t Y_t) / T``, the update of
-    :func:`linmeta.retrain.sr_gradient_step`. ``adapters`` = the untrained ``U_t`` (T, d, k) of the
+    :func:`linmeta.methods.sr_gradient_step`. ``adapters`` = the untrained ``U_t`` (T, d, k) of the
     official code (``paper_code``): ``A <- A - lr [(A + Ubar) sum_t S_t - sum_t Y_t]`` with
     ``Ubar = (1/T) sum_t U_t U_t^T`` (module docstring); fixed point
     ``(sum_t Y_t)(sum_t S_t)^{-1} - Ubar``."""
@@ -95,7 +95,7 @@ def sr_retraining(stats: TaskStats, lr, *, steps: int, record_every: int, B=None
 def finetune_both(bases, stats: TaskStats, U0, V0, lr, *, steps: int, record_every: int):
     """Gradient-descent fine-tuning of several frozen bases (b, 1, d, d) on the unseen tasks of
     ``stats`` (m tasks) from factors ``U0, V0`` (b, m, d, r): the update of
-    :func:`linmeta.finetune.finetune_gd_step`, ``G = (A + U V^T) S - Y = C + U (V^T S)`` with
+    :func:`linmeta.methods.finetune.finetune_gd_step`, ``G = (A + U V^T) S - Y = C + U (V^T S)`` with
     ``C = A S - Y`` formed once. Returns ``((U, V), history)`` of the paper test loss (b,), mean
     over the unseen tasks."""
     S = stats.Sxx

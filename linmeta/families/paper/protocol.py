@@ -17,7 +17,7 @@ One run, as in the paper's code (``jacob-block/peft-ml``, folder ``linear/``):
    asymmetric rank-``ft_rank`` adapter ``U V^T`` by ``ft_steps`` gradient steps of size ``ft_lr``
    on the *same* n samples. The recorded "test task loss" is the paper's
    ``sum_i ||(M - M*) x_i||^2`` over the n fine-tuning inputs
-   (:func:`linmeta.losses.paper_test_loss`); the excess risk is the population one,
+   (:func:`linmeta.core.losses.paper_test_loss`); the excess risk is the population one,
    ``||M - M*||_F^2``, to compare with ``sigma^2 dof / n`` (C6) and, for SR, with the rank-r
    Eckart-Young bias of ``U_new U_new^T - Rbar`` (C2).
 
@@ -41,8 +41,8 @@ Two variants (``variant=``), which differ only in steps 4 and 5:
   across runs (here: from ``truth_seed``, :func:`fixed_start`), the SR base from fresh draws
   (here: the run's ``U, V``). Meta-LoRA retraining and all data are those of the clean variant.
 
-Every step is the update of the core's step functions (:func:`linmeta.retrain.alternating_step`,
-:func:`linmeta.retrain.sr_gradient_step`, :func:`linmeta.finetune.finetune_gd_step`), rearranged
+Every step is the update of the core's step functions (:func:`linmeta.methods.alternating_step`,
+:func:`linmeta.methods.sr_gradient_step`, :func:`linmeta.methods.finetune.finetune_gd_step`), rearranged
 so that what stays fixed over many steps is computed once (exact in exact arithmetic; tests check
 equality with :func:`linmeta.meta_lora`, :func:`linmeta.standard_retraining`,
 :func:`linmeta.finetune`
@@ -178,7 +178,7 @@ class Outcome(NamedTuple):
     """Arrays of one run (scalars and strided trajectories; see :func:`run_protocol`).
 
     The ``*_diverged`` flags here say that a stage's state or record is not finite; the sweep adds
-    the blow-up test of :mod:`linmeta.divergence` on the trajectories."""
+    the blow-up test of :mod:`linmeta.core.divergence` on the trajectories."""
 
     ml_base_error: jax.Array
     ml_base_rel_error: jax.Array

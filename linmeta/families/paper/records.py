@@ -97,7 +97,7 @@ def divergence_flags(cfg: Mapping, result: Mapping) -> dict:
     """``{"<stage>_diverged": bool}`` per stage of the configuration's protocol: for the paper's
     ``{"ml_diverged", "sr_diverged", "ft_diverged"}``, the engine's NaN/inf flag of each stage or
     a blow-up of one of its recorded losses; for another protocol its stages' flags
-    (:func:`linmeta.protocols.diverged_stages`)."""
+    (:func:`linmeta.engine.protocols.diverged_stages`)."""
     out = {}
     for stage, curves in _stage_curves(cfg, result).items():
         out[f"{stage}_diverged"] = bool(result.get(f"{stage}_diverged")) or any(

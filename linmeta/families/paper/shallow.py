@@ -37,7 +37,7 @@ trial start from the same adapter initialisation (a paired comparison; the paper
 loss is recorded every ``record_every`` steps (the paper records every epoch, before the step).
 
 Everything here is a pure function of explicit pytrees and keys; the training loops are ``lax.scan``
-(through :func:`linmeta.retrain.run_steps`); :func:`run_trials` vmaps whole trials and compiles once
+(through :func:`linmeta.methods.run_steps`); :func:`run_trials` vmaps whole trials and compiles once
 per shape group; the learning rate, weight decay and noise level are traced arrays.
 """
 from __future__ import annotations

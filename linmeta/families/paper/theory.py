@@ -30,7 +30,7 @@ def theory_sr_bias(truth: Truth, rank, n_tasks=None):
 
 def sr_bias_host(U_star, U_new, n_tasks: int, rank: int) -> float:
     """:func:`theory_sr_bias` in NumPy on the host (the same closed form as
-    :func:`linmeta.theory.lora_bias` of :func:`linmeta.theory.sr_residual`, tested against them):
+    :func:`linmeta.core.theory.lora_bias` of :func:`linmeta.core.theory.sr_residual`, tested against them):
     mean over unseen tasks of ``sum_{i >= rank} sigma_i^2`` of ``U_new U_new^T - Rbar``, Rbar over
     the first ``n_tasks`` tasks. NumPy, so that preparing a batch compiles nothing and loads no
     LAPACK module of JAX."""

@@ -1,16 +1,16 @@
-"""The shared-representation family: scalar outputs, heads and a representation (RELATED.md,
-"Linear representation learning"; docs/representation.md; claims R1-R7).
+"""The shared-representation family: scalar outputs, heads and a representation
+(docs/representation.md; claims R1-R7).
 
 Data flows as in the base-matrix model: ground truth (:mod:`.truth`: ``B*``, heads, perturbations,
 task diversity ``Sigma_w``) -> task statistics (:mod:`.tasks`: the core's :class:`linmeta.TaskStats`
 with p = 1, population or samples) -> training a representation (:mod:`.methods`: FrozenRep, FedRep,
 AdaptRep, ANIL, first-order ANIL, one-step MAML, average loss, method of moments) -> fine-tuning on
 target tasks (:mod:`.target`: head only, head and representation, from scratch) -> subspace metrics
-(:func:`linmeta.metrics.subspace_distance`, :func:`linmeta.metrics.sin_theta_frobenius_sq`) beside
+(:func:`linmeta.core.metrics.subspace_distance`, :func:`linmeta.core.metrics.sin_theta_frobenius_sq`) beside
 the closed forms of :mod:`.theory` (which imports no solver). :mod:`.protocol` runs all of it for
 one configuration as one jit/vmap-able function; :mod:`.registry` registers it as the protocol
-``"representation"`` of :mod:`linmeta.protocols` when this package is imported, so that
-:mod:`linmeta.sweep` and ``linmeta sweep`` (``fixed.protocol = "representation"``) run it by name.
+``"representation"`` of :mod:`linmeta.engine.protocols` when this package is imported, so that
+:mod:`linmeta.engine.sweep` and ``linmeta sweep`` (``fixed.protocol = "representation"``) run it by name.
 
 Example::
 

@@ -12,7 +12,7 @@ therefore use only matrix products:
 - :func:`lambda_max_psd`: the largest eigenvalue of a small PSD matrix as the Rayleigh quotient of a
   column of its repeated square (exact up to rounding: any vector in the top eigenspace gives it);
 - :func:`sin_theta_max` and :func:`sin_theta_fro2`: the sine of the largest principal angle and
-  ``||sin Theta||_F^2`` between column spaces (tested equal to :mod:`linmeta.metrics`).
+  ``||sin Theta||_F^2`` between column spaces (tested equal to :mod:`linmeta.core.metrics`).
 """
 from __future__ import annotations
 

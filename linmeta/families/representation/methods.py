@@ -1,10 +1,10 @@
-"""Training a shared representation on source tasks (RELATED.md, "Linear representation learning").
+"""Training a shared representation on source tasks (docs/representation.md).
 
-Everything runs on :class:`linmeta.TaskStats` with p = 1 (:mod:`linmeta.representation.tasks`), so
+Everything runs on :class:`linmeta.TaskStats` with p = 1 (:mod:`linmeta.families.representation.tasks`), so
 the same call works on the population and on finite samples. A predictor ``v`` of task t has the
-core's loss ``L_t(v) = 1/2 v^T S_t v - <s_t, v> + 1/2 S_yy,t`` (:func:`linmeta.losses.task_loss`
+core's loss ``L_t(v) = 1/2 v^T S_t v - <s_t, v> + 1/2 S_yy,t`` (:func:`linmeta.core.losses.task_loss`
 with ``M = v^T``; ``S_t = S_xx,t``, ``s_t = S_yx,t``), gradient ``g_t = S_t v - s_t``. Objectives
-are means over the T tasks. Every loop is a ``lax.scan`` (:func:`linmeta.retrain.run_steps`),
+are means over the T tasks. Every loop is a ``lax.scan`` (:func:`linmeta.methods.run_steps`),
 tasks are a batch axis, step sizes are traced arrays.
 
 - **FrozenRep** (average loss with per-task heads, heads minimised out):
@@ -42,7 +42,7 @@ representation), first-order variants (derivative stopped at the inner step) and
 training (``alpha = 0``, the shared head learned) are settings of three flags.
 
 Public functions validate their input eagerly (``ValueError`` naming the argument) and raise
-:class:`linmeta.DivergenceError` when an iteration diverges (:mod:`linmeta.divergence`), naming the
+:class:`linmeta.DivergenceError` when an iteration diverges (:mod:`linmeta.core.divergence`), naming the
 step sizes and the iteration. The ``*_step`` functions are the pure updates (jit/vmap-able).
 """
 from __future__ import annotations
@@ -93,7 +93,7 @@ class RepResult(NamedTuple):
       perturbations: (T, d, k) AdaptRep's ``Delta_t``; ``None`` otherwise.
       head_init: (k,) MAML's head initialisation w0 (ANIL's, fixed); ``None`` otherwise.
       objective: the method's objective at the end.
-      history: :class:`~linmeta.retrain.History` of :class:`RepRecord` (``None`` for closed forms).
+      history: :class:`~linmeta.methods.History` of :class:`RepRecord` (``None`` for closed forms).
       start_objectives: (n_starts,) final objective of each start (AdaptRep), else ``None``.
     """
 

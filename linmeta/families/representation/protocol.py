@@ -1,19 +1,19 @@
 """The shared-representation protocol for one configuration (jit/vmap-able; claims R1-R7).
 
-One run, given a :class:`~linmeta.representation.RepTruth` (source tasks and ``n_target`` target
+One run, given a :class:`~linmeta.families.representation.RepTruth` (source tasks and ``n_target`` target
 tasks):
 
 1. Source statistics: population (``Shape.n`` None) or n samples per task
-   (:func:`linmeta.representation.samples_from_betas` on ``keys.source``), noise ``noise_std``.
+   (:func:`linmeta.families.representation.samples_from_betas` on ``keys.source``), noise ``noise_std``.
 2. Training, each from the same random orthonormal start (``keys.init``; ANIL's scaled by
    ``init_scale / sqrt(alpha)``): FrozenRep (``frozen_steps`` alternating steps of size
    ``frozen_lr``), FedRep (``fedrep_steps`` steps of size ``eta``), ANIL (``anil_steps`` outer
    steps, ``alpha``/``beta``, w0 = 0), AdaptRep (``adapt_steps`` outer steps, ``adapt_inner``
    inner updates, ``adapt_lr``, ``lam``/``gamma``; ``n_starts`` starts, the first the common one,
-   best objective kept). The updates are :mod:`linmeta.representation.methods`' step functions
-   driven by :func:`linmeta.retrain.run_steps`: the same numbers as
-   :func:`~linmeta.representation.frozen_rep`, :func:`~linmeta.representation.fedrep`,
-   :func:`~linmeta.representation.adapt_rep` and :func:`~linmeta.representation.anil` with
+   best objective kept). The updates are :mod:`linmeta.families.representation.methods`' step functions
+   driven by :func:`linmeta.methods.run_steps`: the same numbers as
+   :func:`~linmeta.families.representation.frozen_rep`, :func:`~linmeta.families.representation.fedrep`,
+   :func:`~linmeta.families.representation.adapt_rep` and :func:`~linmeta.families.representation.anil` with
    those settings (tested). FrozenRep, FedRep and AdaptRep run as lanes of one loop of
    ``max(frozen_steps, fedrep_steps, adapt_steps)`` iterations, a lane with fewer steps holding
    its state; trajectories are recorded every ``record_every`` iterations of that loop.
@@ -22,19 +22,19 @@ tasks):
    only), ANIL's B (head only), and least squares from scratch; AdaptRep-style fine-tuning uses
    ``target_lam``/``target_gamma`` and ``target_steps`` updates.
 4. Record: subspace distances to B* (sine of the largest principal angle, ``||sin Theta||_F^2``;
-   computed without LAPACK by :mod:`linmeta.representation._linalg`, equal to
-   :func:`linmeta.metrics.subspace_distance` and :func:`linmeta.metrics.sin_theta_frobenius_sq` up
+   computed without LAPACK by :mod:`linmeta.families.representation._linalg`, equal to
+   :func:`linmeta.core.metrics.subspace_distance` and :func:`linmeta.core.metrics.sin_theta_frobenius_sq` up
    to rounding, tested: the protocol calls no LAPACK routine, so it is safe to batch and shard),
    objectives, ``||alpha B^T B - I||_2`` for ANIL, target excess risks (mean over target tasks),
-   closed forms beside them (:mod:`linmeta.representation.theory`: the frozen floor and the
+   closed forms beside them (:mod:`linmeta.families.representation.theory`: the frozen floor and the
    frozen target risk of FrozenRep's B, the scratch risk, the late rates: NaN outside their
    domains), divergence flags, and
    the trajectories of the distance (``*_traj``) and of the training objective
-   (``*_objective_traj``), recorded at :func:`linmeta.retrain.record_steps` of
+   (``*_objective_traj``), recorded at :func:`linmeta.methods.record_steps` of
    ``max(frozen_steps, fedrep_steps, adapt_steps)`` (ANIL: of ``anil_steps``).
 
-The sweep engine reaches this function by name: :mod:`linmeta.representation.registry` registers
-it as the protocol ``"representation"`` of :mod:`linmeta.protocols`.
+The sweep engine reaches this function by name: :mod:`linmeta.families.representation.registry` registers
+it as the protocol ``"representation"`` of :mod:`linmeta.engine.protocols`.
 
 Random streams: ``run_keys(seed)`` folds :data:`RUN_STREAM` into ``jax.random.key(seed)`` and
 splits it into ``(source, target, init)``.
@@ -201,7 +201,7 @@ class Outcome(NamedTuple):
 
 
 def _diverged(B, objective_history):
-    """Non-finite end point, or a recorded objective that blew up (:mod:`linmeta.divergence`)."""
+    """Non-finite end point, or a recorded objective that blew up (:mod:`linmeta.core.divergence`)."""
     return ~jnp.all(jnp.isfinite(B)) | (divergence_index(objective_history) >= 0)
 
 
@@ -215,8 +215,8 @@ def run_protocol(truth: RepTruth, keys: RunKeys, hyper: Hyper, shape: Shape) -> 
     """One run of the protocol (module docstring); jit- and vmap-able (``shape`` is static).
 
     FrozenRep, FedRep and the AdaptRep starts are lanes of one vmapped loop of
-    :func:`~linmeta.representation.methods.adaptrep_step` (``lam = inf`` for the first two), ANIL
-    is :func:`~linmeta.representation.methods.meta_step`; the target fits are vmapped over the
+    :func:`~linmeta.families.representation.methods.adaptrep_step` (``lam = inf`` for the first two), ANIL
+    is :func:`~linmeta.families.representation.methods.meta_step`; the target fits are vmapped over the
     representations: one compiled program per shape, every hyperparameter traced."""
     d, k, T, m = shape.d, shape.k, shape.T, shape.m
     Bs = truth.B_star

@@ -1,23 +1,23 @@
-"""The shared-representation protocol as a registered protocol of :mod:`linmeta.protocols`
-(name ``"representation"``), so that :mod:`linmeta.sweep` and ``linmeta sweep`` run it by name.
+"""The shared-representation protocol as a registered protocol of :mod:`linmeta.engine.protocols`
+(name ``"representation"``), so that :mod:`linmeta.engine.sweep` and ``linmeta sweep`` run it by name.
 
 One configuration (a flat dict; :data:`DEFAULTS` lists its keys) runs
-:func:`linmeta.representation.protocol.run_protocol` (claims R1-R7) on
+:func:`linmeta.families.representation.protocol.run_protocol` (claims R1-R7) on
 
 - the truth ``sample_rep_truth(jax.random.key(truth_seed), d, k, T, Sigma_w=diag(1, .., 1,
   diversity), heads=heads, delta_scale=delta_scale, n_target=n_target)`` (:func:`truth_for`;
   drawn once per distinct truth keys, on the host),
 - the keys ``run_keys(seed)`` (source data, target data, initialisation),
-- the traced hyperparameters :class:`~linmeta.representation.protocol.Hyper` (noise level, step
+- the traced hyperparameters :class:`~linmeta.families.representation.protocol.Hyper` (noise level, step
   sizes, AdaptRep's lambda and gamma, the target fine-tuning's lambda and gamma, ANIL's
   initialisation scale: a grid over them compiles once) and
-- the static :class:`~linmeta.representation.protocol.Shape` (sizes, source samples per task ``n``
+- the static :class:`~linmeta.families.representation.protocol.Shape` (sizes, source samples per task ``n``
   (``"inf"`` or 0: the population), target samples ``m``, loop lengths, record stride): one
   compiled program per shape group.
 
 Stages for divergence: ``frozen`` (FrozenRep), ``fedrep`` (FedRep), ``anil`` (ANIL), ``adapt``
 (AdaptRep), each flagged from its recorded training objective (``*_objective_traj``: non-finite
-or a 1000-fold rise, :func:`linmeta.divergence.divergence_index`) or-ed with the run's own flag
+or a 1000-fold rise, :func:`linmeta.core.divergence.divergence_index`) or-ed with the run's own flag
 (non-finite end point). Result columns: :data:`RESULT_KEYS` (subspace distances, objectives,
 target excess risks and their closed forms, late rates, flags); trajectories: the distances
 (``*_traj``) and objectives (``*_objective_traj``) at ``train_steps`` (ANIL at
@@ -142,14 +142,14 @@ def validate(cfg: Mapping) -> dict:
 
 
 def shape_of(cfg: Mapping) -> Shape:
-    """The static :class:`~linmeta.representation.protocol.Shape` of a validated configuration."""
+    """The static :class:`~linmeta.families.representation.protocol.Shape` of a validated configuration."""
     return Shape(d=cfg["d"], k=cfg["k"], T=cfg["T"], n=None if cfg["n"] == "inf" else cfg["n"],
                  m=cfg["m"], n_target=cfg["n_target"],
                  **{f: cfg[f] for f in Shape._fields[6:]})
 
 
 def hyper_of(cfg: Mapping, dtype=None) -> Hyper:
-    """The traced :class:`~linmeta.representation.protocol.Hyper` of a configuration (arrays)."""
+    """The traced :class:`~linmeta.families.representation.protocol.Hyper` of a configuration (arrays)."""
     dt = jnp.dtype(jax.dtypes.canonicalize_dtype(jnp.float64)) if dtype is None else dtype
     return Hyper(*(jnp.asarray(cfg[f], dt) for f in Hyper._fields))
 
@@ -158,7 +158,7 @@ _TRUTH_LOCK = threading.Lock()  # eager LAPACK calls (QR, Cholesky) from one thr
 
 
 def truth_for(cfg: Mapping, dtype=None):
-    """The :class:`~linmeta.representation.RepTruth` a configuration runs on (module
+    """The :class:`~linmeta.families.representation.RepTruth` a configuration runs on (module
     docstring); ``cfg`` is validated first."""
     cfg = validate({k: v for k, v in cfg.items() if k != "protocol"})
     dt = jnp.dtype(jax.dtypes.canonicalize_dtype(jnp.float64)) if dtype is None else dtype
@@ -176,7 +176,7 @@ def _keys(seed, truth_seed=None):
 
 
 def _run(truth, keys, hyper, shape):
-    """:func:`linmeta.representation.protocol.run_protocol` of one configuration."""
+    """:func:`linmeta.families.representation.protocol.run_protocol` of one configuration."""
     return run_protocol(truth, keys, hyper, shape)
 
 
@@ -244,5 +244,5 @@ PROTOCOL = protocols.Protocol(
 
 
 def register() -> protocols.Protocol:
-    """Register :data:`PROTOCOL` (done when :mod:`linmeta.representation` is imported)."""
+    """Register :data:`PROTOCOL` (done when :mod:`linmeta.families.representation` is imported)."""
     return protocols.register(PROTOCOL, replace=True)

@@ -4,7 +4,7 @@ A target task has m samples (statistics ``S``, ``s``; p = 1) and the learned ``B
 
 - **head only** (:func:`head_only_fit`): the representation frozen, least squares (ridge ``gamma``)
   in the head: ``a = (B^T S B + gamma I)^+ B^T s``, predictor ``B a``. Its expected error on an
-  orthonormal B is the floor formula of :func:`linmeta.representation.theory.frozen_target_risk`.
+  orthonormal B is the floor formula of :func:`linmeta.families.representation.theory.frozen_target_risk`.
 - **head and representation** (:func:`head_and_representation_fit`): AdaptRep's inner problem on
   the target, ``min_{Delta, w} L((B + Delta) w) + lambda/2 ||Delta||_F^2 + gamma/2 ||w||^2``,
   by exact alternating minimisation from the ridge head and ``Delta = 0``; predictor

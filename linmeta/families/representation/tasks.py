@@ -1,13 +1,13 @@
 """Task data of the shared-representation model as the core's statistics (p = 1 output).
 
-Task t's loss of a predictor ``v`` (d,) is the core's quadratic (:mod:`linmeta.data`) with p = 1,
+Task t's loss of a predictor ``v`` (d,) is the core's quadratic (:mod:`linmeta.core.data`) with p = 1,
 ``M = v^T``:
 
     L_t(v) = 1/(2n) sum_i (y_i - <x_i, v>)^2 = 1/2 v^T S_xx v - <s_t, v> + 1/2 S_yy,
     s_t = S_yx[t, 0],
 
 so :class:`linmeta.TaskStats` with ``Syx`` of shape (T, 1, d) carries it, and
-:func:`linmeta.data.task_statistics` reduces raw samples to it. In the population (n -> infinity,
+:func:`linmeta.core.data.task_statistics` reduces raw samples to it. In the population (n -> infinity,
 x ~ N(0, I)) ``S_xx = I``, ``s_t = beta_t``, ``S_yy = ||beta_t||^2 + sigma^2``.
 
 The method of moments needs the fourth-order statistic ``(1/(nT)) sum_{t,i} y_ti^2 x_ti x_ti^T``
@@ -15,7 +15,7 @@ The method of moments needs the fourth-order statistic ``(1/(nT)) sum_{t,i} y_ti
 :func:`nested_moment_matrices` gives it for nested prefixes (first T tasks, first n samples) of one
 draw at the cost of one pass (cumulative sums).
 Its expectation is ``(sigma^2 + mean_t ||beta_t||^2) I + 2 mean_t beta_t beta_t^T``
-(:func:`linmeta.representation.theory.moment_expectation`).
+(:func:`linmeta.families.representation.theory.moment_expectation`).
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Closed forms of the shared-representation model (docs/representation.md; claims R1-R7).
 
 This module never imports a solver, so checking a solver against it stays a check (it uses the
-LAPACK-free linear algebra of :mod:`linmeta.representation._linalg` and, for the independent
+LAPACK-free linear algebra of :mod:`linmeta.families.representation._linalg` and, for the independent
 eigendecomposition of R1 and R4, ``jnp.linalg.eigh``). Notation:
 ``C = (1/T) sum_t beta_t beta_t^T`` (:func:`task_moment`); in the exactly shared model
 ``C = B* Sigma_hat B*^T`` with ``Sigma_hat`` the heads' second moment.

@@ -1,4 +1,4 @@
-"""Ground truth of the shared-representation model (RELATED.md, "Linear representation learning").
+"""Ground truth of the shared-representation model (docs/representation.md).
 
 Scalar outputs: task t has a parameter vector
 
@@ -7,7 +7,7 @@ Scalar outputs: task t has a parameter vector
 with ``B*`` (d x k) orthonormal (the shared representation), ``w*_t`` (k,) the task's head and
 ``Delta*_t`` (d x k) a task-specific perturbation of the representation (zero when the tasks share
 it exactly). Task diversity is ``Sigma_w = E[w* w*^T]`` (k x k, positive definite); the closed
-forms of :mod:`linmeta.representation.theory` use the heads' own second moment ``(1/T) sum_t w*_t
+forms of :mod:`linmeta.families.representation.theory` use the heads' own second moment ``(1/T) sum_t w*_t
 w*_t^T`` (:attr:`RepTruth.head_moment`), which equals ``Sigma_w`` exactly for
 :func:`balanced_heads`. Target tasks (the tasks fine-tuned after training) have their own heads and
 perturbations.

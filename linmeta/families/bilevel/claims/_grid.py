@@ -1,11 +1,11 @@
 """Shared pieces of the bilevel claims M1-M6 (docs/bilevel.md).
 
 - :func:`trajectories`: many bilevel runs (configurations, problems) as one compiled program over
-  the library's own outer step (:func:`linmeta.bilevel.methods.bilevel_step`, method chosen by
+  the library's own outer step (:func:`linmeta.families.bilevel.methods.bilevel_step`, method chosen by
   traced weights), recording the base after every outer iteration: what the step-for-step relations of
   M1 compare.
 - :func:`grid`: the measured claims M4-M6 run on one batch of configurations of the family's
-  protocol (:func:`linmeta.bilevel.run_batch`): one compiled program per shape, the batch computed
+  protocol (:func:`linmeta.families.bilevel.run_batch`): one compiled program per shape, the batch computed
   once per (setting, seed) and shared by the three claims (:func:`grid_cached`).
 - :func:`references`: Meta-LoRA and SR per problem, the reference lines.
 - :func:`rel_diff`: ``max |a - b| / max |b|``.
@@ -48,7 +48,7 @@ def rel_diff(a, b) -> float:
 @functools.partial(jax.jit, static_argnames=("adapter", "length", "steps"))
 def trajectories(support, query, A0, starts, hypers, weights, *, adapter, length, steps):
     """Bases ``(B, steps + 1, d, d)`` along ``steps`` outer iterations for B configurations:
-    statistics, starts, :class:`~linmeta.bilevel.methods.BilevelHyper` and method weights all carry
+    statistics, starts, :class:`~linmeta.families.bilevel.methods.BilevelHyper` and method weights all carry
     a leading batch axis."""
     def one(sup, qry, start, hyper, w):
         def step(s):
@@ -186,7 +186,7 @@ def _group(c, cfg) -> tuple:
 
 def grid(cfg: dict, rng: np.random.Generator, T: int, parts=PARTS):
     """Run :func:`configs` on ``cfg["seeds"]`` Gaussian truths with T tasks (population) with
-    the family's protocol (:func:`linmeta.bilevel.run_batch`), one batch per program group
+    the family's protocol (:func:`linmeta.families.bilevel.run_batch`), one batch per program group
     (:func:`_group`; at the quick setting a single program), in chunks of ``cfg["chunk"]``.
     Returns ``(runs, lambdas, truths)``: :class:`Run` per configuration (arrays over seeds), the
     per-seed ``lambda = max_t ||M*_t||_2`` and the truths (NumPy)."""
@@ -226,7 +226,7 @@ def grid(cfg: dict, rng: np.random.Generator, T: int, parts=PARTS):
 
 
 def _hyper(shape, c, lam):
-    """:class:`linmeta.bilevel.Hyper` values of configuration ``c`` for a truth with ``lam``
+    """:class:`linmeta.families.bilevel.Hyper` values of configuration ``c`` for a truth with ``lam``
     (NumPy, in field order; the int fields as int32)."""
     return (np.asarray(0.0), np.asarray(METHODS.index(c["method"]), np.int32),
             np.asarray(c["inner_steps"], np.int32), np.asarray(c["a"] / lam),
@@ -240,8 +240,8 @@ def references(truths, k: int, ft_rank: int, *, newton: bool, rng=None, n_starts
     unseen tasks (population), and the bases ``A*`` (``a_star``) and ``A* + Rbar``
     (``sr_base``). ``newton``: Meta-LoRA by :func:`linmeta.meta_lora` (Newton); else its
     population minimiser for T >= 3, ``A*`` (claim C3,
-    :func:`linmeta.theory.meta_lora_population_base`). SR: ``A* + Rbar``
-    (:func:`linmeta.theory.sr_population`)."""
+    :func:`linmeta.core.theory.meta_lora_population_base`). SR: ``A* + Rbar``
+    (:func:`linmeta.core.theory.sr_population`)."""
     A, U, Un = truths
     S = A.shape[0]
     # theory.sr_population (C1), A* + Rbar, on the host

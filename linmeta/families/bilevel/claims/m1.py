@@ -12,7 +12,7 @@
 3. **Plain MAML in the population** (full-rank inner update from W = 0): the inner loop gives
    ``M_K - M*_t = (1 - alpha)^K (A - M*_t)``, so every outer step is an SR gradient step of size
    ``beta (1-alpha)^(2K)`` (MAML), ``beta (1-alpha)^K`` (first order) or ``beta (1-(1-alpha)^K)``
-   (Reptile) (:func:`linmeta.bilevel.theory.full_rank_sr_step`), for any alpha: SR's minimiser is
+   (Reptile) (:func:`linmeta.families.bilevel.theory.full_rank_sr_step`), for any alpha: SR's minimiser is
    the only fixed point, attracting iff the step lies in (0, 2). Checked at alpha = 0.2 (all three
    move), at alpha = 1 (MAML and first order: step 0, the base does not move; Reptile: the full
    step beta) and at alpha = 1.5 with K = 3 odd (first order: the negative step -beta/8, so the

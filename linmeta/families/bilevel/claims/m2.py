@@ -7,7 +7,7 @@ With support = query and the inner problem solved exactly, the bilevel objective
 
 the objective of Meta-LoRA, ``(1/T) sum_t L_t(A + U_t U_t^T)``, with every ``U_t`` minimised out
 at A -- when the inner adapter is Meta-LoRA's ``U U^T``. In the population the inner minimum is
-known (:func:`linmeta.bilevel.theory.profiled_objective`, from :func:`linmeta.theory.lora_bias`):
+known (:func:`linmeta.families.bilevel.theory.profiled_objective`, from :func:`linmeta.core.theory.lora_bias`):
 for ``U U^T`` the PSD rank-r optimum (the skew part of ``M*_t - A`` plus every negative and every
 positive eigenvalue beyond the r largest of its symmetric part stay in the error); for ``U V^T``
 Eckart-Young (never larger: a PSD rank-r matrix is a rank-r matrix; the inner solve that makes the
@@ -18,11 +18,11 @@ e4 e3^T)``, r = 1: both 0.01).
 
 Rows, on random Gaussian problems at the bases A = 0, A*, A_SR and a random A:
 
-1. :func:`linmeta.bilevel.methods.exact_bilevel_objective` (the library's exact inner solve) against
+1. :func:`linmeta.families.bilevel.methods.exact_bilevel_objective` (the library's exact inner solve) against
    the closed form, for ``U U^T``, ``U V^T`` and ``W``;
 2. against an independent solver: BFGS (SciPy) on Meta-LoRA's own objective
-   :func:`linmeta.retrain.meta_lora_excess` over the adapters, with A held fixed, best of 3 starts;
-3. the limit K -> infinity: the unrolled inner loop (:func:`linmeta.bilevel.methods.bilevel_excess`,
+   :func:`linmeta.methods.meta_lora_excess` over the adapters, with A held fixed, best of 3 starts;
+3. the limit K -> infinity: the unrolled inner loop (:func:`linmeta.families.bilevel.methods.bilevel_excess`,
    K gradient steps from the usual starts) at A* and A_SR, with the step ``alpha = 0.2 / max_t
    ||M*_t - A||_2`` (stable for the factorised inner problem), reaches the closed form;
 4. ``U V^T`` never above ``U U^T`` (the note counts where it is strictly below), and strictly below
@@ -223,7 +223,7 @@ def _hand_built_residuals():
 
 def profiles(R, r: int):
     """``(min over PSD rank-r W, min over rank-r W)`` of ``1/2 ||R - W||_F^2`` in NumPy (the
-    closed forms of :func:`linmeta.bilevel.theory.profiled_objective` for one task, written again
+    closed forms of :func:`linmeta.families.bilevel.theory.profiled_objective` for one task, written again
     from NumPy's eigendecomposition and SVD)."""
     R = np.asarray(R, float)
     sym, skew = (R + R.T) / 2, (R - R.T) / 2
@@ -302,7 +302,7 @@ def plot(result: ClaimResult, out_dir) -> list:
 
 
 def inner_optimum_where_clipping_binds(rng, *, d, k, T, shift=0.3, starts=3) -> Verdict:
-    """The exact inner solution for ``U U^T`` (:func:`linmeta.bilevel.methods.inner_optimum`,
+    """The exact inner solution for ``U U^T`` (:func:`linmeta.families.bilevel.methods.inner_optimum`,
     symmetric: the r largest eigenvalues of the residual clipped at 0) where the clipping binds:
     rank ``r = k + 1`` and the base ``A_SR + shift I``, so every task's residual
     ``R*_t - Rbar - shift I`` has a negative eigenvalue among its r largest. Against the objective

@@ -1,12 +1,12 @@
 """Relation M3: the outer updates are the ones their formulas say (docs/bilevel.md#m3).
 
 1. **Second-order MAML.** The library's outer gradient
-   (:func:`linmeta.bilevel.methods.outer_gradients`: the query gradient at the adapted point plus
+   (:func:`linmeta.families.bilevel.methods.outer_gradients`: the query gradient at the adapted point plus
    the Jacobian term, one reverse pass through the inner ``lax.scan``) equals ``jax.grad`` of the same
    objective written as a plain Python loop over tasks and inner steps (no scan, no library code:
    ``G = M S_xx - S_yx``, ``U <- U - alpha G V``, ``V <- V - alpha G^T U``), and a central finite
    difference (steps h and h/2, Richardson-extrapolated) of the library's unrolled objective
-   :func:`linmeta.bilevel.methods.bilevel_objective` along random directions, for the base and for
+   :func:`linmeta.families.bilevel.methods.bilevel_objective` along random directions, for the base and for
    the adapter start, on random problems with finite support and query sets. 2. **Hand-built case** (T
    = 2, K = 1, LoRA start ``U = u``, ``V = 0``, population; the library runs it in the same batch
    as the random problems): one inner step gives ``V_1 = alpha R_t^T u`` with ``R_t = M*_t - A``,

@@ -9,7 +9,7 @@ against K, with Meta-LoRA and SR as reference lines:
 
 - the relative base error ``||A_hat - A*||_F / ||A*||_F`` after the outer loop;
 - the rank-k fine-tuning error on unseen tasks, ``min_{rank k} ||M*_new - A_hat - Delta||_F^2``
-  (exact fit; the n -> infinity error, :func:`linmeta.theory.lora_bias`).
+  (exact fit; the n -> infinity error, :func:`linmeta.core.theory.lora_bias`).
 
 The full-rank inner loop (plain MAML) is exact (relation M1): every outer step is an SR gradient
 step of size ``s = beta (1-alpha)^(2K)`` (MAML), ``beta (1-alpha)^K`` (first order) or
@@ -20,7 +20,7 @@ whatever A = 0 gives, above or below SR's by chance. The rows check the base err
 closed form (a check) and report the fine-tuning error over SR's for every K, with the worst cell
 and the spread over K and seeds (measured).
 
-Protocol: :mod:`linmeta.bilevel` (``A = 0``, LoRA start U ~ N(0, 0.01), V = 0, shared by the tasks);
+Protocol: :mod:`linmeta.families.bilevel` (``A = 0``, LoRA start U ~ N(0, 0.01), V = 0, shared by the tasks);
 inner step ``alpha = a / lambda`` with ``lambda = max_t ||M*_t||_2`` of each truth (a is
 dimensionless; the settings say which), outer step beta; Gaussian truths (d, k = 1). Settings
 ``tiny``/``quick``: T = 3 and closed-form references (Meta-LoRA's population minimiser is A* for
@@ -74,7 +74,7 @@ PLAIN_STEP = {"maml": "beta (1-alpha)^(2K)", "fomaml": "beta (1-alpha)^K",
 def plain_base_error(method, cfg, lam, refs):
     """Relative base error of plain (full-rank inner, W = 0 start) bilevel retraining after N
     outer steps from ``A = 0``, by relation M1 (population): SR gradient descent with the step
-    ``s`` of :func:`linmeta.bilevel.theory.full_rank_sr_step`, ``A_N = (1 - (1 - s)^N)
+    ``s`` of :func:`linmeta.families.bilevel.theory.full_rank_sr_step`, ``A_N = (1 - (1 - s)^N)
     (A* + Rbar)``. ``(seeds, K)``."""
     N, out = cfg["outer_steps"], []
     for s_, alpha in enumerate(cfg["a"] / np.asarray(lam)):

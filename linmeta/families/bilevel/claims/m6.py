@@ -8,9 +8,9 @@ swept over the dimensionless ``a`` at ``K_alpha`` inner steps (T = 3, population
 method, with the rank-k LoRA inner loop (and, at the full setting, the full-rank one, whose
 stability limit is exact: ``|1 - alpha| < 1``, i.e. ``alpha < 2``; relation M1).
 
-Each run is classified by the protocol (:mod:`linmeta.bilevel`): **diverged** (the recorded
+Each run is classified by the protocol (:mod:`linmeta.families.bilevel`): **diverged** (the recorded
 objective blew up or the base became non-finite, or an inner loop blew up from a finite start:
-:mod:`linmeta.divergence`), **stalled** (the objective fell by less than 1% over the outer loop)
+:mod:`linmeta.core.divergence`), **stalled** (the objective fell by less than 1% over the outer loop)
 or converged; rows give the largest ``a`` at which no seed diverged and the smallest at which one
 did, as measured. The stall flag reads the recorded objective only: plain Reptile near
 ``alpha = 1`` is flagged stalled although its base moves with the step ``beta (1 - (1-alpha)^K)``
@@ -19,7 +19,7 @@ SR's is rounding noise from the start; plain MAML and first-order MAML there do 
 steps ``beta (1-alpha)^(2K)``, ``beta (1-alpha)^K`` vanish). One row is a check (full setting): for the full-rank inner loop the support loss
 after j inner steps is exactly ``(1 - alpha)^(2j)`` times its start, so the inner loop is flagged
 diverged exactly when ``|1 - alpha|^(2K) > 1000`` (the blow-up factor of
-:mod:`linmeta.divergence`).
+:mod:`linmeta.core.divergence`).
 """
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ uses the truth's, which any zero-loss fit equals for fine-tuning), an unseen tas
   ``Q = sum_j Z_j^T Z_j``, ``Z_j = U* diag(V*^T x_j)``, ``G = E Z^T Z``; exactly
   ``sigma^2 r / (n - 2)`` for orthonormal ``U*, V*`` (``Q`` is diagonal with chi-square entries),
   and ``sigma^2 (r/n + c_2/n^2) + O(n^-3)`` in general (Isserlis' theorem gives ``c_2``);
-- a rank-r LoRA adapter (reduced-rank regression, :func:`linmeta.finetune.reduced_rank_fit`):
+- a rank-r LoRA adapter (reduced-rank regression, :func:`linmeta.methods.finetune.reduced_rank_fit`):
   ``sigma^2 r (2d - r) / n`` to first order;
 - all d^2 entries (least squares): ``sigma^2 d^2 / (n - d - 1)`` exactly.
 

@@ -2,7 +2,7 @@
 
 Population (docs/theory.md, C1): ``min_A (1/T) sum_t 1/2 ||A - M*_t||_F^2`` is solved by the mean
 ``A_SR = (1/T) sum_t M*_t = A* + Rbar``, ``Rbar = (1/T) sum_t U*_t U*_t^T``
-(:func:`linmeta.theory.sr_population`). Checked against pooled least squares and against the
+(:func:`linmeta.core.theory.sr_population`). Checked against pooled least squares and against the
 paper's SR gradient descent (3000 steps, lr 0.03). In the population the gradient step is exactly
 ``A - Abar <- (1 - lr)(A - Abar)``, so the excess objective follows
 ``F_n = F_inf + (F_0 - F_inf)(1 - lr)^(2n)``: the recorded trajectory is checked against it (a
@@ -15,14 +15,14 @@ Gaussian x, ``E[x^T B x ||x||^2] = (d + 2) tr B``, so
 
     N E||A_SR(N) - (A* + Rbar)||_F^2 -> C = sum_t [(d + 1) ||D_t||_F^2 + d^2 sigma^2] / T^2
 
-(:func:`linmeta.theory.sr_sample_error_constant`; relative correction O(d / (T N)) from
+(:func:`linmeta.core.theory.sr_sample_error_constant`; relative correction O(d / (T N)) from
 ``S^{-1}``): the error falls as ``N^{-1/2}`` with a known constant.
 
 The data themselves: the residuals ``y - M*_t x`` of the samples :func:`linmeta.draw_samples`
 drew have mean square ``noise_std^2`` (their sum of squares over ``sigma^2`` is chi-square with
 ``S T N d`` degrees of freedom), and the population statistics give ``2 L_t(M*_t) / d = sigma^2``.
 
-Rows and tolerances (each a :class:`~linmeta.claims._verdict.Tolerance`): the population identity
+Rows and tolerances (each a :class:`~linmeta.engine.verdict.Tolerance`): the population identity
 (rounding, 10 d eps), the gradient-descent end point (contraction plus its rounding floor) and
 trajectory (rounding, amplified by the cancellation ``(1 - lr)^(-2n)``), the per-seed log-log slope
 against -1/2 and ``N ||error||^2 / C`` against 1 (Student-t band over seeds plus the

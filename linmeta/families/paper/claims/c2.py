@@ -1,10 +1,10 @@
 """Claim C2: standard retraining is not low-rank adaptable.
 
 After SR the unseen task's residual is ``Res = M*_new - A_SR = U_new U_new^T - Rbar``
-(:func:`linmeta.theory.sr_residual`). Generically (Gaussian U*, ``(T+1)k <= d``) it has rank
+(:func:`linmeta.core.theory.sr_residual`). Generically (Gaussian U*, ``(T+1)k <= d``) it has rank
 ``(T+1)k``: k positive and Tk negative eigenvalues
-(:func:`linmeta.theory.generic_sr_residual_rank`). The best rank-r adapter ``U V^T`` leaves the
-Eckart-Young error ``E_SR(r) = sum_{i>r} sigma_i^2(Res)`` (:func:`linmeta.theory.lora_bias`),
+(:func:`linmeta.core.theory.generic_sr_residual_rank`). The best rank-r adapter ``U V^T`` leaves the
+Eckart-Young error ``E_SR(r) = sum_{i>r} sigma_i^2(Res)`` (:func:`linmeta.core.theory.lora_bias`),
 whatever n: a bias more fine-tuning data never removes. A PSD adapter ``U U^T`` keeps every
 negative eigenvalue: its error is at least ``sum_{lambda<0} lambda^2``.
 
@@ -13,13 +13,13 @@ Measured here, for Gaussian truths over seeds and a range of T:
 - the spectrum and numerical rank of ``M*_new - A_SR`` with ``A_SR`` from
   :func:`linmeta.standard_retraining` (counts of eigenvalues above / below ``d eps ||Res||``);
 - ``E_SR(r)`` for every r: population fine-tuning (:func:`linmeta.finetune`, ``method="exact"``,
-  reduced-rank regression) against :func:`linmeta.theory.lora_bias`; gradient-descent fine-tuning
+  reduced-rank regression) against :func:`linmeta.core.theory.lora_bias`; gradient-descent fine-tuning
   from n samples with rank k, whose population error ``||M_ft - M*_new||_F^2`` can only exceed
   ``E_SR(k)`` (Eckart-Young is a lower bound) and approaches it as n grows;
 - the PSD bias ``lora_bias(psd=True)`` against an independent solver (BFGS on
   ``||Res - W W^T||_F^2`` from random starts, SciPy, float64);
 - the worked orthogonal case (:func:`linmeta.orthogonal_truth`): spectrum ``s^2`` (k times),
-  ``-s^2/T`` (Tk times), ``E_SR(k) = k s^4 / T`` (:func:`linmeta.theory.orthogonal_case_bias`
+  ``-s^2/T`` (Tk times), ``E_SR(k) = k s^4 / T`` (:func:`linmeta.core.theory.orthogonal_case_bias`
   against exact fine-tuning) and, at every rank r = 0..d, ``lora_bias`` of the residual for both
   adapters against the closed forms (for k >= 2 the PSD error at r < k depends on how many positive
   eigenvalues are kept, so keeping one too many fails);
@@ -30,10 +30,10 @@ Measured here, for Gaussian truths over seeds and a range of T:
   ``E_inf = lora_bias(U_new U_new^T - k I, k)`` (about ``k^2 (d - k)``: the rank-k bias grows to
   the full-rank regime where only full fine-tuning, rate ``sigma^2 d^2 / n``, helps).
 
-Tolerances (:class:`~linmeta.claims._verdict.Tolerance`): spectral identities to rounding
+Tolerances (:class:`~linmeta.engine.verdict.Tolerance`): spectral identities to rounding
 (``10 d eps`` relative to ``||Res||_F^2``), rank counts exactly, the PSD bias against BFGS to the
 independent solver's accuracy (stated), ``||Rbar - kI||^2`` against its expectation
-(:func:`linmeta.theory.rbar_mean_square_deviation`) within a Student-t band over seeds. Measured (no
+(:func:`linmeta.core.theory.rbar_mean_square_deviation`) within a Student-t band over seeds. Measured (no
 closed form): gradient-descent fine-tuning's excess over ``E_SR(k)`` at finite n and steps, and how
 fast ``E_SR(k; T)`` approaches ``E_inf``.
 """

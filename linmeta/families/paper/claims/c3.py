@@ -24,7 +24,7 @@ under a task-diversity assumption whose exact form is unconfirmed) is that it is
 4. checks the paper's alternating protocol (:func:`linmeta.meta_lora`, ``method="alternating"``,
    T = 3, population, d small so that it converges well) against its linearisation at the point
    Newton recovers, ``x* = (A*, U*)``: started at ``x* + delta`` (delta along the slowest mode of
-   the Jacobian J, :func:`linmeta.theory.alternating_jacobian`, ``||delta|| = 1e-3 ||x*||``), after
+   the Jacobian J, :func:`linmeta.core.theory.alternating_jacobian`, ``||delta|| = 1e-3 ||x*||``), after
    n outer iterations the error is ``J^n delta`` up to second order. The tolerance is derived per
    run: the second-order term measured by Richardson extrapolation (a run from ``x* + 2 delta``:
    ``q = ||e(2 delta) - 2 e(delta)|| / 2``) doubled, plus a rounding bound, relative to
@@ -211,7 +211,7 @@ def _core_check(key, *, d, k, T, Ns, seeds, starts, chunk):
 # ----------------------------------------------------------------------------- paper's protocol
 def _alternating_setup(key, *, d, k, T, seeds):
     """Gaussian truths (one draw, :mod:`._draws`), the paper's initial adapters and the Jacobian of
-    the protocol at each truth (:func:`linmeta.theory.alternating_jacobian`)."""
+    the protocol at each truth (:func:`linmeta.core.theory.alternating_jacobian`)."""
     shapes = [(seeds,) + s for s in truth_shapes(d, k, T) + [(T, d, k)]]
     A, U, U_new, Z = draw(key, shapes)
     truths = jax.vmap(gaussian_truth)(A, U, U_new)

@@ -25,12 +25,12 @@ Rows:
     ``J(th) = expm(th [[0, B], [B^T, 0]])`` on Gaussian U* with k = 2.
 (b) Gaussian problems at T = 2: Meta-LoRA (``method="newton"``) reaches zero loss, with
     ``0 < rank(A_hat - A*) <= 2k`` (numerical rank, rtol 1e-8); the rank-3k fine-tuning bias
-    (:func:`linmeta.theory.lora_bias` of ``M*_new - A_hat``) and the exact rank-3k fine-tuning error
+    (:func:`linmeta.core.theory.lora_bias` of ``M*_new - A_hat``) and the exact rank-3k fine-tuning error
     (``finetune(..., method="exact")``) are below 1e-10, while the rank-k bias is positive. The figure
     adds the paper's gradient-descent fine-tuning curves (population unseen task, lr 0.005) for
     rank k and rank 3k.
 (c) Strict saddle (the paper's claim, *unconfirmed* here): critical points of G of every index are
-    found with :func:`linmeta.landscape.find_critical_points` (Levenberg-Marquardt on
+    found with :func:`linmeta.methods.landscape.find_critical_points` (Levenberg-Marquardt on
     ``||grad G||^2`` from Gaussian starts of mixed scale) and classified with the known zero modes
     (``k(2k-1)``: O(k) x O(k) rotations plus ``k^2`` boosts) projected out. Reported (kind
     ``"measured"``): the census, the smallest restricted Hessian eigenvalue at every non-global
@@ -39,11 +39,11 @@ Rows:
     ``result.data["spurious"]``). At the global minima found, the number of discounted zero modes is
     checked against ``k(2k-1)`` with no further flat direction.
 
-(d) The landscape module's closed-form gradient and Hessian of G (:mod:`linmeta.landscape`,
+(d) The landscape module's closed-form gradient and Hessian of G (:mod:`linmeta.methods.landscape`,
     used by the critical-point finder and the classifier) against automatic differentiation of
-    :func:`linmeta.retrain.population_reduced_objective` at critical points found.
+    :func:`linmeta.methods.population_reduced_objective` at critical points found.
 
-Tolerances (:class:`~linmeta.claims._verdict.Tolerance`): objectives that vanish in exact arithmetic
+Tolerances (:class:`~linmeta.engine.verdict.Tolerance`): objectives that vanish in exact arithmetic
 to squared rounding (``(10 d eps scale)^2``, the scale being the size of the matrices that cancel),
 distances and derivatives to rounding, the Newton-based rows to Newton's stopping rule (excess
 objective 1e-26, times 2T) or the rounding floor, counts and ranks exactly (numerical rank with

@@ -9,14 +9,14 @@ is a global minimiser (the population reduced objective G(U) is identically 0), 
 ``||A(U) - A*||_F = ||R*_1 - U U^T||_F`` can be anything: A* is not identified. Standard retraining
 returns ``A* + R*_1``, the member ``U = 0`` of the same family.
 
-Rows: (1) the family: excess objective of ``(A(U), U)`` (:func:`linmeta.retrain.meta_lora_excess`)
+Rows: (1) the family: excess objective of ``(A(U), U)`` (:func:`linmeta.methods.meta_lora_excess`)
 for random U of several scales stays at rounding level (< 1e-20 in float64) while the base error is
 O(1); (2) the library's Meta-LoRA (Newton) returns ``A_hat = A* + R*_1 - U U^T`` for its own U, with
 zero objective and relative base error far above the recovery threshold 1e-6 of C3; (3) the paper's
 alternating protocol ends on the same family, away from A*; (4) SR's ``A* + R*_1`` has zero
 objective.
 
-Tolerances (:class:`~linmeta.claims._verdict.Tolerance`): zero objectives to squared rounding
+Tolerances (:class:`~linmeta.engine.verdict.Tolerance`): zero objectives to squared rounding
 ``(10 d eps scale)^2`` and identities to rounding ``10 d eps scale / ||A*||``, the scale being
 ``||A*|| + ||R*_1|| + ||U U^T||`` (the matrices that cancel); "not recovered" against C3's stated
 recovery threshold 1e-6.

@@ -7,19 +7,19 @@ rank-k matrix ``U_new U_new^T``. Fine-tuning a rank-k asymmetric adapter ``U V^T
 rank-k d x d matrices has dimension ``dof = k(2d - k)``, and to first order in the noise the estimator
 is the projection of the least-squares noise onto its tangent space, so
 
-    excess error ~ sigma^2 k(2d - k) / n          (:func:`linmeta.theory.predicted_finetune_error`)
+    excess error ~ sigma^2 k(2d - k) / n          (:func:`linmeta.core.theory.predicted_finetune_error`)
 
 against ``sigma^2 d^2 / n`` for full fine-tuning (least squares; in-sample this is exact in
 expectation for every n >= d) and, after standard retraining (``A_SR = A* + Rbar``, T = 3
 retraining tasks), a bias that does not vanish with n: the Eckart-Young error of the SR residual
-``U_new U_new^T - Rbar`` at rank k (:func:`linmeta.theory.lora_bias`).
+``U_new U_new^T - Rbar`` at rank k (:func:`linmeta.core.theory.lora_bias`).
 
 Error measures (both recorded): the **in-sample excess risk** ``tr((M - M*) S_xx (M - M*)^T)``
-(:func:`linmeta.losses.excess_risk`; primary: its least-squares value is exactly ``sigma^2 d^2 / n``
+(:func:`linmeta.core.losses.excess_risk`; primary: its least-squares value is exactly ``sigma^2 d^2 / n``
 in expectation) and the **population excess risk** ``||M - M*||_F^2`` (fresh x ~ N(0, I)), which
 carries the finite-n inflation ``n / (n - d - 1)`` of least squares.
 
-Estimators: the exact reduced-rank estimator (:func:`linmeta.finetune.reduced_rank_fit`, i.e.
+Estimators: the exact reduced-rank estimator (:func:`linmeta.methods.finetune.reduced_rank_fit`, i.e.
 ``finetune(method="exact")``; the rank is padded to the group's largest k and the extra columns
 masked, checked equal to ``finetune(method="exact")``), the paper's gradient descent (lr 0.005 from
 U, V ~ N(0, 0.1^2), masked columns stay zero), least squares (rank d) and SR + rank-k.
@@ -28,7 +28,7 @@ Sweeps (one compiled program per d; seeds run with ``lax.map``, configurations v
 of one seed are nested prefixes of one draw of n_max rows):
 n at (d, k) = (10, 2); k at d = 10, n = n0; d at k = 2, n = n0.
 
-Rows (tolerances are :class:`~linmeta.claims._verdict.Tolerance` objects). Checks: the log-log
+Rows (tolerances are :class:`~linmeta.engine.verdict.Tolerance` objects). Checks: the log-log
 slope in n of the Meta-LoRA error is -1 (Student-t band over seeds plus the O(d/n) terms at the
 smallest n); the constant ``C = error / theory.predicted_finetune_error`` is 1 at (d0, k0) over the n
 sweep, for the paper's gradient descent, and at every (d, k) of the k and d sweeps (Student-t band,

@@ -15,10 +15,10 @@ Rows: the noiseless case recovers A* (C3's threshold 1e-6) at the smallest N; Me
 below SR's at every N; the per-seed log-log slopes in N (-1/2) and sigma (1), each within a
 Student-t band over seeds plus the first neglected term (O(d/N) at the smallest N; the
 second-order noise term ``sigma_max d / (sqrt(N) min_t ||U*_t||^2)``); the noise level the sampled
-statistics carry, ``2 L_t(M*_t) / d`` (:func:`linmeta.losses.task_loss`) against ``noise_std^2``
-(chi-square band); SR's relative error (:func:`linmeta.metrics.base_error`) at the largest N against
+statistics carry, ``2 L_t(M*_t) / d`` (:func:`linmeta.core.losses.task_loss`) against ``noise_std^2``
+(chi-square band); SR's relative error (:func:`linmeta.core.metrics.base_error`) at the largest N against
 ``||Rbar||_F / ||A*||_F`` within 4 C1 standard deviations ``sqrt(C/N)``
-(:func:`linmeta.theory.sr_sample_error_constant`).
+(:func:`linmeta.core.theory.sr_sample_error_constant`).
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ landscape at T = 2 (C4); for T >= 3 it says nothing about the other critical poi
 measures where optimisers end.
 
 **Object.** The population reduced objective (``docs/theory.md``, section "Meta-LoRA";
-:mod:`linmeta.landscape`)
+:mod:`linmeta.methods.landscape`)
 
     G(U) = 1/2 sum_t ||E_t - Ebar||_F^2,   E_t = R*_t - U_t U_t^T,   Ebar = mean_t E_t,
 
@@ -18,7 +18,7 @@ solvers can drift outwards with a vanishing gradient.
 
 **Census.** For each cell ``(d, k, T)`` of the grid (full setting: d = 2..9, k = 1..3 with
 k <= d, T = 3..5, the T >= 3 part of the C3 map), ``truths`` Gaussian truths (the paper's model,
-:mod:`linmeta.claims._draws`) and ``starts`` random starts per truth, ``U_t ~ N(0, s^2)`` with the
+:mod:`linmeta.engine.claims._draws`) and ``starts`` random starts per truth, ``U_t ~ N(0, s^2)`` with the
 scale s cycling through :data:`SCALES` = (0.1, 0.5, 1, 2) (0.1 is the paper's initialisation;
 ``U*`` has entries of scale 1). Every start is run by three methods (:data:`METHODS`), from the
 same starting point:
@@ -27,32 +27,32 @@ same starting point:
   (``linmeta.retrain.meta_lora``; ``ftol = 1e-26``, ``gtol = 1e-14``, ``newton_iter`` iterations)
   on ``G / T``, which is what ``meta_lora``'s reduced objective equals at population statistics.
   It runs in two legs of ``newton_iter / 2`` iterations (the iterates are those of one run; the
-  size half-way is recorded for :func:`linmeta.landscape.escaped`).
-- ``"alternating"``: the paper's protocol (:func:`linmeta.retrain.alternating_step`, as in
+  size half-way is recorded for :func:`linmeta.methods.landscape.escaped`).
+- ``"alternating"``: the paper's protocol (:func:`linmeta.methods.alternating_step`, as in
   ``meta_lora(method="alternating")``): from ``A = 0``, ``alt_outer`` outer iterations of 10
   adapter steps (lr 0.003) and one base step (lr 0.03) on the population statistics. A gradient
   method stops near, not at, a critical point, so every end point ``U_end`` is polished by
   ``polish_iter`` Levenberg-Marquardt iterations on ``||grad G||^2``
-  (:func:`linmeta.landscape.find_critical_points`, which converges to the nearby critical point of
+  (:func:`linmeta.methods.landscape.find_critical_points`, which converges to the nearby critical point of
   any index). The run takes the class of that critical point when the polishing moved it by at
   most :data:`POLISH_RADIUS` (1%) of ``||U_end||_F``; otherwise it is ``global`` if
   ``G(U_end) <= 1e-12 c^2`` and ``not converged`` if not (the protocol was still on its way, e.g.
   passing a saddle slowly). The class of the nearest critical point at any distance is recorded
   beside it (``"nearest critical point (polished)"``), with the raw objective and the relative
   distance the polishing moved. A run whose objective became non-finite or rose 1000-fold
-  (:func:`linmeta.divergence.divergence_index`; ``meta_lora`` raises ``DivergenceError`` there)
+  (:func:`linmeta.core.divergence.divergence_index`; ``meta_lora`` raises ``DivergenceError`` there)
   counts as escaped.
-- ``"critical points"``: :func:`linmeta.landscape.find_critical_points` itself from the start
+- ``"critical points"``: :func:`linmeta.methods.landscape.find_critical_points` itself from the start
   (``cp_iter`` iterations): critical points of every index, so the saddles are counted too.
 
-**Classes** (:func:`linmeta.landscape.census_counts`; tolerances relative to ``c = sqrt(2 G(0))``,
+**Classes** (:func:`linmeta.methods.landscape.census_counts`; tolerances relative to ``c = sqrt(2 G(0))``,
 float64): ``global`` (``G <= 1e-12 c^2``), ``strict spurious`` (a critical point,
 ``||grad G|| <= 1e-6 c^{3/2}``, with ``G > 1e-12 c^2`` that the local quadratic model cannot bring
 to the global tolerance, and every restricted Hessian eigenvalue ``> 1e-6 c``), ``degenerate
 spurious`` (the same with restricted eigenvalues in ``[-1e-6 c, 1e-6 c]``: the second-order test is
 inconclusive), ``saddle`` (restricted eigenvalue ``< -1e-6 c``), ``not converged`` and ``escaped to
 infinity`` (diverged, or not converged with ``||U||_F^2 / c >= 10`` and still growing: at least 1.25
-times its size half-way through the run; :func:`linmeta.landscape.escaped`). Global minima are
+times its size half-way through the run; :func:`linmeta.methods.landscape.escaped`). Global minima are
 split by identifiability, ``A_hat = A*`` when ``||A(U) - A*||_F <= 1e-6 ||A*||_F`` (C3's
 threshold) and ``A_hat != A*`` when it exceeds ``1e-3 ||A*||_F``; in between is counted as
 undecided.
@@ -65,7 +65,7 @@ undecided.
   eigensolver rounding ``10 n eps ||H||`` (n = T d k);
 - at the hand-built global minimum ``U_t = U*_t Q_t`` (random orthogonal ``Q_t``) G vanishes to
   rounding, the classifier reports a global minimum, the symmetry orbit has rank exactly
-  ``T k(k-1)/2`` (:func:`linmeta.landscape.known_zero_modes`) and the Hessian annihilates every
+  ``T k(k-1)/2`` (:func:`linmeta.methods.landscape.known_zero_modes`) and the Hessian annihilates every
   orbit generator (``||H z|| <= 10 n eps ||H||_F ||z||``);
 - where C3 claims recovery (T >= 3, 3k <= d) no global minimum found has ``A_hat != A*``.
 
@@ -186,7 +186,7 @@ def _starts(Z):
 
 
 def _evidence(info, U, truth, size_mid, diverged=None, extra=None, label=None, size=None):
-    """Per-run arrays from the classifier's :class:`~linmeta.landscape.PointInfo` at end points U
+    """Per-run arrays from the classifier's :class:`~linmeta.methods.landscape.PointInfo` at end points U
     (``label``/``size``: the run's own, when they differ from the classified point's)."""
     c = info.scale
     label = info.label if label is None else label

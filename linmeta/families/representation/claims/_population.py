@@ -94,7 +94,7 @@ def _haar(Z):
 
 def _instances(key, d, k, T):
     """The three source-task sets of one seed and the start: one Gaussian draw (JAX), the rest in
-    NumPy (the construction of :func:`linmeta.representation.balanced_heads`; no compiled
+    NumPy (the construction of :func:`linmeta.families.representation.balanced_heads`; no compiled
     LAPACK call)."""
     z = {n: np.asarray(v, float) for n, v in _draw(key, d, k, T).items()}
     Bs = _haar(z["B"])

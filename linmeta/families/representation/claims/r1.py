@@ -7,15 +7,15 @@ With population losses (``S_t = I``, ``s_t = beta_t``) and the heads minimised o
 
 ``C = (1/T) sum_t beta_t beta_t^T``: minimised by the top-k eigenvectors of C (Ky Fan), with
 minimum ``1/2 sum_{i>k} lambda_i(C) + sigma^2/2``. Checked by the library's solver (FrozenRep's
-alternating minimisation, :func:`linmeta.representation.frozen_rep`'s iteration) against an
-independent eigendecomposition (:func:`linmeta.representation.theory.pca_subspace`) on random
+alternating minimisation, :func:`linmeta.families.representation.frozen_rep`'s iteration) against an
+independent eigendecomposition (:func:`linmeta.families.representation.theory.pca_subspace`) on random
 instances of three kinds: balanced heads (exactly shared), Gaussian heads, and perturbed tasks
 (``beta_t = (B* + Delta*_t) w*_t``, where the PCA subspace is no longer B*). The runs come from the
-population program shared with R3, R5 and R6 (:mod:`linmeta.claims._rep_population`). Tolerances:
+population program shared with R3, R5 and R6 (:mod:`linmeta.engine.claims._rep_population`). Tolerances:
 1e-10 (float64; 1e-4 in float32) on the sine of the largest principal angle, 1e-12 (1e-5) relative
 on the objective. The solver's step is ``eta = 1.9 / lambda_1(C)``; its asymptotic contraction per
 step, ``max(|1 - eta (lambda_k - lambda_{k+1})|, |1 - eta (lambda_1 - lambda_d)|)``
-(:func:`linmeta.representation.theory.alternating_late_rate`: the eigengap's mode is the slowest
+(:func:`linmeta.families.representation.theory.alternating_late_rate`: the eigengap's mode is the slowest
 only while ``eta (lambda_k - lambda_{k+1} + lambda_1 - lambda_d) <= 2``), raised to half the number
 of steps (the other half allowed for the transient) is added to each run's tolerance.
 """

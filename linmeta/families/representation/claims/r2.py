@@ -1,7 +1,7 @@
 """Claim R2: the frozen-representation target floor, by Monte Carlo.
 
 Head-only least squares on m samples of a target ``beta_0`` with an orthonormal ``B_hat``
-(d x k) has (:func:`linmeta.representation.theory.frozen_target_risk`)
+(d x k) has (:func:`linmeta.families.representation.theory.frozen_target_risk`)
 
     E||B_hat a_hat - beta_0||^2 = f + (sigma^2 + f) k / (m - k - 1),
     f = ||(I - B_hat B_hat^T) beta_0||^2:
@@ -13,7 +13,7 @@ with the inverse-Wishart mean ``I_k / (m - k - 1)``.
 
 Monte Carlo: for each seed a random ``B_hat`` and a target with a random floor; ``draws`` target
 data sets of each size m (the first m rows of one draw of ``max(m)`` rows), fitted by the library's
-head-only fine-tuning (:func:`linmeta.representation.target.head_only_fit` on the core's
+head-only fine-tuning (:func:`linmeta.families.representation.target.head_only_fit` on the core's
 statistics, those of every m stacked). Rows: for each m, the mean over seeds of (measured -
 predicted) / predicted, within 3 standard errors (the per-seed standard errors of the Monte Carlo
 means, combined).

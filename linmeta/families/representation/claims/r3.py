@@ -6,14 +6,14 @@ alpha on the head from w0 = 0 and outer step beta on B (derivations: docs/repres
 - ANIL's gradient is ``alpha (P C + C P) B`` with ``P = alpha B B^T - I``; first-order ANIL's is
   ``alpha P C B``. Both move the wrong-subspace part the same way:
   ``(I - P*) B+ = (I - P*) B (I - alpha^2 beta B^T C B)``
-  (:func:`linmeta.representation.theory.anil_wrong_subspace_update`), checked at every step of
+  (:func:`linmeta.families.representation.theory.anil_wrong_subspace_update`), checked at every step of
   both trajectories (1e-12).
 - Near the fixed point ``alpha B^T B = I`` that factor is ``I - alpha beta Q^T Sigma_hat Q``: the
   late contraction of the largest principal angle is ``1 - alpha beta lambda_min(Sigma_hat)`` for
   both (fitted over the records whose sine lies in [1e-10, 1e-4]; tolerance 1e-3 of
   ``alpha beta lambda_min``). The scale part ``D = alpha S S^T - I`` moves by
   ``D+ = D - c alpha beta (D Sigma + Sigma D)`` near 0, c = 2 for ANIL and 1 for first-order ANIL
-  (:func:`linmeta.representation.theory.anil_scale_update`): its modes contract by
+  (:func:`linmeta.families.representation.theory.anil_scale_update`): its modes contract by
   ``1 - c alpha beta (lambda_i + lambda_j)``, stable for ``alpha beta lambda_max < 1/2`` (ANIL) and
   ``< 1`` (first order), so ``alpha B^T B -> I`` (checked to 1e-3 at ``alpha beta lambda_max =
   0.4``). At ``alpha beta lambda_max = 0.7`` (between the bounds) first-order ANIL still converges
@@ -26,7 +26,7 @@ alpha on the head from w0 = 0 and outer step beta on B (derivations: docs/repres
   derivative in B is the identity, so the B-update equals ANIL's for any heads (w0 fixed: the
   trajectories agree to 1e-12). The gradient in w0 at w0 = 0 is
   ``mean_t [(I - alpha B^T B) B^T r_t + alpha <beta_t, r_t> w'_t]`` (linear plus cubic in beta_t,
-  :func:`linmeta.representation.theory.maml_head_init_gradient`, checked against autodiff):
+  :func:`linmeta.families.representation.theory.maml_head_init_gradient`, checked against autodiff):
   zero for a symmetric head set: from every ANIL iterate at w0 = 0, MAML's step (w0 learned)
   equals ANIL's and leaves w0 at 0 (1e-12). Run freely, w0 = 0 is a fixed point but rounding in w0
   can grow where it is unstable (measured); with Gaussian heads w0 drifts (measured).

@@ -2,7 +2,7 @@
 
 For ``y = <x, beta> + eps``, ``x ~ N(0, I_d)``, Isserlis' theorem gives
 ``E[y^2 x x^T] = (sigma^2 + ||beta||^2) I + 2 beta beta^T``
-(:func:`linmeta.representation.theory.moment_expectation`), so the pooled moment matrix
+(:func:`linmeta.families.representation.theory.moment_expectation`), so the pooled moment matrix
 ``M = (1/(nT)) sum_{t,i} y_ti^2 x_ti x_ti^T`` (raw samples: :func:`linmeta.representation.
 moment_matrix`; the core's statistics do not hold it; nested prefixes of one draw:
 :func:`linmeta.families.representation.tasks.nested_moment_matrices`) has expectation
@@ -13,7 +13,7 @@ perturbation of that eigenspace (docs/representation.md#r4) gives
     v_t(b) = 3 q_t^2 + 12 q_t c_t^2 + 6 sigma^2 (q_t + 2 c_t^2) + 3 sigma^4,  q_t = ||beta_t||^2,
     c_t = <beta_t, b>
 
-(:func:`linmeta.representation.theory.moments_error_constant`): slope -1 in n (even n = k samples
+(:func:`linmeta.families.representation.theory.moments_error_constant`): slope -1 in n (even n = k samples
 per task) and in T, with the constant K.
 
 Setting: a random orthonormal B* and diversity ``Sigma = L L^T`` (eigenvalues 0.5 and 1 for k=2);

@@ -10,10 +10,10 @@ values of ``X = E S^{-1}``. B is orthonormal, so ``I - S^T S = E^T E``: second o
 convergence, where S is orthogonal (Q) up to that order and ``X+ = X (I - eta Sigma_hat)`` to first
 order (docs/representation.md#r5). The angles' modes contract by ``1 - eta lambda_i``; the slowest
 is ``1 - eta lambda_min`` while ``eta (lambda_min + lambda_max) <= 2`` and ``eta lambda_max - 1``
-beyond (:func:`linmeta.representation.theory.fedrep_late_rate`; B* attracts iff
+beyond (:func:`linmeta.families.representation.theory.fedrep_late_rate`; B* attracts iff
 ``eta lambda_max < 2``). Checked on the population runs shared with R1/R3/R6 (balanced heads,
 ``Sigma_hat = Sigma`` exactly, eigenvalues 0.3 .. 1) at ``eta = 0.5`` and at the two steps of
-:data:`~linmeta.claims._rep_population.ETA_EDGE`, 1.4 and 1.8, on either side of the regime
+:data:`~linmeta.engine.claims._rep_population.ETA_EDGE`, 1.4 and 1.8, on either side of the regime
 boundary ``eta = 2 / 1.3``: the rate fitted over the records whose sine lies in [1e-10, 1e-4],
 within 1e-3 of ``1 - rate`` (at ``eta = 0.5``: of ``eta lambda_min``).
 """

@@ -2,14 +2,14 @@
 
 - Penalty identity (docs/representation.md#r6): for ``v`` in R^d,
   ``min {lambda/2 ||Delta||_F^2 + gamma/2 ||w||^2 : Delta w = v} = sqrt(lambda gamma) ||v||``
-  (:func:`linmeta.representation.theory.adaptrep_penalty`). Checked against a numerical
+  (:func:`linmeta.families.representation.theory.adaptrep_penalty`). Checked against a numerical
   minimisation that does not use the closed form: for a random direction of w and a scale t, the
   least-norm ``Delta`` with ``Delta (t w) = v`` from the pseudo-inverse of the d x dk constraint
   matrix ``(t w)^T kron I_d``, then a bounded scalar minimisation over ``log t``
   (``scipy.optimize.minimize_scalar``); tolerance 1e-10 relative (float64).
 - lambda -> infinity: at a fixed orthonormal B, AdaptRep's inner minimum falls below the frozen one
   by ``(1/(2 lambda)) mean_t ||g_t||^2 ||w_t||^2 + O(1/lambda^2)`` (``w_t`` the frozen ridge heads,
-  ``g_t`` the loss gradient there; :func:`linmeta.representation.theory.adaptrep_gap_limit`):
+  ``g_t`` the loss gradient there; :func:`linmeta.families.representation.theory.adaptrep_gap_limit`):
   ``lambda (F_frozen - F_adapt)`` against the limit, relative error <= 1e-4 at lambda = 1e6 (the
   O(1/lambda) term's constant, measured below, is of order 1).
 - The trained AdaptRep representation approaches FrozenRep's as lambda grows (perturbed tasks, where
@@ -126,7 +126,7 @@ def adaptrep_inner_optimality(key, *, d=6, k=2, T=3, n=12, lam=1.0, gamma=0.1, s
     """AdaptRep's exact alternating inner update (:func:`linmeta.representation.methods.
     adaptrep_inner`, ``steps`` updates) where the coupling is active (finite lambda, task vectors
     off col(B), finite n so ``S_xx != I``) against the objective it minimises over every task's
-    ``(Delta_t, w_t)``, :func:`~linmeta.representation.methods.adaptrep_objective`: its gradient at
+    ``(Delta_t, w_t)``, :func:`~linmeta.families.representation.methods.adaptrep_objective`: its gradient at
     the returned point relative to that at the start (``Delta = 0``, ridge heads), and SciPy's
     L-BFGS over ``(Delta, w)`` from ``starts`` random starts, which must find nothing lower
     (relative to the drop from the start). The start itself, :func:`~linmeta.representation.

@@ -18,7 +18,7 @@ energy ``n_perturbed delta^2 / T`` above ``eps`` displaces the weak direction. T
 penalty ``sqrt(lambda gamma) ||Delta_t w_t||`` would be linear in the shift's size, but it needs the
 head's scale to be free; a task's head is pinned by its own shared signal, and the cost of a shift
 v on a task with fitted head w is then ``lambda ||v||^2 / (2 (||w||^2 + lambda))`` to leading order
-(:func:`linmeta.representation.theory.adaptrep_shift_cost`, docs/representation.md#r6):
+(:func:`linmeta.families.representation.theory.adaptrep_shift_cost`, docs/representation.md#r6):
 quadratic in the shift, like PCA's energy, but divided by ``||w||^2 + lambda``. A shift on a task
 with a small head is expensive to explain by ``Delta_t``, and AdaptRep then rotates B as PCA does
 (measured: which tasks carry the shift matters).
@@ -93,8 +93,8 @@ SETTINGS = {
 
 def separation_instance(d, k, T, *, eps, delta, direction="shared", n_perturbed=1, phi=None,
                         phis=None, perturbed="largest", key=None, dtype=None):
-    """The instance family of the module docstring as a :class:`~linmeta.representation.RepTruth`
-    (heads: balanced, the construction of :func:`~linmeta.representation.balanced_heads` from
+    """The instance family of the module docstring as a :class:`~linmeta.families.representation.RepTruth`
+    (heads: balanced, the construction of :func:`~linmeta.families.representation.balanced_heads` from
     the normal draw of ``key``, default key 0, done in NumPy; the perturbed tasks are those with
     the ``"largest"`` or ``"smallest"`` heads; one target per loading in ``phis``, or the single
     ``phi``)."""
