@@ -1,6 +1,6 @@
 """Measurement M5: the priming ablation (docs/bilevel.md#m5).
 
-Does the inner loop have to simulate the fine-tuning that follows? the priming literature (docs/bilevel.md) expects
+Does the inner loop have to simulate the fine-tuning that follows? The priming work (docs/bilevel.md) expects
 the inner adapter matched to the fine-tuning rank k to approach A* for T >= 3 while full-rank
 inner updates and SR keep a bias. Measured here at ``K_ablation`` inner steps, T = 3, population,
 for each method, by the rank-k fine-tuning error on unseen tasks (exact fit, the n -> infinity
