@@ -466,3 +466,44 @@ def test_full_rank_step_closed_form():
     assert float(bl_theory.full_rank_sr_step("fomaml", 1.0, 0.5, 2)) == pytest.approx(1 / 4)
     assert float(bl_theory.full_rank_sr_step("reptile", 1.0, 0.5, 2)) == pytest.approx(0.75)
     assert float(bl_theory.full_rank_sr_step("reptile", 1.0, 0.5, 0)) == 0.0
+
+
+# ----------------------------------------------------------------------------- what a user hits
+def test_a_diverging_outer_loop_names_outer_lr_not_inner_lr():
+    """A huge outer step moves the base so far that the next inner loop blows up too: the error
+    names the cause (outer_lr), not the inner loop that blew up second."""
+    truth = linmeta.sample_truth(jax.random.key(0), 8, 2, 4)
+    src = linmeta.population(truth)
+    with pytest.raises(linmeta.DivergenceError, match="outer loop.*outer_lr=1e\\+06"):
+        linmeta.maml(src, 2, key=jax.random.key(1), outer_lr=1e6, outer_steps=5)
+    with pytest.raises(linmeta.DivergenceError, match="inner loop.*inner_lr=5"):
+        linmeta.maml(src, 2, key=jax.random.key(1), inner_lr=5.0, outer_steps=5)
+
+
+def test_inner_lr_auto_is_scaled_to_the_tasks_and_finite_samples_without_query_warn():
+    truth = linmeta.sample_truth(jax.random.key(3), 6, 1, 3)
+    src = linmeta.population(truth)
+    lam = maml_mod.inner_step_scale(src)
+    M = np.asarray(truth.A_star)[None] + np.einsum("tik,tjk->tij", np.asarray(truth.U_star),
+                                                   np.asarray(truth.U_star))
+    assert lam == pytest.approx(max(np.linalg.norm(m, 2) for m in M), rel=1e-10)
+    scaled = 10.0   # a problem 10 times larger: the fixed default 0.05 would be 10 times too big
+    big = linmeta.population(linmeta.Truth(scaled * truth.A_star, np.sqrt(scaled) * truth.U_star))
+    res = linmeta.maml(big, 1, key=jax.random.key(1), inner_lr="auto", outer_steps=20,
+                       inner_steps=5)
+    assert np.all(np.isfinite(np.asarray(res.base)))
+    with pytest.raises(ValueError, match="inner_lr must be a number >= 0 or 'auto'"):
+        linmeta.maml(src, 1, key=jax.random.key(1), inner_lr="fast")
+    sampled = linmeta.sample_tasks(jax.random.key(2), truth, 50, 0.1)
+    with pytest.warns(UserWarning, match="support set is also the query set"):
+        linmeta.maml(sampled, 1, key=jax.random.key(1), outer_steps=2, inner_steps=2)
+
+
+def test_unseen_task_risk_is_the_squared_distance_to_each_unseen_task():
+    truth = linmeta.sample_truth(jax.random.key(4), 5, 1, 3, n_unseen=2)
+    U = np.asarray(truth.U_new)
+    risk = np.asarray(linmeta.metrics.unseen_task_risk(truth.A_star, truth))
+    assert risk == pytest.approx([np.sum((u @ u.T) ** 2) for u in U], rel=1e-12)
+    assert float(linmeta.metrics.unseen_task_risk(truth.M_new[1], truth, task=1)) == 0.0
+    with pytest.raises(ValueError, match="task must be an integer in \\[0, 1\\]"):
+        linmeta.metrics.unseen_task_risk(truth.A_star, truth, task=2)

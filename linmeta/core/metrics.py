@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 
 __all__ = ["base_error", "adapter_error", "procrustes_distance", "numerical_rank",
            "principal_angles", "subspace_distance"]
@@ -81,3 +82,28 @@ def sin_theta_frobenius_sq(X, Y):
     Qy, _ = jnp.linalg.qr(Y)
     R = Qy - Qx @ (_T(Qx) @ Qy)
     return jnp.sum(R * R, axis=(-2, -1))
+
+
+__all__ += ["unseen_task_risk"]
+
+
+def unseen_task_risk(M, truth, task=None):
+    """The population excess risk ``||M - M*_new||_F^2`` of a model ``M`` on the unseen task(s) of
+    ``truth`` (a :class:`linmeta.Truth` with ``U_new``; ``M*_new = A* + U_new U_new^T``):
+    the risk a fine-tuned model has beyond the noise, with ``x ~ N(0, I)`` (docs/theory.md, C6).
+
+    ``M``: (d, d) or (m, d, d), one model per unseen task. ``task``: the index of one unseen task
+    (``M`` then (d, d)); by default every unseen task, returning shape (m,). Against the
+    statistics of samples use :func:`linmeta.core.losses.excess_risk`.
+    """
+    if truth.U_new is None:
+        raise ValueError("truth has no unseen task (U_new is None); draw it with n_unseen >= 1")
+    M_new = truth.M_new
+    if task is not None:
+        m = M_new.shape[0]
+        if isinstance(task, bool) or not isinstance(task, (int, np.integer)) or not 0 <= task < m:
+            raise ValueError(f"task must be an integer in [0, {m - 1}] (the unseen tasks), "
+                             f"got {task!r}")
+        M_new = M_new[task]
+    D = jnp.asarray(M) - M_new
+    return jnp.sum(D * D, axis=(-2, -1))

@@ -40,6 +40,7 @@ from . import methods, protocol, theory
 from .methods import (ADAPTERS, METHODS, STARTS, BilevelAdapters, BilevelHyper, BilevelState,
                       Factors, adapt, adapt_with_trace, adapter_delta, bilevel_excess,
                       bilevel_objective, bilevel_step, exact_bilevel_objective, inner_optimum,
+                      inner_step_scale,
                       maml, method_weights, outer_gradients, split_support_query)
 from .protocol import (STALL_FRACTION, Hyper, Outcome, Shape, make_hyper, make_shape,
                        retrain_statistics, run_batch, run_protocol, stack_hypers)
@@ -59,7 +60,7 @@ FAMILY = _register_family(Family(
 __all__ = ["maml", "ADAPTERS", "METHODS", "STARTS", "Factors", "BilevelState", "BilevelHyper",
            "BilevelAdapters", "adapter_delta", "adapt", "adapt_with_trace", "bilevel_objective",
            "bilevel_excess", "method_weights", "outer_gradients", "bilevel_step",
-           "inner_optimum", "exact_bilevel_objective", "split_support_query", "Shape", "Hyper",
+           "inner_optimum", "inner_step_scale", "exact_bilevel_objective", "split_support_query", "Shape", "Hyper",
            "Outcome", "make_shape", "make_hyper", "stack_hypers", "retrain_statistics",
            "run_protocol", "run_batch", "STALL_FRACTION", "profiled_objective",
            "full_rank_sr_step", "methods", "protocol", "theory", "FAMILY"]

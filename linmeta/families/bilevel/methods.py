@@ -71,6 +71,7 @@ over K, alpha, beta compiles once per (shape, length).
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Any, NamedTuple
 
 import jax
@@ -391,6 +392,14 @@ def _source_and_query(source, query, support):
                          "(linmeta.draw_samples); with statistics pass query=TaskStats instead")
     src = _check_stats(source)
     if query is None:
+        n = np.asarray(src.n_samples) if not isinstance(src.n_samples, jax.core.Tracer) else None
+        if n is not None and np.any(np.isfinite(n)):
+            # finite samples and no query: the inner and outer losses see the same data. Say so
+            # (a split is what MAML assumes); the population needs none.
+            warnings.warn("maml: source is finite-sample statistics and no query was given, so "
+                          "the support set is also the query set; pass query=TaskStats of held-"
+                          "out samples, or raw linmeta.Samples (split into support and query)",
+                          UserWarning, stacklevel=3)
         return src, src
     q = _check_stats(query, "query")
     if q.Sxx.shape != src.Sxx.shape:
@@ -424,6 +433,18 @@ def _check_start_arrays(U0, V0, adapter, d, cols, dt):
     return Factors(U)
 
 
+def inner_step_scale(source) -> float:
+    """``lambda = max_t ||M_t||_2`` for the tasks of ``source`` (population or finite-sample
+    statistics: ``M_t = S_yx,t S_xx,t^+``), the residual an inner loop fits at the start A = 0.
+    The inner step of a low-rank inner loop is stable when ``inner_lr = a / lambda`` with
+    ``a <= 1`` (measured, docs/bilevel.md#m6: MAML with a LoRA inner loop diverges from
+    a = 1.5, first-order MAML and Reptile from a = 2; plain MAML exactly when
+    ``|1 - a| >= 1``); ``inner_lr="auto"`` in :func:`maml` is ``0.5 / lambda``."""
+    src = _check_stats(source)
+    M = ols_solution(src)
+    return float(jnp.max(jnp.linalg.norm(M, ord=2, axis=(-2, -1))))
+
+
 def maml(source, rank, *, key=None, method: str = "maml", inner_steps: int = 10, inner_lr=0.05,
          outer_steps: int = 1000, outer_lr=0.3, adapter: str = "asymmetric", start=None,
          init_scale=0.1, U0=None, V0=None, learn_start: bool = False, start_lr=None, query=None,
@@ -439,7 +460,9 @@ def maml(source, rank, *, key=None, method: str = "maml", inner_steps: int = 10,
       rank: adapter rank r, ``1 <= r <= d`` (``adapter="full"`` is d x d: ``rank`` must be d).
       key: PRNG key of the random starts (not needed for ``start="zero"`` or an explicit U0).
       method: ``"maml"`` (second order), ``"fomaml"`` (first order) or ``"reptile"``.
-      inner_steps, inner_lr: K >= 0 inner gradient steps of size alpha >= 0.
+      inner_steps, inner_lr: K >= 0 inner gradient steps of size alpha >= 0; ``inner_lr="auto"``
+        scales the step to the problem, ``0.5 / lambda`` with ``lambda = max_t ||M_t||_2``
+        (:func:`inner_step_scale`; the default 0.05 suits ``lambda <= 10``).
       outer_steps, outer_lr: outer iterations and step beta > 0 on the base (from ``A0``,
         default 0).
       adapter: ``"asymmetric"`` (U V^T, default), ``"symmetric"`` (U U^T) or ``"full"`` (W, plain
@@ -490,6 +513,10 @@ def maml(source, rank, *, key=None, method: str = "maml", inner_steps: int = 10,
     K = check_int("inner_steps", inner_steps, 0)
     length = K if max_inner_steps is None else check_int("max_inner_steps", max_inner_steps, K)
     outer_steps = check_int("outer_steps", outer_steps, 0)
+    if isinstance(inner_lr, str):
+        if inner_lr != "auto":
+            raise ValueError(f"inner_lr must be a number >= 0 or 'auto', got {inner_lr!r}")
+        inner_lr = 0.5 / inner_step_scale(sup)
     check_scalar("inner_lr", inner_lr, 0.0)
     check_scalar("outer_lr", outer_lr, 0.0, lo_open=True)
     if not isinstance(learn_start, (bool, np.bool_)):
@@ -550,6 +577,13 @@ def check_bilevel_divergence(steps, objective, inner_trace, K: int, step_sizes, 
         bad = np.flatnonzero(idx >= 0)
         if bad.size:
             rec = int(bad[0])
+            # the loss each inner loop starts from is the outer loop's: when it had already blown
+            # up by that record, the outer step moved the base too far (outer_lr is to blame)
+            starts = trace[:rec + 1, 0]
+            if np.all(np.isfinite(starts)) and int(divergence_index(starts)) >= 0:
+                outer = {k: v for k, v in step_sizes.items() if k != "inner_lr"}
+                check_history(f"bilevel retraining ({method}, outer loop)", steps[:rec + 1],
+                              starts, outer or step_sizes)
             check_history(f"bilevel inner loop ({method}; outer iteration {int(steps[rec])})",
                           np.arange(K + 1), trace[rec], {"inner_lr": step_sizes["inner_lr"]})
     check_history(f"bilevel retraining ({method}, outer loop)", steps, objective, step_sizes,
