@@ -357,3 +357,16 @@ def test_tiny_run_measured_rows_carry_numbers(tiny_runs):
     assert any(isinstance(r["measured"], (int, float)) for r in m4)
     m6 = data["rows"]["M6"]
     assert all("/" in str(r["measured"]) for r in m6)
+
+
+def test_a_measured_row_with_diverged_runs_says_so_first():
+    """Issue: quick M5 printed '... < SR (12) < learned start (diverged)' inside a passing row.
+    A variant with non-finite runs now leads the row's result."""
+    from linmeta.families.bilevel.claims import m5
+
+    clean = {"a": np.array([1.0, 2.0]), "b": np.array([3.0, 4.0])}
+    text, diverged = m5.ordering(clean)
+    assert text == "a (1.5) < b (3.5)" and diverged == ""
+    text, diverged = m5.ordering({**clean, "learned start": np.array([0.5, np.nan])})
+    assert text.startswith("DIVERGED RUNS in learned start (1 of 2 seeds); ordering: ")
+    assert text.endswith("learned start (diverged)") and diverged == "learned start (1 of 2 seeds)"

@@ -42,6 +42,19 @@ def variants(runs, cfg, m):
     return out
 
 
+def ordering(v: dict) -> tuple[str, str]:
+    """``(text, diverged)``: the variants of ``v`` ({label: errors over seeds}) in order of their
+    median, and which of them have non-finite runs ("" when none). A variant with diverged runs is
+    a failure inside a measured row, so the text then starts with ``DIVERGED RUNS in ...``."""
+    order = sorted(v, key=lambda lab: median(v[lab]))
+    text = " < ".join(f"{lab} ({median(v[lab]):.2g})" if np.isfinite(median(v[lab])) else
+                      f"{lab} (diverged)" for lab in order)
+    counts = {lab: int(np.sum(~np.isfinite(np.asarray(v[lab], float)))) for lab in v}
+    diverged = ", ".join(f"{lab} ({n} of {np.size(v[lab])} seeds)"
+                         for lab, n in counts.items() if n)
+    return (f"DIVERGED RUNS in {diverged}; ordering: {text}" if diverged else text), diverged
+
+
 def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
     """Measure M5 at ``setting`` (module docstring)."""
     cfg = settings_value(GRID, setting)
@@ -57,13 +70,14 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
         v["Meta-LoRA"] = refs["ml_ft_bias"]
         v["SR"] = refs["sr_ft_bias"]
         table[m] = v
-        order = sorted(v, key=lambda lab: median(v[lab]))
-        text = " < ".join(f"{lab} ({median(v[lab]):.2g})" if np.isfinite(median(v[lab])) else
-                          f"{lab} (diverged)" for lab in order)
+        text, diverged = ordering(v)
+        row_note = note if not diverged else (
+            note + f"; {diverged} diverged (non-finite fine-tuning error): those variants are "
+            "ordered by their median, and their step sizes are outside the stable range of M6")
         rows.append(Verdict(CLAIM, f"priming ablation, {METHOD_LABEL[m]}: variants ordered by "
-                            "median rank-k fine-tuning error", "measured (RELATED: matched "
+                            "median rank-k fine-tuning error", "measured (priming: matched "
                             "< full-rank ~ SR)", text, float("nan"), "measured", True,
-                            "measured", note))
+                            "measured", row_note))
     mm = table["maml"] if "maml" in table else next(iter(table.values()))
     matched = mm[f"matched r=k={cfg['k']}"]
     frac = float(np.mean(matched < mm["full-rank W"]))
