@@ -42,6 +42,7 @@ PENDING_SCRIPTS = {"paper_shallow"}
 def _setup(namespace):
     """Each document runs in a namespace of its own; the example plugin (docs/extending.md's
     excerpts come from it) is importable, and whatever it registers is removed afterwards."""
+    families.load()   # the built-in families first: the snapshot below must hold them
     namespace["__saved__"] = (dict(families._REGISTRY), dict(protocols._REGISTRY),
                               set(sys.modules), list(sys.path))
     sys.path.insert(0, str(PLUGIN))
