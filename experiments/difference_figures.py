@@ -16,7 +16,6 @@ writes ``difference_finetune.{png,pdf,json}``.
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import sys
@@ -26,6 +25,8 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from linmeta.engine.claim_support import experiment_args, experiment_parser
 
 SETTINGS = {
     "tiny": dict(d=4, r=2, k=1, T=4, n_unseen=2, draws=40, ns=(8, 16, 64)),
@@ -127,7 +128,7 @@ def plot(data: dict, out_dir) -> list:
                        dpi=60 if data["setting"] == "tiny" else 150)
 
 
-def main(setting: str = "full", out_dir="figures", seed: int = 0, replot: bool = False) -> list:
+def main(setting: str = "full", out_dir="results/experiments", seed: int = 0, replot: bool = False) -> list:
     from linmeta.engine.results import atomic_write_bytes
 
     jax.config.update("jax_enable_x64", True)
@@ -142,15 +143,15 @@ def main(setting: str = "full", out_dir="figures", seed: int = 0, replot: bool =
     return paths
 
 
-if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=(__doc__ or "").strip().splitlines()[0])
-    p.add_argument("--setting", choices=tuple(SETTINGS), default="full")
-    p.add_argument("--out", default="figures")
-    p.add_argument("--seed", type=int, default=0)
+def build_parser():
+    """The command line (:func:`linmeta.engine.claim_support.experiment_parser`)."""
+    p = experiment_parser(__doc__, prog="python -m experiments.difference_figures",
+                          settings=tuple(SETTINGS))
     p.add_argument("--replot", action="store_true", help="redraw from the JSON in --out")
-    a = p.parse_args()
-    from linmeta import compile_cache
+    return p
 
-    compile_cache.enable()
+
+if __name__ == "__main__":
+    a = experiment_args(build_parser())
     main(a.setting, a.out, a.seed, a.replot)
     sys.exit(0)

@@ -27,7 +27,6 @@ figures/paper_shallow_full.json`` writes ``figures/paper_shallow_vary_T_full.png
 """
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import time
@@ -37,7 +36,8 @@ import jax
 import numpy as np
 
 from linmeta.families.paper import shallow
-from linmeta.engine.results import atomic_write_bytes
+from linmeta.core.files import atomic_write_bytes
+from linmeta.engine.claim_support import experiment_args, experiment_parser
 
 PAPER = dict(d=10, k=1, Ts=(2, 3, 5, 10), ds=(5, 10, 20), T_of_d_sweep=3, N=1000, n=100,
              noise_std=0.1, lr=1e-3, weight_decay=0.01, n_trials=10, retrain_steps=40000,
@@ -242,7 +242,7 @@ def plot(result: dict, out_dir="figures") -> list[str]:
     return paths
 
 
-def main(setting: str = "full", out_dir="figures", seed: int = 0,
+def main(setting: str = "full", out_dir="results/experiments", seed: int = 0,
          retrain_adapter: str = "asymmetric", Ts=None, ds=None, sweeps=SWEEPS) -> dict:
     """Run the sweeps, write the figures, return a summary dict (rows of final test losses)."""
     result = run(setting, seed, retrain_adapter, Ts, ds, sweeps)
@@ -266,21 +266,21 @@ def _print(summary: dict) -> None:
     print("figures:", ", ".join(summary["figures"]))
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--setting", choices=tuple(SETTINGS), default="full")
-    parser.add_argument("--out", default="figures", help="output folder for the figures")
-    parser.add_argument("--seed", type=int, default=0)
+def build_parser():
+    """The command line (:func:`linmeta.engine.claim_support.experiment_parser`)."""
+    parser = experiment_parser(__doc__, prog="python -m experiments.paper_shallow",
+                               settings=tuple(SETTINGS))
     parser.add_argument("--retrain-adapter", choices=shallow.RETRAIN_ADAPTERS,
                         default="asymmetric")
     parser.add_argument("--Ts", type=int, nargs="+", help="task counts (default: the setting's)")
     parser.add_argument("--ds", type=int, nargs="+", help="dimensions (default: the setting's)")
     parser.add_argument("--sweeps", nargs="+", choices=SWEEPS, default=list(SWEEPS))
     parser.add_argument("--json", help="also write the summary rows to this JSON file")
-    from linmeta.engine import compile_cache
-    compile_cache.add_argument(parser)
-    args = parser.parse_args()
-    compile_cache.enable_from_args(args)
+    return parser
+
+
+if __name__ == "__main__":
+    args = experiment_args(build_parser())
     s = main(args.setting, args.out, args.seed, args.retrain_adapter, args.Ts, args.ds,
              args.sweeps)
     _print(s)

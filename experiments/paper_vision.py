@@ -24,7 +24,6 @@ The default output folder is ``results/paper_vision``.
 """
 from __future__ import annotations
 
-import argparse
 import io
 import os
 import sys
@@ -35,7 +34,8 @@ import jax
 import numpy as np
 
 from linmeta.families.paper import vision
-from linmeta.results import atomic_write_bytes, atomic_write_json, atomic_write_text
+from linmeta.core.files import atomic_write_bytes, atomic_write_json, atomic_write_text
+from linmeta.engine.claim_support import experiment_args, experiment_parser
 
 DEFAULT_OUT = "results/paper_vision"
 
@@ -230,48 +230,18 @@ def main(setting: str = "full", out_dir=DEFAULT_OUT, seed: int = 0,
     return result
 
 
-def _writable_folder(path: str) -> str | None:
-    """None when ``path`` is (or can be made) a writable folder, else the reason."""
-    p = Path(path)
-    try:
-        p.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        return f"cannot create it ({err.strerror})"
-    if not p.is_dir():
-        return "it is not a folder"
-    if not os.access(p, os.W_OK | os.X_OK):
-        return "it is not writable"
-    return None
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
-    return value
+def build_parser():
+    """The command line (:func:`linmeta.engine.claim_support.experiment_parser`)."""
+    return experiment_parser(__doc__, prog="python -m experiments.paper_vision",
+                             default_out=DEFAULT_OUT, settings=tuple(SETTINGS))
 
 
 def cli(argv=None) -> int:
     """The command line; returns the exit status (2: bad arguments or scikit-learn missing)."""
-    parser = argparse.ArgumentParser(prog="python -m experiments.paper_vision",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("--setting", choices=tuple(SETTINGS), default="full")
-    parser.add_argument("--out", default=DEFAULT_OUT,
-                        help=f"output folder (default {DEFAULT_OUT})")
-    parser.add_argument("--seed", type=_seed, default=0, help="base seed (>= 0)")
-    from linmeta import compile_cache
-    compile_cache.add_argument(parser)
-    args = parser.parse_args(argv)
-    why = _writable_folder(args.out)
-    if why:
-        print(f"paper_vision: --out {args.out}: {why}", file=sys.stderr)
-        return 2
-    cache = compile_cache.enable_from_args(args)
+    args = experiment_args(build_parser(), argv)
     try:
-        res = main(args.setting, args.out, args.seed, compile_cache=cache is not None)
+        res = main(args.setting, args.out, args.seed,
+                   compile_cache=not getattr(args, "no_compile_cache", False))
     except ModuleNotFoundError as err:
         print(f"paper_vision: {err}", file=sys.stderr)
         return 2

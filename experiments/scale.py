@@ -32,13 +32,14 @@ and memory per point are in its JSON (figures/scale_full.json).
 """
 from __future__ import annotations
 
-import argparse
 import io
 import os
 import sys
 import time
 
 import numpy as np
+
+from linmeta.engine.claim_support import experiment_args, experiment_parser
 
 SETTINGS = {
     "tiny": dict(points=((64, 2),), T=4),
@@ -248,13 +249,16 @@ def main(setting: str = "full", out_dir: str = os.path.join("results", "scale"),
     return summary
 
 
+def build_parser():
+    """The command line (:func:`linmeta.engine.claim_support.experiment_parser`)."""
+    return experiment_parser(__doc__, prog="python -m experiments.scale",
+                             default_out=os.path.join("results", "scale"),
+                             settings=tuple(SETTINGS))
+
+
 def cli(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--setting", choices=tuple(SETTINGS), default="full")
-    p.add_argument("--out", default=os.path.join("results", "scale"),
-                   help="output folder (default: results/scale)")
-    p.add_argument("--seed", type=int, default=0, help="PRNG seed (>= 0)")
-    a = p.parse_args(argv)
+    p = build_parser()
+    a = experiment_args(p, argv)
     try:
         summary = main(a.setting, a.out, a.seed)
     except ValueError as e:

@@ -16,7 +16,7 @@ from linmeta.engine.claim_support import experiment_args
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted(p.stem for p in (REPO / "experiments").glob("*.py") if p.stem != "__init__")
 # converted on another branch of issue 20; drop this mark when it lands
-PENDING = {"paper_shallow"}
+PENDING: set = set()
 
 
 def _scripts():

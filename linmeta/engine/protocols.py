@@ -80,6 +80,20 @@ into :class:`linmeta.families.paper.protocol.RunKeys` (retrain, finetune, init, 
 ``run_protocol(truth, keys, hyper, shape)`` register the same way; the paper's entries below use
 the optional hooks (``validate``, ``group_key``, ``batch``, ``results``) for padding across T and
 the records of :mod:`linmeta.engine.sweep`.
+
+Figures: the optional ``plots`` (a :class:`Plots` of :class:`Curves`, :class:`Finals` and
+:class:`Series`) says what ``linmeta plot`` draws from the protocol's stored result columns and
+trajectories (:mod:`linmeta.front.plotting`): which trajectories are curves against which steps,
+which columns are plotted against each swept key, which keys are never pooled (``split_by``),
+with labels, colours, dashed closed forms and log scales. For the toy above::
+
+    plots=protocols.Plots(
+        curves=(protocols.Curves("loss_curves", "toy gradient descent", "loss",
+                                 (protocols.Series("loss", "toy"),)),),
+        finals=(protocols.Finals("final loss", (protocols.Series("final_loss", "toy"),)),))
+
+Without it, the figures are read off the stored results (every numeric column, every float
+trajectory); ``Plots()`` declares that there is nothing to plot.
 """
 from __future__ import annotations
 

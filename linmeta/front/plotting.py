@@ -196,7 +196,7 @@ MARKERS = ("o", "s", "^", "D", "v", "P")
 def _width(i: int, n: int) -> float:
     """Line width of the i-th of n series: the first drawn widest, so that a series hidden
     under a later one with the same values still shows."""
-    return 1.2 + 2.0 * (n - 1 - i) / max(n - 1, 1)
+    return 1.0 + 1.5 * (n - 1 - i)
 
 
 def _band(panel: _Panel, curves, color, label, dashed=False, lw=1.5) -> None:
