@@ -35,6 +35,8 @@ import platform
 import sys
 import tempfile
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from linmeta.core.files import (atomic_write_bytes, atomic_write_csv, atomic_write_json,
@@ -93,11 +95,8 @@ def now_iso() -> str:
 
 def environment() -> dict:
     """Versions of linmeta, JAX, jaxlib, NumPy, Python; the default dtype; the devices."""
-    import jax  # deferred: reading or writing result files needs no JAX
-    import jax.numpy as jnp
-
     try:
-        import jaxlib
+        import jaxlib  # its version attribute moved across releases
         jaxlib_version = getattr(jaxlib, "__version__", None) or jaxlib.version.__version__
     except Exception:  # pragma: no cover - jaxlib layout differs across versions
         jaxlib_version = None

@@ -27,11 +27,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import sys
 
 from linmeta.core.version import __version__
+from linmeta.engine import claims, compile_cache, protocols, runs
+from linmeta.engine.config import PARAMETERS, load_run_config, merge, parse_count_or_inf
+from linmeta.engine.results import MANIFEST, RESULTS_CSV, TRAJ_DIR, load_sweep, to_jsonable
+from linmeta.engine.runs import format_value
+from linmeta.engine import sweep
+from linmeta.front import plotting
+from linmeta.front.report import theory as theory_report
 
 __all__ = ["main", "build_parser"]
 
@@ -51,8 +57,7 @@ _FMT = argparse.RawDescriptionHelpFormatter
 
 # ----------------------------------------------------------------------------- helpers
 def _defaults() -> dict:
-    from linmeta.engine.sweep import DEFAULTS  # deferred: 'linmeta --help' stays fast (imports no JAX)
-    return dict(DEFAULTS)
+    return dict(sweep.DEFAULTS)
 
 
 def _flag(key: str) -> str:
@@ -60,7 +65,6 @@ def _flag(key: str) -> str:
 
 
 def _arg_type(kind: str, key: str):
-    from linmeta.engine.config import parse_count_or_inf  # deferred: 'linmeta --help' stays fast (imports no JAX)
 
     if kind == "count":
         def parse(text):
@@ -80,7 +84,6 @@ def _arg_type(kind: str, key: str):
 def _add_config_flags(parser, keys=None, *, with_defaults: dict,
                       title="configuration (flags override --config; defaults shown)"):
     """One flag per configuration key (``--noise-std`` for ``noise_std``); unset flags stay None."""
-    from linmeta.engine.config import PARAMETERS  # deferred: 'linmeta --help' stays fast (imports no JAX)
 
     group = parser.add_argument_group(title)
     keys = list(with_defaults) if keys is None else keys
@@ -114,7 +117,6 @@ def _wrap_keys(defaults) -> str:
 def _protocol_keys_text() -> str:
     """The configuration keys of every registered protocol (protocols with the same keys share
     a line), for ``linmeta sweep --help``."""
-    from linmeta.engine import protocols  # deferred: 'linmeta --help' stays fast (imports no JAX)
 
     by_keys: dict[tuple, list[str]] = {}
     for name in protocols.names():
@@ -125,7 +127,6 @@ def _protocol_keys_text() -> str:
 
 def _claims_text() -> str:
     """The registered claims, by family (e.g. ``C1-C8, M1-M6, R1-R7``), read from the registry."""
-    from linmeta.engine import claims  # deferred: 'linmeta --help' stays fast (imports no JAX)
 
     parts = []
     for family in claims.family_names():
@@ -140,7 +141,6 @@ def _one_line(text: str) -> str:
 
 
 def _fmt(x, digits=4) -> str:
-    from linmeta.engine.runs import format_value  # deferred: 'linmeta --help' stays fast (imports no JAX)
 
     return format_value(x, digits)
 
@@ -173,9 +173,6 @@ naming the stage, the iteration and the setting to change.
 
 
 def _cmd_run(args) -> int:
-    from linmeta.engine import runs  # deferred: 'linmeta --help' stays fast (imports no JAX)
-    from linmeta.engine.config import load_run_config, merge  # deferred: 'linmeta --help' stays fast (imports no JAX)
-    from linmeta.engine.results import to_jsonable  # deferred: 'linmeta --help' stays fast (imports no JAX)
 
     file_cfg, truth_path = ({}, None) if args.config is None else load_run_config(
         args.config, check_truth=args.truth is None)
@@ -196,7 +193,6 @@ def _cmd_run(args) -> int:
 def _print_run_summary(record: dict) -> None:
     """The run's summary: the lines its protocol writes for it
     (:func:`linmeta.engine.runs.summary_lines`), then where it is stored and how long it took."""
-    from linmeta.engine import runs  # deferred: 'linmeta --help' stays fast (imports no JAX)
 
     for line in runs.summary_lines(record):
         print(line)
@@ -274,8 +270,6 @@ The keys of each registered protocol (defaults and meaning of the paper's: 'linm
 
 
 def _cmd_sweep(args) -> int:
-    from linmeta.engine import runs  # deferred: 'linmeta --help' stays fast (imports no JAX)
-    from linmeta.engine.results import MANIFEST, RESULTS_CSV, TRAJ_DIR, load_sweep  # deferred: 'linmeta --help' stays fast (imports no JAX)
 
     out = os.path.abspath(args.out)
     try:
@@ -337,13 +331,10 @@ The truth is the one 'linmeta run' uses for the same --truth-seed (or --truth fi
 
 
 def _cmd_theory(args) -> int:
-    from linmeta.engine.config import merge  # deferred: 'linmeta --help' stays fast (imports no JAX)
-    from .report import theory  # deferred: 'linmeta --help' stays fast (imports no JAX)
-    from linmeta.engine.results import to_jsonable  # deferred: 'linmeta --help' stays fast (imports no JAX)
 
     user = merge({k: getattr(args, k, None) for k in ("d", "k", "T", "n", "noise_std",
                                                       "truth_seed")})
-    report = theory(user, truth=args.truth, rank=args.rank)
+    report = theory_report(user, truth=args.truth, rank=args.rank)
     if args.json:
         print(json.dumps(to_jsonable(report), indent=2))
     else:
@@ -407,7 +398,6 @@ A protocol with nothing to plot is one error line (exit code 2).
 
 
 def _cmd_plot(args) -> int:
-    from . import plotting  # deferred: 'linmeta --help' stays fast (imports no JAX)
 
     paths = plotting.plot_results(args.results_dir, out_dir=args.out, formats=tuple(args.format))
     if args.json:
@@ -574,7 +564,6 @@ def build_parser(command: str | None = "verify") -> argparse.ArgumentParser:
     p.add_argument("--seed", dest="truth_seed", type=int, metavar="INT",
                    help="same as --truth-seed")
     p.set_defaults(func=_cmd_theory)
-    from linmeta.engine import compile_cache  # deferred: 'linmeta --help' stays fast (imports no JAX)
 
     for command_parser in sub.choices.values():  # every command: --no-compile-cache
         compile_cache.add_argument(command_parser)
@@ -585,7 +574,6 @@ def _before_command(args) -> None:
     """Process-wide set-up shared by every command, after parsing and before the command runs:
     the persistent compilation cache (:mod:`linmeta.engine.compile_cache`; off with
     ``--no-compile-cache`` or ``LINMETA_NO_CACHE=1``)."""
-    from linmeta.engine import compile_cache  # deferred: 'linmeta --help' stays fast (imports no JAX)
 
     compile_cache.enable_from_args(args)
 
