@@ -95,7 +95,8 @@ if not any(isinstance(f, _MovedModules) for f in sys.meta_path):
 
 __all__ = ["Truth", "sample_truth", "orthogonal_truth", "load_truth", "save_truth",
            "TaskStats", "Samples", "population", "sample_tasks", "draw_samples",
-           "task_statistics", "stats_from_arrays", "stats_from_chunks", "standard_retraining", "meta_lora", "maml",
+           "task_statistics", "stats_from_arrays", "stats_from_chunks", "standard_retraining",
+           "meta_lora", "maml",
            "RetrainResult", "finetune", "FinetuneResult", "reduced_rank_fit", "DivergenceError",
            "bilevel", "compile_cache", "data", "divergence", "landscape", "lora", "losses",
            "metrics", "problem", "protocols", "report", "representation", "retrain", "runs",

@@ -94,10 +94,11 @@ def _dense_reduced_rank(base, Sxx, Syx, rank: int):
 
 def top_singular_triplets(W, rank: int, max_iter: int = 200):
     """Top-``rank`` singular triplets ``(P, s, V)`` of ``W`` (p x d; P (p, rank), V (d, rank)) by
-    block subspace iteration on ``rank + 10`` columns from a fixed Gaussian block, re-orthonormalised
-    every half step, stopped when ``max_i ||W v_i - s_i p_i|| <= 8 eps sqrt(d) s_1`` or after
-    ``max_iter`` iterations. O(p d (rank + 10)) an iteration; exact to rounding when
-    ``s_rank > s_{rank+1}`` (convergence factor ``(s_{rank+10+1} / s_rank)^2`` an iteration)."""
+    block subspace iteration on ``rank + 10`` columns from a fixed Gaussian block,
+    re-orthonormalised every half step, stopped when
+    ``max_i ||W v_i - s_i p_i|| <= 8 eps sqrt(d) s_1`` or after ``max_iter`` iterations.
+    O(p d (rank + 10)) an iteration; exact to rounding when ``s_rank > s_{rank+1}`` (convergence
+    factor ``(s_{rank+10+1} / s_rank)^2`` an iteration)."""
     p_dim, d = W.shape
     width = min(rank + 10, p_dim, d)
     dt = W.dtype

@@ -532,10 +532,10 @@ def lbfgs_run(stats: TaskStats, U0, ftol, gtol, rtol, *, max_iter: int,
     if population and 2 * sketch_width(T, d, r) <= d:
         need = compression_memory(T, d, sketch_width(T, d, r), dt.itemsize)
         if need > memory_budget():
-            raise ValueError(f"method='lbfgs' needs ~{format_bytes(need)} to compress the population "
-                             f"problem (T={T}, d={d}, rank={r}), over the memory budget "
-                             f"{format_bytes(memory_budget())}; no Meta-LoRA solver fits: reduce d or T, "
-                             "or use a machine with more memory")
+            raise ValueError(f"method='lbfgs' needs ~{format_bytes(need)} to compress the "
+                             f"population problem (T={T}, d={d}, rank={r}), over the memory "
+                             f"budget {format_bytes(memory_budget())}; no Meta-LoRA solver fits: "
+                             "reduce d or T, or use a machine with more memory")
         basis = population_basis(stats, r)
         if basis is not None:
             Q, K, rest = basis
