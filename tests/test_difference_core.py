@@ -188,3 +188,13 @@ def test_d5_copies_count_once_and_a_large_penalty_prunes_everything():
     fit = methods.structure_learner(matrix_tasks(tr.task_matrices(t)), 3, lam=1e6,
                                     key=jax.random.key(1), steps=20)
     assert int(fit.kept) == 0 and float(jnp.max(fit.group_norms)) == 0.0
+
+
+def test_joint_fit_refuses_a_problem_past_the_memory_budget(monkeypatch):
+    from linmeta.families.difference import methods as m
+
+    monkeypatch.setattr(m, "memory_budget", lambda: 10 ** 6)
+    src = matrix_tasks(np.ones((2, 8, 8)), 0.0, N=20, key=jax.random.key(0))
+    with pytest.raises(ValueError, match="GiB budget"):
+        m.joint_fit(src, 2, key=jax.random.key(1))
+    assert m.joint_fit_memory(8, 2, 2, 8, True) < m.joint_fit_memory(8, 2, 2, 8, False)

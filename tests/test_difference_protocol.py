@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from linmeta import protocols, sweep
+from linmeta.engine import protocols, sweep
 
 
 def test_difference_protocol_sweeps_by_name_with_one_program():

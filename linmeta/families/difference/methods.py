@@ -56,7 +56,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from linmeta.core._validate import check_int, check_scalar
+from linmeta.core._validate import check_int, check_scalar, memory_budget
 from linmeta.core.data import TaskStats
 from linmeta.core.losses import excess_loss, ols_solution
 from linmeta.core.metrics import subspace_distance
@@ -67,7 +67,7 @@ __all__ = ["DifferenceFit", "StructureFit", "rank_one_basis", "basis_gram", "coe
            "core_basis", "direction_basis", "difference_svd",
            "coefficient_maml", "maml_objective", "maml_fit", "structure_learner", "finetune_coefficients",
            "population_risk", "is_population", "subspace_gap", "orthonormalise",
-           "levenberg_marquardt", "profile_residual", "distinct_directions"]
+           "levenberg_marquardt", "profile_residual", "distinct_directions", "joint_fit_memory"]
 
 
 class DifferenceFit(NamedTuple):
@@ -307,7 +307,7 @@ def _population_flag(stats, population):
     if population is None:
         try:
             return is_population(stats)
-        except jax.errors.ConcretizationTypeError:
+        except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
             raise ValueError("population must be given (True/False) when the statistics are "
                              "traced") from None
     return bool(population)
@@ -332,8 +332,25 @@ def joint_fit(source: TaskStats, rank, *, key, n_starts: int = 8, max_iter: int 
     n_starts = check_int("n_starts", n_starts, 1)
     max_iter = check_int("max_iter", max_iter, 1)
     pop = _population_flag(source, population)
+    need = joint_fit_memory(source.d, source.T, rank, n_starts, pop, core=bool(core))
+    if need > memory_budget():
+        raise ValueError(f"joint_fit: d={source.d}, T={source.T}, rank={rank}, n_starts={n_starts} "
+                         f"needs about {need / 2 ** 30:.1f} GiB (the finite-sample elimination forms "
+                         f"d^2 x d^2 normal equations and a Jacobian per start), more than the "
+                         f"{memory_budget() / 2 ** 30:.1f} GiB budget; use fewer starts, a smaller d, "
+                         "or population statistics")
     return _joint_kernel(source, key, rank=rank, n_starts=n_starts,
                          max_iter=max_iter, population=pop, core=bool(core))
+
+
+def joint_fit_memory(d: int, T: int, rank: int, n_starts: int, population: bool,
+                     core: bool = False) -> int:
+    """Bytes the joint fit plans to hold (float64): per start the Jacobian of the T d^2 residuals
+    in the 2 d r unknowns and, at finite samples, the d^2 x d^2 normal equations (a few copies)
+    and the (T, q, d^2) products of the basis with the statistics (q = r, or r^2 for a core)."""
+    q = rank * rank if core else rank
+    per_start = T * d * d * 2 * d * rank + (0 if population else 4 * d ** 4 + 3 * T * q * d * d)
+    return 8 * n_starts * per_start
 
 
 def difference_svd(source: TaskStats, rank, *, kind: str = "pca") -> DifferenceFit:

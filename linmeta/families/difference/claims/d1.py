@@ -52,7 +52,7 @@ AWAY = 1e-3           # a zero-loss fit this far from L* shows non-identifiabili
 SETTINGS = {
     "tiny": dict(d=3, ranks=(2,), T_max=3, seeds=1, starts=3, max_iter=60),
     "quick": dict(d=4, ranks=(3,), T_max=4, seeds=2, starts=6, max_iter=150),
-    "full": dict(d=6, ranks=(1, 2, 3, 4), T_max=6, seeds=4, starts=8, max_iter=300),
+    "full": dict(d=5, ranks=(1, 2, 3, 4), T_max=5, seeds=2, starts=6, max_iter=200),
 }
 
 

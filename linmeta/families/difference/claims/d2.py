@@ -48,7 +48,7 @@ P_BAND = 1e-3
 
 SETTINGS = {
     "tiny": dict(d=4, r=2, truths=1, draws=400, ns=(8, 16, 32)),
-    "quick": dict(d=5, r=2, truths=2, draws=3000, ns=(8, 16, 32, 64)),
+    "quick": dict(d=5, r=2, truths=2, draws=1500, ns=(8, 16, 32, 64)),
     "full": dict(d=8, r=2, truths=4, draws=20000, ns=(8, 16, 32, 64, 128, 256)),
 }
 

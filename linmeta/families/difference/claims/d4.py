@@ -38,7 +38,7 @@ ALPHA = 0.5
 SETTINGS = {
     "tiny": dict(d=3, r=2, T=3, Ks=(1, 4), truths=1, starts=2, max_iter=60, first_order=False,
                  steps=500),
-    "quick": dict(d=4, r=2, T=4, Ks=(1, 2, 4, 8, 16), truths=2, starts=4, max_iter=80,
+    "quick": dict(d=4, r=2, T=4, Ks=(1, 2, 4, 8), truths=2, starts=3, max_iter=80,
                   first_order=False, steps=2000),
     "full": dict(d=5, r=2, T=4, Ks=(1, 2, 4, 8, 16, 32), truths=4, starts=8, max_iter=150,
                  first_order=True, steps=4000),
