@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from linmeta.core import theory
 from linmeta.engine.claim_support import lbfgs_best_of_starts, optimality_measures
 from linmeta.families.representation.tasks import (moment_matrix, nested_moment_matrices,
                                                    samples_from_betas)
@@ -46,3 +47,27 @@ def test_optimality_measures_on_a_quadratic():
     assert foc < 1e-14 and abs(gain) < 1e-12
     foc, gain = optimality_measures(vg, x_star + [0.0, 0.1, 0.0], np.zeros(3), starts)
     assert foc > 0.1 and gain > 1e-3
+
+
+# survivors of the cosmic-ray run on linmeta/core/theory.py (benchmarks/results/
+# mutation_tool_closed-forms-paper.md): argument checks that verify, which passes valid input only,
+# cannot see
+def test_lora_bias_accepts_large_square_residuals():
+    """``!=`` on the shape, not ``is not`` (equal ints above 256 are distinct objects)."""
+    res = np.diag(np.arange(300, dtype=float))
+    assert float(theory.lora_bias(res, 299)) == 0.0
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: theory.predicted_finetune_error(0, 1, 10, 0.1), "d must be"),
+    (lambda: theory.alternating_jacobian(np.eye(2), np.ones((3, 2, 1)), lr_adapter=0.0),
+     "lr_adapter must be"),
+    (lambda: theory.alternating_jacobian(np.eye(2), np.ones((3, 2, 1)), lr_adapter=-0.5),
+     "lr_adapter must be"),
+    (lambda: theory.alternating_jacobian(np.eye(2), np.ones((3, 2, 1)), lr_base=-0.5),
+     "lr_base must be"),
+])
+def test_theory_refuses_bad_arguments_by_name(call, message):
+    with pytest.raises(ValueError) as e:
+        call()
+    assert str(e.value).startswith(message)
