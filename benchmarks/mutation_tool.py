@@ -2,8 +2,8 @@
 
 Beside the hand-written audit (:mod:`benchmarks.mutation_audit`: bugs that mean something), this
 runs a real mutation tool: cosmic-ray generates every operator mutant of a module (``+`` -> ``-``,
-``<`` -> ``<=``, a constant changed, a ``break`` -> ``continue``, ...), applies each in turn and runs
-the test command; a mutant is killed when the command exits non-zero. The test command is
+``<`` -> ``<=``, a constant changed, a ``break`` -> ``continue``, ...), applies each in turn and
+runs the test command; a mutant is killed when the command exits non-zero. The test command is
 ``python -m benchmarks.mutation_tool check --setting S --claims FAMILY``: ``linmeta verify`` with
 ``--json``, which prints the failing rows and exits 1 when a row fails, and exits 3 when verify
 did not produce a report (a crash or an import error: killed too, but not by a row; the report
@@ -274,10 +274,11 @@ def write_report(session: Path, name: str, meta: dict) -> Path:
     lines = [f"# Mutation run `{name}` (cosmic-ray, test command `linmeta verify "
              f"--{meta['setting']}`)", "",
              f"`{meta['command']}` -- {meta['date']}, {meta['seconds'] / 60:.1f} min.", "",
-             "Killed by a check row: some verify row failed. Killed by a crash: a claim raised (its row"
-             " reads `run raised`: verify fails, red), verify gave no report, or it timed out. The last"
-             " column counts both against the non-equivalent mutants.", "",
-             "| module | mutants | killed by a check row | killed by a crash or timeout | survived | "
+             "Killed by a check row: some verify row failed. Killed by a crash: a claim raised "
+             "(its row reads `run raised`: verify fails, red), verify gave no report, or it timed "
+             "out. The last column counts both against the non-equivalent mutants.", "",
+             "| module | mutants | killed by a check row | killed by a crash or timeout | "
+             "survived | "
              "equivalent | verify kills of the non-equivalent |", "|---|---|---|---|---|---|---|"]
     for mod in sorted({r["module"] for r in recs}):
         rs = [r for r in recs if r["module"] == mod]
