@@ -13,16 +13,22 @@ Configurations (``benchmarks/cosmic-ray/*.toml``, one per target, each a cosmic-
 ``[linmeta-mutation]`` table): ``closed-forms-<family>`` mutate the closed-form modules in full
 (core theory, losses, adapters, metrics with the paper family; each family's theory with its own
 verify), ``solvers-<family>`` the solver modules, of which ``sample`` mutants are drawn at random
-(seed in the table). Mutation runs take hours (one ``verify --quick`` per mutant: about a minute
-on 2 cores); they are not part of CI.
+(seed in the table). Mutation runs take long: one ``verify`` of the family per mutant (``--quick``
+about 1.5 minutes for the paper family on 2 shared cores, ``--tiny`` about 1 minute), and the
+closed-form modules have about 3,100 mutants (core theory 897, losses 207, lora 137, metrics 355,
+paper theory 157, bilevel theory 253, representation theory 1,105) besides the 400 sampled solver
+mutants: days on 2 cores. Not part of CI.
 
 Usage::
 
     pip install cosmic-ray                 # the tool (not a dependency of linmeta)
+    python -m benchmarks.mutation_tool run all      # every configuration (days on 2 cores)
     python -m benchmarks.mutation_tool run benchmarks/cosmic-ray/closed-forms-paper.toml
     python -m benchmarks.mutation_tool run benchmarks/cosmic-ray/solvers-paper.toml
     python -m benchmarks.mutation_tool run CONFIG --sample 30 --setting tiny --seed 1  # a sample
     python -m benchmarks.mutation_tool report SESSION.sqlite     # the table of a (partial) run
+    python -m benchmarks.mutation_tool recheck SESSION.sqlite --claims paper --tests tests/x.py
+                                           # the survivors again, on the tree as it is now
 
 ``run`` copies the working tree (tracked and untracked-but-not-ignored files) to a scratch folder,
 runs ``cosmic-ray init``, marks all but the sampled mutants as skipped, runs ``cosmic-ray exec``
@@ -320,8 +326,8 @@ def main(argv=None) -> int:
     c.add_argument("--setting", choices=("tiny", "quick", "full"), default="quick")
     c.add_argument("--claims", required=True)
     c.add_argument("--timeout", type=float, default=900.0)
-    r = sub.add_parser("run", help="a mutation run of one configuration")
-    r.add_argument("config", type=Path)
+    r = sub.add_parser("run", help="a mutation run of one configuration, or of every one ('all')")
+    r.add_argument("config", help="a config file, or 'all': every benchmarks/cosmic-ray/*.toml")
     r.add_argument("--setting", choices=("tiny", "quick"), default="quick")
     r.add_argument("--sample", type=int, default=None,
                    help="mutants drawn at random (default: the config's sample, else all)")
@@ -347,8 +353,12 @@ def main(argv=None) -> int:
     if a.cmd == "check":
         return check(a.setting, a.claims, a.timeout)
     if a.cmd == "run":
-        run(a.config.resolve(), setting=a.setting, sample=a.sample, seed=a.seed, work=a.work,
-            timeout=a.timeout, python=a.python, modules=a.module)
+        configs = sorted(CONFIGS.glob("*.toml")) if a.config == "all" else [Path(a.config)]
+        if a.config == "all" and (a.work or a.module):
+            p.error("--work and --module name one configuration, not 'all'")
+        for config in configs:
+            run(config.resolve(), setting=a.setting, sample=a.sample, seed=a.seed, work=a.work,
+                timeout=a.timeout, python=a.python, modules=a.module)
         return 0
     if a.cmd == "recheck":
         recheck(a.session, setting=a.setting, claims=a.claims, tests=a.tests, python=a.python,
