@@ -296,6 +296,14 @@ def write_report(session: Path, name: str, meta: dict) -> Path:
         denom = n - eqn
         share = f"{kv + kc}/{denom} ({100 * (kv + kc) / denom:.0f}%)" if denom else "-"
         lines.append(f"| `{mod}` | {n} | {kv} | {kc} | {sv} | {eqn} | {share} |")
+    again = [r.get("recheck") for r in recs if r["outcome"] == "survived" and r.get("recheck")]
+    if again:
+        kv = sum(bool(x["verify"]) for x in again)
+        kt = sum(bool(x["tests"]) and not x["verify"] for x in again)
+        left = sum(r["outcome"] == "survived" and not r["equivalent"] and not (
+            r.get("recheck") and (r["recheck"]["verify"] or r["recheck"]["tests"])) for r in recs)
+        lines += ["", f"Survivors run again on the tree as it is now: {kv} killed by a verify row, "
+                      f"{kt} more by a test only, {left} neither (and not stated equivalent)."]
     lines += ["", "## Survivors", "",
               "Each survivor run again on the working tree as it is now (`python -m "
               "benchmarks.mutation_tool recheck`): the verify rows and tests that now fail, or why "
