@@ -21,10 +21,12 @@ def test_nested_moment_matrices_equal_moment_matrix_of_each_prefix():
     ns, Ts = (2, 5, 8), (1, 4, 6)
     grid = nested_moment_matrices(smp, ns, Ts)
     assert grid.shape == (3, 3, 3, 3)
+    X, Y = np.asarray(smp.X), np.asarray(smp.Y)
     for i, n in enumerate(ns):
-        for j, T in enumerate(Ts):
-            want = moment_matrix(smp._replace(X=smp.X[:T, :n], Y=smp.Y[:T, :n]))
-            np.testing.assert_allclose(grid[i, j], want, rtol=1e-12, atol=1e-13)
+        for j, T in enumerate(Ts):  # (1/(nT)) sum y^2 x x^T over the prefix, in NumPy
+            Xw = (X[:T, :n] * Y[:T, :n]).reshape(-1, X.shape[-1])
+            np.testing.assert_allclose(grid[i, j], Xw.T @ Xw / (n * T), rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(grid[-1, -1], moment_matrix(smp), rtol=1e-12, atol=1e-13)
 
 
 @pytest.mark.parametrize("ns, Ts, name", [((3, 2), (1,), "ns"), ((2,), (0,), "Ts"),
