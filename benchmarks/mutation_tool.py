@@ -2,8 +2,8 @@
 
 Beside the hand-written audit (:mod:`benchmarks.mutation_audit`: bugs that mean something), this
 runs a real mutation tool: cosmic-ray generates every operator mutant of a module (``+`` -> ``-``,
-``<`` -> ``<=``, a constant changed, a ``break`` -> ``continue``, ...), applies each in turn and runs
-the test command; a mutant is killed when the command exits non-zero. The test command is
+``<`` -> ``<=``, a constant changed, a ``break`` -> ``continue``, ...), applies each in turn and
+runs the test command; a mutant is killed when the command exits non-zero. The test command is
 ``python -m benchmarks.mutation_tool check --setting S --claims FAMILY``: ``linmeta verify`` with
 ``--json``, which prints the failing rows and exits 1 when a row fails, and exits 3 when verify
 did not produce a report (a crash or an import error: killed too, but not by a row; the report
@@ -13,16 +13,22 @@ Configurations (``benchmarks/cosmic-ray/*.toml``, one per target, each a cosmic-
 ``[linmeta-mutation]`` table): ``closed-forms-<family>`` mutate the closed-form modules in full
 (core theory, losses, adapters, metrics with the paper family; each family's theory with its own
 verify), ``solvers-<family>`` the solver modules, of which ``sample`` mutants are drawn at random
-(seed in the table). Mutation runs take hours (one ``verify --quick`` per mutant: about a minute
-on 2 cores); they are not part of CI.
+(seed in the table). Mutation runs take long: one ``verify`` of the family per mutant (``--quick``
+about 1.5 minutes for the paper family on 2 shared cores, ``--tiny`` about 1 minute), and the
+closed-form modules have about 3,100 mutants (core theory 897, losses 207, lora 137, metrics 355,
+paper theory 157, bilevel theory 253, representation theory 1,105) besides the 400 sampled solver
+mutants: days on 2 cores. Not part of CI.
 
 Usage::
 
     pip install cosmic-ray                 # the tool (not a dependency of linmeta)
+    python -m benchmarks.mutation_tool run all      # every configuration (days on 2 cores)
     python -m benchmarks.mutation_tool run benchmarks/cosmic-ray/closed-forms-paper.toml
     python -m benchmarks.mutation_tool run benchmarks/cosmic-ray/solvers-paper.toml
     python -m benchmarks.mutation_tool run CONFIG --sample 30 --setting tiny --seed 1  # a sample
     python -m benchmarks.mutation_tool report SESSION.sqlite     # the table of a (partial) run
+    python -m benchmarks.mutation_tool recheck SESSION.sqlite --claims paper --tests tests/x.py
+                                           # the survivors again, on the tree as it is now
 
 ``run`` copies the working tree (tracked and untracked-but-not-ignored files) to a scratch folder,
 runs ``cosmic-ray init``, marks all but the sampled mutants as skipped, runs ``cosmic-ray exec``
@@ -179,6 +185,46 @@ def run(config: Path, *, setting: str, sample: int | None, seed: int, work: Path
     return write_report(session, name, meta)
 
 
+# ----------------------------------------------------------------------------- survivors again
+def recheck(session: Path, *, setting: str, claims: str, tests: list[str], python: str,
+            timeout: float) -> dict:
+    """Every survivor of ``session`` again, on a fresh scratch copy of the working tree as it is
+    now (new rows, new tests): ``cosmic-ray apply`` the mutant, run the verify check and, with
+    ``tests``, ``pytest`` on those files. Returns ``{key: {"verify": rows, "tests": ids}}`` and
+    stores it beside the session (``recheck.json``), where :func:`write_report` finds it."""
+    out = {}
+    for r in records(session):
+        if r["outcome"] != "survived":
+            continue
+        work = session.parent / "recheck"
+        if work.exists():
+            shutil.rmtree(work)
+        work.mkdir()
+        scratch_copy(REPO, work)
+        env = dict(os.environ, PYTHONPATH=str(work), PYTHONDONTWRITEBYTECODE="1",
+                   LINMETA_MUTATION_OUT=str(work / "_mutation_verify"))
+        subprocess.run([_tool("cosmic-ray"), "apply", r["module"], r["operator"],
+                        str(r["occurrence"])], cwd=work, env=env, check=True)
+        p = subprocess.run([python, "-m", "benchmarks.mutation_tool", "check", "--setting",
+                            setting, "--claims", claims, "--timeout", f"{timeout:g}"], cwd=work,
+                           env=env, capture_output=True, text=True)
+        rows = [ln.split("FAIL ", 1)[1] for ln in p.stdout.splitlines()
+                if ln.startswith(f"{MARK} FAIL ")]
+        failed = []
+        if tests:
+            t = subprocess.run([python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rf",
+                                *tests], cwd=work, env=env, capture_output=True, text=True)
+            failed = [ln.split(" ", 1)[1].split(" - ")[0] for ln in t.stdout.splitlines()
+                      if ln.startswith("FAILED ")] or ([f"(pytest exit {t.returncode})"]
+                                                        if t.returncode not in (0, 5) else [])
+        out[r["key"]] = dict(verify=rows, verify_rc=p.returncode, tests=failed, setting=setting)
+        print(f"{r['key']}: verify {len(rows)} failing rows (exit {p.returncode}), tests "
+              f"{len(failed)} failing", flush=True)
+    shutil.rmtree(session.parent / "recheck", ignore_errors=True)
+    (session.parent / "recheck.json").write_text(json.dumps(out, indent=1) + "\n")
+    return out
+
+
 # ----------------------------------------------------------------------------- the report
 def _equivalent() -> dict:
     if not EQUIVALENT.exists():
@@ -192,8 +238,11 @@ def _key(m) -> str:
 
 
 def records(session: Path) -> list[dict]:
+    """One record per mutant that ran: where, which operator, the outcome (survived, killed by a
+    verify row, killed by a crash or timeout: no report, or only "run raised" rows), the failing
+    rows and the diff."""
     from cosmic_ray.work_db import WorkDB, use_db
-    from cosmic_ray.work_item import WorkerOutcome
+    from cosmic_ray.work_item import TestOutcome, WorkerOutcome
 
     out = []
     with use_db(str(session), WorkDB.Mode.open) as db:
@@ -204,11 +253,12 @@ def records(session: Path) -> list[dict]:
             text = result.output or ""
             failing = [ln.split("FAIL ", 1)[1] for ln in text.splitlines()
                        if ln.startswith(f"{MARK} FAIL ")]
+            checks = [f for f in failing if not f.endswith(": run raised")]
             if result.test_outcome is None or result.worker_outcome != WorkerOutcome.NORMAL:
                 how = "error"
-            elif str(result.test_outcome) == "survived":
+            elif result.test_outcome == TestOutcome.SURVIVED:
                 how = "survived"
-            elif failing:
+            elif checks:
                 how = "killed by verify"
             else:
                 how = "killed by crash or timeout"
@@ -221,12 +271,20 @@ def records(session: Path) -> list[dict]:
 def write_report(session: Path, name: str, meta: dict) -> Path:
     recs = records(session)
     eq = _equivalent()
+    again = session.parent / "recheck.json"
+    again = json.loads(again.read_text()) if again.exists() else {}
     for r in recs:
         r["equivalent"] = eq.get(r["key"], "") if r["outcome"] == "survived" else ""
+        if r["outcome"] == "survived" and r["key"] in again:
+            r["recheck"] = again[r["key"]]
     lines = [f"# Mutation run `{name}` (cosmic-ray, test command `linmeta verify "
              f"--{meta['setting']}`)", "",
              f"`{meta['command']}` -- {meta['date']}, {meta['seconds'] / 60:.1f} min.", "",
-             "| module | mutants | killed by verify | killed by crash/timeout | survived | "
+             "Killed by a check row: some verify row failed. Killed by a crash: a claim raised "
+             "(its row reads `run raised`: verify fails, red), verify gave no report, or it timed "
+             "out. The last column counts both against the non-equivalent mutants.", "",
+             "| module | mutants | killed by a check row | killed by a crash or timeout | "
+             "survived | "
              "equivalent | verify kills of the non-equivalent |", "|---|---|---|---|---|---|---|"]
     for mod in sorted({r["module"] for r in recs}):
         rs = [r for r in recs if r["module"] == mod]
@@ -235,13 +293,29 @@ def write_report(session: Path, name: str, meta: dict) -> Path:
         kc = sum(r["outcome"] == "killed by crash or timeout" for r in rs)
         sv = sum(r["outcome"] == "survived" for r in rs)
         eqn = sum(bool(r["equivalent"]) for r in rs)
-        denom = n - eqn - kc
-        share = f"{kv}/{denom} ({100 * kv / denom:.0f}%)" if denom else "-"
+        denom = n - eqn
+        share = f"{kv + kc}/{denom} ({100 * (kv + kc) / denom:.0f}%)" if denom else "-"
         lines.append(f"| `{mod}` | {n} | {kv} | {kc} | {sv} | {eqn} | {share} |")
-    lines += ["", "## Survivors", ""]
+    again = [r.get("recheck") for r in recs if r["outcome"] == "survived" and r.get("recheck")]
+    if again:
+        kv = sum(bool(x["verify"]) for x in again)
+        kt = sum(bool(x["tests"]) and not x["verify"] for x in again)
+        left = sum(r["outcome"] == "survived" and not r["equivalent"] and not (
+            r.get("recheck") and (r["recheck"]["verify"] or r["recheck"]["tests"])) for r in recs)
+        lines += ["", f"Survivors run again on the tree as it is now: {kv} killed by a verify row, "
+                      f"{kt} more by a test only, {left} neither (and not stated equivalent)."]
+    lines += ["", "## Survivors", "",
+              "Each survivor run again on the working tree as it is now (`python -m "
+              "benchmarks.mutation_tool recheck`): the verify rows and tests that now fail, or why "
+              "it is equivalent.", ""]
     for r in recs:
         if r["outcome"] == "survived":
             why = f"equivalent: {r['equivalent']}" if r["equivalent"] else "**not explained**"
+            again = r.get("recheck")
+            if again and (again["verify"] or again["tests"]):
+                why = "now killed by " + "; ".join(
+                    [f"verify --{again['setting']} row `{v}`" for v in again["verify"]] +
+                    [f"test `{t}`" for t in again["tests"]])
             lines += [f"- `{r['module']}:{r['line']}` {r['operator']} #{r['occurrence']}: {why}",
                       "", "```diff", r["diff"].strip(), "```", ""]
     md = RESULTS / f"mutation_tool_{name}.md"
@@ -260,8 +334,8 @@ def main(argv=None) -> int:
     c.add_argument("--setting", choices=("tiny", "quick", "full"), default="quick")
     c.add_argument("--claims", required=True)
     c.add_argument("--timeout", type=float, default=900.0)
-    r = sub.add_parser("run", help="a mutation run of one configuration")
-    r.add_argument("config", type=Path)
+    r = sub.add_parser("run", help="a mutation run of one configuration, or of every one ('all')")
+    r.add_argument("config", help="a config file, or 'all': every benchmarks/cosmic-ray/*.toml")
     r.add_argument("--setting", choices=("tiny", "quick"), default="quick")
     r.add_argument("--sample", type=int, default=None,
                    help="mutants drawn at random (default: the config's sample, else all)")
@@ -273,6 +347,13 @@ def main(argv=None) -> int:
                    help="only this module of the config (repeatable)")
     r.add_argument("--python", default=sys.executable,
                    help="the Python that runs verify (default: this one)")
+    k = sub.add_parser("recheck", help="run the survivors of a session again (verify, tests)")
+    k.add_argument("session", type=Path)
+    k.add_argument("--claims", required=True)
+    k.add_argument("--setting", choices=("tiny", "quick"), default="quick")
+    k.add_argument("--tests", nargs="*", default=[], help="test files to run on each survivor")
+    k.add_argument("--python", default=sys.executable)
+    k.add_argument("--timeout", type=float, default=900.0)
     s = sub.add_parser("report", help="rewrite the report of a (partial) session")
     s.add_argument("session", type=Path)
     s.add_argument("--name", default=None)
@@ -280,12 +361,22 @@ def main(argv=None) -> int:
     if a.cmd == "check":
         return check(a.setting, a.claims, a.timeout)
     if a.cmd == "run":
-        run(a.config.resolve(), setting=a.setting, sample=a.sample, seed=a.seed, work=a.work,
-            timeout=a.timeout, python=a.python, modules=a.module)
+        configs = sorted(CONFIGS.glob("*.toml")) if a.config == "all" else [Path(a.config)]
+        if a.config == "all" and (a.work or a.module):
+            p.error("--work and --module name one configuration, not 'all'")
+        for config in configs:
+            run(config.resolve(), setting=a.setting, sample=a.sample, seed=a.seed, work=a.work,
+                timeout=a.timeout, python=a.python, modules=a.module)
         return 0
-    write_report(a.session, a.name or a.session.parent.name,
-                 dict(setting="?", command=f"report {a.session}", date=time.strftime(
-                     "%Y-%m-%d %H:%M"), seconds=0.0))
+    if a.cmd == "recheck":
+        recheck(a.session, setting=a.setting, claims=a.claims, tests=a.tests, python=a.python,
+                timeout=a.timeout)
+        return 0
+    name = a.name or a.session.parent.name
+    previous = RESULTS / f"mutation_tool_{name}.json"   # the run's own description, if written
+    meta = (json.loads(previous.read_text())["meta"] if previous.exists() else
+            dict(setting="?", command=f"report {a.session}", seconds=0.0))
+    write_report(a.session, name, dict(meta, date=time.strftime("%Y-%m-%d %H:%M")))
     return 0
 
 

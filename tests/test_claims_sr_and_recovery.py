@@ -53,11 +53,13 @@ def test_sr_minimiser_hand_built():
 # ----------------------------------------------------------------------------- C2
 def test_orthogonal_case_is_k_s4_over_T():
     k, T, s, d = 2, 2, 1.5, 6
-    bias, eig_dev, resid = jax.jit(lambda key: c2._orthogonal_case(key, d=d, k=k, T=T, s=s))(
+    bias, eig_dev, resid, res_dev = jax.jit(
+        lambda key: c2._orthogonal_case(key, d=d, k=k, T=T, s=s))(
         jax.random.key(3))
     ey, psd = c2.orthogonal_rank_errors(resid)
     assert float(bias) == pytest.approx(k * s ** 4 / T, rel=1e-12)
     assert float(eig_dev) < 1e-12
+    assert float(res_dev) < 1e-13  # theory.sr_residual against M*_new - A_SR from the solver
     # residual eigenvalues s^2 (k) and -s^2/T (Tk): the rank-r errors by hand
     sq = np.sort(np.array([s ** 4] * k + [s ** 4 / T ** 2] * (T * k)))[::-1]
     for r in range(d + 1):

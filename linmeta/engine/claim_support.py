@@ -13,6 +13,9 @@
   statistics in fixed-size vmapped chunks, so that C3 and C7 share one compilation.
 - :func:`single_thread_blas`: one OpenBLAS thread for the verification processes (many small
   LAPACK calls; threads only contend).
+- :func:`lbfgs_best_of_starts`, :func:`optimality_measures`: the optimality rows of exact solvers
+  (first-order condition at the solver's point; SciPy's L-BFGS from several starts on the same
+  objective must find nothing lower).
 
 matplotlib is imported only inside :func:`pyplot` (Agg backend), so numeric code never pulls it in.
 """
