@@ -209,7 +209,8 @@ def plot(result: ClaimResult, out_dir) -> list:
     ax1.set_xticklabels(names, fontsize=6, rotation=30, ha="right")
     ax1.set_ylabel("residual (per seed)")
     ax1.set_title("exact identities", fontsize=9)
-    ax1.legend(fontsize=7, loc="lower right")
+    ax1.set_ylim(top=ax1.get_ylim()[1] * 1e4)   # room for the legend above the points
+    ax1.legend(fontsize=7, loc="upper right")
     fig.suptitle(f"R3  ANIL, first-order ANIL, one-step MAML, average loss  ({D['setting']})",
                  fontsize=10)
     fig.tight_layout()
