@@ -159,6 +159,9 @@ def test_c8_map_has_one_colour_bar_per_row():
     bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
     assert len(bars) == 5                 # rows (a)-(e)
     assert all(b.get_ylabel() for b in bars)
+    # the Hessian panel's limits are the census' tolerances, whatever the drawing process's dtype
+    hessian = [ax for ax in fig.axes if "Hessian" in ax.get_title()][0]
+    assert hessian.get_ylim()[0] == pytest.approx(-record["tolerances"]["hessian"])
     plt.close(fig)
 
 

@@ -770,12 +770,14 @@ def draw_map(record):
     ax.scatter([], [], marker="s", color="tab:orange", label="degenerate (n_flat > 0)")
     ax.scatter([], [], marker="s", facecolors="none", edgecolors="tab:orange",
                label=f"hollow: far out, ||U||^2/c >= {landscape.ESCAPE_SIZE:g}")
-    ax.axvline(1e-12, color="k", ls=":", lw=1)
+    # the census' own tolerances (its dtype's), not those of the process drawing it
+    tol = record.get("tolerances") or landscape.default_tolerances(record.get("dtype"))._asdict()
+    ax.axvline(tol["objective"], color="k", ls=":", lw=1)
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xscale("log")
     ax.set_yscale("symlog", linthresh=1e-7)
-    ax.set_ylim(-landscape.default_tolerances().hessian, 1.0)  # spurious: eig >= -tol.hessian c
-    ax.set_xlabel(r"$G/c^2$ (global tolerance $10^{-12}$ dotted)", fontsize=8)
+    ax.set_ylim(-tol["hessian"], 1.0)  # spurious: eig >= -tol.hessian c
+    ax.set_xlabel(f"G/c^2 (global tolerance {tol['objective']:g} dotted)", fontsize=8)
     ax.set_ylabel("smallest restricted Hessian eigenvalue / c", fontsize=8)
     ax.set_title("Hessian evidence at every spurious minimum" + ("" if any_point else
                                                                   " (none found)"), fontsize=8)
