@@ -170,8 +170,9 @@ def test_paper_vary_legend_outside(monkeypatch, tmp_path):
     close = plt.close
     monkeypatch.setattr(plt, "close", lambda fig=None: None)
     x = np.arange(5.0)
-    row = lambda v: dict(value=v, steps=x, **{f"{k}_{s}": np.exp(-x) * (1 + v) for k in ("ml", "sr")  # noqa
-                                               for s in ("mean", "min", "max")})
+    def row(v):
+        return dict(value=v, steps=x, **{f"{k}_{s}": np.exp(-x) * (1 + v) for k in ("ml", "sr")
+                                         for s in ("mean", "min", "max")})
     panel = dict(name="T", rows=[row(2), row(3)], fixed=dict(d=6, k=1), runs=2, outer_steps=3,
                  sr_steps=3, noise_std=0.01, protocol="paper")
     before = set(plt.get_fignums())
