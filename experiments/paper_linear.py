@@ -183,17 +183,18 @@ def plot_panel(panel: dict, out_dir: Path, setting: str) -> list[str]:
     name = panel["name"]
     by = panel.get("rows_by_protocol") or {panel.get("protocol", "paper"): panel["rows"]}
     protos = list(by)
-    fig, axes = plt.subplots(1, len(protos), figsize=(7.0 * len(protos), 5.6), squeeze=False,
+    height = 6.2   # inches: the axes, one legend below them, the note below that
+    fig, axes = plt.subplots(1, len(protos), figsize=(7.0 * len(protos), height), squeeze=False,
                              sharey=True)
     for ax, p in zip(axes[0], protos):
         _draw(ax, panel, by[p], name)
         ax.set_title(f"protocol '{p}': {_PROTOCOL_TITLES.get(p, p)}" if len(protos) > 1 else
                      f"vary {name}; protocol '{p}'", fontsize=9)
-        ax.legend(fontsize=7, loc="upper right", ncol=2)
     axes[0][0].set_ylabel("test task loss  $\\sum_i \\|(M - M^*) x_i\\|^2$ "
                           "(sum over the n fine-tuning inputs)")
     fixed = ", ".join(f"{k}={v}" for k, v in panel["fixed"].items())
-    fig.suptitle(f"vary {name} ({fixed}); mean and min-max over {panel['runs']} runs", y=0.99)
+    fig.suptitle(f"vary {name} ({fixed}); mean and min-max over {panel['runs']} runs "
+                 f"({setting})", y=0.99)
     note = (f"Meta-LoRA: {panel['outer_steps']} x (10 adapter + 1 base) GD steps; SR: "
             f"{panel['sr_steps']} GD steps; fine-tuning: rank k (3k at T=2) U V^T by GD, lr "
             f"0.005, on the same n samples for both bases. Noise std {panel['noise_std']:g} "
@@ -214,7 +215,13 @@ def plot_panel(panel: dict, out_dir: Path, setting: str) -> list[str]:
     width = 125 * len(protos)
     text = "\n".join(line for para in paragraphs for line in textwrap.wrap(para, width))
     n_lines = text.count("\n") + 1
-    fig.tight_layout(rect=(0, 0.02 + 0.03 * n_lines * (1 if len(protos) > 1 else 1.3), 1, 0.97))
+    # the note (bottom), then one legend for every panel (the panels share their curves' labels),
+    # outside the axes so that no curve is covered
+    note_top = 0.01 + (0.155 * n_lines * (1 if len(protos) > 1 else 1.3) + 0.05) / height
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, note_top),
+               ncol=len(by[protos[0]]), fontsize=7.5, frameon=False)
+    fig.tight_layout(rect=(0, note_top + 0.5 / height, 1, 0.97))
     fig.text(0.01, 0.01, text, fontsize=7, va="bottom", ha="left")
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []

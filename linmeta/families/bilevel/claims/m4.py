@@ -190,19 +190,29 @@ def _panel(ax, x, Y, color, label, ls="-", marker="o", floor=1e-16):
     ax.plot(x, np.nanmedian(Y, axis=0), ls=ls, marker=marker, color=color, label=label, ms=4)
 
 
+def _floor_note(ax, value, floor):
+    """Say on the panel where the Meta-LoRA line is drawn: at its median, or at the floor."""
+    text = (f"Meta-LoRA median {value:.1e} < floor: drawn at {floor:g}" if value < floor
+            else f"Meta-LoRA median {value:.1e}")
+    ax.annotate(text, xy=(0.02, max(value, floor)), xycoords=("axes fraction", "data"),
+                xytext=(0, 3), textcoords="offset points", fontsize=7, va="bottom")
+
+
 def plot(result: ClaimResult, out_dir) -> list:
     """``bilevel_vs_K_T3`` (and ``_T2``, ``bilevel_vs_T`` at the full setting): base error and
-    rank-k fine-tuning error against K, every method, with Meta-LoRA and SR."""
+    rank-k fine-tuning error against K, every method, with Meta-LoRA and SR. The legends sit
+    outside the axes (below the panels, right of the T panel), so no curve is covered."""
     plt = pyplot()
     D = result.data
     cfg = D["cfg"]
     paths = []
+    seeds = f"median and min-max over {cfg['seeds']} seeds"
     for T, P in D["per_T"].items():
-        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+        fig, axes = plt.subplots(1, 2, figsize=(12, 5.6))
         x = np.asarray(cfg["Ks"], float)
         xp = np.where(x == 0, 0.5, x)  # K = 0 drawn at 0.5 on the log axis
-        for j, (key, ylab) in enumerate(((1, "||A_hat - A*||_F / ||A*||_F"),
-                                         (2, f"rank-{cfg['ft_rank']} fine-tuning error "
+        for j, (key, ylab) in enumerate(((1, "relative base error\n||A_hat - A*||_F / ||A*||_F"),
+                                         (2, f"rank-{cfg['ft_rank']} fine-tuning error\n"
                                              "min ||M*_new - A_hat - Delta||_F^2"))):
             ax = axes[j]
             for m in cfg["methods"]:
@@ -215,37 +225,44 @@ def plot(result: ClaimResult, out_dir) -> list:
             ml = refs["ml_base_error"] / refs["a_norm"] if j == 0 else refs["ml_ft_bias"]
             sr = refs["sr_base_error"] / refs["a_norm"] if j == 0 else refs["sr_ft_bias"]
             ax.axhline(max(np.median(ml), FLOOR[key]), color="k", lw=1.5,
-                       label=f"Meta-LoRA (floor {FLOOR[key]:g})")
-            ax.axhline(np.median(sr), color="tab:red", lw=1.5, ls=":", label="SR")
+                       label="Meta-LoRA (median; drawn at the panel's floor, "
+                       f"{FLOOR[1]:g} left / {FLOOR[2]:g} right, where below it)")
+            _floor_note(ax, float(np.median(ml)), FLOOR[key])
+            ax.axhline(np.median(sr), color="tab:red", lw=1.5, ls=":", label="SR (median)")
             ax.set_xscale("log")
             ax.set_yscale("log")
             ax.set_xlabel("inner steps K  (K = 0 at 0.5)")
             ax.set_ylabel(ylab)
+            ax.set_title("base" if j == 0 else "fine-tuning on unseen tasks", fontsize=9)
             ax.grid(True, alpha=0.3)
-        axes[0].legend(fontsize=7, ncol=2)
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=7.5, frameon=False)
         fig.suptitle(f"bilevel retraining against K, T={T}, d={cfg['d']}, k={cfg['k']}, "
-                     f"population, median and min-max over {cfg['seeds']} seeds "
+                     f"population, {seeds} (bands; values below a floor drawn at it) "
                      f"({D['setting']})", fontsize=10)
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0.13, 1, 0.96), w_pad=3)
         paths += save_figure(fig, out_dir, f"bilevel_vs_K_T{T}", dpi=figure_dpi(D["setting"]))
     if D["sweep"]:
         S = D["sweep"]
-        fig, ax = plt.subplots(figsize=(6.5, 4.5))
+        fig, ax = plt.subplots(figsize=(9.5, 4.8))
         Ts = np.asarray(S["Ts"], float)
         for m in cfg["methods"]:
             _panel(ax, Ts, np.stack([v[0] for v in S["values"][m]], axis=1), METHOD_COLOR[m],
-                   f"{METHOD_LABEL[m]}, LoRA inner")
+                   f"{METHOD_LABEL[m]}, rank-{cfg['k']} LoRA inner")
             _panel(ax, Ts, np.stack([v[1] for v in S["values"][m]], axis=1), METHOD_COLOR[m],
-                   f"plain {METHOD_LABEL[m]}", ls="--", marker="s")
-        _panel(ax, Ts, np.stack([v[0] for v in S["values"]["ref"]], axis=1), "k", "Meta-LoRA")
+                   f"plain {METHOD_LABEL[m]} (full-rank inner)", ls="--", marker="s")
+        _panel(ax, Ts, np.stack([v[0] for v in S["values"]["ref"]], axis=1), "k",
+               f"Meta-LoRA (values below {1e-16:g} drawn at it)")
         _panel(ax, Ts, np.stack([v[1] for v in S["values"]["ref"]], axis=1), "tab:red", "SR",
                ls=":")
         ax.set_yscale("log")
+        ax.set_xticks(Ts)
         ax.set_xlabel("retraining tasks T")
-        ax.set_ylabel("||A_hat - A*||_F / ||A*||_F")
-        ax.set_title(f"against T, K={cfg['K_ablation']}, d={cfg['d']}, k={cfg['k']}",
+        ax.set_ylabel("relative base error ||A_hat - A*||_F / ||A*||_F")
+        ax.set_title(f"bilevel retraining against T, K={cfg['K_ablation']}, d={cfg['d']}, "
+                     f"k={cfg['k']}, population,\n{seeds} (bands) ({D['setting']})",
                      fontsize=10)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7.5, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
         ax.grid(True, alpha=0.3)
         fig.tight_layout()
         paths += save_figure(fig, out_dir, "bilevel_vs_T", dpi=figure_dpi(D["setting"]))

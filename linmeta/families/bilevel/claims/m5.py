@@ -99,7 +99,7 @@ def plot(result: ClaimResult, out_dir) -> list:
     plt = pyplot()
     D = result.data
     cfg = D["cfg"]
-    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(12, 4.5),
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(12, 5.2),
                                    gridspec_kw=dict(width_ratios=[1, 1.6]))
     ranks = np.asarray(sorted(set(D["ranks"]) | {cfg["k"]}), float)
     for m in cfg["methods"]:
@@ -111,30 +111,35 @@ def plot(result: ClaimResult, out_dir) -> list:
                          alpha=0.15, lw=0)
         ax0.plot(ranks, np.nanmedian(Y, 0), "o-", color=METHOD_COLOR[m], label=METHOD_LABEL[m])
     t = D["table"][cfg["methods"][0]]
-    ax0.axhline(max(np.median(t["Meta-LoRA"]), 1e-28), color="k", label="Meta-LoRA (floor 1e-28)")
-    ax0.axhline(np.median(t["SR"]), color="tab:red", ls=":", label="SR")
-    ax0.axvline(cfg["ft_rank"], color="grey", lw=0.8, ls="--")
+    ax0.axhline(max(np.median(t["Meta-LoRA"]), 1e-28), color="k",
+                label="Meta-LoRA (median; drawn at the floor 1e-28 where below it)")
+    ax0.axhline(np.median(t["SR"]), color="tab:red", ls=":", label="SR (median)")
+    ax0.axvline(cfg["ft_rank"], color="grey", lw=0.8, ls="--",
+                label=f"fine-tuning rank {cfg['ft_rank']}")
     ax0.set_yscale("log")
     ax0.set_xlabel("inner adapter rank r (U V^T)")
     ax0.set_ylabel(f"rank-{cfg['ft_rank']} fine-tuning error")
-    ax0.set_title(f"inner rank (K={cfg['K_ablation']}; dashed: fine-tuning rank)", fontsize=9)
-    ax0.legend(fontsize=7)
+    ax0.set_title(f"inner rank (K={cfg['K_ablation']}; median, band: min-max over seeds)",
+                  fontsize=9)
     labels = list(t)
     x = np.arange(len(labels))
     for j, m in enumerate(cfg["methods"]):
         tm = D["table"][m]
         Y = positive(np.stack([tm[lab] for lab in labels], axis=1), 1e-28)
         off = (j - 1) * 0.25
-        ax1.bar(x + off, np.nanmedian(Y, 0), width=0.25, color=METHOD_COLOR[m],
-                label=METHOD_LABEL[m], alpha=0.8)
+        ax1.bar(x + off, np.nanmedian(Y, 0), width=0.25, color=METHOD_COLOR[m], alpha=0.8)
         ax1.plot(np.repeat(x + off, Y.shape[0]).reshape(len(x), -1).T, Y, "k.", ms=3)
     ax1.set_yscale("log")
     ax1.set_xticks(x)
     ax1.set_xticklabels(labels, fontsize=7, rotation=20)
-    ax1.set_ylabel(f"rank-{cfg['ft_rank']} fine-tuning error (median, dots: seeds)")
-    ax1.set_title("priming ablation", fontsize=9)
-    ax1.legend(fontsize=7)
+    ax1.set_ylabel(f"rank-{cfg['ft_rank']} fine-tuning error")
+    ax1.set_title(f"priming ablation (K={cfg['K_ablation']}; bars: median, dots: seeds, "
+                  "values below 1e-28 drawn at it)", fontsize=9)
+    handles, names = ax0.get_legend_handles_labels()
+    handles.append(plt.Line2D([], [], color="k", marker=".", ls="none", ms=6))
+    names.append(f"one seed (of {cfg['seeds']})")
+    fig.legend(handles, names, loc="lower center", ncol=4, fontsize=7.5, frameon=False)
     fig.suptitle(f"M5  does the inner loop have to match the fine-tuning?  T=3, d={cfg['d']}, "
-                 f"k={cfg['k']}, population ({D['setting']})", fontsize=10)
-    fig.tight_layout()
+                 f"k={cfg['k']}, population, {cfg['seeds']} seeds ({D['setting']})", fontsize=10)
+    fig.tight_layout(rect=(0, 0.09, 1, 0.97))
     return save_figure(fig, out_dir, "bilevel_ablation", dpi=figure_dpi(D["setting"]))

@@ -103,35 +103,46 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
 
 def plot(result: ClaimResult, out_dir) -> list:
     """``bilevel_step_size.{png,pdf}``: relative base error against ``a = alpha lambda`` per
-    method (diverged runs marked at the top), and the fraction of diverged and stalled runs."""
+    method (an x at the top where a seed diverged), and the fraction of diverged and stalled
+    runs; one legend below the panels explains colours, line styles and markers."""
     plt = pyplot()
     D = result.data
     cfg = D["cfg"]
-    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(12, 5.6))
     top = 10.0
     for (m, full), (As, err, div, stall) in D["curves"].items():
         ls, mk = ("--", "s") if full else ("-", "o")
-        lab = f"plain {METHOD_LABEL[m]}" if full else f"{METHOD_LABEL[m]}, LoRA inner"
+        lab = f"plain {METHOD_LABEL[m]} (full-rank inner)" if full else \
+            f"{METHOD_LABEL[m]}, rank-{cfg['k']} LoRA inner"
         Y = positive(np.where(div, np.nan, err))
         ax0.plot(As, np.nanmedian(np.where(np.isnan(Y), np.inf, Y), 0), ls=ls, marker=mk,
                  color=METHOD_COLOR[m], label=lab, ms=4)
         bad = div.any(axis=0)
         ax0.plot(As[bad], np.full(bad.sum(), top), "x", color=METHOD_COLOR[m], ms=8)
-        ax1.plot(As, div.mean(axis=0), ls=ls, marker=mk, color=METHOD_COLOR[m], label=lab, ms=4)
+        ax1.plot(As, div.mean(axis=0), ls=ls, marker=mk, color=METHOD_COLOR[m], ms=4)
         ax1.plot(As, stall.mean(axis=0), ls=":", marker=mk, mfc="none", color=METHOD_COLOR[m],
                  ms=4)
     ax0.set_xscale("log")
     ax0.set_yscale("log")
     ax0.set_xlabel("a = alpha lambda,  lambda = max_t ||M*_t||_2")
-    ax0.set_ylabel("median ||A_hat - A*||_F / ||A*||_F (x: a seed diverged)")
-    ax0.legend(fontsize=7)
+    ax0.set_ylabel("median ||A_hat - A*||_F / ||A*||_F")
+    ax0.set_title(f"base error, median over {cfg['seeds']} seeds (a diverged seed counts as "
+                  "+inf: no point where half diverged)", fontsize=9)
     ax0.grid(True, alpha=0.3)
     ax1.set_xscale("log")
     ax1.set_xlabel("a = alpha lambda")
-    ax1.set_ylabel("fraction of seeds diverged (lines), stalled (dotted)")
+    ax1.set_ylabel(f"fraction of the {cfg['seeds']} seeds")
+    ax1.set_title("diverged (filled markers) and stalled (dotted, open markers)", fontsize=9)
     ax1.set_ylim(-0.05, 1.05)
     ax1.grid(True, alpha=0.3)
+    handles, names = ax0.get_legend_handles_labels()
+    handles += [plt.Line2D([], [], color="grey", marker="x", ls="none", ms=8),
+                plt.Line2D([], [], color="grey", ls=":", marker="o", mfc="none", ms=4)]
+    names += [f"x at {top:g} (left): at least one seed diverged at this a",
+              "dotted, open marker (right): fraction stalled (objective fell < 1%)"]
+    fig.legend(handles, names, loc="lower center", ncol=3, fontsize=7.5, frameon=False)
     fig.suptitle(f"M6  inner step size: divergence and stalls   T=3, d={cfg['d']}, k={cfg['k']}, "
-                 f"K={cfg['K_alpha']}, population ({D['setting']})", fontsize=10)
-    fig.tight_layout()
+                 f"K={cfg['K_alpha']}, population, {cfg['seeds']} seeds ({D['setting']})",
+                 fontsize=10)
+    fig.tight_layout(rect=(0, 0.14, 1, 0.97))
     return save_figure(fig, out_dir, "bilevel_step_size", dpi=figure_dpi(D["setting"]))

@@ -690,12 +690,15 @@ def draw_map(record):
     Ts = sorted({c["T"] for c in cells})
     outer = record["config"]["alt_outer"]
     panels = [("global minima found with A_hat != A*, all methods (share; text: "
-               "non-identifying/global)", _identifiability(record), "Purples", 1.0)]
+               "non-identifying/global)", _identifiability(record), "Purples", 1.0,
+               "share of global minima\nwith A_hat != A*")]
     for m in METHODS:
         panels.append((f"{m}: runs at strict spurious minima (share; text: strict/degenerate "
-                       "spurious)", _shares(record, m, "spurious"), "Reds", None))
+                       "spurious)", _shares(record, m, "spurious"), "Reds", None,
+                       f"{m}: share of runs\nat strict spurious minima"))
     panels.append((f"alternating: runs not converged after {outer} outer iterations (share; "
-                   "text: count)", _shares(record, "alternating", "not converged"), "Greys", 1.0))
+                   "text: count)", _shares(record, "alternating", "not converged"), "Greys", 1.0,
+                   "share of runs\nnot converged"))
     nrow, ncol = len(panels), len(Ts)
     titles = [textwrap.wrap(f"({'abcdefgh'[i]}) {p[0]}", 40 * ncol) for i, p in enumerate(panels)]
     lines = max(len(t) for t in titles)
@@ -710,14 +713,16 @@ def draw_map(record):
     # 0.12 of an axes height above its axes, its lines stacked upwards
     margin = 0.25 + 0.17 * (suptitle.count("\n") + 1) + 0.12 * row_height + 0.15 * lines + 0.1
     height = margin + 0.4 + row_height * nrow
-    fig = plt.figure(figsize=(2.2 * ncol + 4.6, height))
+    fig = plt.figure(figsize=(2.2 * ncol + 5.8, height))
     top = 1 - margin / height
-    gs = fig.add_gridspec(nrow, ncol + 1, width_ratios=[1] * ncol + [1.9],
+    # columns: the T panels, an empty one (the rows' colour bars and their labels), the scatter
+    gs = fig.add_gridspec(nrow, ncol + 2, width_ratios=[1] * ncol + [0.45, 1.9],
                           hspace=0.3 + 0.2 * lines, wspace=0.45, left=0.06, right=0.98,
                           bottom=0.05, top=top)
-    for pi, (title, vals, cmap, vmax) in enumerate(panels):
+    for pi, (title, vals, cmap, vmax, bar_label) in enumerate(panels):
         if vmax is None:
             vmax = max([v[0] for v in vals.values() if np.isfinite(v[0])] + [0.05])
+        row_axes = []
         for ti, T in enumerate(Ts):
             ax = fig.add_subplot(gs[pi, ti])
             grid = np.full((len(ds), len(ks)), np.nan)
@@ -727,7 +732,8 @@ def draw_map(record):
                 grid[ds.index(d), ks.index(k)] = v
                 ax.text(ks.index(k), ds.index(d), txt, ha="center", va="center", fontsize=5.5,
                         color="white" if np.isfinite(v) and v > 0.6 * vmax else "black")
-            ax.imshow(grid, origin="lower", cmap=cmap, vmin=0, vmax=vmax, aspect="auto")
+            image = ax.imshow(grid, origin="lower", cmap=cmap, vmin=0, vmax=vmax, aspect="auto")
+            row_axes.append(ax)
             for j, k in enumerate(ks):  # the line 3k = d: cells on and above it have 3k <= d
                 y = next((i for i, d in enumerate(ds) if d >= 3 * k), len(ds)) - 0.5
                 ax.plot([j - 0.5, j + 0.5], [y, y], "b-", lw=2)
@@ -742,7 +748,11 @@ def draw_map(record):
                 ax.set_ylabel("d", fontsize=8)
                 ax.text(-0.25, 1.12, "\n".join(titles[pi]), transform=ax.transAxes,
                         fontsize=7.5, ha="left", va="bottom").set_in_layout(False)
-    ax = fig.add_subplot(gs[:, ncol])
+        # one colour bar per row (the T panels of a row share vmin = 0 and vmax)
+        bar = fig.colorbar(image, ax=row_axes, fraction=0.03, pad=0.02, aspect=12)
+        bar.ax.tick_params(labelsize=6)
+        bar.set_label(bar_label, fontsize=6.5)
+    ax = fig.add_subplot(gs[:, ncol + 1])
     markers = {"newton": "o", "alternating": "s", "critical points": "^"}
     any_point = False
     for c in cells:
@@ -760,12 +770,14 @@ def draw_map(record):
     ax.scatter([], [], marker="s", color="tab:orange", label="degenerate (n_flat > 0)")
     ax.scatter([], [], marker="s", facecolors="none", edgecolors="tab:orange",
                label=f"hollow: far out, ||U||^2/c >= {landscape.ESCAPE_SIZE:g}")
-    ax.axvline(1e-12, color="k", ls=":", lw=1)
+    # the census' own tolerances (its dtype's), not those of the process drawing it
+    tol = record.get("tolerances") or landscape.default_tolerances(record.get("dtype"))._asdict()
+    ax.axvline(tol["objective"], color="k", ls=":", lw=1)
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xscale("log")
     ax.set_yscale("symlog", linthresh=1e-7)
-    ax.set_ylim(-landscape.default_tolerances().hessian, 1.0)  # spurious: eig >= -tol.hessian c
-    ax.set_xlabel(r"$G/c^2$ (global tolerance $10^{-12}$ dotted)", fontsize=8)
+    ax.set_ylim(-tol["hessian"], 1.0)  # spurious: eig >= -tol.hessian c
+    ax.set_xlabel(f"G/c^2 (global tolerance {tol['objective']:g} dotted)", fontsize=8)
     ax.set_ylabel("smallest restricted Hessian eigenvalue / c", fontsize=8)
     ax.set_title("Hessian evidence at every spurious minimum" + ("" if any_point else
                                                                   " (none found)"), fontsize=8)

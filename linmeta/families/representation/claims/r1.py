@@ -80,7 +80,7 @@ def plot(result: ClaimResult, out_dir) -> list:
     ax.set_xlabel("alternating-minimisation iteration")
     ax.set_ylabel("sin(largest principal angle) to top-k eigvecs of C")
     ax.set_title(f"R1  FrozenRep (population) = PCA of the tasks   d={D['d']}, k={D['k']}, "
-                 f"T={D['T']}  ({D['setting']})", fontsize=9)
+                 f"T={D['T']}, {D['traj'].shape[0]} seeds  ({D['setting']})", fontsize=9)
     ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()

@@ -103,33 +103,40 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
             spread(rel[:, j]),
             f"|mean| <= 3 SE ({se:.2e})", bool(abs(r) <= 3 * se), "check",
             note + f"; per-seed |z| max {np.abs(z[:, j]).max():.2f}"))
-    data = dict(setting=setting, d=d, k=k, ms=np.asarray(ms, float), **out)
+    data = dict(setting=setting, d=d, k=k, draws=R, ms=np.asarray(ms, float), **out)
     return ClaimResult(CLAIM, rows, data, time.perf_counter() - t0)
 
 
 def plot(result: ClaimResult, out_dir) -> list:
-    """``rep_r2_frozen_floor.{png,pdf}``: measured risk against m per seed, prediction, floor."""
+    """``rep_r2_frozen_floor.{png,pdf}``: measured risk against m per seed, prediction, floor.
+    One colour per seed (a drawn ``B_hat`` and target), coloured by that seed's floor f: the
+    colour bar is the key."""
     plt = pyplot()
     D = result.data
     ms = D["ms"]
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
     cmap = plt.get_cmap("viridis")
     S = D["mean"].shape[0]
-    for s in range(S):
-        c = cmap(s / max(S - 1, 1))
+    norm = plt.Normalize(float(np.min(D["floor"])), float(np.max(D["floor"])))
+    for s in np.argsort(D["floor"]):
+        c = cmap(norm(float(D["floor"][s])))
         ax.errorbar(ms, D["mean"][s], yerr=3 * D["se"][s], fmt="o", color=c, ms=4, capsize=2)
         ax.plot(ms, D["pred"][s], "-", color=c, lw=1)
         ax.axhline(D["floor"][s], color=c, ls=":", lw=1)
     ax.plot([], [], "ko", label="Monte Carlo mean (3 SE bars)")
-    ax.plot([], [], "k-", label=r"$f + (\sigma^2 + f)\,k/(m-k-1)$")
+    ax.plot([], [], "k-", label=r"predicted $f + (\sigma^2 + f)\,k/(m-k-1)$")
     ax.plot([], [], "k:", label=r"floor $f = \|P_\perp \beta_0\|^2$")
+    bar = fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, pad=0.02)
+    bar.set_label(f"the seed's floor f (one colour per seed, {S} seeds)", fontsize=8)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("target samples m")
     ax.set_ylabel(r"$E\|\hat B \hat a - \beta_0\|^2$")
-    ax.set_title(f"R2  frozen representation: the target floor   d={D['d']}, k={D['k']} "
-                 f"({D['setting']})", fontsize=9)
-    ax.legend(fontsize=8)
+    draws = f" x {D['draws']} draws" if "draws" in D else ""
+    ax.set_title(f"R2  frozen representation: the target floor   d={D['d']}, k={D['k']}, "
+                 f"{S} seeds{draws} ({D['setting']})", fontsize=9)
+    ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3,
+              frameon=False)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     return save_figure(fig, out_dir, "rep_r2_frozen_floor", dpi=figure_dpi(D["setting"]))

@@ -183,22 +183,34 @@ def plot(result: ClaimResult, out_dir) -> list:
     ax0.set_ylim(1e-17, 2)
     ax0.set_xlabel("outer step")
     ax0.set_ylabel(r"$\sin\theta_{\max}(B_t, B^*)$")
-    ax0.set_title(f"population, d={D['d']}, k={D['k']}, T={D['T']}", fontsize=9)
+    ax0.set_title(f"population, d={D['d']}, k={D['k']}, T={D['T']}, "
+                  f"{D['anil_traj'].shape[0]} seeds (one line each)", fontsize=9)
     ax0.legend(fontsize=7, loc="lower left")
     ax0.grid(True, which="both", alpha=0.3)
     names = ["closed form\nvs ANIL", "closed form\nvs FO-ANIL", "MAML (w0=0)\nvs ANIL",
              "MAML step\nvs ANIL step", "MAML step\n|w0|", "MAML w0-grad\nvs autodiff"]
     keys = ["closed_form_gap", "fo_closed_form_gap", "maml_fixed_gap", "maml_step_gap",
             "maml_step_w0", "maml_grad_rel"]
-    vals = [np.maximum(D[k_], 1e-20) for k_ in keys]
-    for i, v in enumerate(vals):
-        ax1.semilogy(np.full(v.shape, i), v, "o", color="tab:blue", ms=4)
+    floor = 1e-20   # a log axis: residuals below it (exact zeros among them) drawn at it
+    clipped_any = False
+    for i, k_ in enumerate(keys):
+        v = np.asarray(D[k_], float)
+        low = v < floor
+        clipped_any |= bool(low.any())
+        ax1.semilogy(np.full(int((~low).sum()), i), v[~low], "o", color="tab:blue", ms=4,
+                     label="residual of one seed" if i == 0 else None)
+        ax1.semilogy(np.full(int(low.sum()), i), np.full(int(low.sum()), floor), "v",
+                     mfc="none", color="tab:red", ms=7)
+    if clipped_any:
+        ax1.plot([], [], "v", mfc="none", color="tab:red", ms=7,
+                 label=f"below {floor:g} (0 included): drawn at {floor:g}")
     ax1.axhline(1e-12, color="k", ls="--", lw=1, label="tolerance 1e-12")
     ax1.set_xticks(range(len(names)))
     ax1.set_xticklabels(names, fontsize=6, rotation=30, ha="right")
     ax1.set_ylabel("residual (per seed)")
     ax1.set_title("exact identities", fontsize=9)
-    ax1.legend(fontsize=7)
+    ax1.set_ylim(top=ax1.get_ylim()[1] * 1e4)   # room for the legend above the points
+    ax1.legend(fontsize=7, loc="upper right")
     fig.suptitle(f"R3  ANIL, first-order ANIL, one-step MAML, average loss  ({D['setting']})",
                  fontsize=10)
     fig.tight_layout()

@@ -180,31 +180,45 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
         spread(smallest), "", bool(np.all(np.isfinite(smallest))), "measured",
         note + f"; n=k={k} samples per task suffice when T is large"))
     data = dict(setting=setting, d=d, k=k, ns=np.asarray(ns, float), Ts=np.asarray(Ts, float),
-                E_fro2=E_fro2, K=K, nmax=nmax, Tmax=Tmax)
+                E_fro2=E_fro2, K=K, nmax=nmax, Tmax=Tmax, reps=R, sigma=NOISE_STD)
     return ClaimResult(CLAIM, rows, data, time.perf_counter() - t0)
 
 
 def plot(result: ClaimResult, out_dir) -> list:
-    """``rep_r4_moments.{png,pdf}``: E||sin Theta||_F^2 against n and T, with (d-k)K/(nT)."""
+    """``rep_r4_moments.{png,pdf}``: E||sin Theta||_F^2 against n and T, with (d-k)K/(nT); the
+    figure defines K (module docstring) and gives its value."""
     plt = pyplot()
     D = result.data
     nn = len(D["ns"])
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.9), sharey=True)
     K = float(D["K"].mean())
+    S = D["E_fro2"].shape[0]
     for ax, x, cols, other, label in ((axes[0], D["ns"], slice(0, nn), D["Tmax"], "n"),
                                       (axes[1], D["Ts"], slice(nn, None), D["nmax"], "T")):
         Y = D["E_fro2"][:, cols]
-        for row in Y:
-            ax.loglog(x, row, "o", color="tab:blue", ms=4, alpha=0.7)
+        for i, row in enumerate(Y):
+            ax.loglog(x, row, "o", color="tab:blue", ms=4, alpha=0.7,
+                      label=f"one seed ({S} seeds)" if i == 0 else None)
         nT = x * other
-        ax.loglog(x, (D["d"] - D["k"]) * K / nT, "k--", lw=1, label=r"$(d-k)K/(nT)$")
+        ax.loglog(x, (D["d"] - D["k"]) * K / nT, "k--", lw=1,
+                  label=rf"first order: $(d-k)K/(nT)$, $K = {K:.3g}$")
         ax.set_xticks(x)
         ax.set_xticklabels([f"{int(v)}" for v in x])
         ax.xaxis.set_minor_formatter(plt.NullFormatter())
-        ax.set_xlabel(f"{label} ({'T' if label == 'n' else 'n'} = {int(other)})")
+        ax.set_xlabel(f"{'samples per task' if label == 'n' else 'tasks'} {label} "
+                      f"({'T' if label == 'n' else 'n'} = {int(other)})")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
-    axes[0].set_ylabel(r"$E\|\sin\Theta\|_F^2$ (mean over replicates, per seed)")
-    fig.suptitle(f"R4  method of moments, d={D['d']}, k={D['k']}  ({D['setting']})", fontsize=10)
-    fig.tight_layout()
+    reps = f" over {D['reps']} replicates" if "reps" in D else " over replicates"
+    axes[0].set_ylabel(r"$E\|\sin\Theta\|_F^2$ (mean" + reps + ", per seed)")
+    fig.suptitle(f"R4  method of moments, d={D['d']}, k={D['k']}, {S} seeds  ({D['setting']})",
+                 fontsize=10)
+    fig.text(0.5, 0.01,
+             r"$K = \sum_{i \leq k} \mathrm{mean}_t\, v_t(b_i) / (4\lambda_i(C)^2)$,  "
+             r"$v_t(b) = 3q_t^2 + 12 q_t c_t^2 + 6\sigma^2 (q_t + 2c_t^2) + 3\sigma^4$,  "
+             r"$q_t = \|\beta_t\|^2$, $c_t = \langle \beta_t, b\rangle$: "
+             r"$b_i$, $\lambda_i(C)$ the eigenvectors, eigenvalues of the heads' second moment $C$"
+             + (rf", $\sigma = {D['sigma']:g}$" if "sigma" in D else ""),
+             ha="center", va="bottom", fontsize=7.5)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     return save_figure(fig, out_dir, "rep_r4_moments", dpi=figure_dpi(D["setting"]))

@@ -118,8 +118,8 @@ def plot(result: ClaimResult, out_dir) -> list:
     ax.set_ylim(1e-17, 2)
     ax.set_xlabel("iteration (heads exactly, a step on B, QR)")
     ax.set_ylabel(r"$\sin\theta_{\max}(B_t, B^*)$")
-    ax.set_title(f"R5  FedRep late contraction   d={D['d']}, k={D['k']}, T={D['T']} "
-                 f"({D['setting']})", fontsize=9)
+    ax.set_title(f"R5  FedRep late contraction   d={D['d']}, k={D['k']}, T={D['T']}, "
+                 f"{traj.shape[0]} seeds ({D['setting']})", fontsize=9)
     ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
