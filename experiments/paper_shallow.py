@@ -121,8 +121,9 @@ def run(setting: str = "full", seed: int = 0, retrain_adapter: str = "asymmetric
         cell_key = jax.random.fold_in(key, T)
         if d != cfg["d"]:
             cell_key = jax.random.fold_in(cell_key, 1000 + d)
-        res = shallow.run_trials(cell_key, **dict(cfg, d=d, T=T),
-                                 retrain_adapter=retrain_adapter)
+        # blocked on: JAX dispatches asynchronously, and each cell's time must be its own
+        res = jax.block_until_ready(shallow.run_trials(cell_key, **dict(cfg, d=d, T=T),
+                                                       retrain_adapter=retrain_adapter))
         cells[d, T] = (res, time.perf_counter() - t1)
         out["cell_seconds"][f"d={d},T={T}"] = cells[d, T][1]
     if "T" in sweeps:
