@@ -1,6 +1,6 @@
 """Claim C8: a census of where Meta-LoRA optimisers end over the (d, k, T) grid of the C3 map.
 
-Thin script over :mod:`linmeta.claims.c8`: for every cell, Gaussian truths and random starts at
+Thin script over :mod:`linmeta.families.paper.claims.c8`: for every cell, Gaussian truths and random starts at
 scales 0.1, 0.5, 1, 2, run by saddle-free Newton, the paper's alternating protocol (end points
 polished) and a critical-point finder; every end point classified with Hessian evidence (global
 minimum, strict or degenerate spurious minimum, saddle, not converged, escaped to infinity), and

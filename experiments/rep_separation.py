@@ -1,6 +1,6 @@
 """Claim R7 (measured): the separation between frozen and fine-tuned representations.
 
-Thin script over :mod:`linmeta.claims.r7`. The full setting searches the instance family (task
+Thin script over :mod:`linmeta.families.representation.claims.r7`. The full setting searches the instance family (task
 diversity eps, perturbation size delta and direction, the number of perturbed tasks and whether
 they carry the largest or the smallest heads, the target's loading phi on the weak direction):
 a closed-form screen of every (instance, target) pair, then Monte Carlo of all fine-tuning arms

@@ -205,7 +205,7 @@ def _t_quantile(q, dof):
 
 def recompute_tolerance(rule, inputs):
     """The tolerance a rule gives for its inputs, written out here independently of
-    ``linmeta.claims._verdict`` (which the claims use). Returns ``(value, lower or None)``."""
+    ``linmeta.engine.verdict`` (which the claims use). Returns ``(value, lower or None)``."""
     from scipy import stats
 
     i = inputs

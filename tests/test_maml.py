@@ -197,7 +197,7 @@ def test_exact_inner_solve_hand_built():
 def test_asymmetric_profile_strictly_smaller_iff_no_best_rank_r_approximation_is_psd():
     # a skew part alone does not decide: R = 5 e1 e1^T + 0.1 (e3 e4^T - e4 e3^T), r = 1: the best
     # rank-1 approximation 5 e1 e1^T is PSD, both profiles are 1/2 ||skew||^2 = 0.01
-    from linmeta.claims.m2 import best_rank_r_is_psd, profiles
+    from linmeta.families.bilevel.claims.m2 import best_rank_r_is_psd, profiles
     e = np.eye(5)
     R = 5 * np.outer(e[0], e[0]) + 0.1 * (np.outer(e[2], e[3]) - np.outer(e[3], e[2]))
     got = [float(bl_theory.profiled_objective(jnp.zeros((5, 5)), jnp.asarray(R[None]), 1, a))

@@ -28,7 +28,7 @@ tiny_runs = tiny_claim_runs(EXPERIMENTS, "rep", body=_BODY)
 # ----------------------------------------------------------------------------- registry
 def test_representation_claims_are_registered_with_their_doc_anchors():
     assert family_claims("representation") == tuple(f"R{i}" for i in range(1, 8))
-    assert all(CLAIMS[c][1] == f"linmeta.claims.r{c[1]}" for c in EXPERIMENTS)
+    assert all(CLAIMS[c][1] == f"linmeta.families.representation.claims.r{c[1]}" for c in EXPERIMENTS)
     assert claim_doc("R4") == "docs/representation.md#r4"
     doc = open(os.path.join(REPO, "docs", "representation.md")).read()
     for cid in EXPERIMENTS:

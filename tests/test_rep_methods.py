@@ -85,7 +85,7 @@ def _balanced_truth(lams, seed=0):
 
 
 def _late(res, B_star):
-    from linmeta.claims._rep_support import late_rate
+    from linmeta.families.representation.claims._rates import late_rate
     d = jax.vmap(lambda B: metrics.subspace_distance(B, B_star))(res.history.value.representation)
     return late_rate(np.asarray(d))[0]
 
