@@ -412,11 +412,14 @@ def single_thread_blas() -> bool:
 __all__ += ["lbfgs_best_of_starts", "optimality_measures"]
 
 
-def lbfgs_best_of_starts(value_and_grad, starts, *, maxiter: int = 3000, gtol: float = 1e-12):
+def lbfgs_best_of_starts(value_and_grad, starts, *, maxiter: int = 1000, gtol: float = 1e-10,
+                         ftol: float = 1e-13):
     """Smallest value SciPy's L-BFGS-B reaches from each row of ``starts`` on ``value_and_grad``
     (a function ``x -> (f, grad f)`` of a float64 NumPy vector): the generic optimiser of the
     optimality rows, which compare an exact solver's value with what it finds (it must find
-    nothing lower). Knows nothing of the solver; returns ``(best value, best x)``."""
+    nothing lower). Knows nothing of the solver; returns ``(best value, best x)``. It stops at a
+    relative decrease of ``ftol`` per iteration: stopping early can only make it miss a lower
+    value, never report one that is not there."""
     from scipy.optimize import minimize  # deferred: SciPy only for the rows that use it
 
     def fun(x):
@@ -426,7 +429,7 @@ def lbfgs_best_of_starts(value_and_grad, starts, *, maxiter: int = 3000, gtol: f
     best, best_x = math.inf, None
     for x0 in np.atleast_2d(np.asarray(starts, dtype=float)):
         r = minimize(fun, x0, jac=True, method="L-BFGS-B",
-                     options=dict(maxiter=maxiter, gtol=gtol, ftol=1e-15, maxcor=30))
+                     options=dict(maxiter=maxiter, gtol=gtol, ftol=ftol, maxcor=30))
         if float(r.fun) < best:
             best, best_x = float(r.fun), np.asarray(r.x)
     return best, best_x

@@ -326,7 +326,8 @@ def inner_optimum_where_clipping_binds(rng, *, d, k, T, shift=0.3, starts=3) -> 
     foc, gain = optimality_measures(vg, x_hat, x0[0], x0)
     tol_foc = Tolerance.rounding(100 * d, what="gradient in U at the inner optimum / at a random "
                                  "point, eigendecomposition of d x d")
-    tol_gain = Tolerance.stated(1e-9, "accuracy of L-BFGS (gtol 1e-12) relative to the drop from "
+    tol_gain = Tolerance.stated(1e-9, "accuracy of L-BFGS (gtol 1e-10, ftol 1e-13) "
+                                "relative to the drop from "
                                 "a random point")
     binds = int(np.sum(lam_r < 0))
     return Verdict(

@@ -199,7 +199,8 @@ def pooled_least_squares_optimality(key, *, d, k, T, N=None, starts=3) -> Verdic
     cond = float(cond)
     tol_foc = Tolerance.rounding(100 * d, cond, what="gradient of F at A_SR / at 0, cond of "
                                  "mean S_xx")
-    tol_gain = Tolerance.stated(1e-9, "accuracy of L-BFGS (gtol 1e-12) relative to F(0) - F(A_SR)")
+    tol_gain = Tolerance.stated(1e-9, "accuracy of L-BFGS (gtol 1e-10, ftol 1e-13) "
+                                "relative to F(0) - F(A_SR)")
     return Verdict(
         CLAIM, f"pooled least squares is the SR optimum at finite N={N}: ||grad F(A_SR)||/||grad "
         f"F(0)||; L-BFGS ({starts} starts) finds nothing lower", 0.0, foc, float("nan"), tol_foc,

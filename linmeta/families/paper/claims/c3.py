@@ -433,7 +433,8 @@ def optimal_base_optimality(key, *, d, k, T, N=None, starts=3) -> Verdict:
                                     np.zeros(d * d), x0)
     tol_foc = Tolerance.rounding(100 * d, float(cond), what="gradient in A at A(U) / at 0, cond "
                                  "of sum_t S_xx,t")
-    tol_gain = Tolerance.stated(1e-9, "accuracy of L-BFGS (gtol 1e-12) relative to F(0) - F(A(U))")
+    tol_gain = Tolerance.stated(1e-9, "accuracy of L-BFGS (gtol 1e-10, ftol 1e-13) "
+                                "relative to F(0) - F(A(U))")
     return Verdict(
         CLAIM, f"eliminated base optimal_base(U) at finite N={N}, random U: ||grad_A F||/||grad_A "
         f"F(0)||; L-BFGS over A ({starts} starts) finds nothing lower", 0.0, foc, float("nan"),

@@ -354,7 +354,8 @@ def reduced_rank_optimality(key, *, d, rank, n=None, starts=3) -> Verdict:
     foc, gain = optimality_measures(lambda x: vg(jnp.asarray(x), base, stats), x_hat, x0[0], x0)
     tol_foc = Tolerance.rounding(100 * d, float(np.linalg.cond(stats.Sxx[0])),
                                  what="gradient at the fit / at a random point, cond of S_xx")
-    tol_gain = Tolerance.stated(1e-9, "accuracy of L-BFGS (gtol 1e-12) relative to the loss drop "
+    tol_gain = Tolerance.stated(1e-9, "accuracy of L-BFGS (gtol 1e-10, ftol 1e-13) "
+                                "relative to the loss drop "
                                 "from a random point")
     return Verdict(
         CLAIM, f"exact rank-{rank} fine-tuning reduced_rank_fit at n={n} (rank of the target d={d} "

@@ -158,7 +158,8 @@ def adaptrep_inner_optimality(key, *, d=6, k=2, T=3, n=12, lam=1.0, gamma=0.1, s
     foc_ridge = float(foc_ridge)
     tol_foc = Tolerance.rounding(100 * d, what=f"gradient after {steps} updates (linear "
                                  "convergence) / at the start")
-    tol_gain = Tolerance.stated(1e-9, "accuracy of L-BFGS (gtol 1e-12) relative to the drop from "
+    tol_gain = Tolerance.stated(1e-9, "accuracy of L-BFGS (gtol 1e-10, ftol 1e-13) "
+                                "relative to the drop from "
                                 "the start")
     return Verdict(
         CLAIM, f"AdaptRep exact inner update (adaptrep_inner, {steps} updates, lambda={lam:g}, "
