@@ -6,8 +6,8 @@ One entry for every claim (the same code ``linmeta verify`` runs, without its re
     python -m experiments.claims C2 C6 --setting quick                   # several
     python -m experiments.claims bilevel --setting full --out figures    # a family (M1-M6 share one grid)
 
-Writes each claim's figures (PNG and PDF) and ``claims_<ids>_<setting>.json`` (rows, seconds,
-figures) into ``--out`` (default ``results/claims``), prints the verdict rows; exit code 1 if a
+Writes each claim's figures (PNG and PDF) and a summary (rows, seconds, figures;
+``<family>_<setting>.json`` for a whole family, else ``claims_<ids>_<setting>.json``) into ``--out`` (default ``results/claims``), prints the verdict rows; exit code 1 if a
 check fails, 2 for bad input. ``--setting tiny`` takes seconds (the tests run it). Experiments
 that do more than one claim's rows have their own scripts beside this one.
 """

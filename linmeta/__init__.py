@@ -46,7 +46,9 @@ from .families.bilevel import maml
 from .front import report
 
 # Module paths of earlier versions, kept working (``import linmeta.theory``, ``from linmeta.paper
-# import ...``): each old name is the module at its place in the layers.
+# import ...``): each old name is the module at its place in the layers. Not ``linmeta.finetune``:
+# that name is the public function (importing a module under it would replace the function); the
+# module is ``linmeta.methods.finetune``.
 _MOVED = {
     "linmeta.theory": "linmeta.core.theory", "linmeta.data": "linmeta.core.data",
     "linmeta.problem": "linmeta.core.problem", "linmeta.losses": "linmeta.core.losses",
@@ -56,7 +58,7 @@ _MOVED = {
     "linmeta.retrain.standard": "linmeta.methods.standard",
     "linmeta.retrain._common": "linmeta.methods._common",
     "linmeta.retrain._matrix_free": "linmeta.methods._matrix_free",
-    "linmeta.finetune": "linmeta.methods.finetune", "linmeta.landscape": "linmeta.methods.landscape",
+    "linmeta.landscape": "linmeta.methods.landscape",
     "linmeta.protocols": "linmeta.engine.protocols", "linmeta.sweep": "linmeta.engine.sweep",
     "linmeta.runs": "linmeta.engine.runs", "linmeta.results": "linmeta.engine.results",
     "linmeta.config": "linmeta.engine.config", "linmeta.compile_cache": "linmeta.engine.compile_cache",

@@ -112,7 +112,7 @@ def test_large_d_reduced_rank_path_is_the_dense_one(dtype=jnp.float64, tol=1e-11
     # the Cholesky + subspace-iteration fit (used above DENSE_MAX_D), forced at d = 12: the same
     # adapter product as the dense eigh + SVD fit, at finite n (n >= d) and at the population;
     # n < d (singular S_xx) falls back to the dense fit
-    ft = importlib.import_module("linmeta.finetune")
+    ft = importlib.import_module("linmeta.methods.finetune")
     truth = linmeta.sample_truth(jax.random.key(5), 12, 2, 3, n_unseen=2, dtype=dtype)
     base = truth.A_star + 0.1 * jnp.eye(12, dtype=dtype)
     fast = jax.jit(ft._cholesky_reduced_rank, static_argnums=3)

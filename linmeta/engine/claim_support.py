@@ -242,8 +242,13 @@ def run_claims(words, setting: str = "full", out_dir="results/claims", seed: int
         summary[cid] = dict(seconds=time.perf_counter() - t0,
                             rows=[v.as_dict() for v in result.verdicts],
                             figures=[Path(p).name for p in paths])
-    name = "_".join(ids) if len(ids) <= 3 else f"{ids[0]}-{ids[-1]}"
-    _atomic_write(out / f"claims_{name}_{setting}.json",
+    words = [words] if isinstance(words, str) else list(words)
+    family = [w.lower() for w in words if w.lower() in claims.family_names()]
+    if len(words) == 1 and family:   # a whole family: <family>_<setting>.json
+        stem = family[0]
+    else:
+        stem = "claims_" + ("_".join(ids) if len(ids) <= 3 else f"{ids[0]}-{ids[-1]}")
+    _atomic_write(out / f"{stem}_{setting}.json",
                   json.dumps(dict(setting=setting, seed=seed, claims=summary), indent=1,
                              default=str).encode())
     return rows
