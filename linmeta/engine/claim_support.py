@@ -219,7 +219,7 @@ def run_claims(words, setting: str = "full", out_dir="results/claims", seed: int
     """Run claims (ids or family names, :func:`resolve_claims`) at ``setting`` in one process:
     float64 on, each claim's rows audited (:func:`linmeta.engine.verdict.audited`), its figures
     written into ``out_dir``, its rows printed through ``log``; a JSON summary (rows, seconds and
-    figures per claim) is written as ``out_dir/claims_<ids>_<setting>.json``. Returns every
+    figures per claim) is written as ``<family>_<setting>.json`` or ``claims_<ids>_<setting>.json``. Returns every
     verdict row. Claims of one family that share a computation (the bilevel grid) compute it
     once in one process."""
     ids = resolve_claims(words)
