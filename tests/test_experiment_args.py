@@ -73,3 +73,10 @@ def test_script_entry_point_checks_before_running(tmp_path):
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and "--seed" in proc.stderr
     assert proc.stdout == "" and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_default_out_is_not_the_committed_figures(name):
+    """A script run without --out writes under results/ (git-ignored), never into figures/."""
+    out = _parser(name).parse_args(["C3"] if name == "claims" else []).out
+    assert os.path.normpath(out).split(os.sep)[0] == "results", (name, out)
