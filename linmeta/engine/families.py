@@ -155,22 +155,21 @@ def load() -> None:
 
 
 def _load_all() -> None:
-    if True:
-        for module in _builtin_modules():
-            importlib.import_module(module)
+    for module in _builtin_modules():
+        importlib.import_module(module)
+    try:
+        eps = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+    except Exception as e:  # a broken distribution's metadata must not stop linmeta
+        eps = ()
+        _ERRORS["<entry points>"] = f"{type(e).__name__}: {e}"
+    for ep in sorted(eps, key=lambda e: e.name):
         try:
-            eps = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
-        except Exception as e:  # a broken distribution's metadata must not stop linmeta
-            eps = ()
-            _ERRORS["<entry points>"] = f"{type(e).__name__}: {e}"
-        for ep in sorted(eps, key=lambda e: e.name):
-            try:
-                _load_entry_point(ep)
-            except Exception as e:  # noqa: BLE001  any failure of a plugin is reported, not raised
-                message = f"{type(e).__name__}: {e}".splitlines()[0]
-                _ERRORS[ep.name] = message
-                print(f"linmeta: plugin family {ep.name!r} ({ep.value}) failed to load and is "
-                      f"skipped: {message}", file=sys.stderr)
+            _load_entry_point(ep)
+        except Exception as e:  # noqa: BLE001  any failure of a plugin is reported, not raised
+            message = f"{type(e).__name__}: {e}".splitlines()[0]
+            _ERRORS[ep.name] = message
+            print(f"linmeta: plugin family {ep.name!r} ({ep.value}) failed to load and is "
+                  f"skipped: {message}", file=sys.stderr)
 
 
 def load_errors() -> dict[str, str]:

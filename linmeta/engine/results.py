@@ -26,14 +26,10 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
-import hashlib
-import io
 import json
-import math
 import os
 import platform
 import sys
-import tempfile
 
 import jax
 import jax.numpy as jnp

@@ -20,8 +20,7 @@ from jax import lax
 
 from linmeta.core import losses
 from linmeta.core.data import TaskStats
-from linmeta.core.kernels import all_finite as _all_finite, excess_objective, mm as _mm, \
-    task_mean as _task_mean
+from linmeta.core.kernels import excess_objective, mm as _mm
 from linmeta.methods import run_steps
 
 __all__ = ["meta_lora_alternating", "sr_retraining", "finetune_both"]
