@@ -54,7 +54,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "benchmarks" / "cosmic-ray"
 RESULTS = REPO / "benchmarks" / "results"
-EQUIVALENT = RESULTS / "mutation_tool_equivalent.toml"
+EQUIVALENT = CONFIGS / "equivalent"   # one TOML per module: [mutant] key = "why"
 MARK = "LINMETA-VERIFY:"
 
 
@@ -63,8 +63,8 @@ def check(setting: str, claims: str, timeout: float) -> int:
     """``linmeta verify`` as a mutation test: prints the failing rows; exit 0 when every row
     passes, 1 when some row fails, 3 when verify produced no report (crash, import error)."""
     out = Path(os.environ.get("LINMETA_MUTATION_OUT", "_mutation_verify"))
-    cmd = [sys.executable, "-m", "linmeta", "verify", f"--{setting}", "--claims", claims,
-           "--json", "--no-figures", "--out", str(out)]
+    cmd = [sys.executable, "-m", "linmeta", "verify", f"--{setting}", "--json", "--no-figures",
+           "--out", str(out)] + (["--claims", claims] if claims else [])
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -118,8 +118,7 @@ def write_config(config: Path, path: Path, setting: str, timeout: float, python:
     """The committed cosmic-ray ``config`` with its test command at ``setting``, run by ``python``
     (the environment that has linmeta's dependencies); ``modules``: a subset of its modules."""
     cfg = load(config)
-    test = (f"{python} -m benchmarks.mutation_tool check --setting {setting} "
-            f"--claims {cfg['linmeta-mutation']['claims']} --timeout {timeout:g}")
+    test = f"{python} -m benchmarks.mutation_tool check --setting {setting} --timeout {timeout:g}"
     text = config.read_text()
     old = cfg["cosmic-ray"]["test-command"]
     text = text.replace(json.dumps(old), json.dumps(test))
@@ -151,13 +150,26 @@ def sample_pending(db_path: Path, n: int, seed: int) -> tuple[int, int]:
     return len(pending), len(keep)
 
 
+def all_modules() -> list[str]:
+    """Every module of every configuration (the coverage map covers them all)."""
+    out = []
+    for c in sorted(CONFIGS.glob("*.toml")):
+        out += [m for m in load(c)["cosmic-ray"]["module-path"] if m not in out]
+    return out
+
+
 def run(config: Path, *, setting: str, sample: int | None, seed: int, work: Path | None,
-        timeout: float, python: str, modules=None) -> Path:
+        timeout: float, python: str, modules=None, workers: int = 2,
+        plain: bool = False) -> Path:
+    """One configuration: a scratch copy of the working tree, ``cosmic-ray init``, the sample,
+    then the mutants through :mod:`benchmarks.mutation_runner` (default) or, with ``plain``,
+    through ``cosmic-ray exec`` and the whole verify per mutant."""
     cfg = load(config)
     lm = cfg["linmeta-mutation"]
     name = config.stem
     sample = lm.get("sample") if sample is None else sample
-    work = Path(work) if work else Path(os.environ.get("TMPDIR", "/tmp")) / f"linmeta-cr-{name}"
+    root = Path(os.environ.get("TMPDIR", "/tmp")) / "linmeta-cr"
+    work = Path(work) if work else root / name
     session = work / "session.sqlite"
     env = dict(os.environ, PYTHONPATH=str(work), PYTHONDONTWRITEBYTECODE="1",
                LINMETA_MUTATION_OUT=str(work / "_mutation_verify"))
@@ -171,66 +183,82 @@ def run(config: Path, *, setting: str, sample: int | None, seed: int, work: Path
             total, kept = sample_pending(session, int(sample), seed)
             print(f"{name}: {kept} of {total} mutants sampled (seed {seed})", flush=True)
     t0 = time.perf_counter()
-    subprocess.run([_tool("cosmic-ray"), "exec", "cosmic-ray.toml", "session.sqlite"], cwd=work,
-                   env=env, check=True)
-    meta = dict(config=str(config.relative_to(REPO)) if config.is_relative_to(REPO) else
-                str(config), setting=setting, sample=sample, seed=seed,
+    if plain:
+        subprocess.run([_tool("cosmic-ray"), "exec", "cosmic-ray.toml", "session.sqlite"],
+                       cwd=work, env=env, check=True)
+    else:
+        subprocess.run([python, "-m", "benchmarks.mutation_tool", "exec-fast", "session.sqlite",
+                        "--setting", setting, "--workers", str(workers),
+                        "--coverage", str(root / f"coverage-{setting}.json"),
+                        *[a for m in all_modules() for a in ("--file", m)]],
+                       cwd=work, env=env, check=True)
+    rel = str(config.relative_to(REPO)) if config.is_relative_to(REPO) else str(config)
+    meta = dict(config=rel, setting=setting, sample=sample, seed=seed, plain=plain,
                 seconds=round(time.perf_counter() - t0, 1), date=time.strftime("%Y-%m-%d %H:%M"),
-                command=" ".join(["python -m benchmarks.mutation_tool run",
-                                  str(config.relative_to(REPO)) if config.is_relative_to(REPO)
-                                  else str(config)] +
+                command=" ".join(["python -m benchmarks.mutation_tool run", rel] +
                                  [f"--module {m}" for m in modules or ()] +
-                                 ([f"--setting {setting}"] if setting != "quick" else []) +
+                                 ([f"--setting {setting}"] if setting != "tiny" else []) +
+                                 (["--plain"] if plain else []) +
                                  ([f"--sample {sample} --seed {seed}"] if sample else [])))
     return write_report(session, name, meta)
 
 
 # ----------------------------------------------------------------------------- survivors again
-def recheck(session: Path, *, setting: str, claims: str, tests: list[str], python: str,
-            timeout: float) -> dict:
-    """Every survivor of ``session`` again, on a fresh scratch copy of the working tree as it is
-    now (new rows, new tests): ``cosmic-ray apply`` the mutant, run the verify check and, with
-    ``tests``, ``pytest`` on those files. Returns ``{key: {"verify": rows, "tests": ids}}`` and
-    stores it beside the session (``recheck.json``), where :func:`write_report` finds it."""
-    out = {}
-    for r in records(session):
-        if r["outcome"] != "survived":
-            continue
-        work = session.parent / "recheck"
-        if work.exists():
-            shutil.rmtree(work)
-        work.mkdir()
-        scratch_copy(REPO, work)
-        env = dict(os.environ, PYTHONPATH=str(work), PYTHONDONTWRITEBYTECODE="1",
-                   LINMETA_MUTATION_OUT=str(work / "_mutation_verify"))
-        subprocess.run([_tool("cosmic-ray"), "apply", r["module"], r["operator"],
-                        str(r["occurrence"])], cwd=work, env=env, check=True)
-        p = subprocess.run([python, "-m", "benchmarks.mutation_tool", "check", "--setting",
-                            setting, "--claims", claims, "--timeout", f"{timeout:g}"], cwd=work,
-                           env=env, capture_output=True, text=True)
-        rows = [ln.split("FAIL ", 1)[1] for ln in p.stdout.splitlines()
-                if ln.startswith(f"{MARK} FAIL ")]
-        failed = []
-        if tests:
-            t = subprocess.run([python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rf",
-                                *tests], cwd=work, env=env, capture_output=True, text=True)
-            failed = [ln.split(" ", 1)[1].split(" - ")[0] for ln in t.stdout.splitlines()
-                      if ln.startswith("FAILED ")] or ([f"(pytest exit {t.returncode})"]
-                                                        if t.returncode not in (0, 5) else [])
-        out[r["key"]] = dict(verify=rows, verify_rc=p.returncode, tests=failed, setting=setting)
-        print(f"{r['key']}: verify {len(rows)} failing rows (exit {p.returncode}), tests "
-              f"{len(failed)} failing", flush=True)
-    shutil.rmtree(session.parent / "recheck", ignore_errors=True)
-    (session.parent / "recheck.json").write_text(json.dumps(out, indent=1) + "\n")
-    return out
+# Test files that exercise each mutated module (the "killed by a test" column).
+TESTS = {
+    "linmeta/core/theory.py": ["tests/test_theory.py", "tests/test_verify_power.py"],
+    "linmeta/core/losses.py": ["tests/test_theory.py", "tests/test_data.py"],
+    "linmeta/core/lora.py": ["tests/test_theory.py", "tests/test_finetune.py"],
+    "linmeta/core/metrics.py": ["tests/test_metrics.py", "tests/test_maml.py"],
+    "linmeta/families/paper/theory.py": ["tests/test_paper.py", "tests/test_theory.py"],
+    "linmeta/families/bilevel/theory.py": ["tests/test_bilevel.py"],
+    "linmeta/families/representation/theory.py": ["tests/test_rep_core.py",
+                                                   "tests/test_rep_methods.py"],
+    "linmeta/families/difference/theory.py": ["tests/test_difference_core.py"],
+}
+
+
+def recheck(session: Path, *, setting: str, label: str, tests: bool, workers: int,
+            python: str, only=None) -> dict:
+    """Every survivor of ``session`` (not stated equivalent) again, on a scratch copy of the
+    working tree as it is now (new rows, new tests), through :func:`benchmarks.mutation_runner.
+    recheck` at ``setting`` (and, with ``tests``, the module's test files of :data:`TESTS` for
+    those no row kills). Stored beside the session as ``recheck-<label>.json``, where
+    :func:`write_report` finds it."""
+    eq = _equivalent()
+    surv = [r for r in records(session) if r["outcome"] == "survived" and r["key"] not in eq
+            and (only is None or r["module"] in only)]
+    for old in sorted(session.parent.glob("recheck-*.json")):   # killed already: not again
+        done = json.loads(old.read_text())
+        surv = [r for r in surv if not (done.get(r["key"], {}).get("verify")
+                                        or done.get(r["key"], {}).get("tests"))]
+    root = session.parent.parent
+    work = root / f"recheck-{label}"
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    scratch_copy(REPO, work)
+    (work / "survivors.json").write_text(json.dumps(surv))
+    env = dict(os.environ, PYTHONPATH=str(work), PYTHONDONTWRITEBYTECODE="1")
+    out = session.parent / f"recheck-{label}.json"
+    subprocess.run([python, "-m", "benchmarks.mutation_tool", "exec-recheck", "survivors.json",
+                    "--setting", setting, "--workers", str(workers), "--out", str(out),
+                    "--coverage", str(root / f"coverage-{label}-{setting}.json"),
+                    *(["--tests"] if tests else []),
+                    *[a for m in all_modules() for a in ("--file", m)]],
+                   cwd=work, env=env, check=True)
+    shutil.rmtree(work, ignore_errors=True)
+    return json.loads(out.read_text())
 
 
 # ----------------------------------------------------------------------------- the report
 def _equivalent() -> dict:
-    if not EQUIVALENT.exists():
-        return {}
-    with open(EQUIVALENT, "rb") as f:
-        return tomllib.load(f).get("mutant", {})
+    """``{mutant key: reason}`` from every ``benchmarks/cosmic-ray/equivalent/*.toml``."""
+    out = {}
+    for path in sorted(EQUIVALENT.glob("*.toml")):
+        with open(path, "rb") as f:
+            out.update(tomllib.load(f).get("mutant", {}))
+    return out
 
 
 def _key(m) -> str:
@@ -268,56 +296,91 @@ def records(session: Path) -> list[dict]:
     return out
 
 
+def _rechecks(session: Path) -> list[tuple[str, dict]]:
+    return [(f.stem.removeprefix("recheck-"), json.loads(f.read_text()))
+            for f in sorted(session.parent.glob("recheck-*.json"), key=lambda f: f.stat().st_mtime)]
+
+
+def classify(recs: list[dict], rechecks, eq: dict) -> None:
+    """Adds ``final`` to every record: "verify" (a verify row failed or a claim raised, in the
+    run or a recheck), "test" (no verify row, a test), "equivalent", or "open"."""
+    for r in recs:
+        r["final"], r["how"] = "open", ""
+        if r["outcome"] in ("killed by verify", "killed by crash or timeout"):
+            r["final"], r["how"] = "verify", r["outcome"]
+            continue
+        if r["outcome"] == "error":
+            r["final"], r["how"] = "error", "the runner could not run it"
+            continue
+        for label, got in rechecks:
+            g = got.get(r["key"])
+            if g and g.get("verify"):
+                r["final"], r["how"] = "verify", (f"verify --{g['setting']} ({label}): "
+                                                  + "; ".join(g["verify"][:2]))
+                break
+        else:
+            for label, got in rechecks:
+                g = got.get(r["key"])
+                if g and g.get("tests"):
+                    r["final"], r["how"] = "test", f"test ({label}): " + "; ".join(g["tests"][:2])
+                    break
+            else:
+                if r["key"] in eq:
+                    r["final"], r["how"] = "equivalent", eq[r["key"]]
+
+
 def write_report(session: Path, name: str, meta: dict) -> Path:
     recs = records(session)
-    eq = _equivalent()
-    again = session.parent / "recheck.json"
-    again = json.loads(again.read_text()) if again.exists() else {}
-    for r in recs:
-        r["equivalent"] = eq.get(r["key"], "") if r["outcome"] == "survived" else ""
-        if r["outcome"] == "survived" and r["key"] in again:
-            r["recheck"] = again[r["key"]]
-    lines = [f"# Mutation run `{name}` (cosmic-ray, test command `linmeta verify "
-             f"--{meta['setting']}`)", "",
-             f"`{meta['command']}` -- {meta['date']}, {meta['seconds'] / 60:.1f} min.", "",
-             "Killed by a check row: some verify row failed. Killed by a crash: a claim raised "
-             "(its row reads `run raised`: verify fails, red), verify gave no report, or it timed "
-             "out. The last column counts both against the non-equivalent mutants.", "",
-             "| module | mutants | killed by a check row | killed by a crash or timeout | "
-             "survived | "
-             "equivalent | verify kills of the non-equivalent |", "|---|---|---|---|---|---|---|"]
+    classify(recs, _rechecks(session), _equivalent())
+    cmd = meta["command"]
+    lines = [f"# Mutation run `{name}` (cosmic-ray mutants, `linmeta verify` as the test)", "",
+             f"`{cmd}` -- {meta['date']}, {meta['seconds'] / 60:.1f} min.", "",
+             "Mutants made by cosmic-ray, run by `benchmarks/mutation_runner.py` against the "
+             f"verify rows of every claim that executes the mutated statement at "
+             f"`--{meta['setting']}` (a mutant no claim executes survives without a run). "
+             "Survivors were run again on the tree as it is now (`python -m "
+             "benchmarks.mutation_tool recheck`): at `--quick`, with the rows and tests added "
+             "since. *Verify* counts a failing row or a raising claim (verify red); *test*: no "
+             "verify row, a test of the suite; *equivalent*: cannot change any result (reason "
+             "given per mutant).", "",
+             "| module | mutants | killed by verify in the run | killed by verify on recheck | "
+             "killed by a test only | equivalent | not killed | verify kills of the "
+             "non-equivalent |", "|---|---|---|---|---|---|---|---|"]
+    tot = dict(n=0, run=0, re=0, test=0, eq=0, open=0)
     for mod in sorted({r["module"] for r in recs}):
         rs = [r for r in recs if r["module"] == mod]
-        n = len(rs)
-        kv = sum(r["outcome"] == "killed by verify" for r in rs)
-        kc = sum(r["outcome"] == "killed by crash or timeout" for r in rs)
-        sv = sum(r["outcome"] == "survived" for r in rs)
-        eqn = sum(bool(r["equivalent"]) for r in rs)
-        denom = n - eqn
-        share = f"{kv + kc}/{denom} ({100 * (kv + kc) / denom:.0f}%)" if denom else "-"
-        lines.append(f"| `{mod}` | {n} | {kv} | {kc} | {sv} | {eqn} | {share} |")
-    again = [r.get("recheck") for r in recs if r["outcome"] == "survived" and r.get("recheck")]
-    if again:
-        kv = sum(bool(x["verify"]) for x in again)
-        kt = sum(bool(x["tests"]) and not x["verify"] for x in again)
-        left = sum(r["outcome"] == "survived" and not r["equivalent"] and not (
-            r.get("recheck") and (r["recheck"]["verify"] or r["recheck"]["tests"])) for r in recs)
-        lines += ["", f"Survivors run again on the tree as it is now: {kv} killed by a verify row, "
-                      f"{kt} more by a test only, {left} neither (and not stated equivalent)."]
-    lines += ["", "## Survivors", "",
-              "Each survivor run again on the working tree as it is now (`python -m "
-              "benchmarks.mutation_tool recheck`): the verify rows and tests that now fail, or why "
-              "it is equivalent.", ""]
-    for r in recs:
-        if r["outcome"] == "survived":
-            why = f"equivalent: {r['equivalent']}" if r["equivalent"] else "**not explained**"
-            again = r.get("recheck")
-            if again and (again["verify"] or again["tests"]):
-                why = "now killed by " + "; ".join(
-                    [f"verify --{again['setting']} row `{v}`" for v in again["verify"]] +
-                    [f"test `{t}`" for t in again["tests"]])
-            lines += [f"- `{r['module']}:{r['line']}` {r['operator']} #{r['occurrence']}: {why}",
-                      "", "```diff", r["diff"].strip(), "```", ""]
+        run_k = sum(r["outcome"] in ("killed by verify", "killed by crash or timeout") for r in rs)
+        ver = sum(r["final"] == "verify" for r in rs)
+        tst = sum(r["final"] == "test" for r in rs)
+        eqn = sum(r["final"] == "equivalent" for r in rs)
+        opn = sum(r["final"] in ("open", "error") for r in rs)
+        denom = len(rs) - eqn
+        share = f"{ver}/{denom} ({100 * ver / denom:.1f}%)" if denom else "-"
+        lines.append(f"| `{mod}` | {len(rs)} | {run_k} | {ver - run_k} | {tst} | {eqn} | {opn} | "
+                     f"{share} |")
+        for k, v in (("n", len(rs)), ("run", run_k), ("re", ver - run_k), ("test", tst),
+                     ("eq", eqn), ("open", opn)):
+            tot[k] += v
+    denom = tot["n"] - tot["eq"]
+    if denom:
+        lines.append(f"| all | {tot['n']} | {tot['run']} | {tot['re']} | {tot['test']} | "
+                     f"{tot['eq']} | {tot['open']} | {tot['run'] + tot['re']}/{denom} "
+                     f"({100 * (tot['run'] + tot['re']) / denom:.1f}%) |")
+    for title, keep in (("Not killed (no verify row, no test, not shown equivalent)",
+                         ("open", "error")),
+                        ("Killed by a test only", ("test",)),
+                        ("Equivalent", ("equivalent",)),
+                        ("Killed by verify on recheck", ("recheck",))):
+        sel = [r for r in recs if (r["final"] in keep if keep != ("recheck",) else
+                                   r["final"] == "verify" and r["outcome"] == "survived")]
+        if not sel:
+            continue
+        lines += ["", f"## {title} ({len(sel)})", ""]
+        for r in sel:
+            change = [ln for ln in r["diff"].splitlines()
+                      if ln.startswith(("-", "+")) and not ln.startswith(("---", "+++"))]
+            lines += [f"- `{r['key']}`: {r['how'] or r['outcome']}", "",
+                      "  ```diff", *[f"  {ln}" for ln in change], "  ```"]
     md = RESULTS / f"mutation_tool_{name}.md"
     RESULTS.mkdir(parents=True, exist_ok=True)
     md.write_text("\n".join(lines) + "\n")
@@ -332,11 +395,25 @@ def main(argv=None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("check", help="the test command (verify as a mutation test)")
     c.add_argument("--setting", choices=("tiny", "quick", "full"), default="quick")
-    c.add_argument("--claims", required=True)
+    c.add_argument("--claims", default=None, help="default: every claim")
     c.add_argument("--timeout", type=float, default=900.0)
+    f = sub.add_parser("exec-fast", help="run a session's pending mutants (benchmarks."
+                       "mutation_runner), from the repository root the session was made in")
+    f.add_argument("session", type=Path)
+    f.add_argument("--setting", choices=("tiny", "quick"), default="tiny")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--workers", type=int, default=2)
+    f.add_argument("--file", action="append", required=True,
+                   help="a module the coverage map covers (repeatable)")
+    f.add_argument("--coverage", type=Path, required=True, help="the coverage map's cache file")
+    f.add_argument("--mem-gib", type=float, default=6.0, help="address-space cap per worker")
+    f.add_argument("--limit", type=int, default=None, help="at most this many mutants")
     r = sub.add_parser("run", help="a mutation run of one configuration, or of every one ('all')")
     r.add_argument("config", help="a config file, or 'all': every benchmarks/cosmic-ray/*.toml")
-    r.add_argument("--setting", choices=("tiny", "quick"), default="quick")
+    r.add_argument("--setting", choices=("tiny", "quick"), default="tiny")
+    r.add_argument("--workers", type=int, default=2, help="mutants run side by side")
+    r.add_argument("--plain", action="store_true",
+                   help="cosmic-ray's own exec: every mutant through the whole verify command")
     r.add_argument("--sample", type=int, default=None,
                    help="mutants drawn at random (default: the config's sample, else all)")
     r.add_argument("--seed", type=int, default=0)
@@ -347,30 +424,71 @@ def main(argv=None) -> int:
                    help="only this module of the config (repeatable)")
     r.add_argument("--python", default=sys.executable,
                    help="the Python that runs verify (default: this one)")
-    k = sub.add_parser("recheck", help="run the survivors of a session again (verify, tests)")
+    k = sub.add_parser("recheck", help="the survivors again, on the tree as it is now")
     k.add_argument("session", type=Path)
-    k.add_argument("--claims", required=True)
     k.add_argument("--setting", choices=("tiny", "quick"), default="quick")
-    k.add_argument("--tests", nargs="*", default=[], help="test files to run on each survivor")
+    k.add_argument("--label", default=None, help="name of this recheck (default: the setting)")
+    k.add_argument("--tests", action="store_true", help="also the module's test files")
+    k.add_argument("--module", action="append", default=None, help="only this module")
+    k.add_argument("--workers", type=int, default=2)
     k.add_argument("--python", default=sys.executable)
-    k.add_argument("--timeout", type=float, default=900.0)
+    e = sub.add_parser("exec-recheck", help="(internal) the recheck in its scratch copy")
+    e.add_argument("survivors", type=Path)
+    e.add_argument("--setting", default="quick")
+    e.add_argument("--workers", type=int, default=2)
+    e.add_argument("--out", type=Path, required=True)
+    e.add_argument("--coverage", type=Path, required=True)
+    e.add_argument("--file", action="append", required=True)
+    e.add_argument("--tests", action="store_true")
+    v = sub.add_parser("survivors", help="print the survivors of a session (JSON lines): key, "
+                       "diff, and how each recheck so far decided it")
+    v.add_argument("session", type=Path)
+    v.add_argument("--module", action="append", default=None)
+    v.add_argument("--open", action="store_true", help="only those nothing kills or explains yet")
     s = sub.add_parser("report", help="rewrite the report of a (partial) session")
     s.add_argument("session", type=Path)
     s.add_argument("--name", default=None)
     a = p.parse_args(argv)
     if a.cmd == "check":
         return check(a.setting, a.claims, a.timeout)
+    if a.cmd == "exec-fast":
+        from benchmarks import mutation_runner   # deferred: a worker must import linmeta itself
+
+        counts = mutation_runner.run_session(
+            a.session.resolve(), setting=a.setting, seed=a.seed, workers=a.workers,
+            files=a.file, cache=a.coverage, mem_gib=a.mem_gib, timeout_factor=4.0,
+            min_timeout=60.0, limit=a.limit)
+        print(f"{a.session}: {counts}")
+        return 0
     if a.cmd == "run":
         configs = sorted(CONFIGS.glob("*.toml")) if a.config == "all" else [Path(a.config)]
         if a.config == "all" and (a.work or a.module):
             p.error("--work and --module name one configuration, not 'all'")
         for config in configs:
             run(config.resolve(), setting=a.setting, sample=a.sample, seed=a.seed, work=a.work,
-                timeout=a.timeout, python=a.python, modules=a.module)
+                timeout=a.timeout, python=a.python, modules=a.module, workers=a.workers,
+                plain=a.plain)
         return 0
     if a.cmd == "recheck":
-        recheck(a.session, setting=a.setting, claims=a.claims, tests=a.tests, python=a.python,
-                timeout=a.timeout)
+        recheck(a.session.resolve(), setting=a.setting, label=a.label or a.setting,
+                tests=a.tests, workers=a.workers, python=a.python, only=a.module)
+        return 0
+    if a.cmd == "exec-recheck":
+        from benchmarks import mutation_runner   # deferred: a worker must import linmeta itself
+
+        got = mutation_runner.recheck(
+            json.loads(a.survivors.read_text()), setting=a.setting, seed=0, workers=a.workers,
+            files=a.file, cache=a.coverage, mem_gib=6.0, tests=TESTS if a.tests else None)
+        a.out.write_text(json.dumps(got, indent=1) + "\n")
+        return 0
+    if a.cmd == "survivors":
+        recs = records(a.session)
+        classify(recs, _rechecks(a.session), _equivalent())
+        for r in recs:
+            if r["outcome"] == "survived" and (a.module is None or r["module"] in a.module) and (
+                    not a.open or r["final"] in ("open", "error")):
+                print(json.dumps(dict(key=r["key"], final=r["final"], how=r["how"],
+                                      diff=r["diff"])))
         return 0
     name = a.name or a.session.parent.name
     previous = RESULTS / f"mutation_tool_{name}.json"   # the run's own description, if written

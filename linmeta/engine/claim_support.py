@@ -41,9 +41,9 @@ import numpy as np
 from linmeta.core.files import atomic_write_bytes as _atomic_write, check_writable_dir
 from linmeta.methods import meta_lora, standard_retraining
 from . import claims, compile_cache
-from .verdict import audited, fmt
+from .verdict import Tolerance, Verdict, audited, fmt
 
-__all__ = ["loglog_slope", "per_seed_slopes", "float_tol", "working_dtype", "save_figure",
+__all__ = ["DomainCase", "domain_row", "loglog_slope", "per_seed_slopes", "float_tol", "working_dtype", "save_figure",
            "pyplot", "band", "spread", "settings_value", "key_for", "format_verdicts", "figure_dpi",
            "experiment_cli", "fit_meta_lora_and_sr", "single_thread_blas", "resolve_claims",
            "run_claims", "claims_cli", "figure_name", "plot_claim", "claims_parser",
@@ -452,3 +452,50 @@ def optimality_measures(value_and_grad, x_hat, x_ref, starts, **lbfgs):
     best, _ = lbfgs_best_of_starts(value_and_grad, starts, **lbfgs)
     foc = float(np.linalg.norm(np.asarray(g_hat)) / np.linalg.norm(np.asarray(g_ref)))
     return foc, (float(f_hat) - best) / (float(f_ref) - float(f_hat))
+
+
+# ----------------------------------------------------------------------------- stated domains
+class DomainCase:
+    """One call of a closed form at the edge of the domain its docstring states.
+
+    ``call``: a function of no arguments making the call. ``refuses``: None when the call lies
+    inside the domain (it must return, with finite values), else the texts the ``ValueError`` must
+    contain (the argument's name first, then e.g. the bound). ``label``: the case in words."""
+
+    __slots__ = ("call", "refuses", "label")
+
+    def __init__(self, label: str, call, refuses=None):
+        self.label, self.call = label, call
+        self.refuses = None if refuses is None else tuple(refuses)
+
+    def outcome(self) -> str:
+        """"" when the call behaves as its domain says, else what went wrong (in words)."""
+        try:
+            out = self.call()
+        except ValueError as e:
+            if self.refuses is None:
+                return f"refused inside its domain ({e})"
+            missing = [t for t in self.refuses if t not in str(e)]
+            return f"message lacks {missing!r}: {e}" if missing else ""
+        except Exception as e:  # noqa: BLE001 - any other failure is a wrong answer here
+            return f"{type(e).__name__}: {e}"
+        if self.refuses is not None:
+            return f"accepted outside its domain (expected a ValueError naming {self.refuses[0]})"
+        leaves = jax.tree_util.tree_leaves(out)
+        bad = [x for x in leaves if isinstance(x, (int, float, np.ndarray, jax.Array))
+               and not bool(np.all(np.isfinite(np.asarray(x, dtype=float))))]
+        return "a value is not finite" if bad else ""
+
+
+def domain_row(claim: str, what: str, cases) -> Verdict:
+    """A verify row: every :class:`DomainCase` behaves as the stated domains say (inside: a
+    finite value; just outside: a ``ValueError`` naming the argument). Predicted: the number of
+    cases; measured: how many behave (exact). The note names the cases that did not."""
+    cases = list(cases)
+    wrong = [(c.label, c.outcome()) for c in cases]
+    wrong = [(lab, why) for lab, why in wrong if why]
+    note = ("; ".join(f"{lab}: {why}"[:160] for lab, why in wrong) if wrong else
+            f"{sum(c.refuses is None for c in cases)} inside, "
+            f"{sum(c.refuses is not None for c in cases)} just outside")
+    return Verdict(claim, f"stated domains: {what}", len(cases), len(cases) - len(wrong), 0.0,
+                   Tolerance.exact(), not wrong, "check", note)
