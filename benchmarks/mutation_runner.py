@@ -193,7 +193,7 @@ def pool(tasks, workers: int, out_dir: Path, on_done) -> None:
 
 # ----------------------------------------------------------------------------- coverage
 def claim_coverage(files: list[str], setting: str, seed: int, workers: int,
-                   cache: Path) -> dict:
+                   cache: Path, only=None) -> dict:
     """``{claim: {"lines": {file: [line, ...]}, "seconds": s, "failing": [...]}}`` for every
     registered claim at ``setting`` (stored in ``cache``; recomputed when a listed file, or the
     claim set, changed)."""
@@ -204,13 +204,13 @@ def claim_coverage(files: list[str], setting: str, seed: int, workers: int,
         stamp.update(f.encode() + (REPO / f).read_bytes())
     for f in sorted((REPO / "linmeta").rglob("*.py")):
         stamp.update(f.read_bytes())
-    key = f"{setting}-{seed}-{stamp.hexdigest()[:16]}"
+    claims = _claim_ids(only)
+    key = f"{setting}-{seed}-{stamp.hexdigest()[:16]}-{'.'.join(claims)}"
     if cache.exists():
         stored = json.loads(cache.read_text())
         if stored.get("key") == key:
             return stored["claims"]
     prepare_parent()
-    claims = _claim_ids()
     got: dict = {}
 
     def done(job, result, timed_out):
@@ -227,13 +227,16 @@ def claim_coverage(files: list[str], setting: str, seed: int, workers: int,
     return {c: got[c] for c in claims}
 
 
-def _claim_ids() -> list[str]:
-    """Every registered claim, read in a throw-away process (the parent must not import linmeta:
-    each worker imports it afresh, with its mutant)."""
+def _claim_ids(only=None) -> list[str]:
+    """Every registered claim (or those ``only`` names: ids or family names), read in a throw-away
+    process (the parent must not import linmeta: each worker imports it afresh, with its
+    mutant)."""
     import subprocess
 
-    code = "from linmeta.engine.claims import claim_ids; print(' '.join(claim_ids()))"
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True,
+    code = ("import sys; from linmeta.engine.claim_support import resolve_claims; "
+            "from linmeta.engine.claims import claim_ids; "
+            "print(' '.join(resolve_claims(sys.argv[1:]) if sys.argv[1:] else claim_ids()))")
+    out = subprocess.run([sys.executable, "-c", code, *(only or [])], cwd=REPO, check=True,
                          capture_output=True, text=True).stdout
     return out.split()
 
@@ -403,13 +406,13 @@ def _tests_job(path: str, source: str, tests: list[str], log: str) -> dict:
 
 
 def recheck(survivors: list[dict], *, setting: str, seed: int, workers: int, files: list[str],
-            cache: Path, mem_gib: float, tests: dict | None = None) -> dict:
+            cache: Path, mem_gib: float, tests: dict | None = None, only=None) -> dict:
     """Each survivor (records with ``key``, ``module``, ``diff``) on the tree as it is now (this
     module's repository root): the claims that now execute the mutated statement at ``setting``,
     stopping at the first failing row; with ``tests`` (``{module: [test files]}``) and no failing
     row, those tests too. Returns ``{key: {"verify": rows, "ran": claims, "tests": ids,
     "setting": setting}}``; ``"stale"`` when the mutant no longer applies."""
-    cov = claim_coverage(files, setting, seed, workers, cache)
+    cov = claim_coverage(files, setting, seed, workers, cache, only)
     order = sorted(cov, key=lambda c: cov[c]["seconds"])
     out: dict = {}
     tasks, pend_tests = [], {}

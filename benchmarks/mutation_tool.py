@@ -219,7 +219,7 @@ TESTS = {
 
 
 def recheck(session: Path, *, setting: str, label: str, tests: bool, workers: int,
-            python: str, only=None) -> dict:
+            python: str, only=None, claims=None) -> dict:
     """Every survivor of ``session`` (not stated equivalent) again, on a scratch copy of the
     working tree as it is now (new rows, new tests), through :func:`benchmarks.mutation_runner.
     recheck` at ``setting`` (and, with ``tests``, the module's test files of :data:`TESTS` for
@@ -245,6 +245,7 @@ def recheck(session: Path, *, setting: str, label: str, tests: bool, workers: in
                     "--setting", setting, "--workers", str(workers), "--out", str(out),
                     "--coverage", str(root / f"coverage-{label}-{setting}.json"),
                     *(["--tests"] if tests else []),
+                    *[a for c in claims or () for a in ("--claims", c)],
                     *[a for m in all_modules() for a in ("--file", m)]],
                    cwd=work, env=env, check=True)
     shutil.rmtree(work, ignore_errors=True)
@@ -431,6 +432,8 @@ def main(argv=None) -> int:
     k.add_argument("--tests", action="store_true", help="also the module's test files")
     k.add_argument("--module", action="append", default=None, help="only this module")
     k.add_argument("--workers", type=int, default=2)
+    k.add_argument("--claims", action="append", default=None,
+                   help="only these claims (ids or family names; default every claim)")
     k.add_argument("--python", default=sys.executable)
     e = sub.add_parser("exec-recheck", help="(internal) the recheck in its scratch copy")
     e.add_argument("survivors", type=Path)
@@ -440,6 +443,7 @@ def main(argv=None) -> int:
     e.add_argument("--coverage", type=Path, required=True)
     e.add_argument("--file", action="append", required=True)
     e.add_argument("--tests", action="store_true")
+    e.add_argument("--claims", action="append", default=None)
     v = sub.add_parser("survivors", help="print the survivors of a session (JSON lines): key, "
                        "diff, and how each recheck so far decided it")
     v.add_argument("session", type=Path)
@@ -471,14 +475,16 @@ def main(argv=None) -> int:
         return 0
     if a.cmd == "recheck":
         recheck(a.session.resolve(), setting=a.setting, label=a.label or a.setting,
-                tests=a.tests, workers=a.workers, python=a.python, only=a.module)
+                tests=a.tests, workers=a.workers, python=a.python, only=a.module,
+                claims=a.claims)
         return 0
     if a.cmd == "exec-recheck":
         from benchmarks import mutation_runner   # deferred: a worker must import linmeta itself
 
         got = mutation_runner.recheck(
             json.loads(a.survivors.read_text()), setting=a.setting, seed=0, workers=a.workers,
-            files=a.file, cache=a.coverage, mem_gib=6.0, tests=TESTS if a.tests else None)
+            files=a.file, cache=a.coverage, mem_gib=6.0, tests=TESTS if a.tests else None,
+            only=a.claims)
         a.out.write_text(json.dumps(got, indent=1) + "\n")
         return 0
     if a.cmd == "survivors":
