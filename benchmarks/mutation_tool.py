@@ -252,6 +252,42 @@ def recheck(session: Path, *, setting: str, label: str, tests: bool, workers: in
     return json.loads(out.read_text())
 
 
+def confirm(session: Path, *, n: int, seed: int, setting: str, python: str) -> dict:
+    """The runner's decisions against cosmic-ray's own way, on ``n`` mutants drawn at random from
+    the run (half of them survivors): ``cosmic-ray apply`` writes the mutant into a scratch copy
+    of the tree the run was made on, then the plain test command (``check``: the whole ``linmeta
+    verify`` at ``setting``, every claim) decides. Stored beside the session (``confirm.json``)."""
+    recs = [r for r in records(session) if r["outcome"] != "error"]
+    rng = random.Random(seed)
+    surv = [r for r in recs if r["outcome"] == "survived"]
+    kill = [r for r in recs if r["outcome"] != "survived"]
+    pick = rng.sample(surv, min(len(surv), n // 2)) + rng.sample(kill, min(len(kill), n - n // 2))
+    base = session.parent
+    out = {}
+    for r in pick:
+        work = base.parent / "confirm"
+        if work.exists():
+            shutil.rmtree(work)
+        shutil.copytree(base, work, ignore=shutil.ignore_patterns(   # the tree of the run
+            "session.sqlite*", "jobs*", "recheck-*.json", "confirm.json", "_mutation_verify"))
+        env = dict(os.environ, PYTHONPATH=str(work), PYTHONDONTWRITEBYTECODE="1",
+                   LINMETA_MUTATION_OUT=str(work / "_mutation_verify"))
+        subprocess.run([_tool("cosmic-ray"), "apply", r["module"], r["operator"],
+                        str(r["occurrence"])], cwd=work, env=env, check=True,
+                       capture_output=True)
+        t0 = time.perf_counter()
+        p = subprocess.run([python, "-m", "benchmarks.mutation_tool", "check", "--setting",
+                            setting], cwd=work, env=env, capture_output=True, text=True)
+        plain = "survived" if p.returncode == 0 else "killed"
+        runner = "survived" if r["outcome"] == "survived" else "killed"
+        out[r["key"]] = dict(runner=runner, plain=plain, agree=plain == runner,
+                             seconds=round(time.perf_counter() - t0, 1))
+        print(f"{r['key']}: runner {runner}, plain verify {plain}", flush=True)
+    shutil.rmtree(base.parent / "confirm", ignore_errors=True)
+    (base / "confirm.json").write_text(json.dumps(out, indent=1) + "\n")
+    return out
+
+
 # ----------------------------------------------------------------------------- the report
 def _equivalent() -> dict:
     """``{mutant key: reason}`` from every ``benchmarks/cosmic-ray/equivalent/*.toml``."""
@@ -444,6 +480,13 @@ def main(argv=None) -> int:
     e.add_argument("--file", action="append", required=True)
     e.add_argument("--tests", action="store_true")
     e.add_argument("--claims", action="append", default=None)
+    q = sub.add_parser("confirm", help="the runner's decisions against cosmic-ray apply + the "
+                       "plain verify command, on a random sample")
+    q.add_argument("session", type=Path)
+    q.add_argument("-n", type=int, default=20)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--setting", choices=("tiny", "quick"), default="tiny")
+    q.add_argument("--python", default=sys.executable)
     v = sub.add_parser("survivors", help="print the survivors of a session (JSON lines): key, "
                        "diff, and how each recheck so far decided it")
     v.add_argument("session", type=Path)
@@ -487,6 +530,12 @@ def main(argv=None) -> int:
             only=a.claims)
         a.out.write_text(json.dumps(got, indent=1) + "\n")
         return 0
+    if a.cmd == "confirm":
+        got = confirm(a.session.resolve(), n=a.n, seed=a.seed, setting=a.setting,
+                      python=a.python)
+        agree = sum(v["agree"] for v in got.values())
+        print(f"{agree}/{len(got)} decisions agree")
+        return 0 if agree == len(got) else 1
     if a.cmd == "survivors":
         recs = records(a.session)
         classify(recs, _rechecks(a.session), _equivalent())
