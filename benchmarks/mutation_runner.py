@@ -15,8 +15,9 @@ reports read it):
   that execute the statement it changes (the innermost statement containing its position, a
   decorated definition from its first decorator); a mutant whose statement no claim executes is
   recorded as survived without a run ("not executed by any claim").
-- **Stop at the first failing row.** Claims run cheapest first; one failing row (or a raising claim)
-  decides "killed".
+- **Stop at the first failing row.** Claims run cheapest first, except that a claim which killed
+  earlier mutants of the same function goes first; one failing row (or a raising claim) decides
+  "killed".
 - **No start-up per mutant.** The parent imports JAX, NumPy and SciPy once (no backend started, one
   thread), then forks one worker per mutant; the worker installs an import hook that serves the
   mutated source for that one module and imports linmeta, so every other module is the file on
@@ -160,15 +161,18 @@ def _fork(job: str, fn, args, out_dir: Path, timeout: float) -> tuple[int, str, 
     return pid, job, out, time.monotonic() + timeout
 
 
-def pool(tasks, workers: int, out_dir: Path, on_done) -> None:
+def pool(tasks, workers: int, out_dir: Path, on_done, before=None) -> None:
     """Run ``tasks`` (``(job, fn, args, timeout)``) in up to ``workers`` forked processes; calls
-    ``on_done(job, result_dict_or_None, timed_out)`` in the parent as each one ends."""
+    ``on_done(job, result_dict_or_None, timed_out)`` in the parent as each one ends, and
+    ``before(job, args) -> args`` (optional) just before a task starts."""
     out_dir.mkdir(parents=True, exist_ok=True)
     tasks = list(tasks)
     running: dict[int, tuple[str, Path, float]] = {}
     while tasks or running:
         while tasks and len(running) < workers:
             job, fn, args, timeout = tasks.pop(0)
+            if before is not None:
+                args = before(job, args)
             pid, job, out, deadline = _fork(job, fn, args, out_dir, timeout)
             running[pid] = (job, out, deadline)
         time.sleep(0.02)
@@ -205,7 +209,7 @@ def claim_coverage(files: list[str], setting: str, seed: int, workers: int,
     for f in sorted((REPO / "linmeta").rglob("*.py")):
         stamp.update(f.read_bytes())
     claims = _claim_ids(only)
-    key = f"{setting}-{seed}-{stamp.hexdigest()[:16]}-{'.'.join(claims)}"
+    key = f"{setting}-{seed}-{stamp.hexdigest()[:16]}" + (f"-{'.'.join(claims)}" if only else "")
     if cache.exists():
         stored = json.loads(cache.read_text())
         if stored.get("key") == key:
@@ -263,6 +267,24 @@ def statement_lines(source: str) -> dict[int, set[int]]:
     return {ln: lines for ln, (_, lines) in best.items()}
 
 
+def enclosing_function(source: str) -> dict[int, str]:
+    """For every line inside a function: the function's qualified name (innermost)."""
+    out: dict[int, str] = {}
+
+    def visit(node, prefix):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                name = f"{prefix}{child.name}"
+                for ln in range(child.lineno, child.end_lineno + 1):
+                    out[ln] = name
+                visit(child, name + ".")
+            else:
+                visit(child, prefix)
+
+    visit(ast.parse(source), "")
+    return out
+
+
 def claims_for(mutation_lines: range, file: str, stmt_of: dict, coverage: dict,
                order: list[str]) -> list[str]:
     """The claims (in ``order``) whose run executes a statement the mutant changes."""
@@ -293,6 +315,9 @@ def run_session(session: Path, *, setting: str, seed: int, workers: int, files: 
     order = sorted(cov, key=lambda c: cov[c]["seconds"])
     sources = {f: (REPO / f).read_text() for f in files}
     stmt_of = {f: statement_lines(s) for f, s in sources.items()}
+    func_of = {f: enclosing_function(s) for f, s in sources.items()}
+    killers: dict[tuple, dict[str, int]] = {}   # (file, function) -> {claim: kills}
+    where: dict[str, tuple] = {}
     counts: dict[str, int] = {}
     tasks, meta = [], {}
     with use_db(str(session), WorkDB.Mode.open) as db:
@@ -322,6 +347,7 @@ def run_session(session: Path, *, setting: str, seed: int, workers: int, files: 
             continue
         budget = max(min_timeout, timeout_factor * sum(cov[c]["seconds"] + 1.0 for c in claims))
         meta[item.job_id] = (diff, claims)
+        where[item.job_id] = (f, func_of[f].get(m.start_pos[0], ""))
         tasks.append((item.job_id, _mutant_job,
                       (f, mutated, claims, setting, seed, int(mem_gib * 2 ** 30)), budget))
 
@@ -353,6 +379,9 @@ def run_session(session: Path, *, setting: str, seed: int, workers: int, files: 
                          f"{result['seconds']} s"]
                 lines += [f"{MARK} FAIL {r}" for r in result["failing"]]
                 out, killed = "\n".join(lines), bool(result["failing"])
+                if killed:   # this claim first for the next mutants of the same function
+                    k = killers.setdefault(where[job], {})
+                    k[result["ran"][-1]] = k.get(result["ran"][-1], 0) + 1
             record(db, job, WorkResult(
                 worker_outcome=WorkerOutcome.NORMAL,
                 test_outcome=TestOutcome.KILLED if killed else TestOutcome.SURVIVED,
@@ -362,7 +391,14 @@ def run_session(session: Path, *, setting: str, seed: int, workers: int, files: 
                 print(f"{session.parent.name}: {n} recorded ({counts}); "
                       f"{(time.perf_counter() - t0) / 60:.1f} min", flush=True)
 
-        pool(tasks, workers, session.parent / "jobs", done)
+        def killer_first(job, args):
+            k = killers.get(where[job], {})
+            path, source, claims, *rest = args
+            claims = sorted(claims, key=lambda c: -k.get(c, 0))   # stable: cheapest first else
+            meta[job] = (meta[job][0], claims)
+            return (path, source, claims, *rest)
+
+        pool(tasks, workers, session.parent / "jobs", done, before=killer_first)
     return counts
 
 
