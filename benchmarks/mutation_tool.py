@@ -1,42 +1,42 @@
-"""Mutation testing with cosmic-ray, ``linmeta verify`` as the test command.
+"""Mutation testing with cosmic-ray, ``linmeta verify`` as the test.
 
 Beside the hand-written audit (:mod:`benchmarks.mutation_audit`: bugs that mean something), this
 runs a real mutation tool: cosmic-ray generates every operator mutant of a module (``+`` -> ``-``,
-``<`` -> ``<=``, a constant changed, a ``break`` -> ``continue``, ...), applies each in turn and
-runs the test command; a mutant is killed when the command exits non-zero. The test command is
-``python -m benchmarks.mutation_tool check --setting S --claims FAMILY``: ``linmeta verify`` with
-``--json``, which prints the failing rows and exits 1 when a row fails, and exits 3 when verify
-did not produce a report (a crash or an import error: killed too, but not by a row; the report
-counts those apart).
+``<`` -> ``<=``, a constant changed, ``or`` -> ``and``, ...), and each mutant is run against
+``linmeta verify``; it is killed when a verify row fails or a claim raises (verify red).
 
-Configurations (``benchmarks/cosmic-ray/*.toml``, one per target, each a cosmic-ray config plus a
-``[linmeta-mutation]`` table): ``closed-forms-<family>`` mutate the closed-form modules in full
-(core theory, losses, adapters, metrics with the paper family; each family's theory with its own
-verify), ``solvers-<family>`` the solver modules, of which ``sample`` mutants are drawn at random
-(seed in the table). Mutation runs take long: one ``verify`` of the family per mutant (``--quick``
-about 1.5 minutes for the paper family on 2 shared cores, ``--tiny`` about 1 minute), and the
-closed-form modules have about 3,100 mutants (core theory 897, losses 207, lora 137, metrics 355,
-paper theory 157, bilevel theory 253, representation theory 1,105) besides the 400 sampled solver
-mutants: days on 2 cores. Not part of CI.
+Configurations (``benchmarks/cosmic-ray/*.toml``, each a cosmic-ray config plus a
+``[linmeta-mutation]`` table): ``closed-forms`` mutates every closed-form module in full (the
+core's theory, losses, adapters and metrics, each family's theory: about 4,500 mutants),
+``solvers`` a random sample of the solver modules (retraining, fine-tuning, each family's
+methods). Mutants that a verify row should see but no claim checks are explained per mutant in
+``benchmarks/cosmic-ray/equivalent/*.toml`` (equivalent: no result can change) or killed by a
+test of the suite.
+
+Running every mutant through the whole verify command (cosmic-ray's own ``exec``, ``--plain``) is
+about 25 s a mutant, days for all of them on 2 cores. :mod:`benchmarks.mutation_runner` reaches
+the same decisions in about 3-5 s a mutant: forked workers with the mutant served from memory,
+only the claims that execute the mutated statement, the first failing row decides; ``confirm``
+checks a random sample of its decisions against ``cosmic-ray apply`` and the plain command.
 
 Usage::
 
-    pip install cosmic-ray                 # the tool (not a dependency of linmeta)
-    python -m benchmarks.mutation_tool run all      # every configuration (days on 2 cores)
-    python -m benchmarks.mutation_tool run benchmarks/cosmic-ray/closed-forms-paper.toml
-    python -m benchmarks.mutation_tool run benchmarks/cosmic-ray/solvers-paper.toml
-    python -m benchmarks.mutation_tool run CONFIG --sample 30 --setting tiny --seed 1  # a sample
-    python -m benchmarks.mutation_tool report SESSION.sqlite     # the table of a (partial) run
-    python -m benchmarks.mutation_tool recheck SESSION.sqlite --claims paper --tests tests/x.py
+    pip install cosmic-ray coverage        # the tools (not dependencies of linmeta)
+    python -m benchmarks.mutation_tool run all       # every configuration
+    python -m benchmarks.mutation_tool run benchmarks/cosmic-ray/closed-forms.toml [--workers 2]
+    python -m benchmarks.mutation_tool run CONFIG --module linmeta/core/theory.py   # one module
+    python -m benchmarks.mutation_tool recheck SESSION --setting quick --tests
                                            # the survivors again, on the tree as it is now
+    python -m benchmarks.mutation_tool survivors SESSION [--module M] [--open]
+    python -m benchmarks.mutation_tool confirm SESSION -n 20   # the runner vs plain cosmic-ray
+    python -m benchmarks.mutation_tool report SESSION          # the tables of a (partial) run
 
-``run`` copies the working tree (tracked and untracked-but-not-ignored files) to a scratch folder,
-runs ``cosmic-ray init``, marks all but the sampled mutants as skipped, runs ``cosmic-ray exec``
-there (the working tree is never touched; an interrupted run resumes with the same ``--work``
-folder), and writes ``benchmarks/results/mutation_tool_<name>.md`` and ``.json``: per module the
-mutants run, killed by a verify row, killed by a crash or timeout, survived, and every survivor
-with its diff (to be killed by a new row or test, or stated equivalent in
-``benchmarks/results/mutation_tool_equivalent.toml``).
+``run`` copies the working tree (tracked and untracked-but-not-ignored files) to a scratch folder
+(``$TMPDIR/linmeta-cr/<config>``; the working tree is never touched; an interrupted run resumes),
+runs ``cosmic-ray init`` there, keeps the sample, runs the mutants at ``--tiny`` and writes
+``benchmarks/results/mutation_tool_<config>.md`` and ``.json``: per module the mutants, killed by
+verify in the run, killed by verify on a recheck (at ``--quick``, with the rows added since),
+killed by a test only, equivalent (with the reason), not killed; and every survivor with its diff.
 """
 from __future__ import annotations
 
