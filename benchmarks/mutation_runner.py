@@ -22,8 +22,9 @@ reports read it):
   thread), then forks one worker per mutant; the worker installs an import hook that serves the
   mutated source for that one module and imports linmeta, so every other module is the file on
   disk and the working tree is never touched: workers run side by side.
-- **Same conditions as ``linmeta verify``**: float64, the compile flag and the persistent
-  compilation cache of the command line, OpenBLAS on one thread, :func:`linmeta.front.verify.
+- **Same conditions as ``linmeta verify``**: float64, the compile flag and JAX's persistent
+  compilation cache of the command line (linmeta's own store of compiled programs is off: its key
+  is the package's files on disk, which a mutant served from memory does not change), OpenBLAS on one thread, :func:`linmeta.front.verify.
   run_claim` (the function verify calls per claim, with its tolerance audit).
 - A worker that passes its time limit is killed (recorded "killed: timeout"); its address space is
   capped (``RLIMIT_AS``) so a mutant that allocates without bound fails instead of swapping.
@@ -100,9 +101,13 @@ def _worker_setup(mutated: tuple[str, str] | None, mem_bytes: int | None) -> Non
         path, source = mutated
         sys.meta_path.insert(0, _MutatedSource(module_name(path), REPO / path, source))
     import jax
-    from linmeta.engine import compile_cache
+    from linmeta.engine import compile_cache, program_cache
     compile_cache.enable()
     jax.config.update("jax_enable_x64", True)
+    # linmeta's store of compiled programs is keyed by the package's files ON DISK, which a mutant
+    # served from memory does not change: it would hand back the unmutated program. Off here (JAX's
+    # own cache, keyed by the lowered program, stays on).
+    program_cache.folder = lambda: None
 
 
 def _run_claims(claims, setting: str, seed: int, stop_at_first: bool) -> dict:
@@ -303,7 +308,7 @@ def _mutant_job(path: str, source: str, claims: list[str], setting: str, seed: i
 
 def run_session(session: Path, *, setting: str, seed: int, workers: int, files: list[str],
                 cache: Path, mem_gib: float, timeout_factor: float, min_timeout: float,
-                limit: int | None = None) -> dict:
+                limit: int | None = None, warm: bool = True) -> dict:
     """Run every pending mutant of a cosmic-ray ``session`` (as made by ``cosmic-ray init``) and
     record each result in it. Returns counts by outcome."""
     import cosmic_ray.plugins
@@ -319,7 +324,7 @@ def run_session(session: Path, *, setting: str, seed: int, workers: int, files: 
     killers: dict[tuple, dict[str, int]] = {}   # (file, function) -> {claim: kills}
     where: dict[str, tuple] = {}
     counts: dict[str, int] = {}
-    tasks, meta = [], {}
+    tasks, meta, warm_tasks = [], {}, []
     with use_db(str(session), WorkDB.Mode.open) as db:
         pending = list(db.pending_work_items)
     rank = {f: i for i, f in enumerate(files)}   # module by module, in the order given
@@ -350,6 +355,9 @@ def run_session(session: Path, *, setting: str, seed: int, workers: int, files: 
         where[item.job_id] = (f, func_of[f].get(m.start_pos[0], ""))
         tasks.append((item.job_id, _mutant_job,
                       (f, mutated, claims, setting, seed, int(mem_gib * 2 ** 30)), budget))
+        fn_name = func_of[f].get(m.start_pos[0], "")
+        if warm and fn_name and func_of[f].get(m.end_pos[0], "") == fn_name:
+            warm_tasks.append((item.job_id, f, mutated, fn_name, claims, budget))
 
     def record(db, job_id, res):
         db.set_result(job_id, res)
@@ -376,7 +384,8 @@ def run_session(session: Path, *, setting: str, seed: int, workers: int, files: 
             else:
                 lines = [f"{MARK} {len(result['failing'])} failing rows; ran "
                          f"{' '.join(result['ran'])} of {' '.join(claims)} in "
-                         f"{result['seconds']} s"]
+                         f"{result['seconds']} s" + (" (warm worker)" if result.get("warm")
+                                                     else "")]
                 lines += [f"{MARK} FAIL {r}" for r in result["failing"]]
                 out, killed = "\n".join(lines), bool(result["failing"])
                 if killed:   # this claim first for the next mutants of the same function
@@ -398,6 +407,17 @@ def run_session(session: Path, *, setting: str, seed: int, workers: int, files: 
             meta[job] = (meta[job][0], claims)
             return (path, source, claims, *rest)
 
+        if warm_tasks:
+            order_claims = [c for c in order if any(c in t[4] for t in warm_tasks)]
+            back = warm_pool(
+                warm_tasks, workers, session.parent / "jobs-warm",
+                lambda job, result, timed_out: done(job, result, timed_out),
+                files=files, claims=order_claims, setting=setting, seed=seed, mem_gib=mem_gib,
+                log=str(session.parent / "warm-workers.log"))
+            left = {t[0] for t in back}
+            print(f"warm workers: {len(warm_tasks) - len(left)} mutants; {len(left)} handed "
+                  "back to fresh processes", flush=True)
+            tasks = [t for t in tasks if t[0] in left or t[0] not in {w[0] for w in warm_tasks}]
         pool(tasks, workers, session.parent / "jobs", done, before=killer_first)
     return counts
 
@@ -504,3 +524,223 @@ def recheck(survivors: list[dict], *, setting: str, seed: int, workers: int, fil
 
         pool(tt, workers, jobs, tdone)
     return out
+
+
+# ----------------------------------------------------------------------------- warm workers
+# A fresh process spends most of a --tiny claim on tracing and loading compiled programs (D1:
+# 10 s fresh, 0.2 s in a process that has run it once). A warm worker runs every claim once, then
+# takes mutants one after the other: it executes the mutated module's source in a scratch
+# namespace and swaps the mutated function's code object into the live function (every
+# reference, `from x import f` included, sees it), runs the claims, and swaps it back. This is
+# exact only when no cache holds the function's old behaviour, so a mutant goes to a warm worker
+# only when (1) its change lies inside one function's body or signature (not a decorator, not
+# module level), (2) during the warm-up run that function was never entered while JAX was staging
+# a program it keeps (jit, scan, while_loop, cond: a kept program that inlined it would keep the
+# old code; eager vmap and grad keep nothing), and (3) the new code has the same
+# free variables. Python-level caches (functools.lru_cache) are cleared around every mutant.
+# Everything else runs in a fresh forked worker as above.
+def _all_functions(mod) -> dict[str, object]:
+    """``{qualname: python function}`` of the module's own top-level functions and methods."""
+    out = {}
+    for name, obj in vars(mod).items():
+        objs = [(name, obj)]
+        if isinstance(obj, type) and obj.__module__ == mod.__name__:
+            objs += [(f"{name}.{k}", v) for k, v in vars(obj).items()]
+        for qual, o in objs:
+            if isinstance(o, (staticmethod, classmethod)):
+                o = o.__func__
+            while hasattr(o, "__wrapped__"):
+                o = o.__wrapped__
+            if hasattr(o, "__code__") and getattr(o, "__module__", None) == mod.__name__:
+                out[qual] = o
+    return out
+
+
+def _clear_python_caches() -> None:
+    for name, mod in list(sys.modules.items()):
+        if not name.startswith("linmeta") or mod is None:
+            continue
+        for obj in list(vars(mod).values()):
+            if callable(getattr(obj, "cache_clear", None)):
+                obj.cache_clear()
+
+
+class _Timeout(Exception):
+    pass
+
+
+def _alarm(signum, frame):
+    raise _Timeout()
+
+
+def warm_worker(jobs_dir: str, files: list[str], claims: list[str], setting: str, seed: int,
+                mem_gib: float) -> None:
+    """The warm worker's main loop (``python -m benchmarks.mutation_runner worker ...``): reads one
+    job per line on stdin (JSON: job, path, source, function, claims, timeout), writes
+    ``<jobs_dir>/<job>.json``."""
+    import builtins
+    import importlib
+
+    prepare_parent()
+    _worker_setup(None, int(mem_gib * 2 ** 30))
+    from jax._src import core as jcore
+
+    funcs, codes = {}, {}
+    for f in files:
+        mod = importlib.import_module(module_name(f))
+        funcs[f] = _all_functions(mod)
+        for qual, fn in funcs[f].items():
+            codes[fn.__code__] = (f, qual)
+    traced: set = set()
+
+    uncached = {"EvalTrace", "BatchTrace", "JVPTrace", "LinearizeTrace"}   # eager transforms
+
+    def staged() -> bool:
+        """Whether the current call is being staged into a program JAX keeps (jit, scan, ...);
+        eager vmap and grad trace anew at every call and keep nothing."""
+        t = jcore.trace_ctx.trace
+        while t is not None:
+            if type(t).__name__ not in uncached:
+                return True
+            t = getattr(t, "parent_trace", None)
+        return False
+
+    def profile(frame, event, arg):
+        if event == "call" and frame.f_code in codes and not jcore.trace_state_clean() \
+                and staged():
+            traced.add(codes[frame.f_code])
+
+    sys.setprofile(profile)
+    try:
+        base = _run_claims(claims, setting, seed, stop_at_first=False)
+    finally:
+        sys.setprofile(None)
+    out = Path(jobs_dir)
+    (out / f"ready-{os.getpid()}.json").write_text(json.dumps(dict(
+        failing=base["failing"], seconds=base["seconds"], traced=sorted(map(list, traced)))))
+    signal.signal(signal.SIGALRM, _alarm)
+    for line in sys.stdin:
+        job = json.loads(line)
+        f, parts = job["path"], job["function"].split(".")
+        while parts and ".".join(parts) not in funcs[f]:   # the top-level function or method
+            parts.pop()
+        qual = ".".join(parts)
+        res: dict
+        old = funcs[f].get(qual)
+        if old is None or (f, qual) in traced:
+            res = dict(fallback="traced" if old is not None else "not a function")
+        else:
+            mod = sys.modules[module_name(f)]
+            ns = dict(__name__=mod.__name__, __package__=mod.__package__, __file__=mod.__file__,
+                      __builtins__=builtins)
+            try:
+                exec(compile(job["source"], mod.__file__, "exec"), ns)
+                new_fn = ns.get(qual.split(".")[0])
+                for part in qual.split(".")[1:]:
+                    new_fn = vars(new_fn).get(part)
+                if isinstance(new_fn, (staticmethod, classmethod)):
+                    new_fn = new_fn.__func__
+                while hasattr(new_fn, "__wrapped__"):
+                    new_fn = new_fn.__wrapped__
+                ok = hasattr(new_fn, "__code__") and \
+                    new_fn.__code__.co_freevars == old.__code__.co_freevars
+            except Exception as e:   # noqa: BLE001 - the mutated module does not even load
+                res, ok = dict(failing=[f"(module) {type(e).__name__}: {e}"[:300]], ran=[],
+                               seconds=0.0), None
+            if ok is False:
+                res = dict(fallback="code not swappable")
+            elif ok:
+                saved = (old.__code__, old.__defaults__, old.__kwdefaults__)
+                old.__code__ = new_fn.__code__
+                old.__defaults__, old.__kwdefaults__ = new_fn.__defaults__, new_fn.__kwdefaults__
+                _clear_python_caches()
+                signal.alarm(max(1, int(job["timeout"])))
+                try:
+                    res = _run_claims(job["claims"], setting, seed, stop_at_first=True)
+                    res["warm"] = True
+                except _Timeout:
+                    res = dict(failing=["timeout"], ran=[], seconds=float(job["timeout"]))
+                finally:
+                    signal.alarm(0)
+                    old.__code__, old.__defaults__, old.__kwdefaults__ = saved
+                    _clear_python_caches()
+        tmp = out / f"{job['job']}.tmp"
+        tmp.write_text(json.dumps(res))
+        os.replace(tmp, out / f"{job['job']}.json")
+
+
+def warm_pool(tasks, workers: int, out_dir: Path, on_done, *, files, claims, setting, seed,
+              mem_gib, log) -> list:
+    """Run ``tasks`` (``(job, path, source, function, claims, timeout)``) on ``workers`` warm
+    workers; ``on_done(job, result, timed_out)`` for each. Returns the tasks a worker handed back
+    (``fallback``: to be run in a fresh process)."""
+    import subprocess
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tasks, back = list(tasks), []
+    procs: dict = {}   # proc -> (job, deadline) or None when idle
+
+    def spawn():
+        cmd = [sys.executable, "-m", "benchmarks.mutation_runner", "worker", str(out_dir),
+               setting, str(seed), str(mem_gib), ",".join(claims), *files]
+        p = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                             stderr=open(log, "a"), text=True, start_new_session=True)
+        ready = out_dir / f"ready-{p.pid}.json"
+        t0 = time.monotonic()
+        while not ready.exists():
+            if p.poll() is not None or time.monotonic() - t0 > 1800:
+                raise SystemExit(f"a warm worker did not start (see {log})")
+            time.sleep(0.2)
+        info = json.loads(ready.read_text())
+        if info["failing"]:
+            raise SystemExit(f"claims fail on the unmutated code: {info['failing']}")
+        print(f"warm worker {p.pid} ready: warm-up {info['seconds']} s, "
+              f"{len(info['traced'])} functions traced", flush=True)
+        procs[p] = None
+
+    for _ in range(min(workers, len(tasks))):
+        spawn()
+    while tasks or any(v is not None for v in procs.values()):
+        for p, cur in list(procs.items()):
+            if cur is None:
+                if tasks:
+                    t = tasks.pop(0)
+                    job, path, source, func, cl, timeout = t
+                    p.stdin.write(json.dumps(dict(job=job, path=path, source=source,
+                                                  function=func, claims=cl,
+                                                  timeout=timeout)) + "\n")
+                    p.stdin.flush()
+                    procs[p] = (t, time.monotonic() + timeout + 30)
+                continue
+            t, deadline = cur
+            res_file = out_dir / f"{t[0]}.json"
+            if res_file.exists():
+                result = json.loads(res_file.read_text())
+                res_file.unlink()
+                procs[p] = None
+                if "fallback" in result:
+                    back.append(t)
+                else:
+                    on_done(t[0], result, False)
+            elif p.poll() is not None or time.monotonic() > deadline:
+                # stuck in compiled code, or died (memory): a fresh worker takes over
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                p.wait()
+                del procs[p]
+                on_done(t[0], None, time.monotonic() > deadline)
+                if tasks:
+                    spawn()
+        time.sleep(0.01)
+    for p in procs:
+        p.stdin.close()
+        p.wait()
+    return back
+
+
+if __name__ == "__main__":   # a warm worker: worker JOBS SETTING SEED MEM CLAIMS FILE...
+    if sys.argv[1:2] == ["worker"]:
+        _, _, jobs, setting, seed, mem, cl, *fs = sys.argv
+        warm_worker(jobs, fs, cl.split(","), setting, int(seed), float(mem))

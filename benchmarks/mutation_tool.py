@@ -189,7 +189,7 @@ def run(config: Path, *, setting: str, sample: int | None, seed: int, work: Path
     else:
         subprocess.run([python, "-m", "benchmarks.mutation_tool", "exec-fast", "session.sqlite",
                         "--setting", setting, "--workers", str(workers),
-                        "--coverage", str(root / f"coverage-{setting}.json"),
+                        "--coverage", str(work / f"coverage-{setting}.json"),
                         *[a for m in all_modules() for a in ("--file", m)]],
                        cwd=work, env=env, check=True)
     rel = str(config.relative_to(REPO)) if config.is_relative_to(REPO) else str(config)
