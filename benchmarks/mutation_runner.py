@@ -669,6 +669,9 @@ def warm_worker(jobs_dir: str, files: list[str], claims: list[str], setting: str
         os.replace(tmp, out / f"{job['job']}.json")
 
 
+RECYCLE = 300   # mutants per warm worker before a fresh one takes over
+
+
 def warm_pool(tasks, workers: int, out_dir: Path, on_done, *, files, claims, setting, seed,
               mem_gib, log) -> list:
     """Run ``tasks`` (``(job, path, source, function, claims, timeout)``) on ``workers`` warm
@@ -679,6 +682,7 @@ def warm_pool(tasks, workers: int, out_dir: Path, on_done, *, files, claims, set
     out_dir.mkdir(parents=True, exist_ok=True)
     tasks, back = list(tasks), []
     procs: dict = {}   # proc -> (job, deadline) or None when idle
+    served: dict = {}  # proc -> mutants run (a worker is replaced after RECYCLE: memory)
 
     def spawn():
         cmd = [sys.executable, "-m", "benchmarks.mutation_runner", "worker", str(out_dir),
@@ -702,8 +706,15 @@ def warm_pool(tasks, workers: int, out_dir: Path, on_done, *, files, claims, set
         spawn()
     while tasks or any(v is not None for v in procs.values()):
         for p, cur in list(procs.items()):
+            if cur is None and served.get(p, 0) >= RECYCLE and tasks:
+                p.stdin.close()
+                p.wait()
+                del procs[p]
+                spawn()
+                continue
             if cur is None:
                 if tasks:
+                    served[p] = served.get(p, 0) + 1
                     t = tasks.pop(0)
                     job, path, source, func, cl, timeout = t
                     p.stdin.write(json.dumps(dict(job=job, path=path, source=source,
