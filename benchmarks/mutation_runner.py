@@ -471,7 +471,7 @@ def recheck(survivors: list[dict], *, setting: str, seed: int, workers: int, fil
     cov = claim_coverage(files, setting, seed, workers, cache, only)
     order = sorted(cov, key=lambda c: cov[c]["seconds"])
     out: dict = {}
-    tasks, pend_tests = [], {}
+    tasks, pend_tests, warm_tasks = [], {}, []
     for r in survivors:
         f = r["module"]
         source = (REPO / f).read_text()
@@ -491,6 +491,9 @@ def recheck(survivors: list[dict], *, setting: str, seed: int, workers: int, fil
         budget = max(60.0, 4.0 * sum(cov[c]["seconds"] + 1.0 for c in claims))
         tasks.append((r["key"], _mutant_job,
                       (f, mutated, claims, setting, seed, int(mem_gib * 2 ** 30)), budget))
+        fn_of = enclosing_function(source)
+        if fn_of.get(lines.start, "") and fn_of.get(lines.stop - 1, "") == fn_of[lines.start]:
+            warm_tasks.append((r["key"], f, mutated, fn_of[lines.start], claims, budget))
     prepare_parent()
 
     def done(key, result, timed_out):
@@ -505,6 +508,14 @@ def recheck(survivors: list[dict], *, setting: str, seed: int, workers: int, fil
         print(f"recheck {key}: {len(rows)} failing rows", flush=True)
 
     jobs = Path(cache).parent / "jobs-recheck"
+    if warm_tasks:
+        back = warm_pool(warm_tasks, workers, jobs, done, files=files,
+                         claims=[c for c in order if any(c in t[4] for t in warm_tasks)],
+                         setting=setting, seed=seed, mem_gib=mem_gib,
+                         log=str(Path(cache).parent / "warm-workers-recheck.log"))
+        redo = {t[0] for t in back} | {t[0] for t in tasks if t[0] not in
+                                       {w[0] for w in warm_tasks}}
+        tasks = [t for t in tasks if t[0] in redo]
     pool(tasks, workers, jobs, done)
     if tests:
         tt = []

@@ -366,8 +366,21 @@ def classify(recs: list[dict], rechecks, eq: dict) -> None:
                     r["final"], r["how"] = "equivalent", eq[r["key"]]
 
 
+def generated(session: Path) -> dict:
+    """``{module: mutants cosmic-ray generated}`` (run or not)."""
+    from cosmic_ray.work_db import WorkDB, use_db
+
+    out: dict = {}
+    with use_db(str(session), WorkDB.Mode.open) as db:
+        for item in db.work_items:
+            m = str(item.mutations[0].module_path)
+            out[m] = out.get(m, 0) + 1
+    return out
+
+
 def write_report(session: Path, name: str, meta: dict) -> Path:
     recs = records(session)
+    made = generated(session)
     classify(recs, _rechecks(session), _equivalent())
     cmd = meta["command"]
     lines = [f"# Mutation run `{name}` (cosmic-ray mutants, `linmeta verify` as the test)", "",
@@ -380,6 +393,8 @@ def write_report(session: Path, name: str, meta: dict) -> Path:
              "since. *Verify* counts a failing row or a raising claim (verify red); *test*: no "
              "verify row, a test of the suite; *equivalent*: cannot change any result (reason "
              "given per mutant).", "",
+             "Mutants: run of generated (a module not run in full says so: a random sample).",
+             "",
              "| module | mutants | killed by verify in the run | killed by verify on recheck | "
              "killed by a test only | equivalent | not killed | verify kills of the "
              "non-equivalent |", "|---|---|---|---|---|---|---|---|"]
@@ -393,7 +408,9 @@ def write_report(session: Path, name: str, meta: dict) -> Path:
         opn = sum(r["final"] in ("open", "error") for r in rs)
         denom = len(rs) - eqn
         share = f"{ver}/{denom} ({100 * ver / denom:.1f}%)" if denom else "-"
-        lines.append(f"| `{mod}` | {len(rs)} | {run_k} | {ver - run_k} | {tst} | {eqn} | {opn} | "
+        n_made = made.get(mod, len(rs))
+        size = f"{len(rs)}" if n_made == len(rs) else f"{len(rs)} of {n_made} (sample)"
+        lines.append(f"| `{mod}` | {size} | {run_k} | {ver - run_k} | {tst} | {eqn} | {opn} | "
                      f"{share} |")
         for k, v in (("n", len(rs)), ("run", run_k), ("re", ver - run_k), ("test", tst),
                      ("eq", eqn), ("open", opn)):
@@ -495,6 +512,10 @@ def main(argv=None) -> int:
     s = sub.add_parser("report", help="rewrite the report of a (partial) session")
     s.add_argument("session", type=Path)
     s.add_argument("--name", default=None)
+    s.add_argument("--command", default=None, help="the command that made the run (for the "
+                   "report's first line; default: the one stored with an earlier report)")
+    s.add_argument("--minutes", type=float, default=None, help="the run's wall time")
+    s.add_argument("--setting", default=None)
     a = p.parse_args(argv)
     if a.cmd == "check":
         return check(a.setting, a.claims, a.timeout)
@@ -549,6 +570,12 @@ def main(argv=None) -> int:
     previous = RESULTS / f"mutation_tool_{name}.json"   # the run's own description, if written
     meta = (json.loads(previous.read_text())["meta"] if previous.exists() else
             dict(setting="?", command=f"report {a.session}", seconds=0.0))
+    if a.command:
+        meta["command"] = a.command
+    if a.minutes is not None:
+        meta["seconds"] = 60.0 * a.minutes
+    if a.setting:
+        meta["setting"] = a.setting
     write_report(a.session, name, dict(meta, date=time.strftime("%Y-%m-%d %H:%M")))
     return 0
 
