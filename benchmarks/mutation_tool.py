@@ -219,7 +219,7 @@ TESTS = {
 
 
 def recheck(session: Path, *, setting: str, label: str, tests: bool, workers: int,
-            python: str, only=None, claims=None) -> dict:
+            python: str, only=None, claims=None, every: bool = False) -> dict:
     """Every survivor of ``session`` (not stated equivalent) again, on a scratch copy of the
     working tree as it is now (new rows, new tests), through :func:`benchmarks.mutation_runner.
     recheck` at ``setting`` (and, with ``tests``, the module's test files of :data:`TESTS` for
@@ -228,7 +228,8 @@ def recheck(session: Path, *, setting: str, label: str, tests: bool, workers: in
     eq = _equivalent()
     surv = [r for r in records(session) if r["outcome"] == "survived" and r["key"] not in eq
             and (only is None or r["module"] in only)]
-    for old in sorted(session.parent.glob("recheck-*.json")):   # killed already: not again
+    for old in ([] if every else sorted(session.parent.glob("recheck-*.json"))):
+        # killed on an earlier recheck: not again (``every``: all survivors, this tree only)
         done = json.loads(old.read_text())
         surv = [r for r in surv if not (done.get(r["key"], {}).get("verify")
                                         or done.get(r["key"], {}).get("tests"))]
@@ -488,6 +489,8 @@ def main(argv=None) -> int:
     k.add_argument("--claims", action="append", default=None,
                    help="only these claims (ids or family names; default every claim)")
     k.add_argument("--python", default=sys.executable)
+    k.add_argument("--all", action="store_true", dest="every",
+                   help="every survivor, also those an earlier recheck killed")
     e = sub.add_parser("exec-recheck", help="(internal) the recheck in its scratch copy")
     e.add_argument("survivors", type=Path)
     e.add_argument("--setting", default="quick")
@@ -540,7 +543,7 @@ def main(argv=None) -> int:
     if a.cmd == "recheck":
         recheck(a.session.resolve(), setting=a.setting, label=a.label or a.setting,
                 tests=a.tests, workers=a.workers, python=a.python, only=a.module,
-                claims=a.claims)
+                claims=a.claims, every=a.every)
         return 0
     if a.cmd == "exec-recheck":
         from benchmarks import mutation_runner   # deferred: a worker must import linmeta itself
