@@ -463,6 +463,7 @@ def main(argv=None) -> int:
     f.add_argument("--coverage", type=Path, required=True, help="the coverage map's cache file")
     f.add_argument("--mem-gib", type=float, default=6.0, help="address-space cap per worker")
     f.add_argument("--limit", type=int, default=None, help="at most this many mutants")
+    f.add_argument("--no-warm", action="store_true", help="every mutant in a fresh process")
     r = sub.add_parser("run", help="a mutation run of one configuration, or of every one ('all')")
     r.add_argument("config", help="a config file, or 'all': every benchmarks/cosmic-ray/*.toml")
     r.add_argument("--setting", choices=("tiny", "quick"), default="tiny")
@@ -528,7 +529,7 @@ def main(argv=None) -> int:
         counts = mutation_runner.run_session(
             a.session.resolve(), setting=a.setting, seed=a.seed, workers=a.workers,
             files=a.file, cache=a.coverage, mem_gib=a.mem_gib, timeout_factor=4.0,
-            min_timeout=60.0, limit=a.limit)
+            min_timeout=60.0, limit=a.limit, warm=not a.no_warm)
         print(f"{a.session}: {counts}")
         return 0
     if a.cmd == "run":
