@@ -141,8 +141,15 @@ def _coverage_of_claim(claim: str, setting: str, seed: int, files: list[str]) ->
 
 
 # ----------------------------------------------------------------------------- the pool
+def _file_name(job: str) -> str:
+    """A file name for a job (mutant keys hold slashes)."""
+    import hashlib
+
+    return hashlib.sha1(job.encode()).hexdigest()[:20]
+
+
 def _fork(job: str, fn, args, out_dir: Path, timeout: float) -> tuple[int, str, Path, float]:
-    out = out_dir / f"{job}.json"
+    out = out_dir / f"{_file_name(job)}.json"
     out.unlink(missing_ok=True)
     pid = os.fork()
     if pid == 0:   # the worker
@@ -522,7 +529,7 @@ def recheck(survivors: list[dict], *, setting: str, seed: int, workers: int, fil
         for key, (f, mutated) in pend_tests.items():
             if out[key]["verify"] or not tests.get(f):
                 continue
-            log = str(jobs / f"{abs(hash(key))}.log")
+            log = str(jobs / f"{_file_name(key)}.log")
             tt.append((key, _tests_job, (f, mutated, tests[f], log), 900.0))
 
         def tdone(key, result, timed_out):
@@ -675,9 +682,9 @@ def warm_worker(jobs_dir: str, files: list[str], claims: list[str], setting: str
                     signal.alarm(0)
                     old.__code__, old.__defaults__, old.__kwdefaults__ = saved
                     _clear_python_caches()
-        tmp = out / f"{job['job']}.tmp"
+        tmp = out / f"{_file_name(job['job'])}.tmp"
         tmp.write_text(json.dumps(res))
-        os.replace(tmp, out / f"{job['job']}.json")
+        os.replace(tmp, out / f"{_file_name(job['job'])}.json")
 
 
 RECYCLE = 300   # mutants per warm worker before a fresh one takes over
@@ -735,7 +742,7 @@ def warm_pool(tasks, workers: int, out_dir: Path, on_done, *, files, claims, set
                     procs[p] = (t, time.monotonic() + timeout + 30)
                 continue
             t, deadline = cur
-            res_file = out_dir / f"{t[0]}.json"
+            res_file = out_dir / f"{_file_name(t[0])}.json"
             if res_file.exists():
                 result = json.loads(res_file.read_text())
                 res_file.unlink()
