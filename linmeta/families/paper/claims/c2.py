@@ -55,8 +55,8 @@ from linmeta.core import metrics, theory
 from linmeta.families.paper.theory import sr_bias_host, theory_sr_bias
 
 from linmeta.engine.claims import ClaimResult, Verdict
-from linmeta.engine.claim_support import (band, figure_dpi, key_for, pyplot, save_figure,
-                                          settings_value, spread)
+from linmeta.engine.claim_support import (DomainCase, band, domain_row, figure_dpi, key_for,
+                                          pyplot, save_figure, settings_value, spread)
 from linmeta.engine.verdict import Tolerance
 
 CLAIM = "C2"
@@ -363,6 +363,8 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
         0.0, float(np.max(ey_dev)), float("nan"), psd_tol, psd_tol.below(ey_dev), "check",
         f"{len(ey_rows)} (T, r) cases, seed 0, T in {{{Ts[0]}, {Ts[n_few - 1]}}}, r in "
         f"{tuple(ey_ranks)}"))
+    rows.append(core_theory_domain())
+    rows.append(small_spectrum_biases())
     rows.append(paper_bias_closed_forms(jax.random.fold_in(key, 7), d=d, k=k, T=max(cfg["Ts"]),
                                         ranks=(k, k + 1)))
     neg_sq = np.sum(np.where(g["eig"] < 0, g["eig"], 0.0) ** 2, axis=-1)  # (S, nT)
@@ -552,3 +554,127 @@ def plot(result: ClaimResult, out_dir) -> list:
                  f"{D['eig'].shape[0]} seeds ({D['setting']})", fontsize=11)
     fig.tight_layout()
     return save_figure(fig, out_dir, "c2_sr_bias", dpi=figure_dpi(result.data["setting"]))
+
+
+def _core_theory_cases(d: int = 3):
+    """Calls of the closed forms of :mod:`linmeta.core.theory` at the edges of their stated domains
+    (see :func:`core_theory_domain`)."""
+    C = DomainCase
+    A = np.eye(d)
+    U2 = np.ones((2, d, 1))                  # T = 2 tasks, k = 1 (T, k and d all differ)
+    big = 257 + d                            # sizes above CPython's small-int cache
+    Ab, Ub = np.eye(big), np.ones((1, big, 1))
+    sq = "square"
+    return [
+        # sr_population (shape check of the pair A*, U*)
+        C("sr_population, A* (d, d), U* (T, d, k)", lambda: theory.sr_population(A, U2)),
+        C(f"sr_population, d = {big}", lambda: theory.sr_population(Ab, Ub)),
+        C("sr_population, U* with d + 1 rows", lambda: theory.sr_population(A, np.ones((2, d + 1, 1))),
+          ("U_star", f"d={d}")),
+        C("sr_population, U* with d - 1 rows", lambda: theory.sr_population(A, np.ones((2, d - 1, 1))),
+          ("U_star", f"d={d}")),
+        C("sr_population, A* (d, d + 1)", lambda: theory.sr_population(np.ones((d, d + 1)), U2),
+          ("U_star", f"d={d}", "A_star")),
+        C("sr_population, A* (d, d - 1)", lambda: theory.sr_population(np.ones((d, d - 1)), U2),
+          ("U_star", f"d={d}", "A_star")),
+        C("sr_population, U* 2-D", lambda: theory.sr_population(A, np.ones((d, 1))), ("U_star",)),
+        # sr_residual: U_new (d, k) or (m, d, k)
+        C("sr_residual, U_new (d, k)", lambda: theory.sr_residual(U2, np.ones((d, 1)))),
+        C("sr_residual, U_new (m, d, k)", lambda: theory.sr_residual(U2, np.ones((4, d, 1)))),
+        C(f"sr_residual, d = {big}", lambda: theory.sr_residual(Ub, np.ones((big, 1)))),
+        C("sr_residual, U_new with d + 1 rows", lambda: theory.sr_residual(U2, np.ones((d + 1, 1))),
+          ("U_new", f"d={d}")),
+        C("sr_residual, U_new with d - 1 rows", lambda: theory.sr_residual(U2, np.ones((d - 1, 1))),
+          ("U_new", f"d={d}")),
+        C("sr_residual, U_new 1-D", lambda: theory.sr_residual(U2, np.ones((d,))), ("U_new",)),
+        C("sr_residual, U_new 4-D", lambda: theory.sr_residual(U2, np.ones((1, 1, d, 1))),
+          ("U_new",)),
+        # lora_bias: square (..., d, d), 0 <= rank <= d
+        C("lora_bias, rank 0", lambda: theory.lora_bias(A, 0)),
+        C("lora_bias, rank d (PSD)", lambda: theory.lora_bias(A, d, psd=True)),
+        C("lora_bias, batch (2, 3, d+1, d+1), rank d+1",
+          lambda: theory.lora_bias(np.ones((2, 3, d + 1, d + 1)), d + 1)),
+        C("lora_bias, batch (2, 3, d+1, d+1), rank d+1, PSD",
+          lambda: theory.lora_bias(np.ones((2, 3, d + 1, d + 1)), d + 1, psd=True)),
+        C(f"lora_bias, d = {big}", lambda: theory.lora_bias(Ab, 1)),
+        C("lora_bias, (d, d + 1)", lambda: theory.lora_bias(np.ones((d, d + 1)), 1),
+          ("residual", sq)),
+        C("lora_bias, (d + 1, d)", lambda: theory.lora_bias(np.ones((d + 1, d)), 1),
+          ("residual", sq)),
+        C("lora_bias, 1-D", lambda: theory.lora_bias(np.ones(d), 1), ("residual", sq)),
+        C("lora_bias, rank -1", lambda: theory.lora_bias(A, -1), ("rank", f"[0, d={d}]")),
+        C("lora_bias, rank d + 1", lambda: theory.lora_bias(A, d + 1), ("rank", f"[0, d={d}]")),
+        # orthogonal_case_bias: k, T >= 1, s >= 0, rank >= 0
+        C("orthogonal_case_bias, k = T = 1, s = 0, rank 0",
+          lambda: theory.orthogonal_case_bias(1, 0.0, 1, rank=0)),
+        C("orthogonal_case_bias, s = 0.5", lambda: theory.orthogonal_case_bias(2, 0.5, 3)),
+        C("orthogonal_case_bias, k = 0", lambda: theory.orthogonal_case_bias(0, 1.0, 2),
+          ("k", "[1, inf]")),
+        C("orthogonal_case_bias, T = 0", lambda: theory.orthogonal_case_bias(1, 1.0, 0),
+          ("T", "[1, inf]")),
+        C("orthogonal_case_bias, s < 0", lambda: theory.orthogonal_case_bias(1, -0.5, 2),
+          ("s", "[0.0, inf]")),
+        C("orthogonal_case_bias, rank -1", lambda: theory.orthogonal_case_bias(1, 1.0, 2, rank=-1),
+          ("rank", "[0, inf]")),
+        # the other closed forms' integer and scalar arguments
+        C("rbar_mean_square_deviation, d = k = T = 1",
+          lambda: theory.rbar_mean_square_deviation(1, 1, 1)),
+        C("rbar_mean_square_deviation, T = 0", lambda: theory.rbar_mean_square_deviation(2, 1, 0),
+          ("T", "[1, inf]")),
+        C("generic_sr_residual_rank, k = d", lambda: theory.generic_sr_residual_rank(d, d, 1)),
+        C("generic_sr_residual_rank, k = d + 1",
+          lambda: theory.generic_sr_residual_rank(d, d + 1, 1), ("k", f"d={d}")),
+        C("t2_adapter_rank, k = 0", lambda: theory.t2_adapter_rank(0), ("k", "[1, inf]")),
+        C("predicted_finetune_error, rank d, noise 0",
+          lambda: theory.predicted_finetune_error(d, d, 1.0, 0.0)),
+        C("predicted_finetune_error, rank d + 1",
+          lambda: theory.predicted_finetune_error(d, d + 1, 10, 0.1), ("rank", f"d={d}")),
+        C("predicted_finetune_error, n = 0",
+          lambda: theory.predicted_finetune_error(d, 1, 0, 0.1), ("n", "(0.0, inf]")),
+        C("sr_sample_error_constant, noise < 0",
+          lambda: theory.sr_sample_error_constant(U2, -0.1), ("noise_std", "[0.0, inf]")),
+        C("alternating_jacobian, inner_steps -1",
+          lambda: theory.alternating_jacobian(A, U2, inner_steps=-1), ("inner_steps", "[0, inf]")),
+        C("alternating_jacobian, lr_base 0",
+          lambda: theory.alternating_jacobian(A, U2, lr_base=0.0), ("lr_base", "(0.0, inf]")),
+    ]
+
+
+def core_theory_domain() -> Verdict:
+    """Stated domains of :mod:`linmeta.core.theory`'s closed forms: shapes (square residuals and
+    batches of them, the pair ``A*`` (d, d), ``U*`` (T, d, k), ``U_new`` (d, k) or (m, d, k)), the
+    integer bounds and the messages naming them; sizes above 256 so that identity of Python ints
+    is not equality."""
+    return domain_row(CLAIM, "core.theory (sr_population, sr_residual, lora_bias, "
+                      "orthogonal_case_bias, other closed forms)", _core_theory_cases())
+
+
+def _rotated(eigs, key):
+    """A symmetric matrix with the given eigenvalues in a random orthonormal basis (NumPy)."""
+    rng = np.random.default_rng(key)
+    Q, _ = np.linalg.qr(rng.standard_normal((len(eigs), len(eigs))))
+    return (Q * np.asarray(eigs, float)) @ Q.T
+
+
+def small_spectrum_biases() -> Verdict:
+    """``lora_bias`` (U V^T and PSD U U^T) on a 4-D batch (1, 2, 4, 4) of symmetric matrices whose
+    eigenvalues lie in (-1, 1) (positive ones kept by the PSD fit that are below 1, one nearly 0)
+    against the independent BFGS fits (:func:`asym_bias_bfgs`, :func:`psd_bias_bfgs`), ranks 1
+    and 2."""
+    mats = np.stack([_rotated((0.6, 0.3, -0.2, -0.5), 1),
+                     _rotated((0.9, 0.05, -0.02, -0.4), 2)])[None]   # (1, 2, 4, 4)
+    got, want = [], []
+    for r in (1, 2):
+        got.append(np.asarray(theory.lora_bias(mats, r)).ravel())
+        got.append(np.asarray(theory.lora_bias(mats, r, psd=True)).ravel())
+        want.append([asym_bias_bfgs(m, r, seed=i) for i, m in enumerate(mats[0])])
+        want.append([psd_bias_bfgs(m, r, seed=i) for i, m in enumerate(mats[0])])
+    got, want = np.concatenate(got), np.concatenate([np.asarray(w) for w in want])
+    scale = float(np.max(np.sum(mats ** 2, axis=(-2, -1))))
+    dev = np.abs(got - want) / scale
+    tol = Tolerance.stated(1e-6, "accuracy of the independent BFGS solver (gtol 1e-10, 2 "
+                           "starts); a wrong closed form is off by a squared eigenvalue >= 4e-4")
+    return Verdict(
+        CLAIM, "lora_bias (U V^T, PSD) on a (1, 2, 4, 4) batch with eigenvalues in (-1, 1) vs "
+        "BFGS, ranks 1, 2 (max |diff|/||Res||^2)", 0.0, float(np.max(dev)), float("nan"), tol,
+        tol.below(dev), "check", f"{got.size} (matrix, rank, adapter) cases")
