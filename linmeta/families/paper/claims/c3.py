@@ -400,6 +400,7 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
         "Newton recovers (population row above)"))
     rows.append(optimal_base_optimality(jax.random.fold_in(key_for(seed, CLAIM), 5), d=ad, k=ak,
                                         T=aT))
+    rows.append(recovery_metrics_check())
     data_alt = dict(alt, leg=leg, shape=(ad, ak, aT))
     data = dict(setting=setting, seed=seed, configs=C, objective=m["objective"],
                 rel_error=m["rel_error"], iterations=m["iterations"], problems=P, starts=S,
@@ -524,3 +525,47 @@ def plot(result: ClaimResult, out_dir) -> list:
                  "blue step: 3k = d, cells above it have 3k <= d)",
                  fontsize=10)
     return save_figure(fig, out_dir, "c3_recovery", dpi=figure_dpi(result.data["setting"]))
+
+
+def _procrustes_brute(U, U_star):
+    """``min_Q ||U Q - U*||_F`` by building the minimiser: ``Q = W V^T`` from the SVD
+    ``U^T U* = W S V^T`` (orthogonal Procrustes), NumPy, one pair at a time."""
+    W, _, Vt = np.linalg.svd(U.T @ U_star)
+    return float(np.linalg.norm(U @ (W @ Vt) - U_star))
+
+
+def recovery_metrics_check(d: int = 4, k: int = 2) -> Verdict:
+    """:func:`linmeta.core.metrics.adapter_error` (absolute and relative) and
+    :func:`linmeta.core.metrics.procrustes_distance` on a single pair (d, k), a stack (3, d, k) and
+    a stack (2, 3, d, k) of factors (one pair ``U = U* Q`` with Q orthogonal, at distance 0),
+    against NumPy loops: ``||U U^T - U* U*^T||_F`` (over ``||U* U*^T||_F``) and the distance
+    ``||U Q - U*||_F`` at the Procrustes minimiser ``Q = W V^T`` (SVD of ``U^T U*``). Squared
+    distances compared relative to ``||U||^2 + ||U*||^2``."""
+    rng = np.random.default_rng(3)
+    U, Us = rng.standard_normal((2, 2, 3, d, k))
+    Q, _ = np.linalg.qr(rng.standard_normal((k, k)))
+    U[1, 2] = Us[1, 2] @ Q                       # same U U^T up to rounding: distance 0
+    devs = []
+    for shape in ((d, k), (3, d, k), (2, 3, d, k)):
+        n = int(np.prod(shape[:-2], dtype=int))
+        u, us = U.reshape(-1, d, k)[-n:], Us.reshape(-1, d, k)[-n:]
+        want_abs = np.array([np.linalg.norm(a @ a.T - b @ b.T) for a, b in zip(u, us)])
+        want_rel = want_abs / np.array([np.linalg.norm(b @ b.T) for b in us])
+        want_pd = np.array([_procrustes_brute(a, b) for a, b in zip(u, us)])
+        scale = np.sum(u ** 2, axis=(-2, -1)) + np.sum(us ** 2, axis=(-2, -1))
+        u, us = u.reshape(shape), us.reshape(shape)
+        got_abs = np.asarray(metrics.adapter_error(u, us)).reshape(-1)
+        got_rel = np.asarray(metrics.adapter_error(u, us, relative=True)).reshape(-1)
+        got_pd = np.asarray(metrics.procrustes_distance(u, us)).reshape(-1)
+        for g, w in ((got_abs, want_abs), (got_rel, want_rel), (got_pd ** 2, want_pd ** 2)):
+            ok_shape = g.size == w.size and np.shape(metrics.procrustes_distance(u, us)) == \
+                shape[:-2]
+            devs.append(np.abs(g - w) / scale if ok_shape else np.full(w.shape, np.inf))
+    dev = np.concatenate(devs)
+    tol = Tolerance.rounding(50 * d, what="products and SVD of d x k factors, relative to "
+                             "||U||^2 + ||U*||^2")
+    return Verdict(
+        CLAIM, "recovery metrics adapter_error (abs., rel.) and procrustes_distance^2 vs NumPy "
+        "loops (Procrustes minimiser Q = W V^T), shapes (d, k), (3, d, k), (2, 3, d, k): max "
+        "|diff| / (||U||^2 + ||U*||^2)", 0.0, float(np.max(dev)), float("nan"), tol,
+        tol.below(dev), "check", f"d={d}, k={k}; one pair U = U* Q at distance 0")

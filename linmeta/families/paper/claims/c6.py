@@ -61,13 +61,14 @@ from linmeta.core.data import TaskStats, draw_samples, sample_tasks
 from linmeta.core.losses import task_loss
 from linmeta.core.problem import Truth, sample_truth
 from linmeta.methods.finetune import finetune
-from linmeta.core import theory
+from linmeta.core import metrics, theory
 from linmeta.methods.finetune import reduced_rank_fit
 from linmeta.core.losses import excess_risk, ols_solution
 
 from linmeta.engine.claims import ClaimResult, Verdict
 from ._draws import draw
-from linmeta.engine.claim_support import (key_for, optimality_measures, per_seed_slopes, pyplot,
+from linmeta.engine.claim_support import (DomainCase, domain_row, key_for, optimality_measures,
+                                          per_seed_slopes, pyplot,
                                           save_figure, settings_value, spread)
 from linmeta.engine.verdict import Tolerance
 
@@ -320,6 +321,7 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
         + ", ".join(f"{c:.2f}" for c in C_mean[len(ks):])))
     rows.append(reduced_rank_optimality(jax.random.fold_in(key, 99), d=d0, rank=k0))
     rows.append(adapter_dof_rows(d0))
+    rows.extend(unseen_task_risk_check())
     data = dict(setting=setting, seed=seed, cfg=cfg, noise_std=NOISE_STD, T_sr=T_SR, ns=ns, cn=cn,
                 ks=ks, ck=ck, ds=ds, cd=cd, slope=slope, C=float(C_in.mean()))
     return ClaimResult(CLAIM, rows, data, time.perf_counter() - t0)
@@ -455,3 +457,50 @@ def plot(result: ClaimResult, out_dir) -> list:
                  f"{D['noise_std']}, in-sample excess risk  ({D['setting']})", fontsize=11)
     fig.tight_layout()
     return save_figure(fig, out_dir, "c6_adaptation_rate")
+
+
+def unseen_task_risk_check(d: int = 3, k: int = 1, T: int = 2, m: int = 4) -> list:
+    """:func:`linmeta.core.metrics.unseen_task_risk` against a NumPy loop over the unseen tasks,
+    ``tr((M - M*_new)(M - M*_new)^T)`` with ``M*_new = A* + U_new U_new^T`` built from the truth's
+    factors: one model per task (m, d, d), one model (d, d) for all, and ``task=i`` (an ``int`` and a
+    NumPy integer, first and last); shapes must match (m,) and (). Then its stated domain: ``task``
+    an integer in [0, m - 1] (not a bool or a float), a truth with unseen tasks (the message
+    quotes the range ``[0, m - 1]``). m = 4 so that no arithmetic slip on m gives m - 1."""
+    rng = np.random.default_rng(6)
+    A = rng.standard_normal((d, d))
+    truth = Truth(A, rng.standard_normal((T, d, k)), rng.standard_normal((m, d, k)))
+    Un = np.asarray(truth.U_new)
+    M_new = [A + u @ u.T for u in Un]
+    Ms = rng.standard_normal((m, d, d))
+    want = np.array([np.trace((M - W) @ (M - W).T) for M, W in zip(Ms, M_new)])
+    want_one = np.array([np.trace((Ms[0] - W) @ (Ms[0] - W).T) for W in M_new])
+    got = [(np.asarray(metrics.unseen_task_risk(Ms, truth)), want),
+           (np.asarray(metrics.unseen_task_risk(Ms[0], truth)), want_one)]
+    for i in (0, np.int64(m - 1)):
+        got.append((np.asarray(metrics.unseen_task_risk(Ms[int(i)], truth, task=i)),
+                    np.asarray(want[int(i)])))
+    dev = np.array([np.max(np.abs(g - w)) / np.max(w) if g.shape == w.shape else np.inf
+                    for g, w in got])
+    tol = Tolerance.rounding(10 * d, what="sums of d^2 squares, relative to the largest risk")
+    C = DomainCase
+    rng_text = f"[0, {m - 1}]"
+    cases = [
+        C("task 0", lambda: metrics.unseen_task_risk(Ms[0], truth, task=0)),
+        C("task m - 1", lambda: metrics.unseen_task_risk(Ms[0], truth, task=m - 1)),
+        C("task -1", lambda: metrics.unseen_task_risk(Ms[0], truth, task=-1), ("task", rng_text)),
+        C("task m", lambda: metrics.unseen_task_risk(Ms[0], truth, task=m), ("task", rng_text)),
+        C("task True", lambda: metrics.unseen_task_risk(Ms[0], truth, task=True),
+          ("task", rng_text)),
+        C("task 1.0", lambda: metrics.unseen_task_risk(Ms[0], truth, task=1.0),
+          ("task", rng_text)),
+        C("truth without unseen tasks", lambda: metrics.unseen_task_risk(Ms[0], Truth(
+            A, np.asarray(truth.U_star))), ("U_new", "n_unseen >= 1")),
+        C("truth with U_new None", lambda: metrics.unseen_task_risk(
+            Ms[0], truth._replace(U_new=None)), ("U_new", "n_unseen >= 1")),
+    ]
+    return [Verdict(
+        CLAIM, "unseen_task_risk (per-task models, one shared model, task=i) vs NumPy "
+        "tr((M - M*_new)(M - M*_new)^T): max |diff| / max risk", 0.0, float(np.max(dev)),
+        float("nan"), tol, tol.below(dev), "check", f"d={d}, k={k}, T={T}, m={m} unseen tasks"),
+        domain_row(CLAIM, "metrics.unseen_task_risk (task in [0, m-1], unseen tasks present)",
+                   cases)]
