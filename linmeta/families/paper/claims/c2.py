@@ -191,13 +191,15 @@ def asym_bias_bfgs(residual, rank, n_starts=2, seed=0):
 
 def paper_bias_closed_forms(key, *, d, k, T, ranks, n_unseen=3, pad=2) -> Verdict:
     """The paper family's closed forms of the mean SR bias (:mod:`linmeta.families.paper.theory`:
-    ``theory_sr_bias`` with a static rank, with a traced rank on a zero-padded truth, and
-    ``sr_bias_host``) against the mean over ``n_unseen`` unseen tasks of the exact population
-    fine-tuning error after the SR solver's base (:func:`linmeta.methods.finetune.finetune`,
-    ``method="exact"``), at every rank of ``ranks``."""
+    ``theory_sr_bias`` with a static rank, with a NumPy-integer rank, with a traced rank and
+    ``n_tasks`` on a padded truth, with a static rank and ``n_tasks`` on it, and ``sr_bias_host``)
+    against the mean over ``n_unseen`` unseen tasks of the exact population fine-tuning error after
+    the SR solver's base (:func:`linmeta.methods.finetune.finetune`, ``method="exact"``), at every
+    rank of ``ranks``. The ``pad`` tasks appended beyond ``n_tasks = T`` are random (not zero), so
+    counting any of them changes ``Rbar``."""
     truth = sample_truth(key, d, k, T, n_unseen=n_unseen)
-    padded = truth._replace(U_star=jnp.concatenate(
-        [truth.U_star, jnp.zeros((pad,) + truth.U_star.shape[1:], truth.U_star.dtype)]))
+    extra = sample_truth(jax.random.fold_in(key, 1), d, k, pad, n_unseen=0).U_star
+    padded = truth._replace(U_star=jnp.concatenate([truth.U_star, extra]))
 
     @jax.jit
     def measured(truth):
@@ -209,17 +211,21 @@ def paper_bias_closed_forms(key, *, d, k, T, ranks, n_unseen=3, pad=2) -> Verdic
     want = np.asarray(measured(truth))
     traced = jax.jit(lambda tr, r, n: theory_sr_bias(tr, r, n))
     got = np.array([[float(theory_sr_bias(truth, r)),
+                     float(theory_sr_bias(truth, np.int64(r))),
                      float(traced(padded, jnp.asarray(r), jnp.asarray(T))),
+                     float(theory_sr_bias(padded, r, T)),
                      sr_bias_host(padded.U_star, truth.U_new, T, r)] for r in ranks])
     scale = float(np.mean(np.sum(np.asarray(theory.sr_residual(truth.U_star, truth.U_new)) ** 2,
                                  axis=(-2, -1))))
     dev = np.abs(got - want[:, None]) / scale
     tol = Tolerance.rounding(10 * d, what="SVD of d x d, relative to mean ||Res||^2")
     return Verdict(
-        CLAIM, "paper theory: theory_sr_bias (static rank; traced rank, padded truth) and "
-        "sr_bias_host vs mean exact fine-tuning error after SR, max |diff|/||Res||^2", 0.0,
+        CLAIM, "paper theory: theory_sr_bias (static, NumPy and traced rank; n_tasks < T on a "
+        "padded truth) and sr_bias_host vs mean exact fine-tuning error after SR, max "
+        "|diff|/||Res||^2", 0.0,
         float(np.max(dev)), float("nan"), tol, tol.below(dev), "check",
-        f"d={d}, k={k}, T={T} (+{pad} zero tasks), {n_unseen} unseen tasks, r in {ranks}")
+        f"d={d}, k={k}, T={T} (+{pad} random tasks beyond n_tasks), {n_unseen} unseen tasks, "
+        f"r in {ranks}")
 
 
 def rbar_deviation_monte_carlo(key, *, d, k, T, draws=4000) -> Verdict:
