@@ -169,6 +169,7 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
         "check", note + f"; max |ratio-1| {np.max(np.abs(pop_ratio - 1)):.1e}"))
     rows.append(pooled_least_squares_optimality(jax.random.fold_in(key_for(seed, CLAIM), 1),
                                                 d=d, k=k, T=T))
+    rows.append(sample_error_constant_monte_carlo(seed=seed))
     data = dict(setting=setting, seed=seed, d=d, k=k, T=T, noise_std=NOISE_STD, Ns=Narr,
                 err=out["err"], const=out["const"], pop_exact=out["pop_exact"],
                 pop_gd=out["pop_gd"], slope=slope_mean, tol_pop=tol_pop.value)
@@ -241,3 +242,31 @@ def plot(result: ClaimResult, out_dir) -> list:
                  f"noise std {D['noise_std']}  ({D['setting']})", fontsize=10)
     fig.tight_layout()
     return save_figure(fig, out_dir, "c1_sr_minimiser", dpi=figure_dpi(result.data["setting"]))
+
+
+def sample_error_constant_monte_carlo(*, d=5, k=2, T=3, noise_std=0.3, draws=10000,
+                                      seed=0) -> Verdict:
+    """:func:`linmeta.core.theory.sr_sample_error_constant` against a Monte Carlo of the
+    linearised SR error. With ``S_t = X_t X_t^T / N`` and ``D_t = R*_t - Rbar`` (summing to 0 over
+    t), ``A_SR(N) - (A* + Rbar) = [(1/T) sum_t (D_t (S_t - I) + E_t X_t^T / N)] S^{-1}``, whose
+    first-order term is a mean of N i.i.d. zero-mean terms ``z = (1/T) sum_t (D_t (x_t x_t^T - I)
+    + e_t x_t^T)`` (x_t ~ N(0, I), e_t ~ N(0, sigma^2 I), one sample per task), so the constant
+    is ``C = E ||z||_F^2`` exactly; ``draws`` independent z (NumPy), mean of ``||z||^2 / C``
+    against 1 within a Student-t band (p = 0.01) of its standard error. d != T so that swapping
+    them changes C; sigma large enough that both terms of C count."""
+    rng = np.random.default_rng(seed)
+    U = rng.standard_normal((T, d, k))
+    R = U @ U.transpose(0, 2, 1)
+    D = R - R.mean(axis=0)
+    x = rng.standard_normal((draws, T, d))
+    e = noise_std * rng.standard_normal((draws, T, d))
+    Dx = np.einsum("tab,ntb->nta", D, x)
+    z = (np.einsum("nta,ntb->nab", Dx + e, x) - D.sum(axis=0)) / T
+    ratio = np.sum(z * z, axis=(-2, -1)) / float(theory.sr_sample_error_constant(U, noise_std))
+    se = float(np.std(ratio, ddof=1) / math.sqrt(draws))
+    tol = Tolerance.seeds(se, draws)
+    return Verdict(
+        CLAIM, f"Monte Carlo ({draws} draws) of the linearised SR error E||z||^2 / "
+        "sr_sample_error_constant", 1.0, float(ratio.mean()), spread(ratio), tol,
+        tol.admits(ratio.mean() - 1), "check",
+        f"d={d}, k={k}, T={T}, sigma={noise_std}; standard error {se:.1e}")

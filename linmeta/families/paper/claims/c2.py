@@ -418,8 +418,8 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
         CLAIM, f"||Rbar - kI||_F^2 / E||Rbar - kI||_F^2 (theory: k d (d+1) / T), T in "
         f"{tuple(int(t) for t in Tm)}", 1.0, float(ratio.mean()), spread(per_seed), tol_rbar,
         tol_rbar.admits(ratio.mean() - 1), "check", note + "; SE over the per-seed means"))
-    rows.append(rbar_deviation_monte_carlo(jax.random.fold_in(key, 11), d=d, k=k,
-                                           T=int(Tm[0])))
+    rows.append(rbar_deviation_monte_carlo(jax.random.fold_in(key, 11), d=d | 1, k=k,
+                                           T=int(Tm[0])))   # odd d: d | 1 = d + 1 would not show
     lip = np.abs(np.sqrt(bias_k) - np.sqrt(g["limit"])[:, None]) - g["rbar_dev"]
     tol_lip = Tolerance.rounding(10 * d, max(1.0, float(np.max(g["res_norm"]))),
                                  what="absolute, times the scale max ||Res||_F")
@@ -625,6 +625,10 @@ def _core_theory_cases(d: int = 3):
         # the other closed forms' integer and scalar arguments
         C("rbar_mean_square_deviation, d = k = T = 1",
           lambda: theory.rbar_mean_square_deviation(1, 1, 1)),
+        C("rbar_mean_square_deviation, d = 0", lambda: theory.rbar_mean_square_deviation(0, 1, 1),
+          ("d", "[1, inf]")),
+        C("rbar_mean_square_deviation, k = 0", lambda: theory.rbar_mean_square_deviation(2, 0, 1),
+          ("k", "[1, inf]")),
         C("rbar_mean_square_deviation, T = 0", lambda: theory.rbar_mean_square_deviation(2, 1, 0),
           ("T", "[1, inf]")),
         C("generic_sr_residual_rank, k = d", lambda: theory.generic_sr_residual_rank(d, d, 1)),
