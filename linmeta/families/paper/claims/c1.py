@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from linmeta.core.data import Samples, draw_samples, population, sample_tasks, task_statistics
-from linmeta.core.problem import sample_truth
+from linmeta.core.problem import Truth, sample_truth
 from linmeta.methods import standard_retraining
 from linmeta.core import losses, metrics, theory
 
@@ -170,6 +170,7 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
     rows.append(pooled_least_squares_optimality(jax.random.fold_in(key_for(seed, CLAIM), 1),
                                                 d=d, k=k, T=T))
     rows.append(sample_error_constant_monte_carlo(seed=seed))
+    rows.append(losses_check())
     data = dict(setting=setting, seed=seed, d=d, k=k, T=T, noise_std=NOISE_STD, Ns=Narr,
                 err=out["err"], const=out["const"], pop_exact=out["pop_exact"],
                 pop_gd=out["pop_gd"], slope=slope_mean, tol_pop=tol_pop.value)
@@ -270,3 +271,59 @@ def sample_error_constant_monte_carlo(*, d=5, k=2, T=3, noise_std=0.3, draws=100
         "sr_sample_error_constant", 1.0, float(ratio.mean()), spread(ratio), tol,
         tol.admits(ratio.mean() - 1), "check",
         f"d={d}, k={k}, T={T}, sigma={noise_std}; standard error {se:.1e}")
+
+
+def losses_check(d: int = 3, T: int = 2) -> Verdict:
+    """The task losses of :mod:`linmeta.core.losses` on statistics of raw samples against NumPy
+    computations on the samples themselves: ``L_t(M) = 1/(2N) sum_i ||y_i - M x_i||^2``
+    (``task_loss``; per-task and shared M), its gradient ``-(1/N) sum_i (y_i - M x_i) x_i^T``,
+    the minimum-norm least-squares fit (``ols_solution``; ``np.linalg.lstsq``, also at N < d where
+    ``S_xx`` is singular), ``L_t(M) - L_t(B_t)`` (``excess_loss``, with and without B), the task
+    mean (``mean_loss``, also on a batch (2, T) of statistics), ``(1/N) sum_i ||(M - M*) x_i||^2``
+    (``excess_risk``) and ``paper_test_loss`` (N times it; ``||M - M*||_F^2`` in the population).
+    Deviations relative to the largest loss term (``S_yy``-sized)."""
+    rng = np.random.default_rng(1)
+    Mst = rng.standard_normal((T, d, d))
+    Ms = rng.standard_normal((T, d, d))
+    devs = []
+    batch = []
+    for N in (2 * d, d - 1):
+        X = rng.standard_normal((T, N, d))
+        Y = X @ Mst.transpose(0, 2, 1) + 0.3 * rng.standard_normal((T, N, d))
+        stats = task_statistics(Samples(X, Y, Mst, np.full((T,), 0.3)))
+        batch.append(stats)
+        loss = lambda M: np.array([np.sum((Y[t] - X[t] @ M[t].T) ** 2) / (2 * N)  # noqa: E731
+                                   for t in range(T)])
+        B = np.stack([np.linalg.lstsq(X[t], Y[t], rcond=None)[0].T for t in range(T)])
+        grad = np.stack([-(Y[t] - X[t] @ Ms[t].T).T @ X[t] / N for t in range(T)])
+        risk = np.array([np.sum((X[t] @ (Ms[t] - Mst[t]).T) ** 2) / N for t in range(T)])
+        scale = float(np.max(np.sum(Y ** 2, axis=(-2, -1)) / N))
+        pairs = [(losses.task_loss(Ms, stats), loss(Ms)),
+                 (losses.task_loss(Ms[0], stats), loss(np.stack([Ms[0]] * T))),
+                 (losses.task_loss_grad(Ms, stats), grad),
+                 (losses.task_loss(losses.ols_solution(stats), stats), loss(B)),
+                 (losses.excess_loss(Ms, stats), loss(Ms) - loss(B)),
+                 (losses.excess_loss(Ms, stats, losses.ols_solution(stats)), loss(Ms) - loss(B)),
+                 (losses.mean_loss(Ms, stats), np.mean(loss(Ms))),
+                 (losses.excess_risk(Ms, stats), risk),
+                 (losses.paper_test_loss(Ms, stats), N * risk)]
+        if N > d:   # the unique minimiser itself
+            pairs.append((losses.ols_solution(stats), B))
+        devs += [np.max(np.abs(np.asarray(g) - w)) / scale if np.shape(g) == np.shape(w)
+                 else np.inf for g, w in pairs]
+    both = jax.tree.map(lambda a, b: np.stack([a, b]), *batch)   # statistics of shape (2, T, ...)
+    want = np.stack([np.asarray(losses.task_loss(Ms, s)).mean() for s in batch])
+    got = np.asarray(losses.mean_loss(Ms, both))
+    devs.append(np.max(np.abs(got - want)) / scale if got.shape == want.shape else np.inf)
+    pop = population(Truth(Mst[0], rng.standard_normal((T, d, 1))))
+    got = np.asarray(losses.paper_test_loss(Ms, pop))
+    want = np.sum((Ms - np.asarray(pop.M_star)) ** 2, axis=(-2, -1))
+    devs.append(np.max(np.abs(got - want)) / np.max(want) if got.shape == want.shape else np.inf)
+    dev = np.asarray(devs, float)
+    tol = Tolerance.rounding(100 * d, what="sums over N samples of d x d products, relative to "
+                             "S_yy")
+    return Verdict(
+        CLAIM, "core.losses (task_loss, grad, ols_solution also at N < d, excess_loss, mean_loss "
+        "also on a (2, T) batch, excess_risk, paper_test_loss also in the population) vs NumPy on "
+        "the raw samples: max |diff| / max S_yy", 0.0, float(np.max(dev)), float("nan"), tol,
+        tol.below(dev), "check", f"d={d}, T={T}, N in (2d, d-1)")

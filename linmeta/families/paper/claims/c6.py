@@ -61,7 +61,7 @@ from linmeta.core.data import TaskStats, draw_samples, sample_tasks
 from linmeta.core.losses import task_loss
 from linmeta.core.problem import Truth, sample_truth
 from linmeta.methods.finetune import finetune
-from linmeta.core import metrics, theory
+from linmeta.core import lora, metrics, theory
 from linmeta.methods.finetune import reduced_rank_fit
 from linmeta.core.losses import excess_risk, ols_solution
 
@@ -322,6 +322,7 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
     rows.append(reduced_rank_optimality(jax.random.fold_in(key, 99), d=d0, rank=k0))
     rows.append(adapter_dof_rows(d0))
     rows.extend(unseen_task_risk_check())
+    rows.append(adapters_check())
     data = dict(setting=setting, seed=seed, cfg=cfg, noise_std=NOISE_STD, T_sr=T_SR, ns=ns, cn=cn,
                 ks=ks, ck=ck, ds=ds, cd=cd, slope=slope, C=float(C_in.mean()))
     return ClaimResult(CLAIM, rows, data, time.perf_counter() - t0)
@@ -372,11 +373,12 @@ def adapter_dof_rows(d: int) -> Verdict:
     """:func:`linmeta.core.lora.adapter_dof` (via ``theory.adapter_dof``) against the dimension of
     the tangent space of the rank-r adapters: the rank of the Jacobian of ``(U, V) -> U V^T``
     (``dU V^T + U dV^T``) and of ``U -> U U^T`` (``dU U^T + U dU^T``) at random factors, built
-    entry by entry (NumPy; rank by SVD), r in {1, 2, d/2, d-1, d}."""
+    entry by entry (NumPy; rank by SVD), r in {1, 2, d/2, d-1, d, d+1} (beyond d the adapters are
+    all d x d matrices, resp. all symmetric PSD ones: dimension d^2, resp. d(d+1)/2)."""
     rng = np.random.default_rng(d)
     eye = np.eye(d)
     got, want = [], []
-    rs = sorted({1, 2, d // 2, d - 1, d} & set(range(1, d + 1)))
+    rs = sorted({1, 2, d // 2, d - 1, d} & set(range(1, d + 1))) + [d + 1]   # r > d: clipped
     for r in rs:
         U, V = rng.standard_normal((2, d, r))
         # J[(a, b), (i, j)] = d (X Y^T)_ab / d X_ij = delta_ai Y_bj, and for Y: X_aj delta_bi
@@ -504,3 +506,50 @@ def unseen_task_risk_check(d: int = 3, k: int = 1, T: int = 2, m: int = 4) -> li
         float("nan"), tol, tol.below(dev), "check", f"d={d}, k={k}, T={T}, m={m} unseen tasks"),
         domain_row(CLAIM, "metrics.unseen_task_risk (task in [0, m-1], unseen tasks present)",
                    cases)]
+
+
+def adapters_check(d: int = 3, r: int = 2) -> Verdict:
+    """The adapter maps of :mod:`linmeta.core.lora` on a stack (2, d, r) of factors against NumPy:
+    ``symmetric_delta`` / ``asymmetric_delta`` against per-matrix products, and
+    ``symmetric_grad`` / ``asymmetric_grads`` against central differences of ``<G, U U^T>`` and
+    ``<G, U V^T>`` (quadratic and bilinear in the factors, so the central difference with step 1
+    is exact up to rounding) for a non-symmetric G; ``init_factor``'s default dtype is the working
+    dtype and a given one is kept (a mismatch counts as an infinite deviation), and its entries have
+    variance scale^2 (chi-square band, p = 1e-6, on 2000 entries)."""
+    rng = np.random.default_rng(7)
+    U, V, = rng.standard_normal((2, 2, d, r))
+    G = rng.standard_normal((2, d, d))
+
+    def central(f, X):
+        out = np.zeros_like(X)
+        for idx in np.ndindex(*X.shape):
+            E = np.zeros_like(X)
+            E[idx] = 1.0
+            out[idx] = (f(X + E)[idx[0]] - f(X - E)[idx[0]]) / 2
+        return out
+
+    inner = lambda A, B: np.einsum("nab,nab->n", G, A @ B.transpose(0, 2, 1))  # noqa: E731
+    gU, gV = lora.asymmetric_grads(G, U, V)
+    pairs = [(lora.symmetric_delta(U), U @ U.transpose(0, 2, 1)),
+             (lora.asymmetric_delta(U, V), U @ V.transpose(0, 2, 1)),
+             (lora.symmetric_grad(G, U), central(lambda X: inner(X, X), U)),
+             (gU, central(lambda X: inner(X, V), U)),
+             (gV, central(lambda X: inner(U, X), V))]
+    dev = [np.max(np.abs(np.asarray(g) - w)) / np.max(np.abs(w)) if np.shape(g) == w.shape
+           else np.inf for g, w in pairs]
+    key = jax.random.key(0)
+    dev.append(0.0 if lora.init_factor(key, (2,)).dtype == jnp.asarray(0.0).dtype else np.inf)
+    dev.append(0.0 if lora.init_factor(key, (2,), 0.1, jnp.float32).dtype == jnp.float32
+               else np.inf)
+    dev = np.asarray(dev)
+    tol = Tolerance.rounding(10 * d * r, what="products of d x r factors, relative to the largest "
+                             "entry")
+    z = np.asarray(lora.init_factor(key, (40, 50), 0.5))     # i.i.d. N(0, 0.5^2): chi-square
+    var = float(np.mean(z ** 2)) / 0.25
+    tol_var = Tolerance.chi2(z.size)
+    return Verdict(
+        CLAIM, "core.lora: adapters U U^T, U V^T vs NumPy; symmetric_grad, asymmetric_grads vs "
+        "exact central differences of <G, U U^T>, <G, U V^T>; init_factor dtypes: max rel. diff",
+        0.0, float(np.max(dev)), float("nan"), tol, tol.below(dev) and tol_var.contains_ratio(var),
+        "check", f"stack of 2, d={d}, r={r}, non-symmetric G; init_factor(scale 0.5): mean of "
+        f"z^2 / 0.25 over {z.size} entries {var:.4f}, within {tol_var.text}")
