@@ -371,6 +371,7 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
         f"{tuple(ey_ranks)}"))
     rows.append(core_theory_domain())
     rows.append(small_spectrum_biases())
+    rows.append(numerical_rank_check())
     rows.append(paper_bias_closed_forms(jax.random.fold_in(key, 7), d=d, k=k, T=max(cfg["Ts"]),
                                         ranks=(k, k + 1)))
     neg_sq = np.sum(np.where(g["eig"] < 0, g["eig"], 0.0) ** 2, axis=-1)  # (S, nT)
@@ -688,3 +689,29 @@ def small_spectrum_biases() -> Verdict:
         CLAIM, "lora_bias (U V^T, PSD) on a (1, 2, 4, 4) batch with eigenvalues in (-1, 1) vs "
         "BFGS, ranks 1, 2 (max |diff|/||Res||^2)", 0.0, float(np.max(dev)), float("nan"), tol,
         tol.below(dev), "check", f"{got.size} (matrix, rank, adapter) cases")
+
+
+def numerical_rank_check() -> Verdict:
+    """:func:`linmeta.core.metrics.numerical_rank` on matrices of known singular values (random
+    orthonormal factors): ``diag(1, 0.5, 1e-3, 0, 0)`` with the default ``rtol = max(shape) eps``
+    (rank 3), ``atol = 0.01`` (2), ``rtol = 0.6`` (1), on a stack (2, 3, 5, 5) (3 each); the zero
+    matrix (0); a 2 x 50 matrix with singular values (1, 10 eps) (1: the default rtol is 50 eps,
+    from the larger side). Exact counts."""
+    rng = np.random.default_rng(4)
+    Q, _ = np.linalg.qr(rng.standard_normal((5, 5)))
+    P, _ = np.linalg.qr(rng.standard_normal((5, 5)))
+    M = (Q * np.array([1.0, 0.5, 1e-3, 0.0, 0.0])) @ P.T
+    u, _ = np.linalg.qr(rng.standard_normal((2, 2)))
+    v, _ = np.linalg.qr(rng.standard_normal((50, 2)))
+    dt = np.dtype(jnp.asarray(0.0).dtype)           # the working dtype and its eps
+    W = ((u * np.array([1.0, 10 * np.finfo(dt).eps])) @ v.T).astype(dt)
+    cases = [(metrics.numerical_rank(M), 3), (metrics.numerical_rank(M, atol=0.01), 2),
+             (metrics.numerical_rank(M, rtol=0.6), 1),
+             (metrics.numerical_rank(np.broadcast_to(M, (2, 3, 5, 5))), np.full((2, 3), 3)),
+             (metrics.numerical_rank(np.zeros((4, 4))), 0), (metrics.numerical_rank(W), 1)]
+    ok = [np.shape(g) == np.shape(w) and bool(np.all(np.asarray(g) == w)) for g, w in cases]
+    return Verdict(
+        CLAIM, "numerical_rank on matrices of known singular values (default rtol, atol, rtol, "
+        "stack (2, 3, 5, 5), zero matrix, 2 x 50 with sigma_2 = 10 eps) (cases matching)",
+        len(cases), int(sum(ok)), float("nan"), Tolerance.exact(), all(ok), "check",
+        f"ranks {[np.asarray(g).ravel()[:1].tolist() for g, _ in cases]}")

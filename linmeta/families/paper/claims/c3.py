@@ -401,6 +401,7 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
     rows.append(optimal_base_optimality(jax.random.fold_in(key_for(seed, CLAIM), 5), d=ad, k=ak,
                                         T=aT))
     rows.append(recovery_metrics_check())
+    rows.append(subspace_metrics_check())
     data_alt = dict(alt, leg=leg, shape=(ad, ak, aT))
     data = dict(setting=setting, seed=seed, configs=C, objective=m["objective"],
                 rel_error=m["rel_error"], iterations=m["iterations"], problems=P, starts=S,
@@ -569,3 +570,48 @@ def recovery_metrics_check(d: int = 4, k: int = 2) -> Verdict:
         "loops (Procrustes minimiser Q = W V^T), shapes (d, k), (3, d, k), (2, 3, d, k): max "
         "|diff| / (||U||^2 + ||U*||^2)", 0.0, float(np.max(dev)), float("nan"), tol,
         tol.below(dev), "check", f"d={d}, k={k}; one pair U = U* Q at distance 0")
+
+
+def subspace_metrics_check(d: int = 6) -> Verdict:
+    """:func:`linmeta.core.metrics.principal_angles`, ``subspace_distance`` and
+    ``sin_theta_frobenius_sq`` on subspaces with known angles: in a random orthonormal basis
+    ``q_1..q_d``, X spans ``q_1, q_2`` (k_X = 2) and Y spans ``cos a_i q_i + sin a_i q_{2+i}``
+    (and, for k_Y = 3, ``q_5``, orthogonal to X), with angles below and above pi/4 (both branches
+    of the arcsin / arccos choice), scaled non-orthonormal bases (``X B`` for an invertible B), the
+    pair both ways round (k_Y > k_X swaps them) and on a stack (2, 1, d, k). Predicted: the angles
+    ``a`` in increasing order, ``sin max a`` and ``sum sin^2 a`` (the last for k_X = k_Y only)."""
+    rng = np.random.default_rng(5)
+    cases = [((0.3, 1.2), 2), ((0.05, 0.9), 3), ((0.7, 1.5), 2)]
+    Xs, Ys, want = [], [], []
+    for angles, kY in cases:
+        Q, _ = np.linalg.qr(rng.standard_normal((d, d)))
+        X = Q[:, :2] @ rng.standard_normal((2, 2))
+        cols = [np.cos(a) * Q[:, i] + np.sin(a) * Q[:, 2 + i] for i, a in enumerate(angles)]
+        Y = np.stack(cols + [Q[:, 4]] * (kY == 3), axis=1) @ rng.standard_normal((kY, kY))
+        Xs.append(X)
+        Ys.append(Y)
+        want.append(np.sort(angles))
+    devs = []
+    for X, Y, w in zip(Xs, Ys, want):
+        for A, B in ((X, Y), (Y, X)):
+            pa = np.asarray(metrics.principal_angles(A, B))
+            devs.append(np.max(np.abs(pa - w)) if pa.shape == w.shape else np.inf)
+            devs.append(abs(float(metrics.subspace_distance(A, B)) - np.sin(w[-1])))
+            if A.shape == B.shape:   # its stated domain: both of rank k
+                devs.append(abs(float(metrics.sin_theta_frobenius_sq(A, B)) -
+                                np.sum(np.sin(w) ** 2)))
+    X2, Y2 = np.stack([Xs[0], Xs[2]])[:, None], np.stack([Ys[0], Ys[2]])[:, None]   # (2, 1, d, 2)
+    w2 = np.stack([want[0], want[2]])[:, None]
+    for got, w in ((metrics.principal_angles(X2, Y2), w2),
+                   (metrics.subspace_distance(X2, Y2), np.sin(w2[..., -1])),
+                   (metrics.sin_theta_frobenius_sq(X2, Y2), np.sum(np.sin(w2) ** 2, axis=-1))):
+        got = np.asarray(got)
+        devs.append(np.max(np.abs(got - w)) if got.shape == w.shape else np.inf)
+    dev = np.asarray(devs)
+    tol = Tolerance.rounding(100 * d, what="QR and SVD of d x k bases; angles from the better "
+                             "conditioned of arcsin / arccos")
+    return Verdict(
+        CLAIM, "subspace metrics principal_angles, subspace_distance, sin_theta_frobenius_sq vs "
+        "constructed angles (both orders, k_X != k_Y, stack (2, 1, d, k)): max |diff|", 0.0,
+        float(np.max(dev)), float("nan"), tol, tol.below(dev), "check",
+        f"d={d}; angles {[c[0] for c in cases]}")
