@@ -693,25 +693,32 @@ def small_spectrum_biases() -> Verdict:
 
 def numerical_rank_check() -> Verdict:
     """:func:`linmeta.core.metrics.numerical_rank` on matrices of known singular values (random
-    orthonormal factors): ``diag(1, 0.5, 1e-3, 0, 0)`` with the default ``rtol = max(shape) eps``
-    (rank 3), ``atol = 0.01`` (2), ``rtol = 0.6`` (1), on a stack (2, 3, 5, 5) (3 each); the zero
-    matrix (0); a 2 x 50 matrix with singular values (1, 10 eps) (1: the default rtol is 50 eps,
-    from the larger side). Exact counts."""
+    orthonormal factors): ``diag(2, 1, 2e-3, 0, 0)`` with the default ``rtol = max(shape) eps``
+    (rank 3), ``atol = 0.01`` (2), ``rtol = 0.6`` (1: relative to sigma_max = 2), on a stack
+    (2, 3, 5, 5) (3 each); the zero matrix (0); a 2 x 50 matrix with singular values (1, 10 eps)
+    and its transpose (1: the default rtol is 50 eps, from the larger side of the matrix); a stack
+    of 64 matrices 5 x 5 with singular values (1, 20 eps) (2 each: the stack's size is not a
+    side). Exact counts."""
     rng = np.random.default_rng(4)
     Q, _ = np.linalg.qr(rng.standard_normal((5, 5)))
     P, _ = np.linalg.qr(rng.standard_normal((5, 5)))
-    M = (Q * np.array([1.0, 0.5, 1e-3, 0.0, 0.0])) @ P.T
+    M = (Q * np.array([2.0, 1.0, 2e-3, 0.0, 0.0])) @ P.T
     u, _ = np.linalg.qr(rng.standard_normal((2, 2)))
     v, _ = np.linalg.qr(rng.standard_normal((50, 2)))
     dt = np.dtype(jnp.asarray(0.0).dtype)           # the working dtype and its eps
     W = ((u * np.array([1.0, 10 * np.finfo(dt).eps])) @ v.T).astype(dt)
+    # a stack of 64 5 x 5 matrices with singular values (1, 20 eps): the default rtol is 5 eps
+    V = np.broadcast_to((Q[:, :2] * np.array([1.0, 20 * np.finfo(dt).eps])) @ P[:, :2].T,
+                        (64, 5, 5)).astype(dt)
     cases = [(metrics.numerical_rank(M), 3), (metrics.numerical_rank(M, atol=0.01), 2),
              (metrics.numerical_rank(M, rtol=0.6), 1),
              (metrics.numerical_rank(np.broadcast_to(M, (2, 3, 5, 5))), np.full((2, 3), 3)),
-             (metrics.numerical_rank(np.zeros((4, 4))), 0), (metrics.numerical_rank(W), 1)]
+             (metrics.numerical_rank(np.zeros((4, 4))), 0), (metrics.numerical_rank(W), 1),
+             (metrics.numerical_rank(W.T), 1), (metrics.numerical_rank(V), np.full(64, 2))]
     ok = [np.shape(g) == np.shape(w) and bool(np.all(np.asarray(g) == w)) for g, w in cases]
     return Verdict(
         CLAIM, "numerical_rank on matrices of known singular values (default rtol, atol, rtol, "
-        "stack (2, 3, 5, 5), zero matrix, 2 x 50 with sigma_2 = 10 eps) (cases matching)",
+        "stack (2, 3, 5, 5), zero matrix, 2 x 50 and 50 x 2 with sigma_2 = 10 eps, 64 x 5 x 5 with "
+        "sigma_2 = 20 eps) (cases matching)",
         len(cases), int(sum(ok)), float("nan"), Tolerance.exact(), all(ok), "check",
         f"ranks {[np.asarray(g).ravel()[:1].tolist() for g, _ in cases]}")

@@ -538,7 +538,9 @@ def _procrustes_brute(U, U_star):
 def recovery_metrics_check(d: int = 4, k: int = 2) -> Verdict:
     """:func:`linmeta.core.metrics.adapter_error` (absolute and relative) and
     :func:`linmeta.core.metrics.procrustes_distance` on a single pair (d, k), a stack (3, d, k) and
-    a stack (2, 3, d, k) of factors (one pair ``U = U* Q`` with Q orthogonal, at distance 0),
+    a stack (2, 3, d, k) of factors (one pair ``U = U* Q`` with Q orthogonal, at distance 0; a stack of
+    16 pairs ``U = U*``, distance 0 even where the squared distance rounds below 0), and
+    :func:`linmeta.core.metrics.base_error` (absolute, relative; one matrix and a stack),
     against NumPy loops: ``||U U^T - U* U*^T||_F`` (over ``||U* U*^T||_F``) and the distance
     ``||U Q - U*||_F`` at the Procrustes minimiser ``Q = W V^T`` (SVD of ``U^T U*``). Squared
     distances compared relative to ``||U||^2 + ||U*||^2``."""
@@ -547,6 +549,21 @@ def recovery_metrics_check(d: int = 4, k: int = 2) -> Verdict:
     Q, _ = np.linalg.qr(rng.standard_normal((k, k)))
     U[1, 2] = Us[1, 2] @ Q                       # same U U^T up to rounding: distance 0
     devs = []
+    # U = U* exactly: ||U||^2 + ||U*||^2 - 2 ||U^T U*||_* rounds to either sign; the distance is 0
+    same = rng.standard_normal((16, d, k))
+    got = np.asarray(metrics.procrustes_distance(same, same)) ** 2
+    devs.append(got / np.sum(2 * same ** 2, axis=(-2, -1)))
+    # base_error, absolute and relative, on one matrix and a stack (2, 3, d, d)
+    A, As = rng.standard_normal((2, 2, 3, d, d))
+    for a, b in ((A[0, 0], As[0, 0]), (A, As)):
+        w = np.sqrt(np.sum((a - b) ** 2, axis=(-2, -1)))
+        for rel, want in ((False, w), (True, w / np.sqrt(np.sum(b ** 2, axis=(-2, -1))))):
+            g = np.asarray(metrics.base_error(a, b, relative=rel))
+            devs.append(np.abs(g - want).ravel() / want.ravel() if g.shape == np.shape(want)
+                        else np.array([np.inf]))
+        g = np.asarray(metrics.base_error(a, b))          # default: absolute
+        devs.append(np.abs(g - w).ravel() / w.ravel() if g.shape == np.shape(w)
+                    else np.array([np.inf]))
     for shape in ((d, k), (3, d, k), (2, 3, d, k)):
         n = int(np.prod(shape[:-2], dtype=int))
         u, us = U.reshape(-1, d, k)[-n:], Us.reshape(-1, d, k)[-n:]
@@ -566,28 +583,33 @@ def recovery_metrics_check(d: int = 4, k: int = 2) -> Verdict:
     tol = Tolerance.rounding(50 * d, what="products and SVD of d x k factors, relative to "
                              "||U||^2 + ||U*||^2")
     return Verdict(
-        CLAIM, "recovery metrics adapter_error (abs., rel.) and procrustes_distance^2 vs NumPy "
+        CLAIM, "recovery metrics base_error, adapter_error (abs., rel.) and procrustes_distance^2 "
+        "vs NumPy "
         "loops (Procrustes minimiser Q = W V^T), shapes (d, k), (3, d, k), (2, 3, d, k): max "
         "|diff| / (||U||^2 + ||U*||^2)", 0.0, float(np.max(dev)), float("nan"), tol,
         tol.below(dev), "check", f"d={d}, k={k}; one pair U = U* Q at distance 0")
 
 
-def subspace_metrics_check(d: int = 6) -> Verdict:
+def subspace_metrics_check(d: int = 7) -> Verdict:
     """:func:`linmeta.core.metrics.principal_angles`, ``subspace_distance`` and
     ``sin_theta_frobenius_sq`` on subspaces with known angles: in a random orthonormal basis
     ``q_1..q_d``, X spans ``q_1, q_2`` (k_X = 2) and Y spans ``cos a_i q_i + sin a_i q_{2+i}``
     (and, for k_Y = 3, ``q_5``, orthogonal to X), with angles below and above pi/4 (both branches
     of the arcsin / arccos choice), scaled non-orthonormal bases (``X B`` for an invertible B), the
-    pair both ways round (k_Y > k_X swaps them) and on a stack (2, 1, d, k). Predicted: the angles
+    pair both ways round (k_Y > k_X swaps them), three angles (1e-6, 0.4, pi/2 - 1e-6: only the
+    better conditioned formula of each gets them to rounding), and on stacks (2, 1, d, k) (also with
+    k_Y > k_X). Predicted: the angles
     ``a`` in increasing order, ``sin max a`` and ``sum sin^2 a`` (the last for k_X = k_Y only)."""
     rng = np.random.default_rng(5)
-    cases = [((0.3, 1.2), 2), ((0.05, 0.9), 3), ((0.7, 1.5), 2)]
+    cases = [((0.3, 1.2), 2), ((0.05, 0.9), 3), ((0.7, 1.5), 2),
+             ((1e-6, 0.4, np.pi / 2 - 1e-6), 3)]   # arccos / arcsin would lose 1e-10 here
     Xs, Ys, want = [], [], []
     for angles, kY in cases:
         Q, _ = np.linalg.qr(rng.standard_normal((d, d)))
-        X = Q[:, :2] @ rng.standard_normal((2, 2))
-        cols = [np.cos(a) * Q[:, i] + np.sin(a) * Q[:, 2 + i] for i, a in enumerate(angles)]
-        Y = np.stack(cols + [Q[:, 4]] * (kY == 3), axis=1) @ rng.standard_normal((kY, kY))
+        kX = len(angles)
+        X = Q[:, :kX] @ rng.standard_normal((kX, kX))
+        cols = [np.cos(a) * Q[:, i] + np.sin(a) * Q[:, kX + i] for i, a in enumerate(angles)]
+        Y = np.stack(cols + [Q[:, 2 * kX]] * (kY > kX), axis=1) @ rng.standard_normal((kY, kY))
         Xs.append(X)
         Ys.append(Y)
         want.append(np.sort(angles))
@@ -602,6 +624,11 @@ def subspace_metrics_check(d: int = 6) -> Verdict:
                                 np.sum(np.sin(w) ** 2)))
     X2, Y2 = np.stack([Xs[0], Xs[2]])[:, None], np.stack([Ys[0], Ys[2]])[:, None]   # (2, 1, d, 2)
     w2 = np.stack([want[0], want[2]])[:, None]
+    X3, Y3 = np.stack([Xs[1], Xs[1]])[:, None], np.stack([Ys[1], Ys[1]])[:, None]   # k_Y = 3 > 2
+    for A, B in ((X3, Y3), (Y3, X3)):
+        got = np.asarray(metrics.principal_angles(A, B))
+        w = np.broadcast_to(want[1], (2, 1, 2))
+        devs.append(np.max(np.abs(got - w)) if got.shape == w.shape else np.inf)
     for got, w in ((metrics.principal_angles(X2, Y2), w2),
                    (metrics.subspace_distance(X2, Y2), np.sin(w2[..., -1])),
                    (metrics.sin_theta_frobenius_sq(X2, Y2), np.sum(np.sin(w2) ** 2, axis=-1))):
@@ -612,6 +639,7 @@ def subspace_metrics_check(d: int = 6) -> Verdict:
                              "conditioned of arcsin / arccos")
     return Verdict(
         CLAIM, "subspace metrics principal_angles, subspace_distance, sin_theta_frobenius_sq vs "
-        "constructed angles (both orders, k_X != k_Y, stack (2, 1, d, k)): max |diff|", 0.0,
+        "constructed angles (both orders, k_X != k_Y, angles 1e-6 and pi/2 - 1e-6, stacks (2, 1, d, k))"
+        ": max |diff|", 0.0,
         float(np.max(dev)), float("nan"), tol, tol.below(dev), "check",
         f"d={d}; angles {[c[0] for c in cases]}")

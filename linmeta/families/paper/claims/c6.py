@@ -493,6 +493,8 @@ def unseen_task_risk_check(d: int = 3, k: int = 1, T: int = 2, m: int = 4) -> li
         C("task m - 1", lambda: metrics.unseen_task_risk(Ms[0], truth, task=m - 1)),
         C("task -1", lambda: metrics.unseen_task_risk(Ms[0], truth, task=-1), ("task", rng_text)),
         C("task m", lambda: metrics.unseen_task_risk(Ms[0], truth, task=m), ("task", rng_text)),
+        C("task m + 1", lambda: metrics.unseen_task_risk(Ms[0], truth, task=m + 1),
+          ("task", rng_text)),
         C("task True", lambda: metrics.unseen_task_risk(Ms[0], truth, task=True),
           ("task", rng_text)),
         C("task 1.0", lambda: metrics.unseen_task_risk(Ms[0], truth, task=1.0),
