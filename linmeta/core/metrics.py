@@ -96,9 +96,8 @@ def unseen_task_risk(M, truth, task=None):
     (``M`` then (d, d)); by default every unseen task, returning shape (m,). Against the
     statistics of samples use :func:`linmeta.core.losses.excess_risk`.
     """
-    if truth.U_new is None or truth.n_unseen == 0:
-        raise ValueError("truth has no unseen task (U_new is None or empty); draw it with "
-                         "n_unseen >= 1")
+    if truth.U_new is None:
+        raise ValueError("truth has no unseen task (U_new is None); draw it with n_unseen >= 1")
     M_new = truth.M_new
     if task is not None:
         m = M_new.shape[0]

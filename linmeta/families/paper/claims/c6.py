@@ -499,8 +499,6 @@ def unseen_task_risk_check(d: int = 3, k: int = 1, T: int = 2, m: int = 4) -> li
           ("task", rng_text)),
         C("task 1.0", lambda: metrics.unseen_task_risk(Ms[0], truth, task=1.0),
           ("task", rng_text)),
-        C("truth without unseen tasks", lambda: metrics.unseen_task_risk(Ms[0], Truth(
-            A, np.asarray(truth.U_star))), ("U_new", "n_unseen >= 1")),
         C("truth with U_new None", lambda: metrics.unseen_task_risk(
             Ms[0], truth._replace(U_new=None)), ("U_new", "n_unseen >= 1")),
     ]
