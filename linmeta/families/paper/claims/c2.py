@@ -58,6 +58,7 @@ from linmeta.engine.claims import ClaimResult, Verdict
 from linmeta.engine.claim_support import (DomainCase, band, domain_row, figure_dpi, key_for,
                                           pyplot, save_figure, settings_value, spread)
 from linmeta.engine.verdict import Tolerance
+from ._program import in_one_program
 
 CLAIM = "C2"
 NOISE_STD = 0.1  # fine-tuning noise standard deviation
@@ -602,7 +603,6 @@ def _core_theory_cases(d: int = 3):
           ("U_new",)),
         # lora_bias: square (..., d, d), 0 <= rank <= d
         C("lora_bias, rank 0", lambda: theory.lora_bias(A, 0)),
-        C("lora_bias, rank d (PSD)", lambda: theory.lora_bias(A, d, psd=True)),
         C("lora_bias, batch (2, 3, d+1, d+1), rank d+1",
           lambda: theory.lora_bias(np.ones((2, 3, d + 1, d + 1)), d + 1)),
         C("lora_bias, batch (2, 3, d+1, d+1), rank d+1, PSD",
@@ -655,7 +655,6 @@ def _core_theory_cases(d: int = 3):
           lambda: theory.predicted_finetune_error(d, 0, 10, 0.1), ("rank", f"[1, d={d}]")),
         C("predicted_finetune_error, noise < 0",
           lambda: theory.predicted_finetune_error(d, 1, 10, -0.1), ("noise_std", "[0.0, inf]")),
-        C("sr_sample_error_constant, noise 0", lambda: theory.sr_sample_error_constant(U2, 0.0)),
         C("sr_sample_error_constant, U* 2-D",
           lambda: theory.sr_sample_error_constant(np.ones((d, 1)), 0.1), ("U_star",)),
         C("alternating_jacobian, lr_adapter 0",
@@ -701,13 +700,14 @@ def small_spectrum_biases() -> Verdict:
     and 2."""
     mats = np.stack([_rotated((0.6, 0.3, -0.2, -0.5), 1),
                      _rotated((0.9, 0.05, -0.02, -0.4), 2)])[None]   # (1, 2, 4, 4)
-    got, want = [], []
+    got = in_one_program([(functools.partial(theory.lora_bias, rank=r, psd=p), (mats,))
+                          for r in (1, 2) for p in (False, True)])
+    want = []
     for r in (1, 2):
-        got.append(np.asarray(theory.lora_bias(mats, r)).ravel())
-        got.append(np.asarray(theory.lora_bias(mats, r, psd=True)).ravel())
         want.append([asym_bias_bfgs(m, r, seed=i) for i, m in enumerate(mats[0])])
         want.append([psd_bias_bfgs(m, r, seed=i) for i, m in enumerate(mats[0])])
-    got, want = np.concatenate(got), np.concatenate([np.asarray(w) for w in want])
+    got = np.concatenate([g.ravel() for g in got])
+    want = np.concatenate([np.asarray(w) for w in want])
     scale = float(np.max(np.sum(mats ** 2, axis=(-2, -1))))
     dev = np.abs(got - want) / scale
     tol = Tolerance.stated(1e-6, "accuracy of the independent BFGS solver (gtol 1e-10, 2 "
@@ -737,11 +737,13 @@ def numerical_rank_check() -> Verdict:
     # a stack of 64 5 x 5 matrices with singular values (1, 20 eps): the default rtol is 5 eps
     V = np.broadcast_to((Q[:, :2] * np.array([1.0, 20 * np.finfo(dt).eps])) @ P[:, :2].T,
                         (64, 5, 5)).astype(dt)
-    cases = [(metrics.numerical_rank(M), 3), (metrics.numerical_rank(M, atol=0.01), 2),
-             (metrics.numerical_rank(M, rtol=0.6), 1),
-             (metrics.numerical_rank(np.broadcast_to(M, (2, 3, 5, 5))), np.full((2, 3), 3)),
-             (metrics.numerical_rank(np.zeros((4, 4))), 0), (metrics.numerical_rank(W), 1),
-             (metrics.numerical_rank(W.T), 1), (metrics.numerical_rank(V), np.full(64, 2))]
+    nr = metrics.numerical_rank
+    got = in_one_program([(nr, (M,)), (lambda x: nr(x, atol=0.01), (M,)),
+                          (lambda x: nr(x, rtol=0.6), (M,)),
+                          (nr, (np.broadcast_to(M, (2, 3, 5, 5)),)), (nr, (np.zeros((4, 4)),)),
+                          (nr, (W,)), (nr, (W.T,)), (nr, (V,))])
+    want = [3, 2, 1, np.full((2, 3), 3), 0, 1, 1, np.full(64, 2)]
+    cases = list(zip(got, want))
     ok = [np.shape(g) == np.shape(w) and bool(np.all(np.asarray(g) == w)) for g, w in cases]
     return Verdict(
         CLAIM, "numerical_rank on matrices of known singular values (default rtol, atol, rtol, "

@@ -59,6 +59,7 @@ from linmeta.methods.meta_lora import _saddle_free_newton
 
 from linmeta.engine.claims import ClaimResult, Verdict
 from ._draws import draw, gaussian_truth, truth_shapes
+from ._program import in_one_program
 from linmeta.engine.claim_support import (figure_dpi, fit_meta_lora_and_sr, key_for,
                                           optimality_measures, pyplot,
                                           save_figure, settings_value, spread)
@@ -548,46 +549,48 @@ def recovery_metrics_check(d: int = 4, k: int = 2) -> Verdict:
     U, Us = rng.standard_normal((2, 2, 3, d, k))
     Q, _ = np.linalg.qr(rng.standard_normal((k, k)))
     U[1, 2] = Us[1, 2] @ Q                       # same U U^T up to rounding: distance 0
-    devs = []
     # U = U* exactly: ||U||^2 + ||U*||^2 - 2 ||U^T U*||_* rounds to either sign; the distance is 0
     same = rng.standard_normal((16, d, k))
-    got = np.asarray(metrics.procrustes_distance(same, same)) ** 2
-    devs.append(got / np.sum(2 * same ** 2, axis=(-2, -1)))
-    # base_error, absolute and relative, on one matrix and a stack (2, 3, d, d)
     A, As = rng.standard_normal((2, 2, 3, d, d))
+    shapes = ((d, k), (3, d, k), (2, 3, d, k))
+    pairs = []
+    for shape in shapes:
+        n = int(np.prod(shape[:-2], dtype=int))
+        pairs.append((U.reshape(-1, d, k)[-n:], Us.reshape(-1, d, k)[-n:]))
+    rel = lambda a, b: metrics.adapter_error(a, b, relative=True)  # noqa: E731
+    brel = lambda a, b: metrics.base_error(a, b, relative=True)  # noqa: E731
+    babs = lambda a, b: metrics.base_error(a, b, relative=False)  # noqa: E731
+    calls = [(metrics.procrustes_distance, (same, same))]
+    calls += [(f, ab) for ab in ((A[0, 0], As[0, 0]), (A, As)) for f in (babs, brel,
+                                                                        metrics.base_error)]
+    calls += [(f, (u.reshape(shape), us.reshape(shape))) for (u, us), shape in zip(pairs, shapes)
+              for f in (metrics.adapter_error, rel, metrics.procrustes_distance)]
+    out = iter(in_one_program(calls))
+    devs = [next(out) ** 2 / np.sum(2 * same ** 2, axis=(-2, -1))]
+    # base_error, absolute, relative and by default (absolute), on one matrix and a stack
     for a, b in ((A[0, 0], As[0, 0]), (A, As)):
         w = np.sqrt(np.sum((a - b) ** 2, axis=(-2, -1)))
-        for rel, want in ((False, w), (True, w / np.sqrt(np.sum(b ** 2, axis=(-2, -1))))):
-            g = np.asarray(metrics.base_error(a, b, relative=rel))
-            devs.append(np.abs(g - want).ravel() / want.ravel() if g.shape == np.shape(want)
+        for want in (w, w / np.sqrt(np.sum(b ** 2, axis=(-2, -1))), w):
+            g = next(out)
+            devs.append(np.abs(g - want).ravel() / np.ravel(want) if g.shape == np.shape(want)
                         else np.array([np.inf]))
-        g = np.asarray(metrics.base_error(a, b))          # default: absolute
-        devs.append(np.abs(g - w).ravel() / w.ravel() if g.shape == np.shape(w)
-                    else np.array([np.inf]))
-    for shape in ((d, k), (3, d, k), (2, 3, d, k)):
-        n = int(np.prod(shape[:-2], dtype=int))
-        u, us = U.reshape(-1, d, k)[-n:], Us.reshape(-1, d, k)[-n:]
+    for (u, us), shape in zip(pairs, shapes):
         want_abs = np.array([np.linalg.norm(a @ a.T - b @ b.T) for a, b in zip(u, us)])
         want_rel = want_abs / np.array([np.linalg.norm(b @ b.T) for b in us])
         want_pd = np.array([_procrustes_brute(a, b) for a, b in zip(u, us)])
         scale = np.sum(u ** 2, axis=(-2, -1)) + np.sum(us ** 2, axis=(-2, -1))
-        u, us = u.reshape(shape), us.reshape(shape)
-        got_abs = np.asarray(metrics.adapter_error(u, us)).reshape(-1)
-        got_rel = np.asarray(metrics.adapter_error(u, us, relative=True)).reshape(-1)
-        got_pd = np.asarray(metrics.procrustes_distance(u, us)).reshape(-1)
-        for g, w in ((got_abs, want_abs), (got_rel, want_rel), (got_pd ** 2, want_pd ** 2)):
-            ok_shape = g.size == w.size and np.shape(metrics.procrustes_distance(u, us)) == \
-                shape[:-2]
-            devs.append(np.abs(g - w) / scale if ok_shape else np.full(w.shape, np.inf))
+        got = [next(out) for _ in range(3)]
+        for g, w in zip((got[0], got[1], got[2] ** 2), (want_abs, want_rel, want_pd ** 2)):
+            ok_shape = g.shape == shape[:-2]
+            devs.append(np.abs(g.reshape(-1) - w) / scale if ok_shape else np.full(w.shape, np.inf))
     dev = np.concatenate(devs)
     tol = Tolerance.rounding(50 * d, what="products and SVD of d x k factors, relative to "
                              "||U||^2 + ||U*||^2")
     return Verdict(
         CLAIM, "recovery metrics base_error, adapter_error (abs., rel.) and procrustes_distance^2 "
-        "vs NumPy "
-        "loops (Procrustes minimiser Q = W V^T), shapes (d, k), (3, d, k), (2, 3, d, k): max "
-        "|diff| / (||U||^2 + ||U*||^2)", 0.0, float(np.max(dev)), float("nan"), tol,
-        tol.below(dev), "check", f"d={d}, k={k}; one pair U = U* Q at distance 0")
+        "vs NumPy loops (Procrustes minimiser Q = W V^T), shapes (d, k), (3, d, k), (2, 3, d, k): "
+        "max |diff| / (||U||^2 + ||U*||^2)", 0.0, float(np.max(dev)), float("nan"), tol,
+        tol.below(dev), "check", f"d={d}, k={k}; one pair U = U* Q at distance 0; 16 pairs U = U*")
 
 
 def subspace_metrics_check(d: int = 7) -> Verdict:
@@ -613,27 +616,24 @@ def subspace_metrics_check(d: int = 7) -> Verdict:
         Xs.append(X)
         Ys.append(Y)
         want.append(np.sort(angles))
-    devs = []
-    for X, Y, w in zip(Xs, Ys, want):
-        for A, B in ((X, Y), (Y, X)):
-            pa = np.asarray(metrics.principal_angles(A, B))
-            devs.append(np.max(np.abs(pa - w)) if pa.shape == w.shape else np.inf)
-            devs.append(abs(float(metrics.subspace_distance(A, B)) - np.sin(w[-1])))
-            if A.shape == B.shape:   # its stated domain: both of rank k
-                devs.append(abs(float(metrics.sin_theta_frobenius_sq(A, B)) -
-                                np.sum(np.sin(w) ** 2)))
     X2, Y2 = np.stack([Xs[0], Xs[2]])[:, None], np.stack([Ys[0], Ys[2]])[:, None]   # (2, 1, d, 2)
     w2 = np.stack([want[0], want[2]])[:, None]
     X3, Y3 = np.stack([Xs[1], Xs[1]])[:, None], np.stack([Ys[1], Ys[1]])[:, None]   # k_Y = 3 > 2
-    for A, B in ((X3, Y3), (Y3, X3)):
-        got = np.asarray(metrics.principal_angles(A, B))
-        w = np.broadcast_to(want[1], (2, 1, 2))
-        devs.append(np.max(np.abs(got - w)) if got.shape == w.shape else np.inf)
-    for got, w in ((metrics.principal_angles(X2, Y2), w2),
-                   (metrics.subspace_distance(X2, Y2), np.sin(w2[..., -1])),
-                   (metrics.sin_theta_frobenius_sq(X2, Y2), np.sum(np.sin(w2) ** 2, axis=-1))):
-        got = np.asarray(got)
-        devs.append(np.max(np.abs(got - w)) if got.shape == w.shape else np.inf)
+    w3 = np.broadcast_to(want[1], (2, 1, 2))
+    calls, wants = [], []
+    for X, Y, w in zip(Xs, Ys, want):
+        for A, B in ((X, Y), (Y, X)):
+            calls += [(metrics.principal_angles, (A, B)), (metrics.subspace_distance, (A, B))]
+            wants += [w, np.sin(w[-1])]
+            if A.shape == B.shape:   # its stated domain: both of rank k
+                calls.append((metrics.sin_theta_frobenius_sq, (A, B)))
+                wants.append(np.sum(np.sin(w) ** 2))
+    calls += [(metrics.principal_angles, (X3, Y3)), (metrics.principal_angles, (Y3, X3)),
+              (metrics.principal_angles, (X2, Y2)), (metrics.subspace_distance, (X2, Y2)),
+              (metrics.sin_theta_frobenius_sq, (X2, Y2))]
+    wants += [w3, w3, w2, np.sin(w2[..., -1]), np.sum(np.sin(w2) ** 2, axis=-1)]
+    devs = [np.max(np.abs(g - w)) if g.shape == np.shape(w) else np.inf
+            for g, w in zip(in_one_program(calls), wants)]
     dev = np.asarray(devs)
     tol = Tolerance.rounding(100 * d, what="QR and SVD of d x k bases; angles from the better "
                              "conditioned of arcsin / arccos")

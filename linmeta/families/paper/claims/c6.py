@@ -67,6 +67,7 @@ from linmeta.core.losses import excess_risk, ols_solution
 
 from linmeta.engine.claims import ClaimResult, Verdict
 from ._draws import draw
+from ._program import in_one_program
 from linmeta.engine.claim_support import (DomainCase, domain_row, key_for, optimality_measures,
                                           per_seed_slopes, pyplot,
                                           save_figure, settings_value, spread)
@@ -478,11 +479,11 @@ def unseen_task_risk_check(d: int = 3, k: int = 1, T: int = 2, m: int = 4) -> li
     Ms = rng.standard_normal((m, d, d))
     want = np.array([np.trace((M - W) @ (M - W).T) for M, W in zip(Ms, M_new)])
     want_one = np.array([np.trace((Ms[0] - W) @ (Ms[0] - W).T) for W in M_new])
-    got = [(np.asarray(metrics.unseen_task_risk(Ms, truth)), want),
-           (np.asarray(metrics.unseen_task_risk(Ms[0], truth)), want_one)]
-    for i in (0, np.int64(m - 1)):
-        got.append((np.asarray(metrics.unseen_task_risk(Ms[int(i)], truth, task=i)),
-                    np.asarray(want[int(i)])))
+    utr = metrics.unseen_task_risk
+    out = in_one_program([(utr, (Ms, truth)), (utr, (Ms[0], truth)),
+                          (lambda M, tr: utr(M, tr, task=0), (Ms[0], truth)),
+                          (lambda M, tr: utr(M, tr, task=np.int64(m - 1)), (Ms[m - 1], truth))])
+    got = list(zip(out, [want, want_one, np.asarray(want[0]), np.asarray(want[m - 1])]))
     dev = np.array([np.max(np.abs(g - w)) / np.max(w) if g.shape == w.shape else np.inf
                     for g, w in got])
     tol = Tolerance.rounding(10 * d, what="sums of d^2 squares, relative to the largest risk")
@@ -531,10 +532,11 @@ def adapters_check(d: int = 3, r: int = 2) -> Verdict:
         return out
 
     inner = lambda A, B: np.einsum("nab,nab->n", G, A @ B.transpose(0, 2, 1))  # noqa: E731
-    gU, gV = lora.asymmetric_grads(G, U, V)
-    pairs = [(lora.symmetric_delta(U), U @ U.transpose(0, 2, 1)),
-             (lora.asymmetric_delta(U, V), U @ V.transpose(0, 2, 1)),
-             (lora.symmetric_grad(G, U), central(lambda X: inner(X, X), U)),
+    sym, asym, sgrad, (gU, gV) = in_one_program([
+        (lora.symmetric_delta, (U,)), (lora.asymmetric_delta, (U, V)),
+        (lora.symmetric_grad, (G, U)), (lora.asymmetric_grads, (G, U, V))])
+    pairs = [(sym, U @ U.transpose(0, 2, 1)), (asym, U @ V.transpose(0, 2, 1)),
+             (sgrad, central(lambda X: inner(X, X), U)),
              (gU, central(lambda X: inner(X, V), U)),
              (gV, central(lambda X: inner(U, X), V))]
     dev = [np.max(np.abs(np.asarray(g) - w)) / np.max(np.abs(w)) if np.shape(g) == w.shape
