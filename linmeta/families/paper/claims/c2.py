@@ -373,6 +373,7 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
     rows.append(core_theory_domain())
     rows.append(small_spectrum_biases())
     rows.append(numerical_rank_check())
+    rows.append(generic_rank_check())
     rows.append(paper_bias_closed_forms(jax.random.fold_in(key, 7), d=d, k=k, T=max(cfg["Ts"]),
                                         ranks=(k, k + 1)))
     neg_sq = np.sum(np.where(g["eig"] < 0, g["eig"], 0.0) ** 2, axis=-1)  # (S, nT)
@@ -751,3 +752,24 @@ def numerical_rank_check() -> Verdict:
         "sigma_2 = 20 eps) (cases matching)",
         len(cases), int(sum(ok)), float("nan"), Tolerance.exact(), all(ok), "check",
         f"ranks {[np.asarray(g).ravel()[:1].tolist() for g, _ in cases]}")
+
+
+def generic_rank_check(d: int = 8, k: int = 2, Ts=(1, 2, 5)) -> Verdict:
+    """:func:`linmeta.core.theory.generic_sr_residual_rank` at k = 2 (the quick setting's truths
+    have k = 1, where ``(T + 1) k`` cannot tell a product from a quotient or a power) against the
+    numerical rank (NumPy ``matrix_rank``) of ``U_new U_new^T - Rbar`` for Gaussian factors, with
+    ``(T + 1) k`` below, at and above d. Exact counts."""
+    rng = np.random.default_rng(8)
+    got, want = [], []
+    for T in Ts:
+        U = rng.standard_normal((T, d, k))
+        Un = rng.standard_normal((d, k))
+        res = Un @ Un.T - np.mean(U @ U.transpose(0, 2, 1), axis=0)
+        got.append(int(np.linalg.matrix_rank(res)))
+        want.append(theory.generic_sr_residual_rank(d, k, T))
+    return Verdict(
+        CLAIM, f"generic_sr_residual_rank(d={d}, k={k}, T) = numerical rank of U_new U_new^T - "
+        f"Rbar, T in {tuple(Ts)} (cases matching)", len(Ts), int(np.sum(np.array(got) ==
+                                                                       np.array(want))),
+        float("nan"), Tolerance.exact("matrix_rank, NumPy default rtol"), got == want, "check",
+        f"numerical ranks {got}")
