@@ -49,6 +49,7 @@ from linmeta.engine.claim_support import (band, figure_dpi, key_for, optimality_
                                           per_seed_slopes, pyplot, save_figure, settings_value,
                                           spread)
 from linmeta.engine.verdict import Tolerance
+from ._program import in_one_program
 
 CLAIM = "C1"
 NOISE_STD = 0.1  # standard deviation of the noise (the spec's sigma; not the paper code's sigma^2)
@@ -286,13 +287,6 @@ def _losses_of(Ms, stats):
             losses.paper_test_loss(Ms, stats), B]
 
 
-@jax.jit
-def _losses_program(Ms, stats_list, both, pop):
-    """Every evaluation of :func:`losses_check` in one program (one compilation, cached)."""
-    return ([_losses_of(Ms, st) for st in stats_list], losses.mean_loss(Ms, both),
-            [losses.task_loss(Ms, st) for st in stats_list], losses.paper_test_loss(Ms, pop))
-
-
 def losses_check(d: int = 3, T: int = 2) -> Verdict:
     """The task losses of :mod:`linmeta.core.losses` on statistics of raw samples against NumPy
     computations on the samples themselves: ``L_t(M) = 1/(2N) sum_i ||y_i - M x_i||^2``
@@ -313,8 +307,11 @@ def losses_check(d: int = 3, T: int = 2) -> Verdict:
         stats_list.append(task_statistics(Samples(X, Y, Mst, np.full((T,), 0.3))))
     both = jax.tree.map(lambda a, b: jnp.stack([a, b]), *stats_list)   # shape (2, T, ...)
     pop = population(Truth(Mst[0], rng.standard_normal((T, d, 1))))
-    per, mean_both, plain, pop_loss = jax.tree.map(np.asarray,
-                                                   _losses_program(Ms, stats_list, both, pop))
+    per, mean_both, plain, pop_loss = in_one_program([
+        (lambda M, sts: [_losses_of(M, st) for st in sts], (Ms, stats_list)),
+        (losses.mean_loss, (Ms, both)),
+        (lambda M, sts: [losses.task_loss(M, st) for st in sts], (Ms, stats_list)),
+        (losses.paper_test_loss, (Ms, pop))])
     devs = []
     scale = max(float(np.max(np.sum(Y ** 2, axis=(-2, -1)) / N)) for N, _, Y in data)
     for (N, X, Y), got in zip(data, per):
