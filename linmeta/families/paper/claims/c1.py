@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from linmeta.core.data import Samples, draw_samples, population, sample_tasks, task_statistics
-from linmeta.core.problem import sample_truth
+from linmeta.core.problem import Truth, sample_truth
 from linmeta.methods import standard_retraining
 from linmeta.core import losses, metrics, theory
 
@@ -49,6 +49,7 @@ from linmeta.engine.claim_support import (band, figure_dpi, key_for, optimality_
                                           per_seed_slopes, pyplot, save_figure, settings_value,
                                           spread)
 from linmeta.engine.verdict import Tolerance
+from ._program import in_one_program
 
 CLAIM = "C1"
 NOISE_STD = 0.1  # standard deviation of the noise (the spec's sigma; not the paper code's sigma^2)
@@ -169,6 +170,8 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
         "check", note + f"; max |ratio-1| {np.max(np.abs(pop_ratio - 1)):.1e}"))
     rows.append(pooled_least_squares_optimality(jax.random.fold_in(key_for(seed, CLAIM), 1),
                                                 d=d, k=k, T=T))
+    rows.append(sample_error_constant_monte_carlo(seed=seed))
+    rows.append(losses_check())
     data = dict(setting=setting, seed=seed, d=d, k=k, T=T, noise_std=NOISE_STD, Ns=Narr,
                 err=out["err"], const=out["const"], pop_exact=out["pop_exact"],
                 pop_gd=out["pop_gd"], slope=slope_mean, tol_pop=tol_pop.value)
@@ -241,3 +244,98 @@ def plot(result: ClaimResult, out_dir) -> list:
                  f"noise std {D['noise_std']}  ({D['setting']})", fontsize=10)
     fig.tight_layout()
     return save_figure(fig, out_dir, "c1_sr_minimiser", dpi=figure_dpi(result.data["setting"]))
+
+
+def sample_error_constant_monte_carlo(*, d=5, k=2, T=3, scale=0.3, noise_std=0.15,
+                                      draws=10000, seed=0) -> Verdict:
+    """:func:`linmeta.core.theory.sr_sample_error_constant` against a Monte Carlo of the
+    linearised SR error. With ``S_t = X_t X_t^T / N`` and ``D_t = R*_t - Rbar`` (summing to 0 over
+    t), ``A_SR(N) - (A* + Rbar) = [(1/T) sum_t (D_t (S_t - I) + E_t X_t^T / N)] S^{-1}``, whose
+    first-order term is a mean of N i.i.d. zero-mean terms ``z = (1/T) sum_t (D_t (x_t x_t^T - I)
+    + e_t x_t^T)`` (x_t ~ N(0, I), e_t ~ N(0, sigma^2 I), one sample per task), so the constant
+    is ``C = E ||z||_F^2`` exactly; ``draws`` independent z (NumPy), mean of ``||z||^2 / C``
+    against 1 within a Student-t band (p = 0.01) of its standard error. d != T so that swapping
+    them changes C; factors ``U*_t`` with entries N(0, scale^2), scale = 0.3 and sigma = 0.15 make
+    the two terms of C about equal and C below 1 (a rounding of C to an integer shows)."""
+    rng = np.random.default_rng(seed)
+    U = scale * rng.standard_normal((T, d, k))
+    R = U @ U.transpose(0, 2, 1)
+    D = R - R.mean(axis=0)
+    x = rng.standard_normal((draws, T, d))
+    e = noise_std * rng.standard_normal((draws, T, d))
+    Dx = np.einsum("tab,ntb->nta", D, x)
+    z = (np.einsum("nta,ntb->nab", Dx + e, x) - D.sum(axis=0)) / T
+    C = float(jax.jit(theory.sr_sample_error_constant)(U, noise_std))   # one program, cached
+    ratio = np.sum(z * z, axis=(-2, -1)) / C
+    se = float(np.std(ratio, ddof=1) / math.sqrt(draws))
+    tol = Tolerance.seeds(se, draws)
+    return Verdict(
+        CLAIM, f"Monte Carlo ({draws} draws) of the linearised SR error E||z||^2 / "
+        "sr_sample_error_constant", 1.0, float(ratio.mean()), spread(ratio), tol,
+        tol.admits(ratio.mean() - 1), "check",
+        f"d={d}, k={k}, T={T}, U* entries N(0, {scale}^2), sigma={noise_std}; C = "
+        f"{C:.3g}; standard error {se:.1e}")
+
+
+def _losses_of(Ms, stats):
+    """The values of :mod:`linmeta.core.losses` that :func:`losses_check` compares."""
+    B = losses.ols_solution(stats)
+    return [losses.task_loss(Ms, stats), losses.task_loss(Ms[0], stats),
+            losses.task_loss_grad(Ms, stats), losses.task_loss(B, stats),
+            losses.excess_loss(Ms, stats), losses.excess_loss(Ms, stats, B),
+            losses.mean_loss(Ms, stats), losses.excess_risk(Ms, stats),
+            losses.paper_test_loss(Ms, stats), B]
+
+
+def losses_check(d: int = 3, T: int = 2) -> Verdict:
+    """The task losses of :mod:`linmeta.core.losses` on statistics of raw samples against NumPy
+    computations on the samples themselves: ``L_t(M) = 1/(2N) sum_i ||y_i - M x_i||^2``
+    (``task_loss``; per-task and shared M), its gradient ``-(1/N) sum_i (y_i - M x_i) x_i^T``,
+    the minimum-norm least-squares fit (``ols_solution``; ``np.linalg.lstsq``, also at N < d where
+    ``S_xx`` is singular), ``L_t(M) - L_t(B_t)`` (``excess_loss``, with and without B), the task
+    mean (``mean_loss``, also on a batch (2, T) of statistics), ``(1/N) sum_i ||(M - M*) x_i||^2``
+    (``excess_risk``) and ``paper_test_loss`` (N times it; ``||M - M*||_F^2`` in the population).
+    Deviations relative to the largest loss term (``S_yy``-sized)."""
+    rng = np.random.default_rng(1)
+    Mst = rng.standard_normal((T, d, d))
+    Ms = rng.standard_normal((T, d, d))
+    data, stats_list = [], []
+    for N in (2 * d, d - 1):
+        X = rng.standard_normal((T, N, d))
+        Y = X @ Mst.transpose(0, 2, 1) + 0.3 * rng.standard_normal((T, N, d))
+        data.append((N, X, Y))
+        stats_list.append(task_statistics(Samples(X, Y, Mst, np.full((T,), 0.3))))
+    both = jax.tree.map(lambda a, b: jnp.stack([a, b]), *stats_list)   # shape (2, T, ...)
+    pop = population(Truth(Mst[0], rng.standard_normal((T, d, 1))))
+    per, mean_both, plain, pop_loss = in_one_program([
+        (lambda M, sts: [_losses_of(M, st) for st in sts], (Ms, stats_list)),
+        (losses.mean_loss, (Ms, both)),
+        (lambda M, sts: [losses.task_loss(M, st) for st in sts], (Ms, stats_list)),
+        (losses.paper_test_loss, (Ms, pop))])
+    devs = []
+    scale = max(float(np.max(np.sum(Y ** 2, axis=(-2, -1)) / N)) for N, _, Y in data)
+    for (N, X, Y), got in zip(data, per):
+        loss = lambda M: np.array([np.sum((Y[t] - X[t] @ M[t].T) ** 2) / (2 * N)  # noqa: E731
+                                   for t in range(T)])
+        B = np.stack([np.linalg.lstsq(X[t], Y[t], rcond=None)[0].T for t in range(T)])
+        grad = np.stack([-(Y[t] - X[t] @ Ms[t].T).T @ X[t] / N for t in range(T)])
+        risk = np.array([np.sum((X[t] @ (Ms[t] - Mst[t]).T) ** 2) / N for t in range(T)])
+        want = [loss(Ms), loss(np.stack([Ms[0]] * T)), grad, loss(B), loss(Ms) - loss(B),
+                loss(Ms) - loss(B), np.mean(loss(Ms)), risk, N * risk, B]
+        pairs = list(zip(got, want))[:9 if N < d else 10]   # the minimiser itself when unique
+        devs += [np.max(np.abs(g - w)) / scale if np.shape(g) == np.shape(w) else np.inf
+                 for g, w in pairs]
+    want = np.stack([p.mean() for p in plain])
+    devs.append(np.max(np.abs(mean_both - want)) / scale if mean_both.shape == want.shape
+                else np.inf)
+    want = np.sum((Ms - np.asarray(pop.M_star)) ** 2, axis=(-2, -1))
+    devs.append(np.max(np.abs(pop_loss - want)) / np.max(want) if pop_loss.shape == want.shape
+                else np.inf)
+    dev = np.asarray(devs, float)
+    tol = Tolerance.rounding(100 * d, what="sums over N samples of d x d products, relative to "
+                             "S_yy")
+    return Verdict(
+        CLAIM, "core.losses (task_loss, grad, ols_solution also at N < d, excess_loss, mean_loss "
+        "also on a (2, T) batch, excess_risk, paper_test_loss also in the population) vs NumPy on "
+        "the raw samples: max |diff| / max S_yy", 0.0, float(np.max(dev)), float("nan"), tol,
+        tol.below(dev), "check", f"d={d}, T={T}, N in (2d, d-1)")

@@ -55,9 +55,10 @@ from linmeta.core import metrics, theory
 from linmeta.families.paper.theory import sr_bias_host, theory_sr_bias
 
 from linmeta.engine.claims import ClaimResult, Verdict
-from linmeta.engine.claim_support import (band, figure_dpi, key_for, pyplot, save_figure,
-                                          settings_value, spread)
+from linmeta.engine.claim_support import (DomainCase, band, domain_row, figure_dpi, key_for,
+                                          pyplot, save_figure, settings_value, spread)
 from linmeta.engine.verdict import Tolerance
+from ._program import in_one_program
 
 CLAIM = "C2"
 NOISE_STD = 0.1  # fine-tuning noise standard deviation
@@ -191,13 +192,15 @@ def asym_bias_bfgs(residual, rank, n_starts=2, seed=0):
 
 def paper_bias_closed_forms(key, *, d, k, T, ranks, n_unseen=3, pad=2) -> Verdict:
     """The paper family's closed forms of the mean SR bias (:mod:`linmeta.families.paper.theory`:
-    ``theory_sr_bias`` with a static rank, with a traced rank on a zero-padded truth, and
-    ``sr_bias_host``) against the mean over ``n_unseen`` unseen tasks of the exact population
-    fine-tuning error after the SR solver's base (:func:`linmeta.methods.finetune.finetune`,
-    ``method="exact"``), at every rank of ``ranks``."""
+    ``theory_sr_bias`` with a static rank, with a NumPy-integer rank, with a traced rank and
+    ``n_tasks`` on a padded truth, with a static rank and ``n_tasks`` on it, and ``sr_bias_host``)
+    against the mean over ``n_unseen`` unseen tasks of the exact population fine-tuning error after
+    the SR solver's base (:func:`linmeta.methods.finetune.finetune`, ``method="exact"``), at every
+    rank of ``ranks``. The ``pad`` tasks appended beyond ``n_tasks = T`` are random (not zero), so
+    counting any of them changes ``Rbar``."""
     truth = sample_truth(key, d, k, T, n_unseen=n_unseen)
-    padded = truth._replace(U_star=jnp.concatenate(
-        [truth.U_star, jnp.zeros((pad,) + truth.U_star.shape[1:], truth.U_star.dtype)]))
+    extra = sample_truth(jax.random.fold_in(key, 1), d, k, pad, n_unseen=0).U_star
+    padded = truth._replace(U_star=jnp.concatenate([truth.U_star, extra]))
 
     @jax.jit
     def measured(truth):
@@ -209,17 +212,21 @@ def paper_bias_closed_forms(key, *, d, k, T, ranks, n_unseen=3, pad=2) -> Verdic
     want = np.asarray(measured(truth))
     traced = jax.jit(lambda tr, r, n: theory_sr_bias(tr, r, n))
     got = np.array([[float(theory_sr_bias(truth, r)),
+                     float(theory_sr_bias(truth, np.int64(r))),
                      float(traced(padded, jnp.asarray(r), jnp.asarray(T))),
+                     float(theory_sr_bias(padded, r, T)),
                      sr_bias_host(padded.U_star, truth.U_new, T, r)] for r in ranks])
     scale = float(np.mean(np.sum(np.asarray(theory.sr_residual(truth.U_star, truth.U_new)) ** 2,
                                  axis=(-2, -1))))
     dev = np.abs(got - want[:, None]) / scale
     tol = Tolerance.rounding(10 * d, what="SVD of d x d, relative to mean ||Res||^2")
     return Verdict(
-        CLAIM, "paper theory: theory_sr_bias (static rank; traced rank, padded truth) and "
-        "sr_bias_host vs mean exact fine-tuning error after SR, max |diff|/||Res||^2", 0.0,
+        CLAIM, "paper theory: theory_sr_bias (static, NumPy and traced rank; n_tasks < T on a "
+        "padded truth) and sr_bias_host vs mean exact fine-tuning error after SR, max "
+        "|diff|/||Res||^2", 0.0,
         float(np.max(dev)), float("nan"), tol, tol.below(dev), "check",
-        f"d={d}, k={k}, T={T} (+{pad} zero tasks), {n_unseen} unseen tasks, r in {ranks}")
+        f"d={d}, k={k}, T={T} (+{pad} random tasks beyond n_tasks), {n_unseen} unseen tasks, "
+        f"r in {ranks}")
 
 
 def rbar_deviation_monte_carlo(key, *, d, k, T, draws=4000) -> Verdict:
@@ -363,6 +370,10 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
         0.0, float(np.max(ey_dev)), float("nan"), psd_tol, psd_tol.below(ey_dev), "check",
         f"{len(ey_rows)} (T, r) cases, seed 0, T in {{{Ts[0]}, {Ts[n_few - 1]}}}, r in "
         f"{tuple(ey_ranks)}"))
+    rows.append(core_theory_domain())
+    rows.append(small_spectrum_biases())
+    rows.append(numerical_rank_check())
+    rows.append(generic_rank_check())
     rows.append(paper_bias_closed_forms(jax.random.fold_in(key, 7), d=d, k=k, T=max(cfg["Ts"]),
                                         ranks=(k, k + 1)))
     neg_sq = np.sum(np.where(g["eig"] < 0, g["eig"], 0.0) ** 2, axis=-1)  # (S, nT)
@@ -410,8 +421,8 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
         CLAIM, f"||Rbar - kI||_F^2 / E||Rbar - kI||_F^2 (theory: k d (d+1) / T), T in "
         f"{tuple(int(t) for t in Tm)}", 1.0, float(ratio.mean()), spread(per_seed), tol_rbar,
         tol_rbar.admits(ratio.mean() - 1), "check", note + "; SE over the per-seed means"))
-    rows.append(rbar_deviation_monte_carlo(jax.random.fold_in(key, 11), d=d, k=k,
-                                           T=int(Tm[0])))
+    rows.append(rbar_deviation_monte_carlo(jax.random.fold_in(key, 11), d=d | 1, k=k,
+                                           T=int(Tm[0])))   # odd d: d | 1 = d + 1 would not show
     lip = np.abs(np.sqrt(bias_k) - np.sqrt(g["limit"])[:, None]) - g["rbar_dev"]
     tol_lip = Tolerance.rounding(10 * d, max(1.0, float(np.max(g["res_norm"]))),
                                  what="absolute, times the scale max ||Res||_F")
@@ -552,3 +563,213 @@ def plot(result: ClaimResult, out_dir) -> list:
                  f"{D['eig'].shape[0]} seeds ({D['setting']})", fontsize=11)
     fig.tight_layout()
     return save_figure(fig, out_dir, "c2_sr_bias", dpi=figure_dpi(result.data["setting"]))
+
+
+def _core_theory_cases(d: int = 3):
+    """Calls of the closed forms of :mod:`linmeta.core.theory` at the edges of their stated domains
+    (see :func:`core_theory_domain`)."""
+    C = DomainCase
+    A = np.eye(d)
+    U2 = np.ones((2, d, 1))                  # T = 2 tasks, k = 1 (T, k and d all differ)
+    big = 257 + d                            # sizes above CPython's small-int cache
+    sq = "square"
+    return [
+        # first: int identity of equal sizes must not matter (JAX may reuse the int objects of
+        # shapes it has seen, so these run before any other call with sizes d + 257, d + 258)
+        C(f"sr_residual, d = {big}", lambda: theory.sr_residual(np.ones((1, big, 1)),
+                                                              np.ones((big, 1)))),
+        C(f"sr_population, d = {big}", lambda: theory.sr_population(np.eye(big),
+                                                                  np.ones((1, big, 1)))),
+        C(f"lora_bias, d = {big + 1}", lambda: theory.lora_bias(np.eye(big + 1), 1)),
+        # sr_population (shape check of the pair A*, U*)
+        C("sr_population, A* (d, d), U* (T, d, k)", lambda: theory.sr_population(A, U2)),
+        C("sr_population, U* with d + 1 rows", lambda: theory.sr_population(A, np.ones((2, d + 1, 1))),
+          ("U_star", f"d={d}")),
+        C("sr_population, U* with d - 1 rows", lambda: theory.sr_population(A, np.ones((2, d - 1, 1))),
+          ("U_star", f"d={d}")),
+        C("sr_population, A* (d, d + 1)", lambda: theory.sr_population(np.ones((d, d + 1)), U2),
+          ("U_star", f"d={d}", "A_star")),
+        C("sr_population, A* (d, d - 1)", lambda: theory.sr_population(np.ones((d, d - 1)), U2),
+          ("U_star", f"d={d}", "A_star")),
+        C("sr_population, U* 2-D", lambda: theory.sr_population(A, np.ones((d, 1))), ("U_star",)),
+        # sr_residual: U_new (d, k) or (m, d, k)
+        C("sr_residual, U_new (d, k)", lambda: theory.sr_residual(U2, np.ones((d, 1)))),
+        C("sr_residual, U_new (m, d, k)", lambda: theory.sr_residual(U2, np.ones((4, d, 1)))),
+        C("sr_residual, U_new with d + 1 rows", lambda: theory.sr_residual(U2, np.ones((d + 1, 1))),
+          ("U_new", f"d={d}")),
+        C("sr_residual, U_new with d - 1 rows", lambda: theory.sr_residual(U2, np.ones((d - 1, 1))),
+          ("U_new", f"d={d}")),
+        C("sr_residual, U_new 1-D", lambda: theory.sr_residual(U2, np.ones((d,))), ("U_new",)),
+        C("sr_residual, U_new 4-D", lambda: theory.sr_residual(U2, np.ones((1, 1, d, 1))),
+          ("U_new",)),
+        # lora_bias: square (..., d, d), 0 <= rank <= d
+        C("lora_bias, rank 0", lambda: theory.lora_bias(A, 0)),
+        C("lora_bias, batch (2, 3, d+1, d+1), rank d+1",
+          lambda: theory.lora_bias(np.ones((2, 3, d + 1, d + 1)), d + 1)),
+        C("lora_bias, batch (2, 3, d+1, d+1), rank d+1, PSD",
+          lambda: theory.lora_bias(np.ones((2, 3, d + 1, d + 1)), d + 1, psd=True)),
+        C("lora_bias, (d, d + 1)", lambda: theory.lora_bias(np.ones((d, d + 1)), 1),
+          ("residual", sq)),
+        C("lora_bias, (d + 1, d)", lambda: theory.lora_bias(np.ones((d + 1, d)), 1),
+          ("residual", sq)),
+        C("lora_bias, 1-D", lambda: theory.lora_bias(np.ones(d), 1), ("residual", sq)),
+        C("lora_bias, rank -1", lambda: theory.lora_bias(A, -1), ("rank", f"[0, d={d}]")),
+        C("lora_bias, rank d + 1", lambda: theory.lora_bias(A, d + 1), ("rank", f"[0, d={d}]")),
+        # orthogonal_case_bias: k, T >= 1, s >= 0, rank >= 0
+        C("orthogonal_case_bias, k = T = 1, s = 0, rank 0",
+          lambda: theory.orthogonal_case_bias(1, 0.0, 1, rank=0)),
+        C("orthogonal_case_bias, s = 0.5", lambda: theory.orthogonal_case_bias(2, 0.5, 3)),
+        C("orthogonal_case_bias, k = 0", lambda: theory.orthogonal_case_bias(0, 1.0, 2),
+          ("k", "[1, inf]")),
+        C("orthogonal_case_bias, T = 0", lambda: theory.orthogonal_case_bias(1, 1.0, 0),
+          ("T", "[1, inf]")),
+        C("orthogonal_case_bias, s < 0", lambda: theory.orthogonal_case_bias(1, -0.5, 2),
+          ("s", "[0.0, inf]")),
+        C("orthogonal_case_bias, rank -1", lambda: theory.orthogonal_case_bias(1, 1.0, 2, rank=-1),
+          ("rank", "[0, inf]")),
+        # the other closed forms' integer and scalar arguments
+        C("rbar_mean_square_deviation, d = k = T = 1",
+          lambda: theory.rbar_mean_square_deviation(1, 1, 1)),
+        C("rbar_mean_square_deviation, d = 0", lambda: theory.rbar_mean_square_deviation(0, 1, 1),
+          ("d", "[1, inf]")),
+        C("rbar_mean_square_deviation, k = 0", lambda: theory.rbar_mean_square_deviation(2, 0, 1),
+          ("k", "[1, inf]")),
+        C("rbar_mean_square_deviation, T = 0", lambda: theory.rbar_mean_square_deviation(2, 1, 0),
+          ("T", "[1, inf]")),
+        C("generic_sr_residual_rank, k = d", lambda: theory.generic_sr_residual_rank(d, d, 1)),
+        C("generic_sr_residual_rank, k = d + 1",
+          lambda: theory.generic_sr_residual_rank(d, d + 1, 1), ("k", f"d={d}")),
+        C("generic_sr_residual_rank, d = k = T = 1", lambda: theory.generic_sr_residual_rank(1, 1, 1)),
+        C("generic_sr_residual_rank, d = 0", lambda: theory.generic_sr_residual_rank(0, 1, 1),
+          ("d", "[1, inf]")),
+        C("generic_sr_residual_rank, k = 0", lambda: theory.generic_sr_residual_rank(d, 0, 1),
+          ("k", f"[1, d={d}]")),
+        C("generic_sr_residual_rank, T = 0", lambda: theory.generic_sr_residual_rank(d, 1, 0),
+          ("T", "[1, inf]")),
+        C("t2_adapter_rank, k = 1", lambda: theory.t2_adapter_rank(1)),
+        C("t2_adapter_rank, k = 0", lambda: theory.t2_adapter_rank(0), ("k", "[1, inf]")),
+        C("predicted_finetune_error, d = rank = 1, n = 1e-9",
+          lambda: theory.predicted_finetune_error(1, 1, 1e-9, 0.1)),
+        C("predicted_finetune_error, d = 0",
+          lambda: theory.predicted_finetune_error(0, 1, 10, 0.1), ("d", "[1, inf]")),
+        C("predicted_finetune_error, rank 0",
+          lambda: theory.predicted_finetune_error(d, 0, 10, 0.1), ("rank", f"[1, d={d}]")),
+        C("predicted_finetune_error, noise < 0",
+          lambda: theory.predicted_finetune_error(d, 1, 10, -0.1), ("noise_std", "[0.0, inf]")),
+        C("sr_sample_error_constant, U* 2-D",
+          lambda: theory.sr_sample_error_constant(np.ones((d, 1)), 0.1), ("U_star",)),
+        C("alternating_jacobian, lr_adapter 0",
+          lambda: theory.alternating_jacobian(A, U2, lr_adapter=0.0),
+          ("lr_adapter", "(0.0, inf]")),
+        C("alternating_jacobian, U* with d + 1 rows",
+          lambda: theory.alternating_jacobian(A, np.ones((2, d + 1, 1))), ("U_star", f"d={d}")),
+        C("predicted_finetune_error, rank d, noise 0",
+          lambda: theory.predicted_finetune_error(d, d, 1.0, 0.0)),
+        C("predicted_finetune_error, rank d + 1",
+          lambda: theory.predicted_finetune_error(d, d + 1, 10, 0.1), ("rank", f"d={d}")),
+        C("predicted_finetune_error, n = 0",
+          lambda: theory.predicted_finetune_error(d, 1, 0, 0.1), ("n", "(0.0, inf]")),
+        C("sr_sample_error_constant, noise < 0",
+          lambda: theory.sr_sample_error_constant(U2, -0.1), ("noise_std", "[0.0, inf]")),
+        C("alternating_jacobian, inner_steps -1",
+          lambda: theory.alternating_jacobian(A, U2, inner_steps=-1), ("inner_steps", "[0, inf]")),
+        C("alternating_jacobian, lr_base 0",
+          lambda: theory.alternating_jacobian(A, U2, lr_base=0.0), ("lr_base", "(0.0, inf]")),
+    ]
+
+
+def core_theory_domain() -> Verdict:
+    """Stated domains of :mod:`linmeta.core.theory`'s closed forms: shapes (square residuals and
+    batches of them, the pair ``A*`` (d, d), ``U*`` (T, d, k), ``U_new`` (d, k) or (m, d, k)), the
+    integer bounds and the messages naming them; sizes above 256 so that identity of Python ints
+    is not equality."""
+    return domain_row(CLAIM, "core.theory (sr_population, sr_residual, lora_bias, "
+                      "orthogonal_case_bias, other closed forms)", _core_theory_cases())
+
+
+def _rotated(eigs, key):
+    """A symmetric matrix with the given eigenvalues in a random orthonormal basis (NumPy)."""
+    rng = np.random.default_rng(key)
+    Q, _ = np.linalg.qr(rng.standard_normal((len(eigs), len(eigs))))
+    return (Q * np.asarray(eigs, float)) @ Q.T
+
+
+def small_spectrum_biases() -> Verdict:
+    """``lora_bias`` (U V^T and PSD U U^T) on a 4-D batch (1, 2, 4, 4) of symmetric matrices whose
+    eigenvalues lie in (-1, 1) (positive ones kept by the PSD fit that are below 1, one nearly 0)
+    against the independent BFGS fits (:func:`asym_bias_bfgs`, :func:`psd_bias_bfgs`), ranks 1
+    and 2."""
+    mats = np.stack([_rotated((0.6, 0.3, -0.2, -0.5), 1),
+                     _rotated((0.9, 0.05, -0.02, -0.4), 2)])[None]   # (1, 2, 4, 4)
+    got = in_one_program([(functools.partial(theory.lora_bias, rank=r, psd=p), (mats,))
+                          for r in (1, 2) for p in (False, True)])
+    want = []
+    for r in (1, 2):
+        want.append([asym_bias_bfgs(m, r, seed=i) for i, m in enumerate(mats[0])])
+        want.append([psd_bias_bfgs(m, r, seed=i) for i, m in enumerate(mats[0])])
+    got = np.concatenate([g.ravel() for g in got])
+    want = np.concatenate([np.asarray(w) for w in want])
+    scale = float(np.max(np.sum(mats ** 2, axis=(-2, -1))))
+    dev = np.abs(got - want) / scale
+    tol = Tolerance.stated(1e-6, "accuracy of the independent BFGS solver (gtol 1e-10, 2 "
+                           "starts); a wrong closed form is off by a squared eigenvalue >= 4e-4")
+    return Verdict(
+        CLAIM, "lora_bias (U V^T, PSD) on a (1, 2, 4, 4) batch with eigenvalues in (-1, 1) vs "
+        "BFGS, ranks 1, 2 (max |diff|/||Res||^2)", 0.0, float(np.max(dev)), float("nan"), tol,
+        tol.below(dev), "check", f"{got.size} (matrix, rank, adapter) cases")
+
+
+def numerical_rank_check() -> Verdict:
+    """:func:`linmeta.core.metrics.numerical_rank` on matrices of known singular values (random
+    orthonormal factors): ``diag(2, 1, 2e-3, 0, 0)`` with the default ``rtol = max(shape) eps``
+    (rank 3), ``atol = 0.01`` (2), ``rtol = 0.6`` (1: relative to sigma_max = 2), on a stack
+    (2, 3, 5, 5) (3 each); the zero matrix (0); a 2 x 50 matrix with singular values (1, 10 eps)
+    and its transpose (1: the default rtol is 50 eps, from the larger side of the matrix); a stack
+    of 64 matrices 5 x 5 with singular values (1, 20 eps) (2 each: the stack's size is not a
+    side). Exact counts."""
+    rng = np.random.default_rng(4)
+    Q, _ = np.linalg.qr(rng.standard_normal((5, 5)))
+    P, _ = np.linalg.qr(rng.standard_normal((5, 5)))
+    M = (Q * np.array([2.0, 1.0, 2e-3, 0.0, 0.0])) @ P.T
+    u, _ = np.linalg.qr(rng.standard_normal((2, 2)))
+    v, _ = np.linalg.qr(rng.standard_normal((50, 2)))
+    dt = np.dtype(jnp.asarray(0.0).dtype)           # the working dtype and its eps
+    W = ((u * np.array([1.0, 10 * np.finfo(dt).eps])) @ v.T).astype(dt)
+    # a stack of 64 5 x 5 matrices with singular values (1, 20 eps): the default rtol is 5 eps
+    V = np.broadcast_to((Q[:, :2] * np.array([1.0, 20 * np.finfo(dt).eps])) @ P[:, :2].T,
+                        (64, 5, 5)).astype(dt)
+    nr = metrics.numerical_rank
+    got = in_one_program([(nr, (M,)), (lambda x: nr(x, atol=0.01), (M,)),
+                          (lambda x: nr(x, rtol=0.6), (M,)),
+                          (nr, (np.broadcast_to(M, (2, 3, 5, 5)),)), (nr, (np.zeros((4, 4)),)),
+                          (nr, (W,)), (nr, (W.T,)), (nr, (V,))])
+    want = [3, 2, 1, np.full((2, 3), 3), 0, 1, 1, np.full(64, 2)]
+    cases = list(zip(got, want))
+    ok = [np.shape(g) == np.shape(w) and bool(np.all(np.asarray(g) == w)) for g, w in cases]
+    return Verdict(
+        CLAIM, "numerical_rank on matrices of known singular values (default rtol, atol, rtol, "
+        "stack (2, 3, 5, 5), zero matrix, 2 x 50 and 50 x 2 with sigma_2 = 10 eps, 64 x 5 x 5 with "
+        "sigma_2 = 20 eps) (cases matching)",
+        len(cases), int(sum(ok)), float("nan"), Tolerance.exact(), all(ok), "check",
+        f"ranks {[np.asarray(g).ravel()[:1].tolist() for g, _ in cases]}")
+
+
+def generic_rank_check(d: int = 8, k: int = 2, Ts=(1, 2, 5)) -> Verdict:
+    """:func:`linmeta.core.theory.generic_sr_residual_rank` at k = 2 (the quick setting's truths
+    have k = 1, where ``(T + 1) k`` cannot tell a product from a quotient or a power) against the
+    numerical rank (NumPy ``matrix_rank``) of ``U_new U_new^T - Rbar`` for Gaussian factors, with
+    ``(T + 1) k`` below, at and above d. Exact counts."""
+    rng = np.random.default_rng(8)
+    got, want = [], []
+    for T in Ts:
+        U = rng.standard_normal((T, d, k))
+        Un = rng.standard_normal((d, k))
+        res = Un @ Un.T - np.mean(U @ U.transpose(0, 2, 1), axis=0)
+        got.append(int(np.linalg.matrix_rank(res)))
+        want.append(theory.generic_sr_residual_rank(d, k, T))
+    return Verdict(
+        CLAIM, f"generic_sr_residual_rank(d={d}, k={k}, T) = numerical rank of U_new U_new^T - "
+        f"Rbar, T in {tuple(Ts)} (cases matching)", len(Ts), int(np.sum(np.array(got) ==
+                                                                       np.array(want))),
+        float("nan"), Tolerance.exact("matrix_rank, NumPy default rtol"), got == want, "check",
+        f"numerical ranks {got}")

@@ -59,6 +59,7 @@ from linmeta.methods.meta_lora import _saddle_free_newton
 
 from linmeta.engine.claims import ClaimResult, Verdict
 from ._draws import draw, gaussian_truth, truth_shapes
+from ._program import in_one_program
 from linmeta.engine.claim_support import (figure_dpi, fit_meta_lora_and_sr, key_for,
                                           optimality_measures, pyplot,
                                           save_figure, settings_value, spread)
@@ -400,6 +401,8 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
         "Newton recovers (population row above)"))
     rows.append(optimal_base_optimality(jax.random.fold_in(key_for(seed, CLAIM), 5), d=ad, k=ak,
                                         T=aT))
+    rows.append(recovery_metrics_check())
+    rows.append(subspace_metrics_check())
     data_alt = dict(alt, leg=leg, shape=(ad, ak, aT))
     data = dict(setting=setting, seed=seed, configs=C, objective=m["objective"],
                 rel_error=m["rel_error"], iterations=m["iterations"], problems=P, starts=S,
@@ -524,3 +527,119 @@ def plot(result: ClaimResult, out_dir) -> list:
                  "blue step: 3k = d, cells above it have 3k <= d)",
                  fontsize=10)
     return save_figure(fig, out_dir, "c3_recovery", dpi=figure_dpi(result.data["setting"]))
+
+
+def _procrustes_brute(U, U_star):
+    """``min_Q ||U Q - U*||_F`` by building the minimiser: ``Q = W V^T`` from the SVD
+    ``U^T U* = W S V^T`` (orthogonal Procrustes), NumPy, one pair at a time."""
+    W, _, Vt = np.linalg.svd(U.T @ U_star)
+    return float(np.linalg.norm(U @ (W @ Vt) - U_star))
+
+
+def recovery_metrics_check(d: int = 4, k: int = 2) -> Verdict:
+    """:func:`linmeta.core.metrics.adapter_error` (absolute and relative) and
+    :func:`linmeta.core.metrics.procrustes_distance` on a single pair (d, k), a stack (3, d, k) and
+    a stack (2, 3, d, k) of factors (one pair ``U = U* Q`` with Q orthogonal, at distance 0; a stack of
+    16 pairs ``U = U*``, distance 0 even where the squared distance rounds below 0), and
+    :func:`linmeta.core.metrics.base_error` (absolute, relative; one matrix and a stack),
+    against NumPy loops: ``||U U^T - U* U*^T||_F`` (over ``||U* U*^T||_F``) and the distance
+    ``||U Q - U*||_F`` at the Procrustes minimiser ``Q = W V^T`` (SVD of ``U^T U*``). Squared
+    distances compared relative to ``||U||^2 + ||U*||^2``."""
+    rng = np.random.default_rng(3)
+    U, Us = rng.standard_normal((2, 2, 3, d, k))
+    Q, _ = np.linalg.qr(rng.standard_normal((k, k)))
+    U[1, 2] = Us[1, 2] @ Q                       # same U U^T up to rounding: distance 0
+    # U = U* exactly: ||U||^2 + ||U*||^2 - 2 ||U^T U*||_* rounds to either sign; the distance is 0
+    same = rng.standard_normal((16, d, k))
+    A, As = rng.standard_normal((2, 2, 3, d, d))
+    shapes = ((d, k), (3, d, k), (2, 3, d, k))
+    pairs = []
+    for shape in shapes:
+        n = int(np.prod(shape[:-2], dtype=int))
+        pairs.append((U.reshape(-1, d, k)[-n:], Us.reshape(-1, d, k)[-n:]))
+    rel = lambda a, b: metrics.adapter_error(a, b, relative=True)  # noqa: E731
+    brel = lambda a, b: metrics.base_error(a, b, relative=True)  # noqa: E731
+    babs = lambda a, b: metrics.base_error(a, b, relative=False)  # noqa: E731
+    calls = [(metrics.procrustes_distance, (same, same))]
+    calls += [(f, ab) for ab in ((A[0, 0], As[0, 0]), (A, As)) for f in (babs, brel,
+                                                                        metrics.base_error)]
+    calls += [(f, (u.reshape(shape), us.reshape(shape))) for (u, us), shape in zip(pairs, shapes)
+              for f in (metrics.adapter_error, rel, metrics.procrustes_distance)]
+    out = iter(in_one_program(calls))
+    devs = [next(out) ** 2 / np.sum(2 * same ** 2, axis=(-2, -1))]
+    # base_error, absolute, relative and by default (absolute), on one matrix and a stack
+    for a, b in ((A[0, 0], As[0, 0]), (A, As)):
+        w = np.sqrt(np.sum((a - b) ** 2, axis=(-2, -1)))
+        for want in (w, w / np.sqrt(np.sum(b ** 2, axis=(-2, -1))), w):
+            g = next(out)
+            devs.append(np.abs(g - want).ravel() / np.ravel(want) if g.shape == np.shape(want)
+                        else np.array([np.inf]))
+    for (u, us), shape in zip(pairs, shapes):
+        want_abs = np.array([np.linalg.norm(a @ a.T - b @ b.T) for a, b in zip(u, us)])
+        want_rel = want_abs / np.array([np.linalg.norm(b @ b.T) for b in us])
+        want_pd = np.array([_procrustes_brute(a, b) for a, b in zip(u, us)])
+        scale = np.sum(u ** 2, axis=(-2, -1)) + np.sum(us ** 2, axis=(-2, -1))
+        got = [next(out) for _ in range(3)]
+        for g, w in zip((got[0], got[1], got[2] ** 2), (want_abs, want_rel, want_pd ** 2)):
+            ok_shape = g.shape == shape[:-2]
+            devs.append(np.abs(g.reshape(-1) - w) / scale if ok_shape else np.full(w.shape, np.inf))
+    dev = np.concatenate(devs)
+    tol = Tolerance.rounding(50 * d, what="products and SVD of d x k factors, relative to "
+                             "||U||^2 + ||U*||^2")
+    return Verdict(
+        CLAIM, "recovery metrics base_error, adapter_error (abs., rel.) and procrustes_distance^2 "
+        "vs NumPy loops (Procrustes minimiser Q = W V^T), shapes (d, k), (3, d, k), (2, 3, d, k): "
+        "max |diff| / (||U||^2 + ||U*||^2)", 0.0, float(np.max(dev)), float("nan"), tol,
+        tol.below(dev), "check", f"d={d}, k={k}; one pair U = U* Q at distance 0; 16 pairs U = U*")
+
+
+def subspace_metrics_check(d: int = 7) -> Verdict:
+    """:func:`linmeta.core.metrics.principal_angles`, ``subspace_distance`` and
+    ``sin_theta_frobenius_sq`` on subspaces with known angles: in a random orthonormal basis
+    ``q_1..q_d``, X spans ``q_1, q_2`` (k_X = 2) and Y spans ``cos a_i q_i + sin a_i q_{2+i}``
+    (and, for k_Y = 3, ``q_5``, orthogonal to X), with angles below and above pi/4 (both branches
+    of the arcsin / arccos choice), scaled non-orthonormal bases (``X B`` for an invertible B), the
+    pair both ways round (k_Y > k_X swaps them), three angles (1e-6, 0.4, pi/2 - 1e-6: only the
+    better conditioned formula of each gets them to rounding), and on stacks (2, 1, d, k) (also with
+    k_Y > k_X). Predicted: the angles
+    ``a`` in increasing order, ``sin max a`` and ``sum sin^2 a`` (the last for k_X = k_Y only)."""
+    rng = np.random.default_rng(5)
+    cases = [((0.3, 1.2), 2), ((0.05, 0.9), 3), ((0.7, 1.5), 2),
+             ((1e-6, 0.4, np.pi / 2 - 1e-6), 3)]   # arccos / arcsin would lose 1e-10 here
+    Xs, Ys, want = [], [], []
+    for angles, kY in cases:
+        Q, _ = np.linalg.qr(rng.standard_normal((d, d)))
+        kX = len(angles)
+        X = Q[:, :kX] @ rng.standard_normal((kX, kX))
+        cols = [np.cos(a) * Q[:, i] + np.sin(a) * Q[:, kX + i] for i, a in enumerate(angles)]
+        Y = np.stack(cols + [Q[:, 2 * kX]] * (kY > kX), axis=1) @ rng.standard_normal((kY, kY))
+        Xs.append(X)
+        Ys.append(Y)
+        want.append(np.sort(angles))
+    X2, Y2 = np.stack([Xs[0], Xs[2]])[:, None], np.stack([Ys[0], Ys[2]])[:, None]   # (2, 1, d, 2)
+    w2 = np.stack([want[0], want[2]])[:, None]
+    X3, Y3 = np.stack([Xs[1], Xs[1]])[:, None], np.stack([Ys[1], Ys[1]])[:, None]   # k_Y = 3 > 2
+    w3 = np.broadcast_to(want[1], (2, 1, 2))
+    calls, wants = [], []
+    for X, Y, w in zip(Xs, Ys, want):
+        for A, B in ((X, Y), (Y, X)):
+            calls += [(metrics.principal_angles, (A, B)), (metrics.subspace_distance, (A, B))]
+            wants += [w, np.sin(w[-1])]
+            if A.shape == B.shape:   # its stated domain: both of rank k
+                calls.append((metrics.sin_theta_frobenius_sq, (A, B)))
+                wants.append(np.sum(np.sin(w) ** 2))
+    calls += [(metrics.principal_angles, (X3, Y3)), (metrics.principal_angles, (Y3, X3)),
+              (metrics.principal_angles, (X2, Y2)), (metrics.subspace_distance, (X2, Y2)),
+              (metrics.sin_theta_frobenius_sq, (X2, Y2))]
+    wants += [w3, w3, w2, np.sin(w2[..., -1]), np.sum(np.sin(w2) ** 2, axis=-1)]
+    devs = [np.max(np.abs(g - w)) if g.shape == np.shape(w) else np.inf
+            for g, w in zip(in_one_program(calls), wants)]
+    dev = np.asarray(devs)
+    tol = Tolerance.rounding(100 * d, what="QR and SVD of d x k bases; angles from the better "
+                             "conditioned of arcsin / arccos")
+    return Verdict(
+        CLAIM, "subspace metrics principal_angles, subspace_distance, sin_theta_frobenius_sq vs "
+        "constructed angles (both orders, k_X != k_Y, angles 1e-6 and pi/2 - 1e-6, stacks (2, 1, d, k))"
+        ": max |diff|", 0.0,
+        float(np.max(dev)), float("nan"), tol, tol.below(dev), "check",
+        f"d={d}; angles {[c[0] for c in cases]}")

@@ -61,13 +61,15 @@ from linmeta.core.data import TaskStats, draw_samples, sample_tasks
 from linmeta.core.losses import task_loss
 from linmeta.core.problem import Truth, sample_truth
 from linmeta.methods.finetune import finetune
-from linmeta.core import theory
+from linmeta.core import lora, metrics, theory
 from linmeta.methods.finetune import reduced_rank_fit
 from linmeta.core.losses import excess_risk, ols_solution
 
 from linmeta.engine.claims import ClaimResult, Verdict
 from ._draws import draw
-from linmeta.engine.claim_support import (key_for, optimality_measures, per_seed_slopes, pyplot,
+from ._program import in_one_program
+from linmeta.engine.claim_support import (DomainCase, domain_row, key_for, optimality_measures,
+                                          per_seed_slopes, pyplot,
                                           save_figure, settings_value, spread)
 from linmeta.engine.verdict import Tolerance
 
@@ -320,6 +322,8 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
         + ", ".join(f"{c:.2f}" for c in C_mean[len(ks):])))
     rows.append(reduced_rank_optimality(jax.random.fold_in(key, 99), d=d0, rank=k0))
     rows.append(adapter_dof_rows(d0))
+    rows.extend(unseen_task_risk_check())
+    rows.append(adapters_check())
     data = dict(setting=setting, seed=seed, cfg=cfg, noise_std=NOISE_STD, T_sr=T_SR, ns=ns, cn=cn,
                 ks=ks, ck=ck, ds=ds, cd=cd, slope=slope, C=float(C_in.mean()))
     return ClaimResult(CLAIM, rows, data, time.perf_counter() - t0)
@@ -370,11 +374,12 @@ def adapter_dof_rows(d: int) -> Verdict:
     """:func:`linmeta.core.lora.adapter_dof` (via ``theory.adapter_dof``) against the dimension of
     the tangent space of the rank-r adapters: the rank of the Jacobian of ``(U, V) -> U V^T``
     (``dU V^T + U dV^T``) and of ``U -> U U^T`` (``dU U^T + U dU^T``) at random factors, built
-    entry by entry (NumPy; rank by SVD), r in {1, 2, d/2, d-1, d}."""
+    entry by entry (NumPy; rank by SVD), r in {1, 2, d/2, d-1, d, d+1} (beyond d the adapters are
+    all d x d matrices, resp. all symmetric PSD ones: dimension d^2, resp. d(d+1)/2)."""
     rng = np.random.default_rng(d)
     eye = np.eye(d)
     got, want = [], []
-    rs = sorted({1, 2, d // 2, d - 1, d} & set(range(1, d + 1)))
+    rs = sorted({1, 2, d // 2, d - 1, d} & set(range(1, d + 1))) + [d + 1]   # r > d: clipped
     for r in rs:
         U, V = rng.standard_normal((2, d, r))
         # J[(a, b), (i, j)] = d (X Y^T)_ab / d X_ij = delta_ai Y_bj, and for Y: X_aj delta_bi
@@ -383,6 +388,8 @@ def adapter_dof_rows(d: int) -> Verdict:
         got += [np.linalg.matrix_rank(np.concatenate([dU(V), dV(U)], axis=1)),
                 np.linalg.matrix_rank(dU(U) + dV(U))]
         want += [theory.adapter_dof(d, r), theory.adapter_dof(d, r, symmetric=True)]
+    # a dimension is an int (documented return type): a float counts as a mismatch
+    want = [w if type(w) is int else -1 for w in want]
     got, want = np.asarray(got), np.asarray(want)
     return Verdict(
         CLAIM, f"adapter_dof(d, r) (U V^T: r(2d-r); U U^T: r(2d-r+1)/2) = rank of the Jacobian of "
@@ -455,3 +462,98 @@ def plot(result: ClaimResult, out_dir) -> list:
                  f"{D['noise_std']}, in-sample excess risk  ({D['setting']})", fontsize=11)
     fig.tight_layout()
     return save_figure(fig, out_dir, "c6_adaptation_rate")
+
+
+def unseen_task_risk_check(d: int = 3, k: int = 1, T: int = 2, m: int = 4) -> list:
+    """:func:`linmeta.core.metrics.unseen_task_risk` against a NumPy loop over the unseen tasks,
+    ``tr((M - M*_new)(M - M*_new)^T)`` with ``M*_new = A* + U_new U_new^T`` built from the truth's
+    factors: one model per task (m, d, d), one model (d, d) for all, and ``task=i`` (an ``int`` and a
+    NumPy integer, first and last); shapes must match (m,) and (). Then its stated domain: ``task``
+    an integer in [0, m - 1] (not a bool or a float), a truth with unseen tasks (the message
+    quotes the range ``[0, m - 1]``). m = 4 so that no arithmetic slip on m gives m - 1."""
+    rng = np.random.default_rng(6)
+    A = rng.standard_normal((d, d))
+    truth = Truth(A, rng.standard_normal((T, d, k)), rng.standard_normal((m, d, k)))
+    Un = np.asarray(truth.U_new)
+    M_new = [A + u @ u.T for u in Un]
+    Ms = rng.standard_normal((m, d, d))
+    want = np.array([np.trace((M - W) @ (M - W).T) for M, W in zip(Ms, M_new)])
+    want_one = np.array([np.trace((Ms[0] - W) @ (Ms[0] - W).T) for W in M_new])
+    utr = metrics.unseen_task_risk
+    out = in_one_program([(utr, (Ms, truth)), (utr, (Ms[0], truth)),
+                          (lambda M, tr: utr(M, tr, task=0), (Ms[0], truth)),
+                          (lambda M, tr: utr(M, tr, task=np.int64(m - 1)), (Ms[m - 1], truth))])
+    got = list(zip(out, [want, want_one, np.asarray(want[0]), np.asarray(want[m - 1])]))
+    dev = np.array([np.max(np.abs(g - w)) / np.max(w) if g.shape == w.shape else np.inf
+                    for g, w in got])
+    tol = Tolerance.rounding(10 * d, what="sums of d^2 squares, relative to the largest risk")
+    C = DomainCase
+    rng_text = f"[0, {m - 1}]"
+    cases = [
+        C("task 0", lambda: metrics.unseen_task_risk(Ms[0], truth, task=0)),
+        C("task m - 1", lambda: metrics.unseen_task_risk(Ms[0], truth, task=m - 1)),
+        C("task -1", lambda: metrics.unseen_task_risk(Ms[0], truth, task=-1), ("task", rng_text)),
+        C("task m", lambda: metrics.unseen_task_risk(Ms[0], truth, task=m), ("task", rng_text)),
+        C("task m + 1", lambda: metrics.unseen_task_risk(Ms[0], truth, task=m + 1),
+          ("task", rng_text)),
+        C("task True", lambda: metrics.unseen_task_risk(Ms[0], truth, task=True),
+          ("task", rng_text)),
+        C("task 1.0", lambda: metrics.unseen_task_risk(Ms[0], truth, task=1.0),
+          ("task", rng_text)),
+        C("truth with U_new None", lambda: metrics.unseen_task_risk(
+            Ms[0], truth._replace(U_new=None)), ("U_new", "n_unseen >= 1")),
+    ]
+    return [Verdict(
+        CLAIM, "unseen_task_risk (per-task models, one shared model, task=i) vs NumPy "
+        "tr((M - M*_new)(M - M*_new)^T): max |diff| / max risk", 0.0, float(np.max(dev)),
+        float("nan"), tol, tol.below(dev), "check", f"d={d}, k={k}, T={T}, m={m} unseen tasks"),
+        domain_row(CLAIM, "metrics.unseen_task_risk (task in [0, m-1], unseen tasks present)",
+                   cases)]
+
+
+def adapters_check(d: int = 3, r: int = 2) -> Verdict:
+    """The adapter maps of :mod:`linmeta.core.lora` on a stack (2, d, r) of factors against NumPy:
+    ``symmetric_delta`` / ``asymmetric_delta`` against per-matrix products, and
+    ``symmetric_grad`` / ``asymmetric_grads`` against central differences of ``<G, U U^T>`` and
+    ``<G, U V^T>`` (quadratic and bilinear in the factors, so the central difference with step 1
+    is exact up to rounding) for a non-symmetric G; ``init_factor``'s default dtype is the working
+    dtype and a given one is kept (a mismatch counts as an infinite deviation), and its entries have
+    the variance of the default scale, 0.1^2 (chi-square band, p = 1e-6, on 2000 entries)."""
+    rng = np.random.default_rng(7)
+    U, V, = rng.standard_normal((2, 2, d, r))
+    G = rng.standard_normal((2, d, d))
+
+    def central(f, X):
+        out = np.zeros_like(X)
+        for idx in np.ndindex(*X.shape):
+            E = np.zeros_like(X)
+            E[idx] = 1.0
+            out[idx] = (f(X + E)[idx[0]] - f(X - E)[idx[0]]) / 2
+        return out
+
+    inner = lambda A, B: np.einsum("nab,nab->n", G, A @ B.transpose(0, 2, 1))  # noqa: E731
+    sym, asym, sgrad, (gU, gV) = in_one_program([
+        (lora.symmetric_delta, (U,)), (lora.asymmetric_delta, (U, V)),
+        (lora.symmetric_grad, (G, U)), (lora.asymmetric_grads, (G, U, V))])
+    pairs = [(sym, U @ U.transpose(0, 2, 1)), (asym, U @ V.transpose(0, 2, 1)),
+             (sgrad, central(lambda X: inner(X, X), U)),
+             (gU, central(lambda X: inner(X, V), U)),
+             (gV, central(lambda X: inner(U, X), V))]
+    dev = [np.max(np.abs(np.asarray(g) - w)) / np.max(np.abs(w)) if np.shape(g) == w.shape
+           else np.inf for g, w in pairs]
+    key = jax.random.key(0)
+    dev.append(0.0 if lora.init_factor(key, (2,)).dtype == jnp.asarray(0.0).dtype else np.inf)
+    dev.append(0.0 if lora.init_factor(key, (2,), 0.1, jnp.float32).dtype == jnp.float32
+               else np.inf)
+    dev = np.asarray(dev)
+    tol = Tolerance.rounding(10 * d * r, what="products of d x r factors, relative to the largest "
+                             "entry")
+    z = np.asarray(lora.init_factor(key, (40, 50)))   # default scale 0.1: chi-square band
+    var = float(np.mean(z ** 2)) / 0.1 ** 2
+    tol_var = Tolerance.chi2(z.size)
+    return Verdict(
+        CLAIM, "core.lora: adapters U U^T, U V^T vs NumPy; symmetric_grad, asymmetric_grads vs "
+        "exact central differences of <G, U U^T>, <G, U V^T>; init_factor dtypes: max rel. diff",
+        0.0, float(np.max(dev)), float("nan"), tol, tol.below(dev) and tol_var.contains_ratio(var),
+        "check", f"stack of 2, d={d}, r={r}, non-symmetric G; init_factor (default scale 0.1): mean "
+        f"of z^2 / 0.01 over {z.size} entries {var:.4f}, within {tol_var.text}")
