@@ -469,7 +469,8 @@ def _tests_job(path: str, source: str, tests: list[str], log: str) -> dict:
 
 
 def recheck(survivors: list[dict], *, setting: str, seed: int, workers: int, files: list[str],
-            cache: Path, mem_gib: float, tests: dict | None = None, only=None) -> dict:
+            cache: Path, mem_gib: float, tests: dict | None = None, only=None,
+            save: Path | None = None) -> dict:
     """Each survivor (records with ``key``, ``module``, ``diff``) on the tree as it is now (this
     module's repository root): the claims that now execute the mutated statement at ``setting``,
     stopping at the first failing row; with ``tests`` (``{module: [test files]}``) and no failing
@@ -513,6 +514,11 @@ def recheck(survivors: list[dict], *, setting: str, seed: int, workers: int, fil
         out[key] = dict(verify=rows, ran=(result or {}).get("ran", []), tests=[],
                         setting=setting)
         print(f"recheck {key}: {len(rows)} failing rows", flush=True)
+        if save is not None:   # as it goes: a recheck stopped half-way keeps what it decided
+            tmp = Path(str(save) + ".tmp")
+            tmp.write_text(json.dumps({k: v for k, v in out.items() if v.get("verify")},
+                                      indent=1) + "\n")
+            os.replace(tmp, save)
 
     jobs = Path(cache).parent / "jobs-recheck"
     if warm_tasks:

@@ -552,7 +552,7 @@ def main(argv=None) -> int:
         got = mutation_runner.recheck(
             json.loads(a.survivors.read_text()), setting=a.setting, seed=0, workers=a.workers,
             files=a.file, cache=a.coverage, mem_gib=6.0, tests=TESTS if a.tests else None,
-            only=a.claims)
+            only=a.claims, save=a.out)
         a.out.write_text(json.dumps(got, indent=1) + "\n")
         return 0
     if a.cmd == "confirm":
