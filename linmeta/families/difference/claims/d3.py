@@ -28,6 +28,7 @@ Rows:
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import time
 
@@ -37,7 +38,8 @@ import numpy as np
 
 from linmeta.core.problem import sample_truth
 from linmeta.engine.claims import ClaimResult, Verdict
-from linmeta.engine.claim_support import (figure_dpi, key_for, pyplot, save_figure,
+from linmeta.engine.claim_support import (DomainCase, domain_row, figure_dpi, key_for, pyplot,
+                                          save_figure,
                                      settings_value, working_dtype)
 from linmeta.engine.verdict import Tolerance
 from linmeta.core.data import matrix_tasks
@@ -122,9 +124,70 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
                             f"(T={c['T']}, r={c['r']}, n={c['n']})" for c in wins)
                         + "; n* = " + ", ".join(sorted({f"{c['n_star']:.2g} (r={c['r']})"
                                                         for c in cells}))))
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0xD3]))
+    rows += [expected_bias_vs_quadrature(rng), expected_bias_domain()]
     data = dict(setting=setting, d=d, k=k, ns=np.asarray(ns, float), cells=cells,
                 stats=[list(x) for x in stats_rows], noise_std=NOISE_STD)
     return ClaimResult(CLAIM, rows, data, time.perf_counter() - t0)
+
+
+# ----------------------------------------------------------------------------- closed forms
+def expected_bias_by_quadrature(B, R_bar, k: int) -> float:
+    """``E ||P_perp(U U^T - Rbar)||_F^2`` over U (d x k, i.i.d. N(0, 1)), with ``P_perp`` the
+    projector off ``span{B_i}`` (NumPy least squares, no orthonormal basis). The columns
+    ``u_j`` of U are independent with ``E u u^T = I``, so the expectation is ``k E||P_perp(u
+    u^T)||^2 + k (k - 1) ||P_perp I||^2 - 2k <P_perp I, P_perp Rbar> + ||P_perp Rbar||^2``,
+    where the quartic ``E||P_perp(u u^T)||^2`` (u ~ N(0, I_d)) is computed exactly by the
+    tensor Gauss-Hermite rule of 3 nodes per axis (exact to degree 5)."""
+    B = np.asarray(B, float)
+    q, d = B.shape[0], B.shape[-1]
+    Bm = B.reshape(q, d * d).T
+    P = np.eye(d * d) - Bm @ np.linalg.pinv(Bm)
+    x, wt = np.polynomial.hermite_e.hermegauss(3)
+    wt = wt / math.sqrt(2 * math.pi)
+    nodes = np.array(list(itertools.product(x, repeat=d)))                  # (3^d, d)
+    weights = np.prod(np.array(list(itertools.product(wt, repeat=d))), axis=1)
+    outer = np.einsum("ni,nj->nij", nodes, nodes).reshape(-1, d * d)
+    quartic = float(weights @ np.sum((outer @ P) ** 2, axis=1))
+    eye, Rv = np.eye(d).ravel(), np.asarray(R_bar, float).ravel()
+    return (k * quartic + k * (k - 1) * float(eye @ P @ eye) - 2 * k * float(eye @ P @ Rv)
+            + float(Rv @ P @ Rv))
+
+
+def expected_bias_vs_quadrature(rng, d: int = 4, q: int = 2) -> Verdict:
+    """:func:`linmeta.families.difference.theory.expected_paper_bias` against
+    :func:`expected_bias_by_quadrature` for k = 1, 2, 3, on a space of q random (non-symmetric)
+    matrices and one of q symmetric ones, with a random non-symmetric ``Rbar`` and a PSD one."""
+    worst, n = 0.0, 0
+    for sym, psd, k in itertools.product((False, True), (False, True), (1, 2, 3)):
+        B = rng.standard_normal((q, d, d))
+        if sym:
+            B = B + np.swapaxes(B, -1, -2)
+        G = rng.standard_normal((d, k))
+        R_bar = G @ G.T if psd else rng.standard_normal((d, d))
+        want = expected_bias_by_quadrature(B, R_bar, k)
+        got = float(theory.expected_paper_bias(B, R_bar, k))
+        worst = max(worst, abs(got - want) / abs(want))
+        n += 1
+    tol = Tolerance.rounding(100 * d * d, what="3^d quadrature nodes, d^2 x d^2 projector")
+    return Verdict(CLAIM, "expected_paper_bias vs E||P_perp(U U^T - Rbar*)||^2 by Gauss-Hermite "
+                   "quadrature (independent columns, exact for the quartic): max rel. difference",
+                   0.0, worst, float("nan"), tol, tol.below(worst), "check",
+                   f"{n} cases: d={d}, q={q} random or symmetric directions, Rbar random or PSD, "
+                   "k = 1, 2, 3")
+
+
+def expected_bias_domain() -> Verdict:
+    """The stated domain of :func:`linmeta.families.difference.theory.expected_paper_bias`:
+    an integer ``k >= 1``."""
+    B, R = np.stack([np.eye(4), np.diag([1.0, 2.0, 3.0, 4.0])]), np.zeros((4, 4))
+    f = theory.expected_paper_bias
+    return domain_row(CLAIM, "expected_paper_bias (integer k >= 1)", [
+        DomainCase("k = 1", lambda: f(B, R, 1)),
+        DomainCase("k = 0", lambda: f(B, R, 0), ("k", "[1, inf]")),
+        DomainCase("k = -1", lambda: f(B, R, -1), ("k", "[1, inf]")),
+        DomainCase("k = 1.5", lambda: f(B, R, 1.5), ("k", "integer")),
+    ])
 
 
 def plot(result: ClaimResult, out_dir) -> list:
