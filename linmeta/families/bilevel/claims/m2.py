@@ -188,6 +188,7 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
     rows.append(_strict_gap_row(M_star, bases, scale, r, tol, note))
     rows.append(inner_optimum_where_clipping_binds(rng_for(seed + 1, CLAIM), d=d, k=k, T=T))
     rows.append(profiled_objective_domain(rng_for(seed + 2, CLAIM)))
+    rows.append(profiled_objective_names_at_run_time(rng_for(seed + 3, CLAIM)))
     data = dict(setting=setting, seed=seed, d=d, k=k, T=T, r=r, K=K, rel=rel, bfgs=bf, lim=lim,
                 closed=closed, scale=scale, tol=tol)
     return ClaimResult(CLAIM, rows, data, time.perf_counter() - t0)
@@ -378,3 +379,28 @@ def profiled_objective_domain(rng, d: int = 4, T: int = 3) -> Verdict:
     ]
     return domain_row(CLAIM, "profiled_objective (d x d base, (T, d, d) tasks, 0 <= rank <= d, "
                       "adapter)", cases)
+
+
+def profiled_objective_names_at_run_time(rng, d: int = 4, T: int = 3, r: int = 1) -> Verdict:
+    """:func:`linmeta.families.bilevel.theory.profiled_objective` with the adapter's name built
+    at run time (a string that is equal to, but not the same object as, the literal: as read
+    from a command line or a file) against NumPy's :func:`profiles` (eigendecomposition and SVD
+    per task) and 0 for the full adapter, at a random non-symmetric problem where the U U^T and
+    U V^T profiles differ."""
+    A = rng.standard_normal((d, d))
+    M = rng.standard_normal((T, d, d))
+    want = np.mean([profiles(Mt - A, r) for Mt in M], axis=0)
+    want = {"symmetric": want[0], "asymmetric": want[1], "full": 0.0}
+    worst = 0.0
+    for name in bl_theory.PROFILE_ADAPTERS:
+        built = "".join(list(name))          # equal, not identical
+        got = float(bl_theory.profiled_objective(A, M, r, built))
+        err = abs(got - want[name]) / want["symmetric"]
+        worst = max(worst, err) if np.isfinite(err) else float("inf")
+    tol = Tolerance.rounding(100 * d, what="eigendecomposition and SVD of d x d, relative to "
+                             "the U U^T profile")
+    return Verdict(CLAIM, "profiled_objective with adapter names built at run time vs NumPy "
+                   "(PSD rank-r eigenvalues, Eckart-Young, 0 for W): max rel. difference", 0.0,
+                   worst, float("nan"), tol, tol.below(worst), "check",
+                   f"d={d}, T={T}, r={r}, random A and M*_t; profiles U U^T {want['symmetric']:.4g}"
+                   f", U V^T {want['asymmetric']:.4g}")
