@@ -9,7 +9,8 @@ Frobenius inner product; ``P_L`` its orthogonal projector, ``P_perp = I - P_L``.
   -> the rank-one directions ``u*_i v*_i^T`` up to order and scale, hence ``L*``; the base
   modulo ``L*`` (r numbers free); the coefficients up to one common shift. ``T = 2``, r >= 2 ->
   only ``col(U*)`` and ``col(V*)``; the base modulo ``{U* X V*^T}`` (r^2 numbers). ``T = 1`` ->
-  nothing. The principal-component baseline (the span of the centred task matrices) recovers
+  nothing (the bases that fit, ``rank(M*_1 - A) <= r``, form a set of dimension ``r (2d - r)``).
+  The principal-component baseline (the span of the centred task matrices) recovers
   ``L*`` only when ``T - 1 >= r``. Core variant (``U* S_t V*^T``): ``T >= 2`` -> the spans and
   ``L* = {U* S V*^T}``; the principal components need ``T - 1 >= r^2``.
 - :func:`base_gap`: ``||P_perp*(A - A*)||_F``, the identified part of a base error.
@@ -46,18 +47,18 @@ def identifiability(d: int, r: int, T: int, core: bool = False) -> dict:
     ``U*, V*`` of full column rank). Keys: ``directions`` (the rank-one directions, up to order
     and scale; False for a core), ``space`` (``L*``), ``spans`` (``col U*``, ``col V*``),
     ``base_free`` (dimension of the set of bases that fit: 0 would be the base itself; ``r``,
-    ``r^2`` or ``d^2``), ``pca_space`` (whether the principal components of the centred tasks span
-    ``L*``)."""
+    ``r^2``, or at T = 1 ``r (2d - r)``: every A with ``rank(M*_1 - A) <= r``), ``pca_space``
+    (whether the principal components of the centred tasks span ``L*``)."""
     d = check_int("d", d, 1)
     r = check_int("r", r, 1, d, hi_label="d")
     T = check_int("T", T, 1)
     if core:
         space = T >= 2
         return dict(directions=False, space=space, spans=space,
-                    base_free=r * r if space else d * d, pca_space=T - 1 >= r * r)
+                    base_free=r * r if space else r * (2 * d - r), pca_space=T - 1 >= r * r)
     directions = T >= 3 or (r == 1 and T >= 2)
     spans = T >= 2
-    base_free = r if directions else (r * r if spans else d * d)
+    base_free = r if directions else (r * r if spans else r * (2 * d - r))
     return dict(directions=directions, space=directions, spans=spans, base_free=base_free,
                 pca_space=T - 1 >= r)
 

@@ -40,8 +40,9 @@ from linmeta.methods import run_steps, sr_gradient_step
 from linmeta.families.bilevel.methods import BilevelHyper, Factors, method_weights
 
 from linmeta.engine.claims import ClaimResult, Verdict
-from linmeta.engine.claim_support import (figure_dpi, float_tol, pyplot, save_figure,
-                                          settings_value, spread)
+from linmeta.engine.claim_support import (DomainCase, domain_row, figure_dpi, float_tol, pyplot,
+                                          save_figure, settings_value, spread)
+from linmeta.engine.verdict import Tolerance
 from ._grid import (numpy_population, numpy_split, numpy_truths, rel_diff, rng_for, task_matrices,
                     to_jax, trajectories)
 
@@ -197,6 +198,7 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
                             "linmeta.standard_retraining(method='gd'): bases and recorded "
                             "objectives", 0.0, pub_diff, 0.0, f"< {tol:g}", bool(pub_diff < tol),
                             "check", note + "; first seed, population"))
+    rows += [sr_step_vs_unrolled_loop(), sr_step_domain()]
     # the consequence of item 3: plain MAML's fixed point is SR's A* + Rbar
     sr_fix = np.mean(np.asarray(pop0.Syx), axis=0)  # population SR minimiser: mean_t M*_t
     full = [i for i, t in enumerate(tags) if t[0] == f"full alpha={FULL_ALPHA:g}"][:3]
@@ -207,6 +209,84 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
                                     for i in full]),
                 full_methods=["maml", "fomaml", "reptile"], tol=tol)
     return ClaimResult(CLAIM, rows, data, time.perf_counter() - t0)
+
+
+#: item 3's grid for :func:`sr_step_vs_unrolled_loop`: alpha (0: no inner move; 1: the inner loop
+#: lands on M*_t; 1.5 and 2.5: it overshoots, (1 - alpha)^K changes sign with K), K (0: the
+#: start is the base), beta (0: the base does not move)
+STEP_ALPHAS, STEP_KS, STEP_BETAS = (0.0, 0.5, 1.0, 1.5, 2.5), (0, 1, 2, 3, 5), (0.0, 0.3, 1.7)
+
+
+def unrolled_outer_step(method: str, a: float, m_star, alpha: float, K: int, beta: float) -> float:
+    """One outer step of plain bilevel retraining on scalar population tasks ``1/2 (m - m*_t)^2``
+    from the base ``a`` (full-rank inner update from ``W = 0``, K inner gradient steps of size
+    alpha, outer step beta), simulated: the inner loop run with its derivative in ``a`` carried
+    along (forward mode), MAML's outer gradient ``mean_t (m_K - m*_t) dm_K/da``, first order's
+    ``mean_t (m_K - m*_t)``, Reptile's displacement ``mean_t (m_K - a)``. Returns the new base."""
+    m_star = np.asarray(m_star, float)
+    m = np.full_like(m_star, a)
+    dm = np.ones_like(m_star)
+    for _ in range(K):
+        m, dm = m - alpha * (m - m_star), dm - alpha * dm
+    if method == "maml":
+        return a - beta * float(np.mean((m - m_star) * dm))
+    if method == "fomaml":
+        return a - beta * float(np.mean(m - m_star))
+    return a + beta * float(np.mean(m - a))
+
+
+def sr_step_vs_unrolled_loop() -> Verdict:
+    """:func:`linmeta.families.bilevel.theory.full_rank_sr_step` against the simulated outer step
+    (:func:`unrolled_outer_step`) on a scalar population problem: the step s of SR gradient
+    descent it equals must move the base as ``a - s (a - mean_t m*_t)``, for every method and
+    every (alpha, K, beta) of :data:`STEP_ALPHAS` x :data:`STEP_KS` x :data:`STEP_BETAS`."""
+    a, m_star = 1.3, np.array([-0.4, 0.2, 0.5])        # a - mean m* = 1.2
+    gap = a - float(np.mean(m_star))
+    worst, where, n = 0.0, "", 0
+    for method in ("maml", "fomaml", "reptile"):
+        for alpha in STEP_ALPHAS:
+            for K in STEP_KS:
+                for beta in STEP_BETAS:
+                    s = float(bl_theory.full_rank_sr_step(method, beta, alpha, K))
+                    sim = unrolled_outer_step(method, a, m_star, alpha, K, beta)
+                    scale = max(1.0, abs(1.0 - alpha) ** (2 * K)) * max(beta, 1.0)
+                    err = abs((a - s * gap) - sim) / scale
+                    n += 1
+                    if err > worst or not np.isfinite(err):
+                        worst, where = err, f"{method}, alpha={alpha:g}, K={K}, beta={beta:g}"
+    tol = Tolerance.rounding(16 * (2 * max(STEP_KS) + 2), what="2K + 2 operations of the "
+                             "unrolled loop on numbers of size max(1, |1 - alpha|^2K) "
+                             "max(1, beta)")
+    return Verdict(
+        CLAIM, "full_rank_sr_step vs one simulated outer step of plain maml / fomaml / reptile "
+        "(scalar population tasks, inner loop and its derivative unrolled): |a - s (a - mean m*) "
+        "- a_new| / scale, max over the grid", 0.0, worst, float("nan"), tol,
+        tol.below(worst), "check",
+        f"{n} cases: alpha in {STEP_ALPHAS}, K in {STEP_KS}, beta in {STEP_BETAS}; worst at "
+        f"{where or '-'}")
+
+
+def sr_step_domain() -> Verdict:
+    """The stated domain of :func:`linmeta.families.bilevel.theory.full_rank_sr_step`: every
+    method, ``alpha, beta >= 0``, ``K >= 0`` (edges inside; just outside refused, naming the
+    argument and its range)."""
+    f = bl_theory.full_rank_sr_step
+    cases = [DomainCase(f"{m}, beta = alpha = 0, K = 0", functools.partial(f, m, 0.0, 0.0, 0))
+             for m in ("maml", "fomaml", "reptile")]
+    cases += [
+        DomainCase("alpha = 2.5, K = 7, beta = 3 (inner loop diverges: still the identity)",
+                   lambda: f("fomaml", 3.0, 2.5, 7)),
+        DomainCase("method 'sr'", lambda: f("sr", 0.1, 0.1, 1),
+                   ("method", "'maml', 'fomaml', 'reptile'")),
+        DomainCase("beta = -0.1", lambda: f("maml", -0.1, 0.1, 1), ("outer_lr", "[0.0, inf]")),
+        DomainCase("beta = nan", lambda: f("maml", float("nan"), 0.1, 1), ("outer_lr", "finite")),
+        DomainCase("alpha = -0.1", lambda: f("maml", 0.1, -0.1, 1), ("inner_lr", "[0.0, inf]")),
+        DomainCase("alpha = inf", lambda: f("reptile", 0.1, float("inf"), 1),
+                   ("inner_lr", "finite")),
+        DomainCase("K = -1", lambda: f("fomaml", 0.1, 0.1, -1), ("inner_steps", "[0, inf]")),
+        DomainCase("K = 1.5", lambda: f("fomaml", 0.1, 0.1, 1.5), ("inner_steps", "integer")),
+    ]
+    return domain_row(CLAIM, "full_rank_sr_step (method, beta >= 0, alpha >= 0, K >= 0)", cases)
 
 
 def plot(result: ClaimResult, out_dir) -> list:

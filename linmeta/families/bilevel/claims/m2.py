@@ -56,7 +56,7 @@ from ._grid import numpy_truths, rng_for, task_matrices, to_jax
 from .m3 import population_stats
 from linmeta.engine.claim_support import (figure_dpi, float_tol, pyplot, save_figure,
                                           settings_value, spread)
-from linmeta.engine.claim_support import optimality_measures
+from linmeta.engine.claim_support import DomainCase, domain_row, optimality_measures
 from linmeta.engine.verdict import Tolerance
 from linmeta.families.bilevel.methods import inner_optimum
 
@@ -187,6 +187,8 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
         note + f"; strictly below in {strict}/{gap.size} cases"))
     rows.append(_strict_gap_row(M_star, bases, scale, r, tol, note))
     rows.append(inner_optimum_where_clipping_binds(rng_for(seed + 1, CLAIM), d=d, k=k, T=T))
+    rows.append(profiled_objective_domain(rng_for(seed + 2, CLAIM)))
+    rows.append(profiled_objective_names_at_run_time(rng_for(seed + 3, CLAIM)))
     data = dict(setting=setting, seed=seed, d=d, k=k, T=T, r=r, K=K, rel=rel, bfgs=bf, lim=lim,
                 closed=closed, scale=scale, tol=tol)
     return ClaimResult(CLAIM, rows, data, time.perf_counter() - t0)
@@ -338,3 +340,67 @@ def inner_optimum_where_clipping_binds(rng, *, d, k, T, shift=0.3, starts=3) -> 
         f"d={d}, k={k}, T={T}, population; tasks whose r-th largest eigenvalue is negative: "
         f"{binds}/{T} (must be all); L-BFGS best - F(inner optimum) = {-gain:.1e} x drop (must be "
         f"> -{tol_gain.value:g})")
+
+
+def profiled_objective_domain(rng, d: int = 4, T: int = 3) -> Verdict:
+    """The stated domain of :func:`linmeta.families.bilevel.theory.profiled_objective`: a d x d
+    base, task matrices (T, d, d), ``0 <= rank <= d`` for every adapter (the full adapter too,
+    whose value does not use the rank), an adapter of :data:`~linmeta.families.bilevel.theory.
+    PROFILE_ADAPTERS`. Edges inside (rank 0 and d, one task); just outside refused with a
+    ``ValueError`` naming the argument and its range."""
+    f = bl_theory.profiled_objective
+    A = rng.standard_normal((d, d))
+    M = rng.standard_normal((T, d, d))
+    cases = []
+    for a in bl_theory.PROFILE_ADAPTERS:
+        cases += [DomainCase(f"{a}, rank 0", functools.partial(f, A, M, 0, a)),
+                  DomainCase(f"{a}, rank d", functools.partial(f, A, M, d, a)),
+                  DomainCase(f"{a}, one task", functools.partial(f, A, M[:1], 1, a)),
+                  DomainCase(f"{a}, rank -1", functools.partial(f, A, M, -1, a),
+                             ("rank", f"[0, d={d}]")),
+                  DomainCase(f"{a}, rank d + 1", functools.partial(f, A, M, d + 1, a),
+                             ("rank", f"[0, d={d}]"))]
+    bad_A = A.copy()
+    bad_A[0, 0] = np.nan
+    cases += [
+        DomainCase("rank 1.5", lambda: f(A, M, 1.5), ("rank", "integer")),
+        DomainCase("adapter 'psd'", lambda: f(A, M, 1, "psd"),
+                   ("adapter", "'symmetric', 'asymmetric', 'full'")),
+        DomainCase("A of shape (d,)", lambda: f(A[0], M, 1), ("A", "2 dimensions")),
+        DomainCase("A of shape (2, d, d)", lambda: f(np.stack([A, A]), M, 1),
+                   ("A", "2 dimensions")),
+        DomainCase("A of shape (1, d): d is A's first dimension", lambda: f(A[:1], M, 1),
+                   ("M_star", "(*, 1, 1)")),
+        DomainCase("A with a NaN", lambda: f(bad_A, M, 1), ("A", "NaN")),
+        DomainCase("M_star of shape (T, d, d + 1)",
+                   lambda: f(A, rng.standard_normal((T, d, d + 1)), 1),
+                   ("M_star", f"(*, {d}, {d})")),
+        DomainCase("M_star of shape (d, d)", lambda: f(A, M[0], 1), ("M_star", f"(*, {d}, {d})")),
+    ]
+    return domain_row(CLAIM, "profiled_objective (d x d base, (T, d, d) tasks, 0 <= rank <= d, "
+                      "adapter)", cases)
+
+
+def profiled_objective_names_at_run_time(rng, d: int = 4, T: int = 3, r: int = 1) -> Verdict:
+    """:func:`linmeta.families.bilevel.theory.profiled_objective` with the adapter's name built
+    at run time (a string that is equal to, but not the same object as, the literal: as read
+    from a command line or a file) against NumPy's :func:`profiles` (eigendecomposition and SVD
+    per task) and 0 for the full adapter, at a random non-symmetric problem where the U U^T and
+    U V^T profiles differ."""
+    A = rng.standard_normal((d, d))
+    M = rng.standard_normal((T, d, d))
+    want = np.mean([profiles(Mt - A, r) for Mt in M], axis=0)
+    want = {"symmetric": want[0], "asymmetric": want[1], "full": 0.0}
+    worst = 0.0
+    for name in bl_theory.PROFILE_ADAPTERS:
+        built = "".join(list(name))          # equal, not identical
+        got = float(bl_theory.profiled_objective(A, M, r, built))
+        err = abs(got - want[name]) / want["symmetric"]
+        worst = max(worst, err) if np.isfinite(err) else float("inf")
+    tol = Tolerance.rounding(100 * d, what="eigendecomposition and SVD of d x d, relative to "
+                             "the U U^T profile")
+    return Verdict(CLAIM, "profiled_objective with adapter names built at run time vs NumPy "
+                   "(PSD rank-r eigenvalues, Eckart-Young, 0 for W): max rel. difference", 0.0,
+                   worst, float("nan"), tol, tol.below(worst), "check",
+                   f"d={d}, T={T}, r={r}, random A and M*_t; profiles U U^T {want['symmetric']:.4g}"
+                   f", U V^T {want['asymmetric']:.4g}")

@@ -37,8 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from linmeta.engine.claims import ClaimResult, Verdict
-from linmeta.engine.claim_support import (figure_dpi, float_tol, key_for, pyplot, save_figure,
-                                     settings_value, working_dtype)
+from linmeta.engine.claim_support import (DomainCase, domain_row, figure_dpi, float_tol, key_for,
+                                          pyplot, save_figure, settings_value, working_dtype)
 from linmeta.engine.verdict import Tolerance
 from linmeta.core.data import matrix_tasks
 from linmeta.families.difference import methods, theory
@@ -157,10 +157,175 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
                 "statement", 0, len(wrong), 0.0, Tolerance.exact(), not wrong, "check",
                 note + "; " + ", ".join(f"(r={c['r']}, T={c['T']})" for c in wrong)),
     ]
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0xD1]))
+    rows += [identifiability_vs_tangent_space(rng), identifiability_domain(),
+             base_gap_vs_least_squares(rng)]
     data = dict(setting=setting, d=d, ranks=np.asarray(cfg["ranks"]), T_max=T_max,
                 cells=[{k: (v.tolist() if isinstance(v, np.ndarray) else v)
                         for k, v in c.items()} for c in cells], recovery=recovery)
     return ClaimResult(CLAIM, rows, data, time.perf_counter() - t0)
+
+
+# ----------------------------------------------------------------------------- closed forms
+#: (d, r, T) cells of :func:`identifiability_vs_tangent_space`, both sides of every boundary:
+#: diagonal coefficients (directions at T >= 3, or r = 1 and T >= 2; PCA at T - 1 >= r) and
+#: r x r cores (spans at T >= 2; PCA at T - 1 >= r^2, so r = 3 needs T = 9, 10); r = d at T = 1.
+IDENT_CELLS = {
+    False: [(4, r, T) for r in (1, 2, 3) for T in range(1, 6)] + [(3, 3, T) for T in (1, 2, 3)],
+    True: [(4, r, T) for r in (1, 2) for T in range(1, 7)] + [(4, 3, T) for T in (1, 2, 9, 10)]
+    + [(3, 3, T) for T in (1, 2)],
+}
+ZERO = 1e-8     # a unit null vector's component counted as 0 (rounding of d x d SVDs is ~1e-15)
+
+
+def _num_rank(X, rel: float = 1e-9) -> int:
+    s = np.linalg.svd(np.atleast_2d(X), compute_uv=False)
+    return int(np.sum(s > rel * s[0])) if s.size and s[0] > 0 else 0
+
+
+def tangent_identifiability(rng, d: int, r: int, T: int, core: bool) -> dict:
+    """What a zero-loss population fit of ``M_t = A + U C_t V^T`` determines near a random
+    generic truth, from the tangent space of the set of zero-loss fits: the null space of the
+    Jacobian of ``(A, U, V, C_1..C_T) -> (M_1..M_T)`` (NumPy SVD; ``C_t`` diagonal, or r x r for
+    a core). Keys as :func:`linmeta.families.difference.theory.identifiability`: ``base_free``
+    the rank of the null space's A-block; ``spans`` no null direction moves ``col U`` or
+    ``col V``; ``directions`` none moves a column ``u_i`` or ``v_i`` off its own line; ``space``
+    none moves a basis matrix ``u_a v_b^T`` of L off L; ``pca_space`` the centred task matrices
+    span a space of L's dimension."""
+    A = rng.standard_normal((d, d))
+    U, V = rng.standard_normal((d, r)), rng.standard_normal((d, r))
+    C = (rng.standard_normal((T, r, r)) if core else
+         np.stack([np.diag(c) for c in rng.standard_normal((T, r))]))
+    M = A + np.einsum("ia,tab,jb->tij", U, C, V)
+    CVt, UC = np.einsum("tab,jb->taj", C, V), np.einsum("ia,tab->tib", U, C)
+    pairs = [(a, b) for a in range(r) for b in range(r)] if core else [(a, a) for a in range(r)]
+    cols = []
+    for a in range(d):              # dA
+        for b in range(d):
+            dM = np.zeros((T, d, d))
+            dM[:, a, b] = 1.0
+            cols.append(dM)
+    for i in range(d):              # dU
+        for a in range(r):
+            dM = np.zeros((T, d, d))
+            dM[:, i, :] = CVt[:, a, :]
+            cols.append(dM)
+    for j in range(d):              # dV
+        for a in range(r):
+            dM = np.zeros((T, d, d))
+            dM[:, :, j] = UC[:, :, a]
+            cols.append(dM)
+    for t in range(T):              # dC_t
+        for a, b in pairs:
+            dM = np.zeros((T, d, d))
+            dM[t] = np.outer(U[:, a], V[:, b])
+            cols.append(dM)
+    J = np.stack([c.ravel() for c in cols], axis=1)
+    _, sv, Wt = np.linalg.svd(J)
+    N = Wt[int(np.sum(sv > 1e-9 * sv[0])):]          # orthonormal rows: the null space
+    dU = N[:, d * d:d * d + d * r].reshape(-1, d, r)
+    dV = N[:, d * d + d * r:d * d + 2 * d * r].reshape(-1, d, r)
+    off_U, off_V = np.eye(d) - U @ np.linalg.pinv(U), np.eye(d) - V @ np.linalg.pinv(V)
+    spans = all(np.abs(off_U @ x).max() < ZERO and np.abs(off_V @ y).max() < ZERO
+                for x, y in zip(dU, dV))
+    lines = True
+    for i in range(r):
+        pu = np.eye(d) - np.outer(U[:, i], U[:, i]) / (U[:, i] @ U[:, i])
+        pv = np.eye(d) - np.outer(V[:, i], V[:, i]) / (V[:, i] @ V[:, i])
+        lines &= all(np.abs(pu @ x[:, i]).max() < ZERO and np.abs(pv @ y[:, i]).max() < ZERO
+                     for x, y in zip(dU, dV))
+    basis = np.stack([np.outer(U[:, a], V[:, b]).ravel() for a, b in pairs], axis=1)
+    Q = np.linalg.qr(basis)[0]
+    space = True
+    for x, y in zip(dU, dV):
+        for a, b in pairs:
+            db = (np.outer(x[:, a], V[:, b]) + np.outer(U[:, a], y[:, b])).ravel()
+            space &= np.abs(db - Q @ (Q.T @ db)).max() < ZERO
+    centred = (M - M.mean(axis=0)).reshape(T, -1)
+    return dict(directions=bool(lines), space=bool(space), spans=bool(spans),
+                base_free=_num_rank(N[:, :d * d]) if len(N) else 0,
+                pca_space=bool(T > 1 and _num_rank(centred) == _num_rank(basis)))
+
+
+def identifiability_vs_tangent_space(rng) -> Verdict:
+    """:func:`linmeta.families.difference.theory.identifiability` (every key, both variants)
+    against :func:`tangent_identifiability` on the cells of :data:`IDENT_CELLS`. Not compared:
+    at r = d the spans (and a core's space: every matrix) are all there is, known without data,
+    which ``identifiability`` reports as not identified at T = 1; a core's ``directions`` at
+    r = 1 (a 1 x 1 core is the diagonal model: its one direction is identified, while
+    ``identifiability`` says False for every core)."""
+    wrong, n = [], 0
+    for core, cells in IDENT_CELLS.items():
+        for d, r, T in cells:
+            want = (theory.identifiability(d, r, T, core=True) if core else
+                    theory.identifiability(d, r, T))      # the default: diagonal
+            got = tangent_identifiability(rng, d, r, T, core)
+            for key in want:
+                if r == d and (key == "spans" or (core and key == "space")):
+                    continue
+                if core and r == 1 and key == "directions":   # a 1 x 1 core is a direction
+                    continue
+                n += 1
+                if want[key] != got[key]:
+                    wrong.append(f"{'core ' if core else ''}(d={d}, r={r}, T={T}) {key}: "
+                                 f"{want[key]} vs {got[key]}")
+    return Verdict(
+        CLAIM, "identifiability(d, r, T, core) vs the tangent space of the zero-loss fits at a "
+        "random truth (null space of the parametrisation's Jacobian): (cell, key) pairs that "
+        "disagree", 0, len(wrong), 0.0, Tolerance.exact(), not wrong, "check",
+        f"{n} pairs, {sum(map(len, IDENT_CELLS.values()))} cells (diagonal and core); "
+        + ("disagree: " + "; ".join(wrong)[:600] if wrong else "all agree"))
+
+
+def identifiability_domain() -> Verdict:
+    """The stated domain of :func:`linmeta.families.difference.theory.identifiability`:
+    integers ``d >= 1``, ``1 <= r <= d``, ``T >= 1``, both variants."""
+    f = theory.identifiability
+    cases = []
+    for core in (False, True):
+        c = " (core)" if core else ""
+        cases += [
+            DomainCase("d = r = T = 1" + c, lambda core=core: f(1, 1, 1, core=core)),
+            DomainCase("r = d = 3, T = 2" + c, lambda core=core: f(3, 3, 2, core=core)),
+            DomainCase("d = 0" + c, lambda core=core: f(0, 1, 1, core=core), ("d", "[1, inf]")),
+            DomainCase("r = 0" + c, lambda core=core: f(3, 0, 2, core=core), ("r", "[1, d=3]")),
+            DomainCase("r = d + 1" + c, lambda core=core: f(3, 4, 2, core=core),
+                       ("r", "[1, d=3]")),
+            DomainCase("T = 0" + c, lambda core=core: f(3, 2, 0, core=core), ("T", "[1, inf]")),
+            DomainCase("T = 2.5" + c, lambda core=core: f(3, 2, 2.5, core=core),
+                       ("T", "integer")),
+        ]
+    return domain_row(CLAIM, "identifiability (integers d >= 1, 1 <= r <= d, T >= 1)", cases)
+
+
+def base_gap_vs_least_squares(rng, d: int = 4) -> Verdict:
+    """:func:`linmeta.families.difference.theory.base_gap` against the residual of NumPy's least
+    squares of ``vec(A - A*)`` on the vectorised ``B*_i`` (no orthonormal basis), for spaces of
+    q = 3 < d and q = 6 > d random (non-symmetric) matrices, one base and a batch of 3 bases."""
+    worst, n = 0.0, 0
+    for q in (3, 6):
+        B = rng.standard_normal((q, d, d))
+        Bm = B.reshape(q, d * d).T
+        A_star = rng.standard_normal((d, d))
+        for A in (rng.standard_normal((d, d)), rng.standard_normal((3, d, d))):
+            X = (A - A_star).reshape(-1, d * d).T                     # (d^2, m)
+            res = X - Bm @ np.linalg.lstsq(Bm, X, rcond=None)[0]
+            ref = np.sqrt(np.sum(res * res, axis=0)).reshape(np.shape(A)[:-2])
+            got = np.asarray(theory.base_gap(A, A_star, B))
+            if got.shape != ref.shape:
+                return Verdict(CLAIM, "base_gap vs least squares", "shape " + str(ref.shape),
+                               "shape " + str(got.shape), float("nan"), Tolerance.exact(),
+                               False, "check", f"q={q}, A of shape {np.shape(A)}")
+            scale = np.sqrt(np.sum(X * X, axis=0)).reshape(ref.shape)
+            err = float(np.max(np.abs(got - ref) / scale))
+            worst = max(worst, err) if np.isfinite(err) else float("inf")
+            n += 1
+    tol = Tolerance.rounding(20 * d * d, what="QR and least squares of d^2 x q, relative to "
+                             "||A - A*||")
+    return Verdict(CLAIM, "base_gap ||P_perp*(A - A*)|| vs NumPy least-squares residual on "
+                   "span{B*_i}: max rel. difference (one base and a batch of 3)", 0.0, worst,
+                   float("nan"), tol, tol.below(worst), "check",
+                   f"d={d}, q in (3, 6) random matrices, {n} comparisons")
 
 
 def plot(result: ClaimResult, out_dir) -> list:

@@ -28,6 +28,7 @@ Rows:
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import time
 
@@ -37,7 +38,8 @@ import numpy as np
 
 from linmeta.core.problem import sample_truth
 from linmeta.engine.claims import ClaimResult, Verdict
-from linmeta.engine.claim_support import (figure_dpi, key_for, pyplot, save_figure,
+from linmeta.engine.claim_support import (DomainCase, domain_row, figure_dpi, key_for, pyplot,
+                                          save_figure,
                                      settings_value, working_dtype)
 from linmeta.engine.verdict import Tolerance
 from linmeta.core.data import matrix_tasks
@@ -67,7 +69,7 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
     root = key_for(seed, CLAIM)
     dt = working_dtype()
     rows, cells, stats_rows = [], [], []
-    proj_dev = 0.0
+    proj_dev, lsq_dev, lsq_cond = 0.0, 0.0, 1.0
     for T in cfg["Ts"]:
         truth = sample_truth(jax.random.fold_in(root, T), d, k, T, n_unseen=m, dtype=dt)
         src = matrix_tasks(truth.M_star)
@@ -84,6 +86,9 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
             # the truth side: ||P_perp(U U^T - Rbar*)||^2 (no fitted base)
             proj = np.asarray(theory.projection_bias(fit.basis, R_bar, truth.M_new - truth.A_star))
             proj_dev = max(proj_dev, float(np.max(np.abs(risk - proj) / np.maximum(proj, 1e-300))))
+            dev, cond = _projection_vs_least_squares(proj, fit.basis, R_bar,
+                                                     truth.M_new - truth.A_star)
+            lsq_dev, lsq_cond = max(lsq_dev, dev), max(lsq_cond, cond)
             expected = float(theory.expected_paper_bias(fit.basis, R_bar, k))
             mean, se = float(risk.mean()), float(risk.std(ddof=1) / math.sqrt(m))
             stats_rows.append((T, r, mean, se, expected, float(fit.objective)))
@@ -107,6 +112,15 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
     rows.append(Verdict(CLAIM, "coefficient-only fine-tuning (population) vs ||P_perp(U_new U_new^T"
                         " - Rbar*)||^2: max relative difference", 0.0, proj_dev, 0.0, tol_p,
                         proj_dev <= tol_p.value, "check", note))
+    tol_l = Tolerance.rounding(20 * d * d, lsq_cond, what="QR and least squares of d^2 x r, "
+                               "relative to ||M_new - A* - Rbar*||^2",
+                               why="cond: of the fitted basis (a fit's directions can be nearly "
+                                   "collinear), to which both projections' errors are "
+                                   "proportional")
+    rows.append(Verdict(CLAIM, "projection_bias ||P_perp(U_new U_new^T - Rbar*)||^2 (batch of "
+                        "unseen tasks) vs the residual of NumPy's least squares on the fitted "
+                        "basis: max rel. difference", 0.0, lsq_dev, 0.0, tol_l,
+                        tol_l.below(lsq_dev), "check", note))
     for T, r, mean, se, expected, obj in stats_rows:
         tol = Tolerance.seeds(se, m, p=P_BAND)
         rows.append(Verdict(CLAIM, f"mean coefficient-only bias over unseen tasks, T={T}, r={r}: "
@@ -122,9 +136,93 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
                             f"(T={c['T']}, r={c['r']}, n={c['n']})" for c in wins)
                         + "; n* = " + ", ".join(sorted({f"{c['n_star']:.2g} (r={c['r']})"
                                                         for c in cells}))))
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0xD3]))
+    rows += [expected_bias_vs_quadrature(rng), expected_bias_domain()]
     data = dict(setting=setting, d=d, k=k, ns=np.asarray(ns, float), cells=cells,
                 stats=[list(x) for x in stats_rows], noise_std=NOISE_STD)
     return ClaimResult(CLAIM, rows, data, time.perf_counter() - t0)
+
+
+# ----------------------------------------------------------------------------- closed forms
+def _projection_vs_least_squares(proj, B, base, M_new) -> tuple:
+    """Max over the tasks of ``|proj - ||res||^2| / ||M_new - base||^2`` with ``res`` the residual
+    of NumPy's least squares of ``vec(M_new - base)`` on the vectorised ``B_i`` (inf when not
+    finite or of another shape), and the condition number of the vectorised ``B_i``."""
+    B = np.asarray(B, float)
+    X = np.asarray(M_new, float) - np.asarray(base, float)
+    Xv = X.reshape(-1, B.shape[-1] ** 2).T
+    Bm = B.reshape(B.shape[0], -1).T
+    res = Xv - Bm @ np.linalg.lstsq(Bm, Xv, rcond=None)[0]
+    ref = np.sum(res * res, axis=0).reshape(X.shape[:-2])
+    proj = np.asarray(proj, float)
+    cond = float(np.linalg.cond(Bm))
+    if proj.shape != ref.shape:
+        return float("inf"), cond
+    err = float(np.max(np.abs(proj - ref) / np.sum(Xv * Xv, axis=0).reshape(ref.shape)))
+    return (err if math.isfinite(err) else float("inf")), cond
+
+
+def expected_bias_by_quadrature(B, R_bar, k: int) -> float:
+    """``E ||P_perp(U U^T - Rbar)||_F^2`` over U (d x k, i.i.d. N(0, 1)), with ``P_perp`` the
+    projector off ``span{B_i}`` (NumPy least squares, no orthonormal basis). The columns
+    ``u_j`` of U are independent with ``E u u^T = I``, so the expectation is ``k E||P_perp(u
+    u^T)||^2 + k (k - 1) ||P_perp I||^2 - 2k <P_perp I, P_perp Rbar> + ||P_perp Rbar||^2``,
+    where the quartic ``E||P_perp(u u^T)||^2`` (u ~ N(0, I_d)) is computed exactly by the
+    tensor Gauss-Hermite rule of 3 nodes per axis (exact to degree 5)."""
+    B = np.asarray(B, float)
+    q, d = B.shape[0], B.shape[-1]
+    Bm = B.reshape(q, d * d).T
+    P = np.eye(d * d) - Bm @ np.linalg.pinv(Bm)
+    x, wt = np.polynomial.hermite_e.hermegauss(3)
+    wt = wt / math.sqrt(2 * math.pi)
+    nodes = np.array(list(itertools.product(x, repeat=d)))                  # (3^d, d)
+    weights = np.prod(np.array(list(itertools.product(wt, repeat=d))), axis=1)
+    outer = np.einsum("ni,nj->nij", nodes, nodes).reshape(-1, d * d)
+    quartic = float(weights @ np.sum((outer @ P) ** 2, axis=1))
+    eye, Rv = np.eye(d).ravel(), np.asarray(R_bar, float).ravel()
+    return (k * quartic + k * (k - 1) * float(eye @ P @ eye) - 2 * k * float(eye @ P @ Rv)
+            + float(Rv @ P @ Rv))
+
+
+def expected_bias_vs_quadrature(rng, d: int = 4, q: int = 2) -> Verdict:
+    """:func:`linmeta.families.difference.theory.expected_paper_bias` against
+    :func:`expected_bias_by_quadrature` for k = 1, 2, 3, on a space of q random (non-symmetric)
+    matrices and one of q symmetric ones, with a random non-symmetric ``Rbar`` and a PSD one;
+    d = 4, and two cases at d = 3 (odd)."""
+    worst, n = 0.0, 0
+    cases = [(d, sym, psd, k) for sym, psd, k in itertools.product((False, True), (False, True),
+                                                                  (1, 2, 3))]
+    cases += [(d - 1, False, False, 2), (d - 1, True, True, 1)]     # an odd d too
+    for dd, sym, psd, k in cases:
+        B = rng.standard_normal((q, dd, dd))
+        if sym:
+            B = B + np.swapaxes(B, -1, -2)
+        G = rng.standard_normal((dd, k))
+        R_bar = G @ G.T if psd else rng.standard_normal((dd, dd))
+        want = expected_bias_by_quadrature(B, R_bar, k)
+        got = float(theory.expected_paper_bias(B, R_bar, k))
+        err = abs(got - want) / abs(want)
+        worst = max(worst, err) if math.isfinite(err) else float("inf")
+        n += 1
+    tol = Tolerance.rounding(100 * d * d, what="3^d quadrature nodes, d^2 x d^2 projector")
+    return Verdict(CLAIM, "expected_paper_bias vs E||P_perp(U U^T - Rbar*)||^2 by Gauss-Hermite "
+                   "quadrature (independent columns, exact for the quartic): max rel. difference",
+                   0.0, worst, float("nan"), tol, tol.below(worst), "check",
+                   f"{n} cases: d={d} (and {d - 1}), q={q} random or symmetric directions, "
+                   "Rbar random or PSD, k = 1, 2, 3")
+
+
+def expected_bias_domain() -> Verdict:
+    """The stated domain of :func:`linmeta.families.difference.theory.expected_paper_bias`:
+    an integer ``k >= 1``."""
+    B, R = np.stack([np.eye(4), np.diag([1.0, 2.0, 3.0, 4.0])]), np.zeros((4, 4))
+    f = theory.expected_paper_bias
+    return domain_row(CLAIM, "expected_paper_bias (integer k >= 1)", [
+        DomainCase("k = 1", lambda: f(B, R, 1)),
+        DomainCase("k = 0", lambda: f(B, R, 0), ("k", "[1, inf]")),
+        DomainCase("k = -1", lambda: f(B, R, -1), ("k", "[1, inf]")),
+        DomainCase("k = 1.5", lambda: f(B, R, 1.5), ("k", "integer")),
+    ])
 
 
 def plot(result: ClaimResult, out_dir) -> list:
