@@ -385,7 +385,9 @@ def write_report(session: Path, name: str, meta: dict) -> Path:
     classify(recs, _rechecks(session), _equivalent())
     cmd = meta["command"]
     lines = [f"# Mutation run `{name}` (cosmic-ray mutants, `linmeta verify` as the test)", "",
-             f"`{cmd}` -- {meta['date']}, {meta['seconds'] / 60:.1f} min.", "",
+             f"`{cmd}` -- {meta['date']}" + (f", {meta['seconds'] / 60:.1f} min." if
+                                              meta.get("seconds") else ".") +
+             (f" {meta['note']}" if meta.get("note") else ""), "",
              "Mutants made by cosmic-ray, run by `benchmarks/mutation_runner.py` against the "
              f"verify rows of every claim that executes the mutated statement at "
              f"`--{meta['setting']}` (a mutant no claim executes survives without a run). "
@@ -520,6 +522,7 @@ def main(argv=None) -> int:
                    "report's first line; default: the one stored with an earlier report)")
     s.add_argument("--minutes", type=float, default=None, help="the run's wall time")
     s.add_argument("--setting", default=None)
+    s.add_argument("--note", default=None, help="a sentence for the report's first line")
     a = p.parse_args(argv)
     if a.cmd == "check":
         return check(a.setting, a.claims, a.timeout)
@@ -580,6 +583,8 @@ def main(argv=None) -> int:
         meta["seconds"] = 60.0 * a.minutes
     if a.setting:
         meta["setting"] = a.setting
+    if a.note:
+        meta["note"] = a.note
     write_report(a.session, name, dict(meta, date=time.strftime("%Y-%m-%d %H:%M")))
     return 0
 
