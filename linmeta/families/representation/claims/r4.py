@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 import time
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -49,8 +50,9 @@ from linmeta.families.representation._linalg import orthonormalise
 
 from linmeta.engine.claims import ClaimResult, Verdict
 from linmeta.engine.verdict import Tolerance
-from linmeta.engine.claim_support import (figure_dpi, float_tol, key_for, loglog_slope, pyplot,
-                                          save_figure, settings_value, spread)
+from linmeta.engine.claim_support import (DomainCase, domain_row, figure_dpi, float_tol, key_for,
+                                          loglog_slope, pyplot, save_figure, settings_value,
+                                          spread)
 
 CLAIM = "R4"
 NOISE_STD = 0.5
@@ -179,9 +181,115 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
         "||sin Theta||_F (median)", "measured", float(np.median(smallest)),
         spread(smallest), "", bool(np.all(np.isfinite(smallest))), "measured",
         note + f"; n=k={k} samples per task suffice when T is large"))
+    rows.append(moment_quadrature_row(seed))
+    rows.append(closed_form_domains())
     data = dict(setting=setting, d=d, k=k, ns=np.asarray(ns, float), Ts=np.asarray(Ts, float),
                 E_fro2=E_fro2, K=K, nmax=nmax, Tmax=Tmax, reps=R, sigma=NOISE_STD)
     return ClaimResult(CLAIM, rows, data, time.perf_counter() - t0)
+
+
+def _hermite_grid(d: int, nodes: int = 3):
+    """Gauss-Hermite product rule for ``x ~ N(0, I_d)``: points (nodes^d, d) and weights (sum 1);
+    exact for polynomials of degree <= 2 nodes - 1 in each coordinate."""
+    z, w = np.polynomial.hermite_e.hermegauss(nodes)
+    w = w / w.sum()
+    pts = np.stack(np.meshgrid(*[z] * d, indexing="ij"), -1).reshape(-1, d)
+    wts = np.prod(np.stack(np.meshgrid(*[w] * d, indexing="ij"), -1).reshape(-1, d), axis=1)
+    return pts, wts
+
+
+def moment_quadrature_row(seed: int, *, d: int = 3, T: int = 4) -> Verdict:
+    """:func:`~linmeta.families.representation.theory.moment_expectation` (per task) and
+    :func:`~linmeta.families.representation.theory.pooled_moment_expectation` (mean over tasks)
+    against ``E[(<x, beta>^2 + sigma^2) x x^T]`` by Gauss-Hermite product quadrature with 3 nodes
+    per coordinate: exact for the integrand, a polynomial of degree 4 (noise independent of x, so
+    ``E[y^2 | x] = <x, beta>^2 + sigma^2``). Random betas, one of them 0; sigma 0 and 0.7."""
+    rng = np.random.default_rng([int(seed) % 2 ** 31, zlib.crc32(b"R4 moment quadrature")])
+    pts, wts = _hermite_grid(d)
+    betas = rng.standard_normal((T, d)) * np.array([1.5, 1.0, 0.5])
+    betas[-1] = 0.0
+    errs = []
+    for sigma in (0.0, 0.7):
+        quad = np.einsum("p,tp,pi,pj->tij", wts, (betas @ pts.T) ** 2 + sigma ** 2, pts, pts)
+        one = np.stack([np.asarray(theory.moment_expectation(b, sigma)) for b in betas])
+        pooled = np.asarray(theory.pooled_moment_expectation(betas, sigma))
+        scale = np.max(np.abs(quad))   # (beta = 0 with sigma = 0 gives the zero matrix)
+        errs.append(np.max(np.abs(one - quad), axis=(1, 2)) / scale)
+        errs.append([np.max(np.abs(pooled - quad.mean(0))) / scale])
+    errs = np.concatenate(errs)
+    tol = Tolerance.rounding(10 * len(wts), what=f"a quadrature sum of {len(wts)} terms, "
+                             "relative to the largest entry")
+    return Verdict(
+        CLAIM, "moment_expectation (each task) and pooled_moment_expectation vs Gauss-Hermite "
+        "quadrature of E[y^2 x x^T] (exact for degree 4), max |diff| / max over tasks |E|", 0.0,
+        float(errs.max()), spread(errs), tol, tol.below(errs), "check",
+        f"d={d}, {T} tasks (one beta = 0), sigma in (0, 0.7), {len(wts)} nodes")
+
+
+def _diag_betas(c, T: int = 6):
+    """Tasks (T, d) along the axes with ``C = diag(c)`` (T > d rows, the rest zero)."""
+    c = np.asarray(c, float)
+    betas = np.zeros((T, c.size))
+    betas[np.arange(c.size), np.arange(c.size)] = np.sqrt(T * c)
+    return betas
+
+
+def closed_form_domains() -> Verdict:
+    """Stated domains of R4's closed forms: ``moment_expectation`` (beta (d,), sigma >= 0),
+    ``pooled_moment_expectation`` (betas (T, d), sigma >= 0), ``moments_error_constant``
+    (``1 <= k <= d - 1``, sigma >= 0, C of rank k: ``lambda_k`` above and ``lambda_{k+1}`` at most
+    ``1000 d eps lambda_1``; both sides of that rounding bound)."""
+    th = theory
+    beta = np.array([0.3, -1.0, 0.5])
+    betas = np.stack([beta, -beta, 2 * beta[::-1]])
+    me, pme, mec = th.moment_expectation, th.pooled_moment_expectation, th.moments_error_constant
+    cases = [
+        DomainCase("moment_expectation, sigma = 0", lambda: me(beta, 0.0)),
+        DomainCase("moment_expectation, beta = 0", lambda: me(np.zeros(3), 0.5)),
+        DomainCase("moment_expectation, sigma = -0.1", lambda: me(beta, -0.1),
+                   ("noise_std", "[0.0, inf]")),
+        DomainCase("moment_expectation, beta (1, d)", lambda: me(beta[None], 0.5),
+                   ("beta", "1 dimensions")),
+        DomainCase("moment_expectation, beta a scalar", lambda: me(np.float64(1.0), 0.5),
+                   ("beta", "1 dimensions")),
+        DomainCase("pooled, sigma = 0", lambda: pme(betas, 0.0)),
+        DomainCase("pooled, one task", lambda: pme(betas[:1], 0.5)),
+        DomainCase("pooled, sigma = -0.1", lambda: pme(betas, -0.1), ("noise_std", "[0.0, inf]")),
+        DomainCase("pooled, betas (d,)", lambda: pme(beta, 0.5), ("betas", "(T, d)")),
+        DomainCase("pooled, betas (1, T, d)", lambda: pme(betas[None], 0.5), ("betas", "(T, d)")),
+    ]
+    d = 4
+    floor = 1e3 * d * float(jnp.finfo(jnp.asarray(0.0).dtype).eps)   # lambda_1 = 1 below
+    cases += [
+        DomainCase("error constant, k = 1 (rank 1)", lambda: mec(_diag_betas([1, 0, 0, 0]), 0.5, 1)),
+        DomainCase("error constant, k = d - 1 (rank d - 1), sigma = 0",
+                   lambda: mec(_diag_betas([1, 0.5, 0.25, 0]), 0.0, 3)),
+        DomainCase("error constant, lambda_k = 1.0005 x the rounding bound",
+                   lambda: mec(_diag_betas([1, 1.0005 * floor, 0, 0]), 0.5, 2)),
+        DomainCase("error constant, lambda_k = 0.9995 x the rounding bound",
+                   lambda: mec(_diag_betas([1, 0.9995 * floor, 0, 0]), 0.5, 2),
+                   ("share a 2-dimensional subspace exactly (C of rank 2)",)),
+        DomainCase("error constant, lambda_(k+1) = 0.9995 x the rounding bound",
+                   lambda: mec(_diag_betas([1, 0.5, 0.9995 * floor, 0]), 0.5, 2)),
+        DomainCase("error constant, lambda_(k+1) = 1.0005 x the rounding bound",
+                   lambda: mec(_diag_betas([1, 0.5, 1.0005 * floor, 0]), 0.5, 2),
+                   ("share a 2-dimensional subspace exactly (C of rank 2)",)),
+        DomainCase("error constant, rank 3 for k = 2",
+                   lambda: mec(_diag_betas([1, 0.5, 0.25, 0]), 0.5, 2),
+                   ("C of rank 2", "lambda_k = 0.5, lambda_(k+1) = 0.25")),
+        DomainCase("error constant, rank 1 for k = 2",
+                   lambda: mec(_diag_betas([1, 0, 0, 0]), 0.5, 2),
+                   ("C of rank 2", "lambda_k = 0, lambda_(k+1) = 0")),
+        DomainCase("error constant, k = 0", lambda: mec(_diag_betas([1, 0, 0, 0]), 0.5, 0),
+                   ("k", "[1, d - 1=3]")),
+        DomainCase("error constant, k = d", lambda: mec(_diag_betas([1, 1, 1, 1]), 0.5, 4),
+                   ("k", "[1, d - 1=3]")),
+        DomainCase("error constant, sigma = -0.1",
+                   lambda: mec(_diag_betas([1, 0.5, 0, 0]), -0.1, 2), ("noise_std", "[0.0, inf]")),
+        DomainCase("error constant, betas (d,)", lambda: mec(beta, 0.5, 1), ("betas", "(T, d)")),
+    ]
+    return domain_row(CLAIM, "moment_expectation, pooled_moment_expectation, "
+                      "moments_error_constant", cases)
 
 
 def plot(result: ClaimResult, out_dir) -> list:

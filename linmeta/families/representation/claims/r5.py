@@ -25,7 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from linmeta.engine.claims import ClaimResult, Verdict
-from linmeta.engine.claim_support import figure_dpi, pyplot, save_figure, settings_value, spread
+from linmeta.engine.claim_support import (DomainCase, domain_row, figure_dpi, pyplot, save_figure,
+                                          settings_value, spread)
 from .. import theory as rep_theory
 from ._population import ETA, ETA_EDGE, SETTINGS, population_runs
 from ._rates import RATE_WINDOW, late_rate
@@ -87,9 +88,37 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
     rows.append(Verdict(CLAIM, "FedRep: sin(largest principal angle) to B* at the end (rounding "
                         "floor)", "measured", float(end.max()), spread(end), "",
                         bool(np.all(np.isfinite(end))), "measured", note))
+    rows.append(closed_form_domains())
     data = dict(setting=setting, traj=traj, rate=r, pred=pred, d=cfg["d"], k=cfg["k"],
                 T=cfg["T"], edge=edge, edge_traj=out["fedrep_edge_traj"])
     return ClaimResult(CLAIM, rows, data, time.perf_counter() - t0)
+
+
+def closed_form_domains() -> Verdict:
+    """Stated domain of :func:`~linmeta.families.representation.theory.fedrep_late_rate`: eta > 0,
+    Sigma square and positive definite, ``eta lambda_max(Sigma) < 2`` (both sides of each
+    bound)."""
+    f = rep_theory.fedrep_late_rate
+    sig = np.array([[0.5, 0.2], [0.2, 1.0]])
+    hi = float(np.linalg.eigvalsh(sig)[-1])
+    cases = [
+        DomainCase("eta lambda_max = 2 (1 - 1e-12)", lambda: f(2 * (1 - 1e-12) / hi, sig)),
+        DomainCase("eta lambda_max = 2", lambda: f(1.0, np.diag([0.5, 2.0])),
+                   ("eta lambda_max(Sigma) < 2", "got 2")),
+        DomainCase("eta lambda_max = 3", lambda: f(1.5, np.diag([0.5, 2.0])),
+                   ("eta lambda_max(Sigma) < 2", "got 3")),
+        DomainCase("small eta", lambda: f(1e-3, sig)),
+        DomainCase("eta = 0", lambda: f(0.0, sig), ("eta", "(0.0, inf]")),
+        DomainCase("eta = -0.5", lambda: f(-0.5, sig), ("eta", "(0.0, inf]")),
+        DomainCase("Sigma singular", lambda: f(0.5, np.diag([1.0, 0.0])),
+                   ("Sigma must be positive definite", "lambda_min = 0")),
+        DomainCase("Sigma indefinite", lambda: f(0.5, np.diag([1.0, -0.25])),
+                   ("Sigma must be positive definite", "lambda_min = -0.25")),
+        DomainCase("Sigma (2, 3)", lambda: f(0.5, np.ones((2, 3))), ("Sigma must be square",)),
+        DomainCase("Sigma (1, 2, 2)", lambda: f(0.5, sig[None]), ("Sigma must be square",)),
+    ]
+    return domain_row(CLAIM, "fedrep_late_rate (eta > 0, Sigma positive definite, eta "
+                      "lambda_max < 2)", cases)
 
 
 def plot(result: ClaimResult, out_dir) -> list:
