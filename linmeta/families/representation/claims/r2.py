@@ -106,6 +106,7 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
             f"|mean| <= 3 SE ({se:.2e})", bool(abs(r) <= 3 * se), "check",
             note + f"; per-seed |z| max {np.abs(z[:, j]).max():.2f}"))
     rows.append(scratch_risk_row(seed))
+    rows.append(floor_row(seed))
     rows.append(closed_form_domains())
     data = dict(setting=setting, d=d, k=k, draws=R, ms=np.asarray(ms, float), **out)
     return ClaimResult(CLAIM, rows, data, time.perf_counter() - t0)
@@ -140,6 +141,31 @@ def scratch_risk_row(seed: int) -> Verdict:
                    "vs sigma^2 d / (m - d - 1), |z| (mean over draws)", 0.0,
                    float(np.max(np.abs(z))), spread(z), tol, tol.admits(z), "check",
                    f"{N} draws per case; " + "; ".join(got))
+
+
+def floor_row(seed: int, *, d: int = 5, k: int = 2, T: int = 3) -> Verdict:
+    """:func:`~linmeta.families.representation.theory.frozen_floor` (one target and a batch (T, d))
+    and :func:`~linmeta.families.representation.theory.projector_complement` for a B of full
+    column rank that is not orthonormal, against NumPy's least-squares residual
+    ``||beta_0 - B lstsq(B, beta_0)||^2`` and ``I - B pinv(B)``."""
+    rng = np.random.default_rng([int(seed) % 2 ** 31, zlib.crc32(b"R2 floor")])
+    B = rng.standard_normal((d, k)) @ np.array([[2.0, 0.5], [0.0, 0.7]])
+    b0 = rng.standard_normal((T, d))
+    res = b0.T - B @ np.linalg.lstsq(B, b0.T, rcond=None)[0]
+    want = np.sum(res * res, axis=0)
+    batch = np.asarray(theory.frozen_floor(B, b0))
+    one = np.asarray([theory.frozen_floor(B, b) for b in b0])
+    proj = np.asarray(theory.projector_complement(B)) - (np.eye(d) - B @ np.linalg.pinv(B))
+    errs = [np.max(np.abs(batch - want) / want) if batch.shape == want.shape else np.inf,
+            np.max(np.abs(one - want) / want), np.max(np.abs(proj))]
+    cond = float(np.linalg.cond(B))
+    tol = Tolerance.rounding(100 * d, cond ** 2, what="Gram-Schmidt and least squares, cond(B)^2")
+    return Verdict(
+        CLAIM, "frozen_floor (one target, a batch) and projector_complement vs NumPy's "
+        "least-squares residual and I - B pinv(B), B not orthonormal (relative)", 0.0,
+        float(max(errs)), spread(errs), tol, tol.below(errs), "check",
+        f"d={d}, k={k}, cond(B) {cond:.2f}, {T} targets; floors "
+        f"{np.array2string(want, precision=3)}")
 
 
 def closed_form_domains() -> Verdict:
