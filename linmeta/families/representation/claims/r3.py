@@ -161,7 +161,7 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
         f"||w0|| per seed {np.array2string(w0g, precision=2)}; |B diff| per seed "
         f"{np.array2string(gapg, precision=2)}; final sin theta MAML "
         f"{out['maml_gauss_dist'].max():.1e}, ANIL {out['anil_gauss_traj'][:, -1].max():.1e}"))
-    rows.append(scale_update_row(seed))
+    rows += anil_rows(seed)
     rows += closed_form_domains()
     data = dict(setting=setting, **{k: out[k] for k in (
         "anil_traj", "fo_traj", "avg_traj", "anil_gauss_traj", "lambda_min", "fo_closed_form_gap",
@@ -186,51 +186,71 @@ def _anil_steps(Bs, stats, alpha, beta, first_order):
                                                        f)[0])(Bs, first_order)
 
 
-def scale_update_row(seed: int, *, d: int = 5, k: int = 3, alpha: float = 0.8,
-                     beta: float = 0.3) -> Verdict:
-    """:func:`~linmeta.families.representation.theory.anil_scale_update` against the library's ANIL
-    and first-order ANIL steps (:func:`~linmeta.families.representation.methods.meta_step` with
-    ANIL's flags, autodiff
-    of the population objective): from ``B = B* S`` with ``alpha S S^T = I + D`` (no wrong-subspace
-    part, D of size ``eps``, non-diagonal Sigma that does not commute with D), one step gives
-    ``D+ = alpha S+ S+^T - I``, ``S+ = B*^T B+``; the central difference
-    ``(D+(eps D0) - D+(-eps D0)) / 2`` is the linear part, to which the closed form (linear in D)
-    must agree up to the third-order term, relative ``O(eps^2)``."""
+def anil_rows(seed: int, *, d: int = 5, k: int = 3, alpha: float = 0.8,
+              beta: float = 0.3) -> list:
+    """Two rows from the library's ANIL and first-order ANIL steps
+    (:func:`~linmeta.families.representation.methods.meta_step` with ANIL's flags: autodiff of
+    the population objective) at ``alpha = 0.8`` (not 1), balanced heads with a non-diagonal
+    Sigma that does not commute with D:
+
+    - :func:`~linmeta.families.representation.theory.anil_scale_update`: from ``B = B* S`` with
+      ``alpha S S^T = I + D`` (no wrong-subspace part, D of size ``eps``) one step gives
+      ``D+ = alpha S+ S+^T - I``, ``S+ = B*^T B+``; the central difference
+      ``(D+(eps D0) - D+(-eps D0)) / 2`` is the linear part, to which the closed form (linear in D;
+      ANIL by the default ``first_order``) must agree up to the third-order term, relative
+      ``O(eps^2)``;
+    - :func:`~linmeta.families.representation.theory.anil_wrong_subspace_update` (exact for any
+      B): from a random B with a wrong-subspace part, ``(I - P*) B+`` of both steps against the
+      closed form on the stack of the two starts, relative to ``||(I - P*) B||``."""
     rng = _rng(seed, "R3 scale update")
     Bs = np.linalg.qr(rng.standard_normal((d, k)))[0]
     A = rng.standard_normal((k, k))
     Sigma = A @ A.T / k + 0.3 * np.eye(k)
     L = np.linalg.cholesky(Sigma)
     H = math.sqrt(k) * np.concatenate([L.T, -L.T])   # balanced heads: second moment Sigma
+    C = Bs @ Sigma @ Bs.T
     stats = population_from_betas(jnp.asarray(H @ Bs.T), 0.1)
     D0 = rng.standard_normal((k, k))
     D0 = (D0 + D0.T) / np.linalg.norm(D0 + D0.T)
+    B_off = rng.standard_normal((d, k)) / math.sqrt(d)
     eps = SCALE_EPS
     starts = []
     for sgn in (1.0, -1.0):
         lam, V = np.linalg.eigh(np.eye(k) + sgn * eps * D0)
         starts.append(Bs @ (V * np.sqrt(lam / alpha)) @ V.T)   # alpha S S^T = I + D
-    # the four steps (ANIL and first order, +-D) as one compiled program
-    ends = np.asarray(_anil_steps(jnp.asarray(np.stack(starts * 2)), stats, alpha, beta,
-                                  jnp.asarray([0.0, 0.0, 1.0, 1.0])))
+    # the six steps (ANIL and first order from +-D and from B_off) as one compiled program
+    ends = np.asarray(_anil_steps(jnp.asarray(np.stack(starts * 2 + [B_off] * 2)), stats, alpha,
+                                  beta, jnp.asarray([0.0, 0.0, 1.0, 1.0, 0.0, 1.0])))
     errs, sizes = [], []
     for i, first_order in enumerate((False, True)):
         Sn = Bs.T @ ends[2 * i:2 * i + 2]                           # (2, k, k)
         Dn = alpha * Sn @ np.swapaxes(Sn, 1, 2) - np.eye(k)
         lin = (Dn[0] - Dn[1]) / 2
         pred = np.asarray(rep_theory.anil_scale_update(eps * D0, alpha, beta, Sigma,
-                                                       first_order=first_order))
+                                                       first_order=True) if first_order else
+                          rep_theory.anil_scale_update(eps * D0, alpha, beta, Sigma))
         errs.append(np.linalg.norm(pred - lin) / np.linalg.norm(lin))
         sizes.append(np.linalg.norm(lin - eps * D0) / eps)
     tol = Tolerance.asymptotic(10, eps ** 2, "third-order term of the central difference, "
                                "relative eps^2 with eps = ||D||")
-    return Verdict(
+    rows = [Verdict(
         CLAIM, "ANIL and first-order ANIL scale part D = alpha S S^T - I: one library step "
         "(linear part by central differences) vs D - c alpha beta (D Sigma + Sigma D), c = 2, 1 "
         "(relative)", 0.0, float(max(errs)), spread(errs), tol, tol.admits(errs), "check",
         f"d={d}, k={k}, alpha={alpha}, beta={beta}, ||D|| = {eps:g}, Sigma non-diagonal "
         f"(eigenvalues {np.array2string(np.linalg.eigvalsh(Sigma), precision=2)}); "
-        f"||D+ - D|| / ||D||: ANIL {sizes[0]:.3f}, first order {sizes[1]:.3f}")
+        f"||D+ - D|| / ||D||: ANIL {sizes[0]:.3f}, first order {sizes[1]:.3f}")]
+    Pp = np.eye(d) - Bs @ Bs.T
+    pred = np.asarray(rep_theory.anil_wrong_subspace_update(np.stack([B_off] * 2), Bs, C, alpha,
+                                                            beta))
+    wrong = np.linalg.norm(Pp @ ends[4:] - pred, axis=(1, 2)) / np.linalg.norm(Pp @ B_off)
+    tol_w = Tolerance.rounding(100 * d, what="one step, relative to ||(I - P*) B||")
+    rows.append(Verdict(
+        CLAIM, f"ANIL and first-order ANIL at alpha={alpha}: the library step's wrong-subspace part "
+        "vs (I-P*)B(I - alpha^2 beta B^T C B), ||.||_F / ||(I-P*)B||_F", 0.0, float(wrong.max()),
+        spread(wrong), tol_w, tol_w.below(wrong), "check",
+        f"d={d}, k={k}, beta={beta}, a random B (stack of two: ANIL, first order)"))
+    return rows
 
 
 def closed_form_domains() -> list:
@@ -258,6 +278,7 @@ def closed_form_domains() -> list:
         DomainCase("wrong-subspace update, B (d, k)", wsu),
         DomainCase("wrong-subspace update, B a stack (2, d, k)", lambda: wsu(np.stack([B, -B]))),
         DomainCase("wrong-subspace update, B (d, d)", lambda: wsu(np.eye(d))),
+        DomainCase("wrong-subspace update, C = 0", lambda: wsu(C=np.zeros((d, d)))),
         DomainCase("wrong-subspace update, B (d,)", lambda: wsu(B[:, 0]),
                    ("B must have shape (..., d, k) with k <= d", "got (4,)")),
         DomainCase("wrong-subspace update, B (d, d + 1)", lambda: wsu(np.ones((d, d + 1))),

@@ -271,6 +271,15 @@ def _diag_betas(c, T: int = 6):
     return betas
 
 
+def _edge_betas():
+    """Two tasks in d = 10 with ``lambda_2(C) = 1000 d eps lambda_1(C)`` exactly (float64; in
+    float32 the rounding bound is larger and lambda_2 below it)."""
+    betas = np.zeros((2, 10))
+    betas[0, 0] = 2.0
+    betas[1, 1] = 100 * 2.0 ** -25 if jnp.asarray(0.0).dtype == jnp.float64 else 0.0
+    return betas
+
+
 def closed_form_domains() -> Verdict:
     """Stated domains of R4's closed forms: ``moment_expectation`` (beta (d,), sigma >= 0),
     ``pooled_moment_expectation`` (betas (T, d), sigma >= 0), ``moments_error_constant``
@@ -311,6 +320,12 @@ def closed_form_domains() -> Verdict:
         DomainCase("error constant, lambda_(k+1) = 1.0005 x the rounding bound",
                    lambda: mec(_diag_betas([1, 0.5, 1.0005 * floor, 0]), 0.5, 2),
                    ("share a 2-dimensional subspace exactly (C of rank 2)",)),
+        # d = 10, two tasks 2 e_1 and 100 2^-25 e_2: lambda_1 = 2 and lambda_2 = 1e3 d eps lambda_1
+        # exactly (float64): the bound itself is inside for lambda_(k+1), outside for lambda_k
+        DomainCase("error constant, lambda_(k+1) at the rounding bound exactly",
+                   lambda: mec(_edge_betas(), 0.5, 1)),
+        DomainCase("error constant, lambda_k at the rounding bound exactly",
+                   lambda: mec(_edge_betas(), 0.5, 2), ("C of rank 2",)),
         DomainCase("error constant, rank 3 for k = 2",
                    lambda: mec(_diag_betas([1, 0.5, 0.25, 0]), 0.5, 2),
                    ("C of rank 2", "lambda_k = 0.5, lambda_(k+1) = 0.25")),

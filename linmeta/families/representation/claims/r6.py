@@ -19,6 +19,7 @@ The lambda rows come from the population program shared with R1, R3, R5.
 """
 from __future__ import annotations
 
+import math
 import time
 import zlib
 
@@ -118,6 +119,7 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
                         bool(np.all(np.isfinite(sl2))), "measured", note))
     rows.append(adaptrep_inner_optimality(jax.random.fold_in(key_for(seed, CLAIM), 3)))
     rows.append(penalty_batch_row(seed))
+    rows.append(heads_row(seed))
     rows.append(shift_cost_row(seed))
     rows.append(closed_form_domains())
     data = dict(setting=setting, lams=lams, gap_rel=gap_rel, adapt_lams=np.asarray(LAMBDAS),
@@ -192,6 +194,29 @@ def penalty_batch_row(seed: int, *, d: int = 4, k: int = 2, T: int = 3, lam: flo
         CLAIM, f"AdaptRep penalty on a batch of {T} shifts (T, d) vs the numerical minimum of "
         "each (relative)", 0.0, float(rel.max()), spread(rel), tol, tol.below(rel), "check",
         f"d={d}, k={k}, lambda={lam:g}, gamma={gamma:g}")
+
+
+def heads_row(seed: int, *, d: int = 4, k: int = 2, T: int = 3, gamma: float = 0.3) -> Verdict:
+    """:func:`~linmeta.families.representation.theory.frozen_heads` (default gamma = 0, and gamma
+    > 0) for a B of full column rank that is not orthonormal, against NumPy's least squares
+    ``argmin_w ||B w - beta_t||^2 + gamma ||w||^2`` (``lstsq`` on ``[B; sqrt(gamma) I]``)."""
+    rng = np.random.default_rng([int(seed) % 2 ** 31, zlib.crc32(b"R6 heads")])
+    B = rng.standard_normal((d, k)) @ np.array([[1.5, 0.4], [0.0, 0.6]])
+    betas = rng.standard_normal((T, d))
+    errs = []
+    for g in (None, gamma):
+        A = np.vstack([B, math.sqrt(g or 0.0) * np.eye(k)])
+        want = np.linalg.lstsq(A, np.vstack([betas.T, np.zeros((k, T))]), rcond=None)[0].T
+        got = np.asarray(theory.frozen_heads(B, betas) if g is None else
+                         theory.frozen_heads(B, betas, g))
+        errs.append(np.max(np.abs(got - want)) / np.max(np.abs(want)) if got.shape == want.shape
+                    else np.inf)
+    cond = float(np.linalg.cond(B))
+    tol = Tolerance.rounding(100 * d, cond ** 2, what="normal equations, cond(B)^2")
+    return Verdict(
+        CLAIM, "frozen_heads (default gamma = 0; gamma = 0.3) vs NumPy least squares, B not "
+        "orthonormal, max |diff| / max |w|", 0.0, float(max(errs)), spread(errs), tol,
+        tol.below(errs), "check", f"d={d}, k={k}, T={T}, cond(B) {cond:.2f}")
 
 
 def _held_head_cost(B, w, v, lam):
