@@ -31,6 +31,7 @@ from linmeta.engine.claims import ClaimResult, Verdict
 from linmeta.engine.verdict import Tolerance
 from .. import theory
 from ._population import KINDS, NOISE_STD, SETTINGS, population_runs
+from ._rates import FD_STEP, tangent_spectral_radius
 from linmeta.engine.claim_support import (DomainCase, domain_row, figure_dpi, float_tol, pyplot,
                                           save_figure, settings_value, spread)
 
@@ -69,22 +70,10 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
     return ClaimResult(CLAIM, rows, data, time.perf_counter() - t0)
 
 
-def _tangent_step(X, V, lam, eta, k):
-    """One step of the alternating iteration (``B + eta (I - B B^T) C B``, QR) in the tangent
-    coordinates of the top-k eigenspace: ``B ~ V_k + V_perp X`` -> ``X+`` (NumPy)."""
-    C = (V * lam) @ V.T
-    B = np.linalg.qr(V[:, :k] + V[:, k:] @ X)[0]
-    Bn = B + eta * (C @ B - B @ (B.T @ C @ B))
-    return (V[:, k:].T @ Bn) @ np.linalg.inv(V[:, :k].T @ Bn)
-
-
-FD_STEP = 1e-6  # central differences of the tangent map
-
-
 def alternating_rate_row(seed: int, *, d: int = 5) -> Verdict:
     """:func:`~linmeta.families.representation.theory.alternating_late_rate` against the spectral
     radius of the Jacobian of the iteration's map at the top-k eigenspace (central differences of
-    :func:`_tangent_step` in every tangent direction, NumPy eigenvalues): the late contraction of
+    :func:`~._rates.tangent_spectral_radius`), NumPy eigenvalues): the late contraction of
     the largest principal angle. Eigenvalues passed in a scrambled order; k = 1, 2 and d - 1; steps
     where the eigengap's mode is the slowest and where the spread's mode is."""
     rng = np.random.default_rng([int(seed) % 2 ** 31, zlib.crc32(b"R1 alternating rate")])
@@ -94,15 +83,7 @@ def alternating_rate_row(seed: int, *, d: int = 5) -> Verdict:
     h = FD_STEP
     errs, got = [], []
     for k, eta in ((2, 0.1), (2, 0.6), (1, 0.2), (1, 0.7), (d - 1, 0.3)):
-        n = (d - k) * k
-        J = np.empty((n, n))
-        for i in range(n):
-            E = np.zeros(n)
-            E[i] = h
-            E = E.reshape(d - k, k)
-            J[:, i] = ((_tangent_step(E, V, lam, eta, k) - _tangent_step(-E, V, lam, eta, k))
-                       / (2 * h)).ravel()
-        rho = float(np.max(np.abs(np.linalg.eigvals(J))))
+        rho = tangent_spectral_radius(V, lam, eta, k, h)
         pred = float(theory.alternating_late_rate(eta, lam[order], k))
         errs.append(abs(pred - rho))
         got.append(f"k={k} eta={eta}: {pred:.4f}")

@@ -106,6 +106,7 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
             f"|mean| <= 3 SE ({se:.2e})", bool(abs(r) <= 3 * se), "check",
             note + f"; per-seed |z| max {np.abs(z[:, j]).max():.2f}"))
     rows.append(scratch_risk_row(seed))
+    rows.append(frozen_risk_row(seed))
     rows.append(floor_row(seed))
     rows.append(closed_form_domains())
     data = dict(setting=setting, d=d, k=k, draws=R, ms=np.asarray(ms, float), **out)
@@ -143,6 +144,39 @@ def scratch_risk_row(seed: int) -> Verdict:
                    f"{N} draws per case; " + "; ".join(got))
 
 
+FROZEN_CASES = ((3, 1, 6, 0.5), (4, 2, 8, 0.7))   # (d, k, m, sigma): m - k - 1 even and odd
+FROZEN_DRAWS = 40000
+
+
+def frozen_risk_row(seed: int) -> Verdict:
+    """:func:`~linmeta.families.representation.theory.frozen_target_risk` by a NumPy Monte Carlo
+    (beside the claim's rows, which fit with the library): a random orthonormal ``B_hat`` and a
+    target with floor f = 0.3, head-only least squares ``a_hat = argmin ||X B_hat a - y||`` on m
+    samples, ``FROZEN_DRAWS`` draws per case (k = 1 and 2); the z-score of the mean of
+    ``||B_hat a_hat - beta_0||^2``, every case within the Student-t band of level
+    ``SCRATCH_P`` (split over the cases)."""
+    rng = np.random.default_rng([int(seed) % 2 ** 31, zlib.crc32(b"R2 frozen risk")])
+    N = FROZEN_DRAWS
+    z, got = [], []
+    for d, k, m, sigma in FROZEN_CASES:
+        Q = np.linalg.qr(rng.standard_normal((d, d)))[0]
+        B = Q[:, :k]
+        beta0 = B @ rng.standard_normal(k) + math.sqrt(0.3) * Q[:, k]   # floor f = 0.3
+        X = rng.standard_normal((N, m, d))
+        y = X @ beta0 + sigma * rng.standard_normal((N, m))
+        Z = X @ B
+        a = np.linalg.solve(np.swapaxes(Z, 1, 2) @ Z, np.einsum("nmk,nm->nk", Z, y)[..., None])
+        err = np.sum((a[..., 0] @ B.T - beta0) ** 2, axis=1)
+        pred = float(theory.frozen_target_risk(B, beta0, sigma, m))
+        z.append((err.mean() - pred) / (err.std(ddof=1) / math.sqrt(N)))
+        got.append(f"d={d}, k={k}, m={m}, sigma={sigma}: {err.mean():.4f} vs {pred:.4f}")
+    tol = Tolerance.seeds(1.0, N, p=SCRATCH_P / len(FROZEN_CASES))
+    return Verdict(CLAIM, "frozen B_hat, head-only least squares: NumPy Monte Carlo "
+                   "E||B_hat a_hat - beta_0||^2 vs f + (sigma^2+f) k/(m-k-1), |z| (mean over "
+                   "draws)", 0.0, float(np.max(np.abs(z))), spread(z), tol, tol.admits(z),
+                   "check", f"{N} draws per case, floor 0.3; " + "; ".join(got))
+
+
 def floor_row(seed: int, *, d: int = 5, k: int = 2, T: int = 3) -> Verdict:
     """:func:`~linmeta.families.representation.theory.frozen_floor` (one target and a batch (T, d))
     and :func:`~linmeta.families.representation.theory.projector_complement` for a B of full
@@ -175,6 +209,7 @@ def closed_form_domains() -> Verdict:
     d, k = 4, 2
     B = np.eye(d)[:, :k] + 0.1
     b0 = np.array([0.3, -1.0, 0.5, 2.0])
+    B3 = np.eye(d)[:, :3] + 0.1
     pc, ff, fr, sr = (theory.projector_complement, theory.frozen_floor, theory.frozen_target_risk,
                       theory.scratch_risk)
     cases = [
@@ -184,12 +219,15 @@ def closed_form_domains() -> Verdict:
                    ("B", "(d, k) with k <= d", "got (4, 5)")),
         DomainCase("projector, B (d,)", lambda: pc(np.ones(d)), ("B", "(d, k)", "got (4,)")),
         DomainCase("projector, B (1, d, k)", lambda: pc(B[None]), ("B", "(d, k)")),
+        DomainCase("projector, B (d, k, k)", lambda: pc(np.ones((d, k, k))), ("B", "(d, k)")),
         DomainCase("frozen floor, beta0 (d,)", lambda: ff(B, b0)),
         DomainCase("frozen floor, beta0 a batch (2, d)", lambda: ff(B, np.stack([b0, -b0]))),
         DomainCase("frozen floor, B (d, d + 1)", lambda: ff(np.ones((d, d + 1)), b0), ("B",)),
         DomainCase("frozen floor, beta0 with NaN", lambda: ff(B, b0 * np.nan), ("beta0", "NaN")),
         DomainCase("frozen risk, m = k + 2", lambda: fr(B, b0, 0.5, k + 2)),
         DomainCase("frozen risk, sigma = 0", lambda: fr(B, b0, 0.0, 10)),
+        DomainCase("frozen risk, k = 3, m = k + 2", lambda: fr(B3, b0, 0.5, 5)),
+        DomainCase("frozen risk, k = 3, m = k + 1", lambda: fr(B3, b0, 0.5, 4), ("m", "[5, inf]")),
         DomainCase("frozen risk, m = k + 1", lambda: fr(B, b0, 0.5, k + 1), ("m", "[4, inf]")),
         DomainCase("frozen risk, sigma = -0.1", lambda: fr(B, b0, -0.1, 10),
                    ("noise_std", "[0.0, inf]")),
@@ -197,6 +235,8 @@ def closed_form_domains() -> Verdict:
                    ("B", "k <= d")),
         DomainCase("scratch risk, d = 1, m = 3", lambda: sr(1, 3, 0.5)),
         DomainCase("scratch risk, m = d + 2, sigma = 0", lambda: sr(4, 6, 0.0)),
+        DomainCase("scratch risk, d = 3, m = d + 2", lambda: sr(3, 5, 0.5)),
+        DomainCase("scratch risk, d = 3, m = d + 1", lambda: sr(3, 4, 0.5), ("m", "[5, inf]")),
         DomainCase("scratch risk, d = 0", lambda: sr(0, 3, 0.5), ("d", "[1, inf]")),
         DomainCase("scratch risk, m = d + 1", lambda: sr(4, 5, 0.5), ("m", "[6, inf]")),
         DomainCase("scratch risk, sigma = -0.1", lambda: sr(4, 10, -0.1),

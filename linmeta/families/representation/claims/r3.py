@@ -283,6 +283,9 @@ def closed_form_domains() -> list:
                    ("B must have shape (..., d, k) with k <= d", "got (4,)")),
         DomainCase("wrong-subspace update, B (d, d + 1)", lambda: wsu(np.ones((d, d + 1))),
                    ("B must have shape (..., d, k) with k <= d", "got (4, 5)")),
+        DomainCase("wrong-subspace update, B a stack (2, d, d + 1)",
+                   lambda: wsu(np.ones((2, d, d + 1))),
+                   ("B must have shape (..., d, k) with k <= d", "got (2, 4, 5)")),
         DomainCase("wrong-subspace update, B_star (d, d + 1)",
                    lambda: wsu(Bs_=np.ones((d, d + 1))), ("B_star", "k <= d")),
         DomainCase("wrong-subspace update, B_star (d,)", lambda: wsu(Bs_=np.ones(d)),
@@ -299,16 +302,25 @@ def closed_form_domains() -> list:
     ]
     sig = np.diag([0.25, 1.0])
     late = th.anil_late_rate
+    sig2 = np.diag([0.25, 2.0])
     cases += [
+        # lambda_max = 2, alpha = 0.5: alpha beta lambda_max differs from alpha beta / lambda_max,
+        # alpha beta^lambda_max and alpha - beta lambda_max
         DomainCase("late rate, alpha beta lambda_max = 0.4999 (ANIL)",
-                   lambda: late(1.0, 0.4999, sig)),
-        DomainCase("late rate, alpha beta lambda_max = 0.5 (ANIL)", lambda: late(1.0, 0.5, sig),
+                   lambda: late(0.5, 0.4999, sig2)),
+        DomainCase("late rate, alpha beta lambda_max = 0.5 (ANIL)", lambda: late(0.5, 0.5, sig2),
                    ("ANIL's fixed point", "lambda_max(Sigma) < 0.5; got 0.5")),
+        DomainCase("late rate, alpha beta lambda_max = 0.75 (ANIL)",
+                   lambda: late(0.5, 0.75, sig2),
+                   ("ANIL's fixed point", "lambda_max(Sigma) < 0.5; got 0.75")),
         DomainCase("late rate, alpha beta lambda_max = 0.9999 (first order)",
-                   lambda: late(2.0, 0.49995, sig, first_order=True)),
+                   lambda: late(0.5, 0.9999, sig2, first_order=True)),
         DomainCase("late rate, alpha beta lambda_max = 1 (first order)",
-                   lambda: late(2.0, 0.5, sig, first_order=True),
+                   lambda: late(0.5, 1.0, sig2, first_order=True),
                    ("first-order ANIL's fixed point", "lambda_max(Sigma) < 1; got 1")),
+        DomainCase("late rate, alpha beta lambda_max = 1.5 (first order)",
+                   lambda: late(0.5, 1.5, sig2, first_order=True),
+                   ("first-order ANIL's fixed point", "lambda_max(Sigma) < 1; got 1.5")),
         DomainCase("late rate, small alpha and beta", lambda: late(1e-3, 1e-3, sig)),
         DomainCase("late rate, alpha = 0", lambda: late(0.0, 0.1, sig), ("alpha", "(0.0, inf]")),
         DomainCase("late rate, beta = 0", lambda: late(0.1, 0.0, sig), ("beta", "(0.0, inf]")),
@@ -323,6 +335,10 @@ def closed_form_domains() -> list:
                    ("Sigma must be square", "got (2, 3)")),
         DomainCase("late rate, Sigma (2,)", lambda: late(0.1, 0.1, np.ones(2)),
                    ("Sigma must be square", "got (2,)")),
+        DomainCase("late rate, Sigma (3, 2)", lambda: late(0.1, 0.1, np.ones((3, 2))),
+                   ("Sigma must be square", "got (3, 2)")),
+        DomainCase("late rate, Sigma (2, 2, 2)", lambda: late(0.1, 0.1, np.stack([sig, sig])),
+                   ("Sigma must be square", "got (2, 2, 2)")),
     ]
     scale = th.anil_scale_update
     D = np.array([[0.1, 0.02], [0.02, -0.05]])

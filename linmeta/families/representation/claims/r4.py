@@ -235,7 +235,7 @@ def error_constant_row(seed: int, *, d: int = 3, T: int = 4) -> Verdict:
     ``n T Var(u^T M b_i) = mean_t E[(y^2 (u.x) (b_i.x))^2]`` (the mean of ``y^2 (u.x)(b_i.x)`` is
     0), ``K = sum_u sum_i mean_t E[(y^2 (u.x) (b_i.x))^2] / (2 lambda_i)^2 / (d - k)``; the
     expectations by Gauss-Hermite product quadrature over (x, noise), 5 nodes per coordinate
-    (exact: the integrand has degree 8). Tasks of rank k = 1 and 2 in d = 3, sigma 0 and 0.5."""
+    (exact: the integrand has degree 8). Tasks of rank k = 1 and 2 in d = 3, sigma 0 and 0.7."""
     rng = np.random.default_rng([int(seed) % 2 ** 31, zlib.crc32(b"R4 error constant")])
     pts, wts = _hermite_grid(d + 1, nodes=5)
     X, E = pts[:, :d], pts[:, d]
@@ -245,7 +245,7 @@ def error_constant_row(seed: int, *, d: int = 3, T: int = 4) -> Verdict:
         betas = rng.standard_normal((T, k)) @ basis[:, :k].T       # rank k, in col(basis_k)
         lam, V = np.linalg.eigh(betas.T @ betas / T)
         lam, V = lam[::-1][:k], V[:, ::-1][:, :k]
-        for sigma in (0.0, 0.5):
+        for sigma in (0.0, 0.7):
             y2 = (X @ betas.T + sigma * E[:, None]) ** 2                 # (points, T)
             K = 0.0
             for u in basis[:, k:].T:
@@ -332,6 +332,11 @@ def closed_form_domains() -> Verdict:
         DomainCase("error constant, rank 1 for k = 2",
                    lambda: mec(_diag_betas([1, 0, 0, 0]), 0.5, 2),
                    ("C of rank 2", "lambda_k = 0, lambda_(k+1) = 0")),
+        DomainCase("error constant, rank 2 for k = 3 (d = 5)",
+                   lambda: mec(_diag_betas([1, 0.5, 0, 0, 0]), 0.5, 3), ("C of rank 3",)),
+        DomainCase("error constant, rank 4 for k = 3 (d = 5)",
+                   lambda: mec(_diag_betas([1, 0.5, 0.25, 0.125, 0]), 0.5, 3),
+                   ("C of rank 3", "lambda_k = 0.25, lambda_(k+1) = 0.125")),
         DomainCase("error constant, k = 0", lambda: mec(_diag_betas([1, 0, 0, 0]), 0.5, 0),
                    ("k", "[1, d - 1=3]")),
         DomainCase("error constant, k = d", lambda: mec(_diag_betas([1, 1, 1, 1]), 0.5, 4),
