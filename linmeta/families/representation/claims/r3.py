@@ -186,7 +186,7 @@ def _anil_steps(Bs, stats, alpha, beta, first_order):
                                                        f)[0])(Bs, first_order)
 
 
-def anil_rows(seed: int, *, d: int = 5, k: int = 3, alpha: float = 0.8,
+def anil_rows(seed: int, *, d: int = 4, k: int = 2, alpha: float = 0.8,
               beta: float = 0.3) -> list:
     """Two rows from the library's ANIL and first-order ANIL steps
     (:func:`~linmeta.families.representation.methods.meta_step` with ANIL's flags: autodiff of

@@ -263,11 +263,13 @@ def error_constant_row(seed: int, *, d: int = 3, T: int = 4) -> Verdict:
         spread(errs), tol, tol.below(errs), "check", f"d={d}, T={T} tasks; " + ", ".join(got))
 
 
-def _diag_betas(c, T: int = 6):
-    """Tasks (T, d) along the axes with ``C = diag(c)`` (T > d rows, the rest zero)."""
+def _diag_betas(c, T: int = 4):
+    """Tasks (T, d) along the axes with ``C = diag(c)`` (the first ``len(c)`` rows; at most T
+    nonzero entries of c)."""
     c = np.asarray(c, float)
     betas = np.zeros((T, c.size))
-    betas[np.arange(c.size), np.arange(c.size)] = np.sqrt(T * c)
+    nz = np.flatnonzero(c)
+    betas[np.arange(nz.size), nz] = np.sqrt(T * c[nz])
     return betas
 
 
@@ -284,14 +286,15 @@ def closed_form_domains() -> Verdict:
     """Stated domains of R4's closed forms: ``moment_expectation`` (beta (d,), sigma >= 0),
     ``pooled_moment_expectation`` (betas (T, d), sigma >= 0), ``moments_error_constant``
     (``1 <= k <= d - 1``, sigma >= 0, C of rank k: ``lambda_k`` above and ``lambda_{k+1}`` at most
-    ``1000 d eps lambda_1``; both sides of that rounding bound)."""
+    ``1000 d eps lambda_1``; both sides of that rounding bound, and the bound met exactly).
+    Shapes as in the rows above where possible (each new shape compiles its own programs)."""
     th = theory
-    beta = np.array([0.3, -1.0, 0.5])
-    betas = np.stack([beta, -beta, 2 * beta[::-1]])
+    betas = np.array([[0.3, -1.0, 0.5], [-0.3, 1.0, -0.5], [1.0, 1.0, 0.6], [0.0, 0.0, 0.0]])
+    beta = betas[0]
     me, pme, mec = th.moment_expectation, th.pooled_moment_expectation, th.moments_error_constant
     cases = [
         DomainCase("moment_expectation, sigma = 0", lambda: me(beta, 0.0)),
-        DomainCase("moment_expectation, beta = 0", lambda: me(np.zeros(3), 0.5)),
+        DomainCase("moment_expectation, beta = 0", lambda: me(betas[-1], 0.5)),
         DomainCase("moment_expectation, sigma = -0.1", lambda: me(beta, -0.1),
                    ("noise_std", "[0.0, inf]")),
         DomainCase("moment_expectation, beta (1, d)", lambda: me(beta[None], 0.5),
@@ -299,26 +302,27 @@ def closed_form_domains() -> Verdict:
         DomainCase("moment_expectation, beta a scalar", lambda: me(np.float64(1.0), 0.5),
                    ("beta", "1 dimensions")),
         DomainCase("pooled, sigma = 0", lambda: pme(betas, 0.0)),
-        DomainCase("pooled, one task", lambda: pme(betas[:1], 0.5)),
         DomainCase("pooled, sigma = -0.1", lambda: pme(betas, -0.1), ("noise_std", "[0.0, inf]")),
         DomainCase("pooled, betas (d,)", lambda: pme(beta, 0.5), ("betas", "(T, d)")),
         DomainCase("pooled, betas (1, T, d)", lambda: pme(betas[None], 0.5), ("betas", "(T, d)")),
     ]
-    d = 4
-    floor = 1e3 * d * float(jnp.finfo(jnp.asarray(0.0).dtype).eps)   # lambda_1 = 1 below
+    d = 5                                     # every case below: betas (4, 5), lambda_1 = 1
+    floor = 1e3 * d * float(jnp.finfo(jnp.asarray(0.0).dtype).eps)
+    rank3 = _diag_betas([1, 0.5, 0.25, 0, 0])
     cases += [
-        DomainCase("error constant, k = 1 (rank 1)", lambda: mec(_diag_betas([1, 0, 0, 0]), 0.5, 1)),
+        DomainCase("error constant, k = 1 (rank 1)", lambda: mec(_diag_betas([1, 0, 0, 0, 0]),
+                                                                  0.5, 1)),
         DomainCase("error constant, k = d - 1 (rank d - 1), sigma = 0",
-                   lambda: mec(_diag_betas([1, 0.5, 0.25, 0]), 0.0, 3)),
+                   lambda: mec(_diag_betas([1, 0.5, 0.25, 0.125, 0]), 0.0, 4)),
         DomainCase("error constant, lambda_k = 1.0005 x the rounding bound",
-                   lambda: mec(_diag_betas([1, 1.0005 * floor, 0, 0]), 0.5, 2)),
+                   lambda: mec(_diag_betas([1, 1.0005 * floor, 0, 0, 0]), 0.5, 2)),
         DomainCase("error constant, lambda_k = 0.9995 x the rounding bound",
-                   lambda: mec(_diag_betas([1, 0.9995 * floor, 0, 0]), 0.5, 2),
+                   lambda: mec(_diag_betas([1, 0.9995 * floor, 0, 0, 0]), 0.5, 2),
                    ("share a 2-dimensional subspace exactly (C of rank 2)",)),
         DomainCase("error constant, lambda_(k+1) = 0.9995 x the rounding bound",
-                   lambda: mec(_diag_betas([1, 0.5, 0.9995 * floor, 0]), 0.5, 2)),
+                   lambda: mec(_diag_betas([1, 0.5, 0.9995 * floor, 0, 0]), 0.5, 2)),
         DomainCase("error constant, lambda_(k+1) = 1.0005 x the rounding bound",
-                   lambda: mec(_diag_betas([1, 0.5, 1.0005 * floor, 0]), 0.5, 2),
+                   lambda: mec(_diag_betas([1, 0.5, 1.0005 * floor, 0, 0]), 0.5, 2),
                    ("share a 2-dimensional subspace exactly (C of rank 2)",)),
         # d = 10, two tasks 2 e_1 and 100 2^-25 e_2: lambda_1 = 2 and lambda_2 = 1e3 d eps lambda_1
         # exactly (float64): the bound itself is inside for lambda_(k+1), outside for lambda_k
@@ -326,23 +330,20 @@ def closed_form_domains() -> Verdict:
                    lambda: mec(_edge_betas(), 0.5, 1)),
         DomainCase("error constant, lambda_k at the rounding bound exactly",
                    lambda: mec(_edge_betas(), 0.5, 2), ("C of rank 2",)),
-        DomainCase("error constant, rank 3 for k = 2",
-                   lambda: mec(_diag_betas([1, 0.5, 0.25, 0]), 0.5, 2),
+        DomainCase("error constant, rank 3 for k = 2", lambda: mec(rank3, 0.5, 2),
                    ("C of rank 2", "lambda_k = 0.5, lambda_(k+1) = 0.25")),
         DomainCase("error constant, rank 1 for k = 2",
-                   lambda: mec(_diag_betas([1, 0, 0, 0]), 0.5, 2),
+                   lambda: mec(_diag_betas([1, 0, 0, 0, 0]), 0.5, 2),
                    ("C of rank 2", "lambda_k = 0, lambda_(k+1) = 0")),
-        DomainCase("error constant, rank 2 for k = 3 (d = 5)",
+        DomainCase("error constant, rank 2 for k = 3",
                    lambda: mec(_diag_betas([1, 0.5, 0, 0, 0]), 0.5, 3), ("C of rank 3",)),
-        DomainCase("error constant, rank 4 for k = 3 (d = 5)",
+        DomainCase("error constant, rank 4 for k = 3",
                    lambda: mec(_diag_betas([1, 0.5, 0.25, 0.125, 0]), 0.5, 3),
                    ("C of rank 3", "lambda_k = 0.25, lambda_(k+1) = 0.125")),
-        DomainCase("error constant, k = 0", lambda: mec(_diag_betas([1, 0, 0, 0]), 0.5, 0),
-                   ("k", "[1, d - 1=3]")),
-        DomainCase("error constant, k = d", lambda: mec(_diag_betas([1, 1, 1, 1]), 0.5, 4),
-                   ("k", "[1, d - 1=3]")),
-        DomainCase("error constant, sigma = -0.1",
-                   lambda: mec(_diag_betas([1, 0.5, 0, 0]), -0.1, 2), ("noise_std", "[0.0, inf]")),
+        DomainCase("error constant, k = 0", lambda: mec(rank3, 0.5, 0), ("k", "[1, d - 1=4]")),
+        DomainCase("error constant, k = d", lambda: mec(rank3, 0.5, 5), ("k", "[1, d - 1=4]")),
+        DomainCase("error constant, sigma = -0.1", lambda: mec(rank3, -0.1, 3),
+                   ("noise_std", "[0.0, inf]")),
         DomainCase("error constant, betas (d,)", lambda: mec(beta, 0.5, 1), ("betas", "(T, d)")),
     ]
     return domain_row(CLAIM, "moment_expectation, pooled_moment_expectation, "

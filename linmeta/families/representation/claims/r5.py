@@ -104,13 +104,13 @@ def jacobian_row(seed: int, *, d: int = 5) -> Verdict:
     :func:`~._rates.tangent_spectral_radius`), at steps on both sides of
     ``eta (lambda_min + lambda_max) = 2``."""
     rng = np.random.default_rng([int(seed) % 2 ** 31, zlib.crc32(b"R5 jacobian")])
-    lam = np.array([1.0, 0.7, 0.3])
+    lam = np.array([1.6, 1.1, 0.5])        # lambda_max != 1: eta lambda_max != eta / lambda_max
     Q = np.linalg.qr(rng.standard_normal((3, 3)))[0]
     V = np.linalg.qr(rng.standard_normal((d, d)))[0]
     Sigma = (Q * lam) @ Q.T
     lam_C = np.concatenate([lam, np.zeros(d - 3)])
     errs, got = [], []
-    for eta in (0.5, 1.4, 1.8):
+    for eta in (0.5, 0.9, 1.15):          # eta (lambda_min + lambda_max) = 1.05, 1.89, 2.4
         rho = tangent_spectral_radius(V, lam_C, eta, 3)
         pred = float(rep_theory.fedrep_late_rate(eta, Sigma))
         errs.append(abs(pred - rho))
