@@ -5,7 +5,6 @@ here is API behaviour a row has no reason to exercise: documented default argume
 path (inside ``jit`` the domain checks are skipped and the formula's value is returned).
 """
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

@@ -18,6 +18,10 @@ step, ``max(|1 - eta (lambda_k - lambda_{k+1})|, |1 - eta (lambda_1 - lambda_d)|
 (:func:`linmeta.families.representation.theory.alternating_late_rate`: the eigengap's mode is the slowest
 only while ``eta (lambda_k - lambda_{k+1} + lambda_1 - lambda_d) <= 2``), raised to half the number
 of steps (the other half allowed for the transient) is added to each run's tolerance.
+
+Closed-form rows (issue 18): ``alternating_late_rate`` against the spectral radius of the
+iteration's Jacobian at the top-k eigenspace (central differences, NumPy); the stated domains of
+``task_moment``, ``pca_subspace`` and ``alternating_late_rate`` (both sides of every bound).
 """
 from __future__ import annotations
 

@@ -17,6 +17,10 @@ head-only fine-tuning (:func:`linmeta.families.representation.target.head_only_f
 statistics, those of every m stacked). Rows: for each m, the mean over seeds of (measured -
 predicted) / predicted, within 3 standard errors (the per-seed standard errors of the Monte Carlo
 means, combined).
+
+Closed-form rows (issue 18): ``frozen_target_risk`` and ``scratch_risk`` by NumPy Monte Carlos
+(z-scores within a Student-t band); ``frozen_floor`` (one target, a batch) and
+``projector_complement`` against NumPy least squares; the stated domains of the four.
 """
 from __future__ import annotations
 

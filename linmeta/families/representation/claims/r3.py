@@ -30,6 +30,11 @@ alpha on the head from w0 = 0 and outer step beta on B (derivations: docs/repres
   zero for a symmetric head set: from every ANIL iterate at w0 = 0, MAML's step (w0 learned)
   equals ANIL's and leaves w0 at 0 (1e-12). Run freely, w0 = 0 is a fixed point but rounding in w0
   can grow where it is unstable (measured); with Gaussian heads w0 drifts (measured).
+
+Closed-form rows (issue 18): ``anil_scale_update`` against the linear part (central differences)
+of the library's ANIL and first-order ANIL steps, and ``anil_wrong_subspace_update`` against those
+steps at ``alpha = 0.8`` (the trajectories above run at alpha = 1); the stated domains of ANIL's
+closed forms and of ``maml_head_init_gradient``.
 """
 from __future__ import annotations
 
@@ -246,9 +251,9 @@ def anil_rows(seed: int, *, d: int = 4, k: int = 2, alpha: float = 0.8,
     wrong = np.linalg.norm(Pp @ ends[4:] - pred, axis=(1, 2)) / np.linalg.norm(Pp @ B_off)
     tol_w = Tolerance.rounding(100 * d, what="one step, relative to ||(I - P*) B||")
     rows.append(Verdict(
-        CLAIM, f"ANIL and first-order ANIL at alpha={alpha}: the library step's wrong-subspace part "
-        "vs (I-P*)B(I - alpha^2 beta B^T C B), ||.||_F / ||(I-P*)B||_F", 0.0, float(wrong.max()),
-        spread(wrong), tol_w, tol_w.below(wrong), "check",
+        CLAIM, f"ANIL and first-order ANIL at alpha={alpha}: the library step's wrong-subspace "
+        "part vs (I-P*)B(I - alpha^2 beta B^T C B), ||.||_F / ||(I-P*)B||_F", 0.0,
+        float(wrong.max()), spread(wrong), tol_w, tol_w.below(wrong), "check",
         f"d={d}, k={k}, beta={beta}, a random B (stack of two: ANIL, first order)"))
     return rows
 

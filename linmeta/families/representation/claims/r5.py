@@ -16,6 +16,10 @@ beyond (:func:`linmeta.families.representation.theory.fedrep_late_rate`; B* attr
 :data:`~linmeta.engine.claims._rep_population.ETA_EDGE`, 1.4 and 1.8, on either side of the regime
 boundary ``eta = 2 / 1.3``: the rate fitted over the records whose sine lies in [1e-10, 1e-4],
 within 1e-3 of ``1 - rate`` (at ``eta = 0.5``: of ``eta lambda_min``).
+
+Closed-form rows (issue 18): ``fedrep_late_rate`` for a 3 x 3 Sigma against the spectral radius of
+FedRep's Jacobian at B* (central differences) on both sides of the regime boundary; its stated
+domain.
 """
 from __future__ import annotations
 

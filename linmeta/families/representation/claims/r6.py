@@ -16,6 +16,11 @@
   both differ from B*): sine of the largest principal angle <= 1e-4 at lambda = 1e6; the slope in
   lambda is measured.
 The lambda rows come from the population program shared with R1, R3, R5.
+
+Closed-form rows (issue 18): ``adaptrep_penalty`` on a batch against the numerical minimum;
+``frozen_heads`` (default gamma and gamma > 0) against NumPy least squares;
+``adaptrep_shift_cost`` against the held-head inner objective minimised by a linear solve; the
+stated domains of the four closed forms.
 """
 from __future__ import annotations
 
