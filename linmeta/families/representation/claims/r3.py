@@ -283,6 +283,8 @@ def closed_form_domains() -> list:
         DomainCase("wrong-subspace update, B (d, k)", wsu),
         DomainCase("wrong-subspace update, B a stack (2, d, k)", lambda: wsu(np.stack([B, -B]))),
         DomainCase("wrong-subspace update, B (d, d)", lambda: wsu(np.eye(d))),
+        DomainCase("wrong-subspace update, B a stack (2, d, 3): k above the batch size",
+                   lambda: wsu(np.ones((2, d, 3)))),
         DomainCase("wrong-subspace update, C = 0", lambda: wsu(C=np.zeros((d, d)))),
         DomainCase("wrong-subspace update, B (d,)", lambda: wsu(B[:, 0]),
                    ("B must have shape (..., d, k) with k <= d", "got (4,)")),

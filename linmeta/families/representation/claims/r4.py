@@ -346,6 +346,8 @@ def closed_form_domains() -> Verdict:
                    ("C of rank 3", "lambda_k = 0.25, lambda_(k+1) = 0.125")),
         DomainCase("error constant, k = 0", lambda: mec(rank3, 0.5, 0), ("k", "[1, d - 1=4]")),
         DomainCase("error constant, k = d", lambda: mec(rank3, 0.5, 5), ("k", "[1, d - 1=4]")),
+        DomainCase("error constant, k = d = 4 (d even)", lambda: mec(np.eye(4), 0.5, 4),
+                   ("k", "[1, d - 1=3]")),
         DomainCase("error constant, sigma = -0.1", lambda: mec(rank3, -0.1, 3),
                    ("noise_std", "[0.0, inf]")),
         DomainCase("error constant, betas (d,)", lambda: mec(beta, 0.5, 1), ("betas", "(T, d)")),
