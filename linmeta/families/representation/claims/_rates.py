@@ -4,6 +4,11 @@
   eigenvalues spread over ``[lo, hi]`` (so ``lambda_min(Sigma_w) = lo`` exactly).
 - :func:`distances`: sine of the largest principal angle to a reference for a stack of
   representations (a trajectory).
+- :func:`alternating_tangent_step`, :func:`tangent_spectral_radius`: the alternating iteration
+  (exact heads, ``B + eta (I - B B^T) C B``, QR; FrozenRep and FedRep in the population) in the
+  tangent coordinates of C's top-k eigenspace, and the spectral radius of its Jacobian there by
+  central differences (NumPy): the late contraction of the largest principal angle, computed
+  without the closed forms.
 - :func:`late_rate`: the per-step contraction factor of a geometric decay, fitted on the records
   whose value lies in a window ``[lo, hi]`` (late enough to be asymptotic, above the rounding
   floor of about 1e-15).
@@ -16,9 +21,11 @@ import numpy as np
 
 from linmeta.core import metrics
 
-__all__ = ["random_diversity", "distances", "late_rate", "RATE_WINDOW"]
+__all__ = ["random_diversity", "distances", "late_rate", "RATE_WINDOW", "alternating_tangent_step",
+           "tangent_spectral_radius", "FD_STEP"]
 
 RATE_WINDOW = (1e-10, 1e-4)
+FD_STEP = 1e-6  # central differences of the tangent map
 
 
 def random_diversity(key, k, lo=0.3, hi=1.0, dtype=None):
@@ -45,3 +52,28 @@ def late_rate(values, window=RATE_WINDOW):
         return float("nan"), int(idx.size)
     slope = np.polyfit(idx.astype(float), np.log(v[idx]), 1)[0]
     return float(np.exp(slope)), int(idx.size)
+
+
+def alternating_tangent_step(X, V, lam, eta, k):
+    """One step of the alternating iteration (``B + eta (I - B B^T) C B``, QR) with
+    ``C = V diag(lam) V^T`` (lam decreasing) in the tangent coordinates of the top-k eigenspace:
+    ``B ~ V_k + V_perp X`` -> ``X+`` (NumPy)."""
+    C = (V * lam) @ V.T
+    B = np.linalg.qr(V[:, :k] + V[:, k:] @ X)[0]
+    Bn = B + eta * (C @ B - B @ (B.T @ C @ B))
+    return (V[:, k:].T @ Bn) @ np.linalg.inv(V[:, :k].T @ Bn)
+
+
+def tangent_spectral_radius(V, lam, eta, k, h=FD_STEP):
+    """Largest |eigenvalue| of the Jacobian of :func:`alternating_tangent_step` at X = 0 (central
+    differences of step h in every tangent direction, NumPy eigenvalues)."""
+    d = V.shape[0]
+    n = (d - k) * k
+    J = np.empty((n, n))
+    for i in range(n):
+        E = np.zeros(n)
+        E[i] = h
+        E = E.reshape(d - k, k)
+        J[:, i] = ((alternating_tangent_step(E, V, lam, eta, k)
+                    - alternating_tangent_step(-E, V, lam, eta, k)) / (2 * h)).ravel()
+    return float(np.max(np.abs(np.linalg.eigvals(J))))

@@ -18,18 +18,26 @@ step, ``max(|1 - eta (lambda_k - lambda_{k+1})|, |1 - eta (lambda_1 - lambda_d)|
 (:func:`linmeta.families.representation.theory.alternating_late_rate`: the eigengap's mode is the slowest
 only while ``eta (lambda_k - lambda_{k+1} + lambda_1 - lambda_d) <= 2``), raised to half the number
 of steps (the other half allowed for the transient) is added to each run's tolerance.
+
+Closed-form rows (issue 18): ``alternating_late_rate`` against the spectral radius of the
+iteration's Jacobian at the top-k eigenspace (central differences, NumPy); the stated domains of
+``task_moment``, ``pca_subspace`` and ``alternating_late_rate`` (both sides of every bound).
 """
 from __future__ import annotations
 
 import time
+import zlib
 
 import jax.numpy as jnp
 import numpy as np
 
 from linmeta.engine.claims import ClaimResult, Verdict
+from linmeta.engine.verdict import Tolerance
+from .. import theory
 from ._population import KINDS, NOISE_STD, SETTINGS, population_runs
-from linmeta.engine.claim_support import (figure_dpi, float_tol, pyplot, save_figure,
-                                          settings_value, spread)
+from ._rates import FD_STEP, tangent_spectral_radius
+from linmeta.engine.claim_support import (DomainCase, domain_row, figure_dpi, float_tol, pyplot,
+                                          save_figure, settings_value, spread)
 
 CLAIM = "R1"
 
@@ -59,9 +67,76 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
                 0.0, float(rel.max()), spread(rel), f"every run < {tol_o:g} (dtype)",
                 bool(np.all(rel < tol_o)), "check", note),
     ]
+    rows.append(alternating_rate_row(seed))
+    rows.append(closed_form_domains())
     data = dict(setting=setting, d=d, k=k, T=T, steps=steps, dist=dist, traj=traj, rate=rate,
                 tol=tol_d)
     return ClaimResult(CLAIM, rows, data, time.perf_counter() - t0)
+
+
+def alternating_rate_row(seed: int, *, d: int = 5) -> Verdict:
+    """:func:`~linmeta.families.representation.theory.alternating_late_rate` against the spectral
+    radius of the Jacobian of the iteration's map at the top-k eigenspace (central differences of
+    :func:`~._rates.tangent_spectral_radius`), NumPy eigenvalues): the late contraction of
+    the largest principal angle. Eigenvalues passed in a scrambled order; k = 1, 2 and d - 1; steps
+    where the eigengap's mode is the slowest and where the spread's mode is."""
+    rng = np.random.default_rng([int(seed) % 2 ** 31, zlib.crc32(b"R1 alternating rate")])
+    V = np.linalg.qr(rng.standard_normal((d, d)))[0]
+    lam = np.array([3.0, 2.0, 1.2, 0.9, 0.2])      # decreasing: V's columns in that order
+    order = np.array([3, 0, 4, 1, 2])              # what the closed form is given
+    h = FD_STEP
+    errs, got = [], []
+    for k, eta in ((2, 0.1), (2, 0.6), (1, 0.2), (1, 0.7), (d - 1, 0.3)):
+        rho = tangent_spectral_radius(V, lam, eta, k, h)
+        pred = float(theory.alternating_late_rate(eta, lam[order], k))
+        errs.append(abs(pred - rho))
+        got.append(f"k={k} eta={eta}: {pred:.4f}")
+    tol = Tolerance.rounding(10, 1 / h, what=f"central differences of step {h:g}")
+    return Verdict(
+        CLAIM, "alternating_late_rate vs the spectral radius of the iteration's Jacobian at the "
+        "top-k eigenspace (central differences)", 0.0, float(max(errs)), spread(errs), tol,
+        tol.below(errs), "check",
+        f"d={d}, C's eigenvalues {lam.tolist()} (given scrambled); " + ", ".join(got))
+
+
+def closed_form_domains() -> Verdict:
+    """Stated domains of R1's closed forms: ``task_moment`` (betas (T, d)), ``pca_subspace``
+    (``1 <= k <= d``), ``alternating_late_rate`` (eta > 0, eigenvalues (d,), ``1 <= k <= d - 1``,
+    ``lambda_k > lambda_{k+1}``, ``eta (lambda_1 - lambda_d) < 2``; both sides of each bound)."""
+    betas = np.arange(1.0, 13.0).reshape(4, 3) / 10
+    tm, pca, rate = theory.task_moment, theory.pca_subspace, theory.alternating_late_rate
+    lam = np.array([0.5, 3.0, 1.0, -1.0])           # lambda_1 - lambda_d = 4
+    cases = [
+        DomainCase("task_moment, betas (T, d)", lambda: tm(betas)),
+        DomainCase("task_moment, betas (d,)", lambda: tm(betas[0]), ("betas", "(T, d)", "(3,)")),
+        DomainCase("task_moment, betas (1, T, d)", lambda: tm(betas[None]),
+                   ("betas", "(T, d)", "(1, 4, 3)")),
+        DomainCase("pca_subspace, k = 1", lambda: pca(betas, 1)),
+        DomainCase("pca_subspace, k = d", lambda: pca(betas, 3)),
+        DomainCase("pca_subspace, k = 0", lambda: pca(betas, 0), ("k", "[1, d=3]", "got 0")),
+        DomainCase("pca_subspace, k = d + 1", lambda: pca(betas, 4), ("k", "[1, d=3]", "got 4")),
+        DomainCase("pca_subspace, betas (d,)", lambda: pca(betas[0], 1), ("betas", "(T, d)")),
+        DomainCase("late rate, k = 1", lambda: rate(0.1, lam, 1)),
+        DomainCase("late rate, k = d - 1", lambda: rate(0.1, lam, 3)),
+        DomainCase("late rate, k = 0", lambda: rate(0.1, lam, 0), ("k", "[1, d - 1=3]")),
+        DomainCase("late rate, k = d", lambda: rate(0.1, lam, 4), ("k", "[1, d - 1=3]")),
+        DomainCase("late rate, eta = 0", lambda: rate(0.0, lam, 1), ("eta", "(0.0, inf]")),
+        DomainCase("late rate, eta = -0.1", lambda: rate(-0.1, lam, 1), ("eta", "(0.0, inf]")),
+        DomainCase("late rate, eta (lambda_1 - lambda_d) = 2 (1 - 1e-12)",
+                   lambda: rate(0.5 * (1 - 1e-12), lam, 1)),
+        DomainCase("late rate, eta (lambda_1 - lambda_d) = 2", lambda: rate(0.5, lam, 1),
+                   ("eta (lambda_1 - lambda_d) < 2", "got 2")),
+        DomainCase("late rate, eta (lambda_1 - lambda_d) = 2.4", lambda: rate(0.6, lam, 1),
+                   ("eta (lambda_1 - lambda_d) < 2", "got 2.4")),
+        DomainCase("late rate, a tie lambda_2 = lambda_3", lambda: rate(0.1, [2.0, 1.0, 1.0, 0.0],
+                                                                         2),
+                   ("top-2 eigenspace must be unique", "lambda_k - lambda_(k+1) = 0")),
+        DomainCase("late rate, a tie lambda_1 = lambda_2", lambda: rate(0.1, [1.0, 1.0, 0.0], 1),
+                   ("top-1 eigenspace must be unique",)),
+        DomainCase("late rate, eigenvalues (1, d)", lambda: rate(0.1, lam[None], 1),
+                   ("eigenvalues", "1 dimensions")),
+    ]
+    return domain_row(CLAIM, "task_moment, pca_subspace, alternating_late_rate", cases)
 
 
 def plot(result: ClaimResult, out_dir) -> list:

@@ -17,12 +17,17 @@ head-only fine-tuning (:func:`linmeta.families.representation.target.head_only_f
 statistics, those of every m stacked). Rows: for each m, the mean over seeds of (measured -
 predicted) / predicted, within 3 standard errors (the per-seed standard errors of the Monte Carlo
 means, combined).
+
+Closed-form rows (issue 18): ``frozen_target_risk`` and ``scratch_risk`` by NumPy Monte Carlos
+(z-scores within a Student-t band); ``frozen_floor`` (one target, a batch) and
+``projector_complement`` against NumPy least squares; the stated domains of the four.
 """
 from __future__ import annotations
 
 import functools
 import math
 import time
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -34,8 +39,9 @@ from linmeta.families.representation.target import head_only_fit, target_excess_
 from linmeta.families.representation._linalg import orthonormalise
 
 from linmeta.engine.claims import ClaimResult, Verdict
-from linmeta.engine.claim_support import (figure_dpi, key_for, pyplot, save_figure, settings_value,
-                                          spread)
+from linmeta.engine.claim_support import (DomainCase, domain_row, figure_dpi, key_for, pyplot,
+                                          save_figure, settings_value, spread)
+from linmeta.engine.verdict import Tolerance
 
 CLAIM = "R2"
 NOISE_STD = 0.5
@@ -103,8 +109,145 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
             spread(rel[:, j]),
             f"|mean| <= 3 SE ({se:.2e})", bool(abs(r) <= 3 * se), "check",
             note + f"; per-seed |z| max {np.abs(z[:, j]).max():.2f}"))
+    rows.append(scratch_risk_row(seed))
+    rows.append(frozen_risk_row(seed))
+    rows.append(floor_row(seed))
+    rows.append(closed_form_domains())
     data = dict(setting=setting, d=d, k=k, draws=R, ms=np.asarray(ms, float), **out)
     return ClaimResult(CLAIM, rows, data, time.perf_counter() - t0)
+
+
+SCRATCH_CASES = ((1, 6, 1.0), (3, 9, 0.5))   # (d, m, sigma)
+SCRATCH_DRAWS = 20000
+SCRATCH_P = 1e-3
+
+
+def scratch_risk_row(seed: int) -> Verdict:
+    """:func:`~linmeta.families.representation.theory.scratch_risk` by Monte Carlo: least squares on
+    m samples ``x ~ N(0, I_d)``, ``y = <x, beta_0> + sigma e`` (NumPy, batched normal equations),
+    ``SCRATCH_DRAWS`` draws per case; the z-score of the mean of ``||beta_hat - beta_0||^2``
+    against the closed form, every case within the Student-t band of level ``SCRATCH_P`` (split
+    over the cases)."""
+    rng = np.random.default_rng([int(seed) % 2 ** 31, zlib.crc32(b"R2 scratch risk")])
+    N = SCRATCH_DRAWS
+    z, got = [], []
+    for d, m, sigma in SCRATCH_CASES:
+        beta0 = rng.standard_normal(d)
+        X = rng.standard_normal((N, m, d))
+        y = X @ beta0 + sigma * rng.standard_normal((N, m))
+        Xty = np.einsum("nmd,nm->nd", X, y)[..., None]
+        bh = np.linalg.solve(np.swapaxes(X, 1, 2) @ X, Xty)[..., 0]
+        err = np.sum((bh - beta0) ** 2, axis=1)
+        pred = float(theory.scratch_risk(d, m, sigma))
+        z.append((err.mean() - pred) / (err.std(ddof=1) / math.sqrt(N)))
+        got.append(f"d={d}, m={m}, sigma={sigma}: {err.mean():.4f} vs {pred:.4f}")
+    tol = Tolerance.seeds(1.0, N, p=SCRATCH_P / len(SCRATCH_CASES))
+    return Verdict(CLAIM, "learning the target from scratch: Monte Carlo E||beta_hat - beta_0||^2 "
+                   "vs sigma^2 d / (m - d - 1), |z| (mean over draws)", 0.0,
+                   float(np.max(np.abs(z))), spread(z), tol, tol.admits(z), "check",
+                   f"{N} draws per case; " + "; ".join(got))
+
+
+FROZEN_CASES = ((4, 2, 7, 0.5), (4, 2, 8, 0.7))   # (d, k, m, sigma): m - k - 1 even and odd
+FROZEN_DRAWS = 20000
+
+
+def frozen_risk_row(seed: int) -> Verdict:
+    """:func:`~linmeta.families.representation.theory.frozen_target_risk` by a NumPy Monte Carlo
+    (beside the claim's rows, which fit with the library): a random orthonormal ``B_hat`` and a
+    target with floor f = 0.3, head-only least squares ``a_hat = argmin ||X B_hat a - y||`` on m
+    samples, ``FROZEN_DRAWS`` draws per case (d = 4, k = 2, m = 7 and 8); the z-score of the mean of
+    ``||B_hat a_hat - beta_0||^2``, every case within the Student-t band of level
+    ``SCRATCH_P`` (split over the cases)."""
+    rng = np.random.default_rng([int(seed) % 2 ** 31, zlib.crc32(b"R2 frozen risk")])
+    N = FROZEN_DRAWS
+    z, got = [], []
+    for d, k, m, sigma in FROZEN_CASES:
+        Q = np.linalg.qr(rng.standard_normal((d, d)))[0]
+        B = Q[:, :k]
+        beta0 = B @ rng.standard_normal(k) + math.sqrt(0.3) * Q[:, k]   # floor f = 0.3
+        X = rng.standard_normal((N, m, d))
+        y = X @ beta0 + sigma * rng.standard_normal((N, m))
+        Z = X @ B
+        a = np.linalg.solve(np.swapaxes(Z, 1, 2) @ Z, np.einsum("nmk,nm->nk", Z, y)[..., None])
+        err = np.sum((a[..., 0] @ B.T - beta0) ** 2, axis=1)
+        pred = float(theory.frozen_target_risk(B, beta0, sigma, m))
+        z.append((err.mean() - pred) / (err.std(ddof=1) / math.sqrt(N)))
+        got.append(f"d={d}, k={k}, m={m}, sigma={sigma}: {err.mean():.4f} vs {pred:.4f}")
+    tol = Tolerance.seeds(1.0, N, p=SCRATCH_P / len(FROZEN_CASES))
+    return Verdict(CLAIM, "frozen B_hat, head-only least squares: NumPy Monte Carlo "
+                   "E||B_hat a_hat - beta_0||^2 vs f + (sigma^2+f) k/(m-k-1), |z| (mean over "
+                   "draws)", 0.0, float(np.max(np.abs(z))), spread(z), tol, tol.admits(z),
+                   "check", f"{N} draws per case, floor 0.3; " + "; ".join(got))
+
+
+def floor_row(seed: int, *, d: int = 4, k: int = 2, T: int = 3) -> Verdict:
+    """:func:`~linmeta.families.representation.theory.frozen_floor` (one target and a batch (T, d))
+    and :func:`~linmeta.families.representation.theory.projector_complement` for a B of full
+    column rank that is not orthonormal, against NumPy's least-squares residual
+    ``||beta_0 - B lstsq(B, beta_0)||^2`` and ``I - B pinv(B)``."""
+    rng = np.random.default_rng([int(seed) % 2 ** 31, zlib.crc32(b"R2 floor")])
+    B = rng.standard_normal((d, k)) @ np.array([[2.0, 0.5], [0.0, 0.7]])
+    b0 = rng.standard_normal((T, d))
+    res = b0.T - B @ np.linalg.lstsq(B, b0.T, rcond=None)[0]
+    want = np.sum(res * res, axis=0)
+    batch = np.asarray(theory.frozen_floor(B, b0))
+    one = np.asarray([theory.frozen_floor(B, b) for b in b0])
+    proj = np.asarray(theory.projector_complement(B)) - (np.eye(d) - B @ np.linalg.pinv(B))
+    errs = [np.max(np.abs(batch - want) / want) if batch.shape == want.shape else np.inf,
+            np.max(np.abs(one - want) / want), np.max(np.abs(proj))]
+    cond = float(np.linalg.cond(B))
+    tol = Tolerance.rounding(100 * d, cond ** 2, what="Gram-Schmidt and least squares, cond(B)^2")
+    return Verdict(
+        CLAIM, "frozen_floor (one target, a batch) and projector_complement vs NumPy's "
+        "least-squares residual and I - B pinv(B), B not orthonormal (relative)", 0.0,
+        float(max(errs)), spread(errs), tol, tol.below(errs), "check",
+        f"d={d}, k={k}, cond(B) {cond:.2f}, {T} targets; floors "
+        f"{np.array2string(want, precision=3)}")
+
+
+def closed_form_domains() -> Verdict:
+    """Stated domains of R2's closed forms: ``projector_complement`` and ``frozen_floor`` (B (d, k),
+    k <= d; beta0 (d,) or a batch), ``frozen_target_risk`` (``m >= k + 2``, sigma >= 0),
+    ``scratch_risk`` (``d >= 1``, ``m >= d + 2``, sigma >= 0); both sides of each bound."""
+    d, k = 4, 2
+    B = np.eye(d)[:, :k] + 0.1
+    b0 = np.array([0.3, -1.0, 0.5, 2.0])
+    B1 = np.eye(d)[:, :1] + 0.1                  # k = 1: k + 2 differs from 2 k and k^2
+    pc, ff, fr, sr = (theory.projector_complement, theory.frozen_floor, theory.frozen_target_risk,
+                      theory.scratch_risk)
+    cases = [
+        DomainCase("projector, B (d, k)", lambda: pc(B)),
+        DomainCase("projector, B (d, d)", lambda: pc(np.eye(d))),
+        DomainCase("projector, B (d, d + 1)", lambda: pc(np.ones((d, d + 1))),
+                   ("B", "(d, k) with k <= d", "got (4, 5)")),
+        DomainCase("projector, B (d,)", lambda: pc(np.ones(d)), ("B", "(d, k)", "got (4,)")),
+        DomainCase("projector, B (1, d, k)", lambda: pc(B[None]), ("B", "(d, k)")),
+        DomainCase("projector, B (d, k, k)", lambda: pc(np.ones((d, k, k))), ("B", "(d, k)")),
+        DomainCase("frozen floor, beta0 (d,)", lambda: ff(B, b0)),
+        DomainCase("frozen floor, beta0 a batch (2, d)", lambda: ff(B, np.stack([b0, -b0]))),
+        DomainCase("frozen floor, B (d, d + 1)", lambda: ff(np.ones((d, d + 1)), b0), ("B",)),
+        DomainCase("frozen floor, beta0 with NaN", lambda: ff(B, b0 * np.nan), ("beta0", "NaN")),
+        DomainCase("frozen risk, m = k + 2", lambda: fr(B, b0, 0.5, k + 2)),
+        DomainCase("frozen risk, sigma = 0", lambda: fr(B, b0, 0.0, 10)),
+        DomainCase("frozen risk, k = 1, m = k + 2", lambda: fr(B1, b0, 0.5, 3)),
+        DomainCase("frozen risk, k = 1, m = k + 1", lambda: fr(B1, b0, 0.5, 2), ("m", "[3, inf]")),
+        DomainCase("frozen risk, m = k + 1", lambda: fr(B, b0, 0.5, k + 1), ("m", "[4, inf]")),
+        DomainCase("frozen risk, sigma = -0.1", lambda: fr(B, b0, -0.1, 10),
+                   ("noise_std", "[0.0, inf]")),
+        DomainCase("frozen risk, B (d, d + 1)", lambda: fr(np.ones((d, d + 1)), b0, 0.5, 10),
+                   ("B", "k <= d")),
+        DomainCase("scratch risk, d = 1, m = 3", lambda: sr(1, 3, 0.5)),
+        DomainCase("scratch risk, m = d + 2, sigma = 0", lambda: sr(4, 6, 0.0)),
+        DomainCase("scratch risk, d = 3, m = d + 2", lambda: sr(3, 5, 0.5)),
+        DomainCase("scratch risk, d = 3, m = d + 1", lambda: sr(3, 4, 0.5), ("m", "[5, inf]")),
+        DomainCase("scratch risk, d = 0", lambda: sr(0, 3, 0.5), ("d", "[1, inf]")),
+        DomainCase("scratch risk, m = d + 1", lambda: sr(4, 5, 0.5), ("m", "[6, inf]")),
+        DomainCase("scratch risk, sigma = -0.1", lambda: sr(4, 10, -0.1),
+                   ("noise_std", "[0.0, inf]")),
+    ]
+    return domain_row(CLAIM, "projector_complement, frozen_floor, frozen_target_risk, "
+                      "scratch_risk", cases)
 
 
 def plot(result: ClaimResult, out_dir) -> list:

@@ -30,18 +30,29 @@ alpha on the head from w0 = 0 and outer step beta on B (derivations: docs/repres
   zero for a symmetric head set: from every ANIL iterate at w0 = 0, MAML's step (w0 learned)
   equals ANIL's and leaves w0 at 0 (1e-12). Run freely, w0 = 0 is a fixed point but rounding in w0
   can grow where it is unstable (measured); with Gaussian heads w0 drifts (measured).
+
+Closed-form rows (issue 18): ``anil_scale_update`` against the linear part (central differences)
+of the library's ANIL and first-order ANIL steps, and ``anil_wrong_subspace_update`` against those
+steps at ``alpha = 0.8`` (the trajectories above run at alpha = 1); the stated domains of ANIL's
+closed forms and of ``maml_head_init_gradient``.
 """
 from __future__ import annotations
 
+import math
 import time
+import zlib
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from linmeta.engine.claims import ClaimResult, Verdict
-from linmeta.engine.claim_support import (figure_dpi, float_tol, pyplot, save_figure,
-                                          settings_value, spread)
+from linmeta.engine.claim_support import (DomainCase, domain_row, figure_dpi, float_tol, pyplot,
+                                          save_figure, settings_value, spread)
+from linmeta.engine.verdict import Tolerance
+from .. import methods as rep_methods
 from .. import theory as rep_theory
+from ..tasks import population_from_betas
 from ._population import ALPHA, BETA, BETA_EDGE, SETTINGS, population_runs
 from ._rates import RATE_WINDOW, late_rate
 
@@ -155,11 +166,222 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
         f"||w0|| per seed {np.array2string(w0g, precision=2)}; |B diff| per seed "
         f"{np.array2string(gapg, precision=2)}; final sin theta MAML "
         f"{out['maml_gauss_dist'].max():.1e}, ANIL {out['anil_gauss_traj'][:, -1].max():.1e}"))
+    rows += anil_rows(seed)
+    rows += closed_form_domains()
     data = dict(setting=setting, **{k: out[k] for k in (
         "anil_traj", "fo_traj", "avg_traj", "anil_gauss_traj", "lambda_min", "fo_closed_form_gap",
         "closed_form_gap", "maml_fixed_gap", "maml_step_gap", "maml_step_w0", "maml_grad_rel",
         "maml_gauss_w0")}, d=cfg["d"], k=cfg["k"], T=cfg["T"], steps=steps)
     return ClaimResult(CLAIM, rows, data, time.perf_counter() - t0)
+
+
+def _rng(seed, what):
+    return np.random.default_rng([int(seed) % 2 ** 31, zlib.crc32(what.encode())])
+
+
+SCALE_EPS = 1e-5  # size of the scale perturbation D (central differences)
+
+
+@jax.jit
+def _anil_steps(Bs, stats, alpha, beta, first_order):
+    """One step of the library's ANIL (first_order 0) or first-order ANIL (1) from w0 = 0, for
+    each of a stack of starts (:func:`~linmeta.families.representation.methods.meta_step`)."""
+    w0 = jnp.zeros((Bs.shape[-1],), Bs.dtype)
+    return jax.vmap(lambda B, f: rep_methods.meta_step(B, w0, stats, alpha, beta, 0.0, 0.0,
+                                                       f)[0])(Bs, first_order)
+
+
+def anil_rows(seed: int, *, d: int = 4, k: int = 2, alpha: float = 0.8,
+              beta: float = 0.3) -> list:
+    """Two rows from the library's ANIL and first-order ANIL steps
+    (:func:`~linmeta.families.representation.methods.meta_step` with ANIL's flags: autodiff of
+    the population objective) at ``alpha = 0.8`` (not 1), balanced heads with a non-diagonal
+    Sigma that does not commute with D:
+
+    - :func:`~linmeta.families.representation.theory.anil_scale_update`: from ``B = B* S`` with
+      ``alpha S S^T = I + D`` (no wrong-subspace part, D of size ``eps``) one step gives
+      ``D+ = alpha S+ S+^T - I``, ``S+ = B*^T B+``; the central difference
+      ``(D+(eps D0) - D+(-eps D0)) / 2`` is the linear part, to which the closed form (linear in D;
+      ANIL by the default ``first_order``) must agree up to the third-order term, relative
+      ``O(eps^2)``;
+    - :func:`~linmeta.families.representation.theory.anil_wrong_subspace_update` (exact for any
+      B): from a random B with a wrong-subspace part, ``(I - P*) B+`` of both steps against the
+      closed form on the stack of the two starts, relative to ``||(I - P*) B||``."""
+    rng = _rng(seed, "R3 scale update")
+    Bs = np.linalg.qr(rng.standard_normal((d, k)))[0]
+    A = rng.standard_normal((k, k))
+    Sigma = A @ A.T / k + 0.3 * np.eye(k)
+    L = np.linalg.cholesky(Sigma)
+    H = math.sqrt(k) * np.concatenate([L.T, -L.T])   # balanced heads: second moment Sigma
+    C = Bs @ Sigma @ Bs.T
+    stats = population_from_betas(jnp.asarray(H @ Bs.T), 0.1)
+    D0 = rng.standard_normal((k, k))
+    D0 = (D0 + D0.T) / np.linalg.norm(D0 + D0.T)
+    B_off = rng.standard_normal((d, k)) / math.sqrt(d)
+    eps = SCALE_EPS
+    starts = []
+    for sgn in (1.0, -1.0):
+        lam, V = np.linalg.eigh(np.eye(k) + sgn * eps * D0)
+        starts.append(Bs @ (V * np.sqrt(lam / alpha)) @ V.T)   # alpha S S^T = I + D
+    # the six steps (ANIL and first order from +-D and from B_off) as one compiled program
+    ends = np.asarray(_anil_steps(jnp.asarray(np.stack(starts * 2 + [B_off] * 2)), stats, alpha,
+                                  beta, jnp.asarray([0.0, 0.0, 1.0, 1.0, 0.0, 1.0])))
+    errs, sizes = [], []
+    for i, first_order in enumerate((False, True)):
+        Sn = Bs.T @ ends[2 * i:2 * i + 2]                           # (2, k, k)
+        Dn = alpha * Sn @ np.swapaxes(Sn, 1, 2) - np.eye(k)
+        lin = (Dn[0] - Dn[1]) / 2
+        pred = np.asarray(rep_theory.anil_scale_update(eps * D0, alpha, beta, Sigma,
+                                                       first_order=True) if first_order else
+                          rep_theory.anil_scale_update(eps * D0, alpha, beta, Sigma))
+        errs.append(np.linalg.norm(pred - lin) / np.linalg.norm(lin))
+        sizes.append(np.linalg.norm(lin - eps * D0) / eps)
+    tol = Tolerance.asymptotic(10, eps ** 2, "third-order term of the central difference, "
+                               "relative eps^2 with eps = ||D||")
+    rows = [Verdict(
+        CLAIM, "ANIL and first-order ANIL scale part D = alpha S S^T - I: one library step "
+        "(linear part by central differences) vs D - c alpha beta (D Sigma + Sigma D), c = 2, 1 "
+        "(relative)", 0.0, float(max(errs)), spread(errs), tol, tol.admits(errs), "check",
+        f"d={d}, k={k}, alpha={alpha}, beta={beta}, ||D|| = {eps:g}, Sigma non-diagonal "
+        f"(eigenvalues {np.array2string(np.linalg.eigvalsh(Sigma), precision=2)}); "
+        f"||D+ - D|| / ||D||: ANIL {sizes[0]:.3f}, first order {sizes[1]:.3f}")]
+    Pp = np.eye(d) - Bs @ Bs.T
+    pred = np.asarray(rep_theory.anil_wrong_subspace_update(np.stack([B_off] * 2), Bs, C, alpha,
+                                                            beta))
+    wrong = np.linalg.norm(Pp @ ends[4:] - pred, axis=(1, 2)) / np.linalg.norm(Pp @ B_off)
+    tol_w = Tolerance.rounding(100 * d, what="one step, relative to ||(I - P*) B||")
+    rows.append(Verdict(
+        CLAIM, f"ANIL and first-order ANIL at alpha={alpha}: the library step's wrong-subspace "
+        "part vs (I-P*)B(I - alpha^2 beta B^T C B), ||.||_F / ||(I-P*)B||_F", 0.0,
+        float(wrong.max()), spread(wrong), tol_w, tol_w.below(wrong), "check",
+        f"d={d}, k={k}, beta={beta}, a random B (stack of two: ANIL, first order)"))
+    return rows
+
+
+def closed_form_domains() -> list:
+    """Stated-domain rows of R3's closed forms: ``anil_wrong_subspace_update`` (B (..., d, k),
+    k <= d; C (d, d) in col(B*) to ``1000 eps ||C||_F``), ``anil_late_rate`` (alpha, beta > 0,
+    Sigma positive definite, ``alpha beta lambda_max < 1/2`` or ``< 1``), ``anil_scale_update``
+    (alpha, beta > 0, Sigma square, D of Sigma's shape), ``maml_head_init_gradient``."""
+    th = rep_theory
+    d, k = 4, 2
+    eps = float(jnp.finfo(jnp.asarray(0.0).dtype).eps)
+    Bs = np.eye(d)[:, :k]                        # axis-aligned: (I - P*) C is exactly 0
+    Cin = np.zeros((d, d))
+    Cin[:k, :k] = [[2.0, 0.5], [0.5, 1.0]]
+    B = np.arange(1.0, d * k + 1).reshape(d, k) / 10
+
+    def off(r):                                   # C with ||(I - P*) C||_F = r ||C||_F
+        C = Cin.copy()
+        C[-1, -1] = r * np.linalg.norm(Cin) / math.sqrt(1 - r * r)
+        return C
+
+    def wsu(B_=B, Bs_=Bs, C=Cin):
+        return th.anil_wrong_subspace_update(B_, Bs_, C, 0.5, 0.3)
+
+    cases = [
+        DomainCase("wrong-subspace update, B (d, k)", wsu),
+        DomainCase("wrong-subspace update, B a stack (2, d, k)", lambda: wsu(np.stack([B, -B]))),
+        DomainCase("wrong-subspace update, B (d, d)", lambda: wsu(np.eye(d))),
+        DomainCase("wrong-subspace update, B a stack (2, d, 3): k above the batch size",
+                   lambda: wsu(np.ones((2, d, 3)))),
+        DomainCase("wrong-subspace update, C = 0", lambda: wsu(C=np.zeros((d, d)))),
+        DomainCase("wrong-subspace update, B (d,)", lambda: wsu(B[:, 0]),
+                   ("B must have shape (..., d, k) with k <= d", "got (4,)")),
+        DomainCase("wrong-subspace update, B (d, d + 1)", lambda: wsu(np.ones((d, d + 1))),
+                   ("B must have shape (..., d, k) with k <= d", "got (4, 5)")),
+        DomainCase("wrong-subspace update, B a stack (2, d, d + 1)",
+                   lambda: wsu(np.ones((2, d, d + 1))),
+                   ("B must have shape (..., d, k) with k <= d", "got (2, 4, 5)")),
+        DomainCase("wrong-subspace update, B_star (d, d + 1)",
+                   lambda: wsu(Bs_=np.ones((d, d + 1))), ("B_star", "k <= d")),
+        DomainCase("wrong-subspace update, B_star (d,)", lambda: wsu(Bs_=np.ones(d)),
+                   ("B_star", "k <= d")),
+        DomainCase("wrong-subspace update, C (d, d + 1)", lambda: wsu(C=np.ones((d, d + 1))),
+                   ("C", "shape (4, 4)")),
+        DomainCase("wrong-subspace update, ||(I - P*) C|| = 999.5 eps ||C||",
+                   lambda: wsu(C=off(999.5 * eps))),
+        DomainCase("wrong-subspace update, ||(I - P*) C|| = 1000.5 eps ||C||",
+                   lambda: wsu(C=off(1000.5 * eps)), ("C must lie in col(B_star)",)),
+        DomainCase("wrong-subspace update, ||(I - P*) C|| = 0.6 ||C||",
+                   lambda: wsu(C=off(0.6)),
+                   ("C must lie in col(B_star)", "||(I - P*) C||_F = 1.76 against ||C||_F = 2.93")),
+    ]
+    sig = np.diag([0.25, 1.0])
+    late = th.anil_late_rate
+    sig2 = np.diag([0.25, 2.0])
+    cases += [
+        # lambda_max = 2, alpha = 0.5: alpha beta lambda_max differs from alpha beta / lambda_max,
+        # alpha beta^lambda_max and alpha - beta lambda_max
+        DomainCase("late rate, alpha beta lambda_max = 0.4999 (ANIL)",
+                   lambda: late(0.5, 0.4999, sig2)),
+        DomainCase("late rate, alpha beta lambda_max = 0.5 (ANIL)", lambda: late(0.5, 0.5, sig2),
+                   ("ANIL's fixed point", "lambda_max(Sigma) < 0.5; got 0.5")),
+        DomainCase("late rate, alpha beta lambda_max = 0.75 (ANIL)",
+                   lambda: late(0.5, 0.75, sig2),
+                   ("ANIL's fixed point", "lambda_max(Sigma) < 0.5; got 0.75")),
+        DomainCase("late rate, alpha beta lambda_max = 0.9999 (first order)",
+                   lambda: late(0.5, 0.9999, sig2, first_order=True)),
+        DomainCase("late rate, alpha beta lambda_max = 1 (first order)",
+                   lambda: late(0.5, 1.0, sig2, first_order=True),
+                   ("first-order ANIL's fixed point", "lambda_max(Sigma) < 1; got 1")),
+        DomainCase("late rate, alpha beta lambda_max = 1.5 (first order)",
+                   lambda: late(0.5, 1.5, sig2, first_order=True),
+                   ("first-order ANIL's fixed point", "lambda_max(Sigma) < 1; got 1.5")),
+        DomainCase("late rate, small alpha and beta", lambda: late(1e-3, 1e-3, sig)),
+        DomainCase("late rate, alpha = 0", lambda: late(0.0, 0.1, sig), ("alpha", "(0.0, inf]")),
+        DomainCase("late rate, beta = 0", lambda: late(0.1, 0.0, sig), ("beta", "(0.0, inf]")),
+        DomainCase("late rate, alpha = -0.5", lambda: late(-0.5, 0.1, sig),
+                   ("alpha", "(0.0, inf]")),
+        DomainCase("late rate, beta = -0.5", lambda: late(0.1, -0.5, sig), ("beta", "(0.0, inf]")),
+        DomainCase("late rate, Sigma singular", lambda: late(0.1, 0.1, np.diag([0.0, 1.0])),
+                   ("Sigma must be positive definite", "lambda_min = 0")),
+        DomainCase("late rate, Sigma indefinite", lambda: late(0.1, 0.1, np.diag([-0.5, 2.0])),
+                   ("Sigma must be positive definite", "lambda_min = -0.5")),
+        DomainCase("late rate, Sigma (2, 3)", lambda: late(0.1, 0.1, np.ones((2, 3))),
+                   ("Sigma must be square", "got (2, 3)")),
+        DomainCase("late rate, Sigma (2,)", lambda: late(0.1, 0.1, np.ones(2)),
+                   ("Sigma must be square", "got (2,)")),
+        DomainCase("late rate, Sigma (3, 2)", lambda: late(0.1, 0.1, np.ones((3, 2))),
+                   ("Sigma must be square", "got (3, 2)")),
+        DomainCase("late rate, Sigma (2, 2, 2)", lambda: late(0.1, 0.1, np.stack([sig, sig])),
+                   ("Sigma must be square", "got (2, 2, 2)")),
+    ]
+    scale = th.anil_scale_update
+    D = np.array([[0.1, 0.02], [0.02, -0.05]])
+    cases += [
+        DomainCase("scale update, small alpha and beta", lambda: scale(D, 1e-3, 1e-3, sig)),
+        DomainCase("scale update, large steps (a linearisation: any step)",
+                   lambda: scale(D, 3.0, 2.0, sig)),
+        DomainCase("scale update, alpha = 0", lambda: scale(D, 0.0, 0.1, sig),
+                   ("alpha", "(0.0, inf]")),
+        DomainCase("scale update, beta = 0", lambda: scale(D, 0.1, 0.0, sig),
+                   ("beta", "(0.0, inf]")),
+        DomainCase("scale update, alpha = -1", lambda: scale(D, -1.0, 0.1, sig),
+                   ("alpha", "(0.0, inf]")),
+        DomainCase("scale update, beta = -1", lambda: scale(D, 0.1, -1.0, sig),
+                   ("beta", "(0.0, inf]")),
+        DomainCase("scale update, D (3, 3)", lambda: scale(np.eye(3), 0.1, 0.1, sig),
+                   ("D", "shape (2, 2)")),
+        DomainCase("scale update, Sigma (2, 3)", lambda: scale(D, 0.1, 0.1, np.ones((2, 3))),
+                   ("Sigma must be square",)),
+    ]
+    betas = np.arange(1.0, 3 * d + 1).reshape(3, d) / 10
+    grad = th.maml_head_init_gradient
+    cases += [
+        DomainCase("MAML w0-gradient, B (d, k)", lambda: grad(B, betas, 0.5)),
+        DomainCase("MAML w0-gradient, B (d, d)", lambda: grad(np.eye(d), betas, 0.5)),
+        DomainCase("MAML w0-gradient, B (d, d + 1)", lambda: grad(np.ones((d, d + 1)), betas, 0.5),
+                   ("B", "(d, k) with k <= d")),
+        DomainCase("MAML w0-gradient, B a stack (2, d, k)",
+                   lambda: grad(np.stack([B, B]), betas, 0.5), ("B", "(d, k) with k <= d")),
+        DomainCase("MAML w0-gradient, betas (d,)", lambda: grad(B, betas[0], 0.5),
+                   ("betas", "(T, d)")),
+        DomainCase("MAML w0-gradient, betas (1, T, d)", lambda: grad(B, betas[None], 0.5),
+                   ("betas", "(T, d)")),
+    ]
+    return [domain_row(CLAIM, "ANIL's closed forms (wrong-subspace update, late rate, scale "
+                       "update) and one-step MAML's w0-gradient", cases)]
 
 
 def plot(result: ClaimResult, out_dir) -> list:

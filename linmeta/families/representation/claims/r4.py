@@ -30,11 +30,17 @@ tasks and the first n samples of each (nested), so one draw gives the whole grid
   allowance ``(d - k) K / (n T)_min`` for the second-order term;
 - the constant: ``n T E||sin Theta||_F^2 / ((d - k) K)`` at the largest n T, within 3 standard
   errors of 1 plus the same allowance at that n T.
+
+Closed-form rows (issue 18): ``moment_expectation`` and ``pooled_moment_expectation`` against
+Gauss-Hermite quadrature (exact for the degree-4 integrand); ``moments_error_constant`` against the
+first-order perturbation of the moment matrix with variances by exact quadrature; the stated
+domains of the three (the rank bound met exactly on both sides).
 """
 from __future__ import annotations
 
 import math
 import time
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -49,8 +55,8 @@ from linmeta.families.representation._linalg import orthonormalise
 
 from linmeta.engine.claims import ClaimResult, Verdict
 from linmeta.engine.verdict import Tolerance
-from linmeta.engine.claim_support import (figure_dpi, float_tol, key_for, loglog_slope, pyplot,
-                                          save_figure, settings_value, spread)
+from linmeta.engine.claim_support import (DomainCase, domain_row, figure_dpi, key_for,
+                                          loglog_slope, pyplot, save_figure, settings_value, spread)
 
 CLAIM = "R4"
 NOISE_STD = 0.5
@@ -179,9 +185,175 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
         "||sin Theta||_F (median)", "measured", float(np.median(smallest)),
         spread(smallest), "", bool(np.all(np.isfinite(smallest))), "measured",
         note + f"; n=k={k} samples per task suffice when T is large"))
+    rows.append(moment_quadrature_row(seed))
+    rows.append(error_constant_row(seed))
+    rows.append(closed_form_domains())
     data = dict(setting=setting, d=d, k=k, ns=np.asarray(ns, float), Ts=np.asarray(Ts, float),
                 E_fro2=E_fro2, K=K, nmax=nmax, Tmax=Tmax, reps=R, sigma=NOISE_STD)
     return ClaimResult(CLAIM, rows, data, time.perf_counter() - t0)
+
+
+def _hermite_grid(d: int, nodes: int = 3):
+    """Gauss-Hermite product rule for ``x ~ N(0, I_d)``: points (nodes^d, d) and weights (sum 1);
+    exact for polynomials of degree <= 2 nodes - 1 in each coordinate."""
+    z, w = np.polynomial.hermite_e.hermegauss(nodes)
+    w = w / w.sum()
+    pts = np.stack(np.meshgrid(*[z] * d, indexing="ij"), -1).reshape(-1, d)
+    wts = np.prod(np.stack(np.meshgrid(*[w] * d, indexing="ij"), -1).reshape(-1, d), axis=1)
+    return pts, wts
+
+
+def moment_quadrature_row(seed: int, *, d: int = 3, T: int = 4) -> Verdict:
+    """:func:`~linmeta.families.representation.theory.moment_expectation` (per task) and
+    :func:`~linmeta.families.representation.theory.pooled_moment_expectation` (mean over tasks)
+    against ``E[(<x, beta>^2 + sigma^2) x x^T]`` by Gauss-Hermite product quadrature with 3 nodes
+    per coordinate: exact for the integrand, a polynomial of degree 4 (noise independent of x, so
+    ``E[y^2 | x] = <x, beta>^2 + sigma^2``). Random betas, one of them 0; sigma 0 and 0.7."""
+    rng = np.random.default_rng([int(seed) % 2 ** 31, zlib.crc32(b"R4 moment quadrature")])
+    pts, wts = _hermite_grid(d)
+    betas = rng.standard_normal((T, d)) * np.array([1.5, 1.0, 0.5])
+    betas[-1] = 0.0
+    errs = []
+    for sigma in (0.0, 0.7):
+        quad = np.einsum("p,tp,pi,pj->tij", wts, (betas @ pts.T) ** 2 + sigma ** 2, pts, pts)
+        one = np.stack([np.asarray(theory.moment_expectation(b, sigma)) for b in betas])
+        pooled = np.asarray(theory.pooled_moment_expectation(betas, sigma))
+        scale = np.max(np.abs(quad))   # (beta = 0 with sigma = 0 gives the zero matrix)
+        errs.append(np.max(np.abs(one - quad), axis=(1, 2)) / scale)
+        errs.append([np.max(np.abs(pooled - quad.mean(0))) / scale])
+    errs = np.concatenate(errs)
+    tol = Tolerance.rounding(10 * len(wts), what=f"a quadrature sum of {len(wts)} terms, "
+                             "relative to the largest entry")
+    return Verdict(
+        CLAIM, "moment_expectation (each task) and pooled_moment_expectation vs Gauss-Hermite "
+        "quadrature of E[y^2 x x^T] (exact for degree 4), max |diff| / max over tasks |E|", 0.0,
+        float(errs.max()), spread(errs), tol, tol.below(errs), "check",
+        f"d={d}, {T} tasks (one beta = 0), sigma in (0, 0.7), {len(wts)} nodes")
+
+
+def error_constant_row(seed: int, *, d: int = 3, T: int = 4) -> Verdict:
+    """:func:`~linmeta.families.representation.theory.moments_error_constant` against the
+    first-order perturbation of the top-k eigenspace of the moment matrix computed numerically:
+    with ``E M = (sigma^2 + mean q) I + 2C`` (gaps ``2 lambda_i`` to the complement) and, for a
+    unit u orthogonal to every task and b_i the i-th eigenvector of C,
+    ``n T Var(u^T M b_i) = mean_t E[(y^2 (u.x) (b_i.x))^2]`` (the mean of ``y^2 (u.x)(b_i.x)`` is
+    0), ``K = sum_u sum_i mean_t E[(y^2 (u.x) (b_i.x))^2] / (2 lambda_i)^2 / (d - k)``; the
+    expectations by Gauss-Hermite product quadrature over (x, noise), 5 nodes per coordinate
+    (exact: the integrand has degree 8). Tasks of rank k = 1 and 2 in d = 3, sigma 0 and 0.7."""
+    rng = np.random.default_rng([int(seed) % 2 ** 31, zlib.crc32(b"R4 error constant")])
+    pts, wts = _hermite_grid(d + 1, nodes=5)
+    X, E = pts[:, :d], pts[:, d]
+    errs, got = [], []
+    for k in (1, 2):
+        basis = np.linalg.qr(rng.standard_normal((d, d)))[0]
+        betas = rng.standard_normal((T, k)) @ basis[:, :k].T       # rank k, in col(basis_k)
+        lam, V = np.linalg.eigh(betas.T @ betas / T)
+        lam, V = lam[::-1][:k], V[:, ::-1][:, :k]
+        for sigma in (0.0, 0.7):
+            y2 = (X @ betas.T + sigma * E[:, None]) ** 2                 # (points, T)
+            K = 0.0
+            for u in basis[:, k:].T:
+                for i in range(k):
+                    g = (y2 * ((X @ u) * (X @ V[:, i]))[:, None]) ** 2
+                    K += np.mean(wts @ g) / (2 * lam[i]) ** 2
+            K /= d - k
+            pred = float(theory.moments_error_constant(betas, sigma, k))
+            errs.append(abs(pred - K) / K)
+            got.append(f"k={k}, sigma={sigma}: {K:.4g}")
+    tol = Tolerance.rounding(10 * len(wts), what=f"a quadrature sum of {len(wts)} terms")
+    return Verdict(
+        CLAIM, "moments_error_constant K vs the first-order perturbation of the moment matrix's "
+        "top-k eigenspace, variances by exact quadrature (relative)", 0.0, float(max(errs)),
+        spread(errs), tol, tol.below(errs), "check", f"d={d}, T={T} tasks; " + ", ".join(got))
+
+
+def _diag_betas(c, T: int = 4):
+    """Tasks (T, d) along the axes with ``C = diag(c)`` (the first ``len(c)`` rows; at most T
+    nonzero entries of c)."""
+    c = np.asarray(c, float)
+    betas = np.zeros((T, c.size))
+    nz = np.flatnonzero(c)
+    betas[np.arange(nz.size), nz] = np.sqrt(T * c[nz])
+    return betas
+
+
+def _edge_betas():
+    """Two tasks in d = 10 with ``lambda_2(C) = 1000 d eps lambda_1(C)`` exactly (float64; in
+    float32 the rounding bound is larger and lambda_2 below it)."""
+    betas = np.zeros((2, 10))
+    betas[0, 0] = 2.0
+    betas[1, 1] = 100 * 2.0 ** -25 if jnp.asarray(0.0).dtype == jnp.float64 else 0.0
+    return betas
+
+
+def closed_form_domains() -> Verdict:
+    """Stated domains of R4's closed forms: ``moment_expectation`` (beta (d,), sigma >= 0),
+    ``pooled_moment_expectation`` (betas (T, d), sigma >= 0), ``moments_error_constant``
+    (``1 <= k <= d - 1``, sigma >= 0, C of rank k: ``lambda_k`` above and ``lambda_{k+1}`` at most
+    ``1000 d eps lambda_1``; both sides of that rounding bound, and the bound met exactly).
+    Shapes as in the rows above where possible (each new shape compiles its own programs)."""
+    th = theory
+    betas = np.array([[0.3, -1.0, 0.5], [-0.3, 1.0, -0.5], [1.0, 1.0, 0.6], [0.0, 0.0, 0.0]])
+    beta = betas[0]
+    me, pme, mec = th.moment_expectation, th.pooled_moment_expectation, th.moments_error_constant
+    cases = [
+        DomainCase("moment_expectation, sigma = 0", lambda: me(beta, 0.0)),
+        DomainCase("moment_expectation, beta = 0", lambda: me(betas[-1], 0.5)),
+        DomainCase("moment_expectation, sigma = -0.1", lambda: me(beta, -0.1),
+                   ("noise_std", "[0.0, inf]")),
+        DomainCase("moment_expectation, beta (1, d)", lambda: me(beta[None], 0.5),
+                   ("beta", "1 dimensions")),
+        DomainCase("moment_expectation, beta a scalar", lambda: me(np.float64(1.0), 0.5),
+                   ("beta", "1 dimensions")),
+        DomainCase("pooled, sigma = 0", lambda: pme(betas, 0.0)),
+        DomainCase("pooled, sigma = -0.1", lambda: pme(betas, -0.1), ("noise_std", "[0.0, inf]")),
+        DomainCase("pooled, betas (d,)", lambda: pme(beta, 0.5), ("betas", "(T, d)")),
+        DomainCase("pooled, betas (1, T, d)", lambda: pme(betas[None], 0.5), ("betas", "(T, d)")),
+    ]
+    d = 5                                     # every case below: betas (4, 5), lambda_1 = 1
+    floor = 1e3 * d * float(jnp.finfo(jnp.asarray(0.0).dtype).eps)
+    rank3 = _diag_betas([1, 0.5, 0.25, 0, 0])
+    cases += [
+        DomainCase("error constant, k = 1 (rank 1)", lambda: mec(_diag_betas([1, 0, 0, 0, 0]),
+                                                                  0.5, 1)),
+        DomainCase("error constant, k = d - 1 (rank d - 1), sigma = 0",
+                   lambda: mec(_diag_betas([1, 0.5, 0.25, 0.125, 0]), 0.0, 4)),
+        DomainCase("error constant, lambda_k = 1.0005 x the rounding bound",
+                   lambda: mec(_diag_betas([1, 1.0005 * floor, 0, 0, 0]), 0.5, 2)),
+        DomainCase("error constant, lambda_k = 0.9995 x the rounding bound",
+                   lambda: mec(_diag_betas([1, 0.9995 * floor, 0, 0, 0]), 0.5, 2),
+                   ("share a 2-dimensional subspace exactly (C of rank 2)",)),
+        DomainCase("error constant, lambda_(k+1) = 0.9995 x the rounding bound",
+                   lambda: mec(_diag_betas([1, 0.5, 0.9995 * floor, 0, 0]), 0.5, 2)),
+        DomainCase("error constant, lambda_(k+1) = 1.0005 x the rounding bound",
+                   lambda: mec(_diag_betas([1, 0.5, 1.0005 * floor, 0, 0]), 0.5, 2),
+                   ("share a 2-dimensional subspace exactly (C of rank 2)",)),
+        # d = 10, two tasks 2 e_1 and 100 2^-25 e_2: lambda_1 = 2 and lambda_2 = 1e3 d eps lambda_1
+        # exactly (float64): the bound itself is inside for lambda_(k+1), outside for lambda_k
+        DomainCase("error constant, lambda_(k+1) at the rounding bound exactly",
+                   lambda: mec(_edge_betas(), 0.5, 1)),
+        DomainCase("error constant, lambda_k at the rounding bound exactly",
+                   lambda: mec(_edge_betas(), 0.5, 2), ("C of rank 2",)),
+        DomainCase("error constant, rank 3 for k = 2", lambda: mec(rank3, 0.5, 2),
+                   ("C of rank 2", "lambda_k = 0.5, lambda_(k+1) = 0.25")),
+        DomainCase("error constant, rank 1 for k = 2",
+                   lambda: mec(_diag_betas([1, 0, 0, 0, 0]), 0.5, 2),
+                   ("C of rank 2", "lambda_k = 0, lambda_(k+1) = 0")),
+        DomainCase("error constant, rank 2 for k = 3",
+                   lambda: mec(_diag_betas([1, 0.5, 0, 0, 0]), 0.5, 3), ("C of rank 3",)),
+        DomainCase("error constant, rank 4 for k = 3",
+                   lambda: mec(_diag_betas([1, 0.5, 0.25, 0.125, 0]), 0.5, 3),
+                   ("C of rank 3", "lambda_k = 0.25, lambda_(k+1) = 0.125")),
+        DomainCase("error constant, k = 0", lambda: mec(rank3, 0.5, 0), ("k", "[1, d - 1=4]")),
+        DomainCase("error constant, k = d", lambda: mec(rank3, 0.5, 5), ("k", "[1, d - 1=4]")),
+        DomainCase("error constant, k = d = 4 (d even)", lambda: mec(np.eye(4), 0.5, 4),
+                   ("k", "[1, d - 1=3]")),
+        DomainCase("error constant, sigma = -0.1", lambda: mec(rank3, -0.1, 3),
+                   ("noise_std", "[0.0, inf]")),
+        DomainCase("error constant, betas (d,)", lambda: mec(beta, 0.5, 1), ("betas", "(T, d)")),
+    ]
+    return domain_row(CLAIM, "moment_expectation, pooled_moment_expectation, "
+                      "moments_error_constant", cases)
 
 
 def plot(result: ClaimResult, out_dir) -> list:

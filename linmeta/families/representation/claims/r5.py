@@ -16,19 +16,26 @@ beyond (:func:`linmeta.families.representation.theory.fedrep_late_rate`; B* attr
 :data:`~linmeta.engine.claims._rep_population.ETA_EDGE`, 1.4 and 1.8, on either side of the regime
 boundary ``eta = 2 / 1.3``: the rate fitted over the records whose sine lies in [1e-10, 1e-4],
 within 1e-3 of ``1 - rate`` (at ``eta = 0.5``: of ``eta lambda_min``).
+
+Closed-form rows (issue 18): ``fedrep_late_rate`` for a 3 x 3 Sigma against the spectral radius of
+FedRep's Jacobian at B* (central differences) on both sides of the regime boundary; its stated
+domain.
 """
 from __future__ import annotations
 
 import time
+import zlib
 
 import jax.numpy as jnp
 import numpy as np
 
 from linmeta.engine.claims import ClaimResult, Verdict
-from linmeta.engine.claim_support import figure_dpi, pyplot, save_figure, settings_value, spread
+from linmeta.engine.claim_support import (DomainCase, domain_row, figure_dpi, pyplot, save_figure,
+                                          settings_value, spread)
 from .. import theory as rep_theory
 from ._population import ETA, ETA_EDGE, SETTINGS, population_runs
-from ._rates import RATE_WINDOW, late_rate
+from linmeta.engine.verdict import Tolerance
+from ._rates import FD_STEP, RATE_WINDOW, late_rate, tangent_spectral_radius
 
 CLAIM = "R5"
 RATE_TOL = 1e-3  # fraction of 1 - rate (eta lambda_min in the first regime)
@@ -87,9 +94,64 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
     rows.append(Verdict(CLAIM, "FedRep: sin(largest principal angle) to B* at the end (rounding "
                         "floor)", "measured", float(end.max()), spread(end), "",
                         bool(np.all(np.isfinite(end))), "measured", note))
+    rows.append(jacobian_row(seed))
+    rows.append(closed_form_domains())
     data = dict(setting=setting, traj=traj, rate=r, pred=pred, d=cfg["d"], k=cfg["k"],
                 T=cfg["T"], edge=edge, edge_traj=out["fedrep_edge_traj"])
     return ClaimResult(CLAIM, rows, data, time.perf_counter() - t0)
+
+
+def jacobian_row(seed: int, *, d: int = 5) -> Verdict:
+    """:func:`~linmeta.families.representation.theory.fedrep_late_rate` for a non-diagonal Sigma
+    (k = 3: lambda_min, lambda_max and a middle eigenvalue) against the spectral radius of the
+    Jacobian of FedRep's population iteration at B* (``C = B* Sigma B*^T``, central differences:
+    :func:`~._rates.tangent_spectral_radius`), at steps on both sides of
+    ``eta (lambda_min + lambda_max) = 2``."""
+    rng = np.random.default_rng([int(seed) % 2 ** 31, zlib.crc32(b"R5 jacobian")])
+    lam = np.array([1.6, 1.1, 0.5])        # lambda_max != 1: eta lambda_max != eta / lambda_max
+    Q = np.linalg.qr(rng.standard_normal((3, 3)))[0]
+    V = np.linalg.qr(rng.standard_normal((d, d)))[0]
+    Sigma = (Q * lam) @ Q.T
+    lam_C = np.concatenate([lam, np.zeros(d - 3)])
+    errs, got = [], []
+    for eta in (0.5, 0.9, 1.15):          # eta (lambda_min + lambda_max) = 1.05, 1.89, 2.4
+        rho = tangent_spectral_radius(V, lam_C, eta, 3)
+        pred = float(rep_theory.fedrep_late_rate(eta, Sigma))
+        errs.append(abs(pred - rho))
+        got.append(f"eta={eta}: {pred:.3f}")
+    tol = Tolerance.rounding(10, 1 / FD_STEP, what=f"central differences of step {FD_STEP:g}")
+    return Verdict(
+        CLAIM, "fedrep_late_rate vs the spectral radius of FedRep's Jacobian at B* (central "
+        "differences), k = 3", 0.0, float(max(errs)), spread(errs), tol, tol.below(errs), "check",
+        f"d={d}, Sigma's eigenvalues {lam.tolist()} (non-diagonal); " + ", ".join(got))
+
+
+def closed_form_domains() -> Verdict:
+    """Stated domain of :func:`~linmeta.families.representation.theory.fedrep_late_rate`: eta > 0,
+    Sigma square and positive definite, ``eta lambda_max(Sigma) < 2`` (both sides of each
+    bound)."""
+    f = rep_theory.fedrep_late_rate
+    sig = np.array([[0.5, 0.2], [0.2, 1.0]])
+    hi = float(np.linalg.eigvalsh(sig)[-1])
+    cases = [
+        DomainCase("eta lambda_max = 2 (1 - 1e-12)", lambda: f(2 * (1 - 1e-12) / hi, sig)),
+        DomainCase("eta lambda_max = 2", lambda: f(1.0, np.diag([0.5, 2.0])),
+                   ("eta lambda_max(Sigma) < 2", "got 2")),
+        DomainCase("eta lambda_max = 3", lambda: f(1.5, np.diag([0.5, 2.0])),
+                   ("eta lambda_max(Sigma) < 2", "got 3")),
+        DomainCase("small eta", lambda: f(1e-3, sig)),
+        DomainCase("eta = 0", lambda: f(0.0, sig), ("eta", "(0.0, inf]")),
+        DomainCase("eta = -0.5", lambda: f(-0.5, sig), ("eta", "(0.0, inf]")),
+        DomainCase("Sigma singular", lambda: f(0.5, np.diag([1.0, 0.0])),
+                   ("Sigma must be positive definite", "lambda_min = 0")),
+        DomainCase("Sigma indefinite", lambda: f(0.5, np.diag([1.0, -0.25])),
+                   ("Sigma must be positive definite", "lambda_min = -0.25")),
+        DomainCase("Sigma (2, 3)", lambda: f(0.5, np.ones((2, 3))), ("Sigma must be square",)),
+        DomainCase("Sigma (1, 2, 2)", lambda: f(0.5, sig[None]), ("Sigma must be square",)),
+        DomainCase("Sigma the identity of size 257 (NumPy)", lambda: f(0.5, np.eye(257))),
+    ]
+    return domain_row(CLAIM, "fedrep_late_rate (eta > 0, Sigma positive definite, eta "
+                      "lambda_max < 2)", cases)
 
 
 def plot(result: ClaimResult, out_dir) -> list:

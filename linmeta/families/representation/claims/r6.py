@@ -16,10 +16,17 @@
   both differ from B*): sine of the largest principal angle <= 1e-4 at lambda = 1e6; the slope in
   lambda is measured.
 The lambda rows come from the population program shared with R1, R3, R5.
+
+Closed-form rows (issue 18): ``adaptrep_penalty`` on a batch against the numerical minimum;
+``frozen_heads`` (default gamma and gamma > 0) against NumPy least squares;
+``adaptrep_shift_cost`` against the held-head inner objective minimised by a linear solve; the
+stated domains of the four closed forms.
 """
 from __future__ import annotations
 
+import math
 import time
+import zlib
 
 import jax
 import numpy as np
@@ -34,8 +41,8 @@ from linmeta.families.representation.tasks import samples_from_betas
 
 from linmeta.engine.claims import ClaimResult, Verdict
 from ._population import GAMMA, GAP_LAMBDAS, LAMBDAS, SETTINGS, population_runs
-from linmeta.engine.claim_support import (figure_dpi, float_tol, key_for, loglog_slope,
-                                          optimality_measures, pyplot, save_figure,
+from linmeta.engine.claim_support import (DomainCase, domain_row, figure_dpi, float_tol, key_for,
+                                          loglog_slope, optimality_measures, pyplot, save_figure,
                                           settings_value, spread)
 from linmeta.engine.verdict import Tolerance
 
@@ -116,6 +123,10 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
                         -1.0, float(np.mean(sl2)), spread(sl2), "",
                         bool(np.all(np.isfinite(sl2))), "measured", note))
     rows.append(adaptrep_inner_optimality(jax.random.fold_in(key_for(seed, CLAIM), 3)))
+    rows.append(penalty_batch_row(seed))
+    rows.append(heads_row(seed))
+    rows.append(shift_cost_row(seed))
+    rows.append(closed_form_domains())
     data = dict(setting=setting, lams=lams, gap_rel=gap_rel, adapt_lams=np.asarray(LAMBDAS),
                 dist=dist, cases=cases)
     return ClaimResult(CLAIM, rows, data, time.perf_counter() - t0)
@@ -170,6 +181,138 @@ def adaptrep_inner_optimality(key, *, d=6, k=2, T=3, n=12, lam=1.0, gamma=0.1, s
         f"(ridge, lambda = inf): gradient in w / at 0 {foc_ridge:.1e}; ||Delta||_F "
         f"{float(delta_norm):.2f}; L-BFGS best - F(inner) = {-gain:.1e} x "
         f"drop (must be > -{tol_gain.value:g})")
+
+
+def penalty_batch_row(seed: int, *, d: int = 4, k: int = 2, T: int = 3, lam: float = 2.0,
+                      gamma: float = 0.5) -> Verdict:
+    """:func:`~linmeta.families.representation.theory.adaptrep_penalty` on a batch of shifts
+    (T, d) against the numerical minimum (:func:`_numerical_min`, no closed form) of each."""
+    rng = np.random.default_rng([int(seed) % 2 ** 31, zlib.crc32(b"R6 penalty batch")])
+    V = rng.standard_normal((T, d))
+    direction = rng.standard_normal(k)
+    num = np.asarray([_numerical_min(v, direction, lam, gamma)[0] for v in V])
+    pred = np.asarray(theory.adaptrep_penalty(V, lam, gamma))
+    rel = np.abs(pred - num) / num if pred.shape == num.shape else np.full(T, np.inf)
+    tol = Tolerance.stated(1e-10, "accuracy of the bounded scalar minimisation over log ||w|| "
+                           "(xatol 1e-12), as in the identity row")
+    return Verdict(
+        CLAIM, f"AdaptRep penalty on a batch of {T} shifts (T, d) vs the numerical minimum of "
+        "each (relative)", 0.0, float(rel.max()), spread(rel), tol, tol.below(rel), "check",
+        f"d={d}, k={k}, lambda={lam:g}, gamma={gamma:g}")
+
+
+def heads_row(seed: int, *, d: int = 4, k: int = 2, T: int = 3, gamma: float = 0.3) -> Verdict:
+    """:func:`~linmeta.families.representation.theory.frozen_heads` (default gamma = 0, and gamma
+    > 0) for a B of full column rank that is not orthonormal, against NumPy's least squares
+    ``argmin_w ||B w - beta_t||^2 + gamma ||w||^2`` (``lstsq`` on ``[B; sqrt(gamma) I]``)."""
+    rng = np.random.default_rng([int(seed) % 2 ** 31, zlib.crc32(b"R6 heads")])
+    B = rng.standard_normal((d, k)) @ np.array([[1.5, 0.4], [0.0, 0.6]])
+    betas = rng.standard_normal((T, d))
+    errs = []
+    for g in (None, gamma):
+        A = np.vstack([B, math.sqrt(g or 0.0) * np.eye(k)])
+        want = np.linalg.lstsq(A, np.vstack([betas.T, np.zeros((k, T))]), rcond=None)[0].T
+        got = np.asarray(theory.frozen_heads(B, betas) if g is None else
+                         theory.frozen_heads(B, betas, g))
+        errs.append(np.max(np.abs(got - want)) / np.max(np.abs(want)) if got.shape == want.shape
+                    else np.inf)
+    cond = float(np.linalg.cond(B))
+    tol = Tolerance.rounding(100 * d, cond ** 2, what="normal equations, cond(B)^2")
+    return Verdict(
+        CLAIM, "frozen_heads (default gamma = 0; gamma = 0.3) vs NumPy least squares, B not "
+        "orthonormal, max |diff| / max |w|", 0.0, float(max(errs)), spread(errs), tol,
+        tol.below(errs), "check", f"d={d}, k={k}, T={T}, cond(B) {cond:.2f}")
+
+
+def _held_head_cost(B, w, v, lam):
+    """AdaptRep's inner objective ``1/2 ||(B + Delta) w - beta||^2 + lam/2 ||Delta||_F^2`` of a
+    task ``beta = B w + v`` with the head w held, minimised over Delta by a linear solve on
+    ``vec(Delta)`` (normal equations of the (d, d k) constraint matrix), less its value for the
+    unshifted task ``beta = B w`` (0, at Delta = 0). NumPy, no closed form used."""
+    d = B.shape[0]
+    A = np.kron(w[None, :], np.eye(d))            # Delta w = A vec(Delta), column-major vec
+    x = np.linalg.solve(A.T @ A + lam * np.eye(A.shape[1]), A.T @ v)
+    Delta = x.reshape(w.size, d).T
+    r = (B + Delta) @ w - (B @ w + v)
+    return 0.5 * float(r @ r) + 0.5 * lam * float(x @ x)
+
+
+def shift_cost_row(seed: int, *, d: int = 4, k: int = 3, T: int = 2) -> Verdict:
+    """:func:`~linmeta.families.representation.theory.adaptrep_shift_cost` against AdaptRep's inner
+    objective minimised over Delta with the head held (:func:`_held_head_cost`, a linear solve),
+    for single tasks (v (d,), w (k,)) at lam from 0.01 to 100 (head large and small against lam,
+    w = 0 included) and for a batch of T tasks (v (T, d), w (T, k))."""
+    rng = np.random.default_rng([int(seed) % 2 ** 31, zlib.crc32(b"R6 shift cost")])
+    B = np.linalg.qr(rng.standard_normal((d, k)))[0]
+    P = np.eye(d) - B @ B.T
+    V = rng.standard_normal((3 + T, d)) @ P          # shifts out of col(B)
+    W = rng.standard_normal((3 + T, k)) * np.array([[1.0], [3.0], [0.0]] + [[1.0]] * T)
+    errs, conds = [], []
+    for lam in (0.01, 1.0, 100.0):
+        for v, w in zip(V[:3], W[:3]):
+            num = _held_head_cost(B, w, v, lam)
+            errs.append(abs(float(theory.adaptrep_shift_cost(v, w, lam)) - num) / num)
+            conds.append((w @ w + lam) / lam)
+        batch = np.asarray(theory.adaptrep_shift_cost(V[3:], W[3:], lam))
+        num = np.asarray([_held_head_cost(B, w, v, lam) for v, w in zip(V[3:], W[3:])])
+        errs += list(np.abs(batch - num) / num) if batch.shape == num.shape else [np.inf]
+        conds += [(W[3:] ** 2).sum(1).max() / lam + 1]
+    tol = Tolerance.rounding(10 * d * k, max(conds), what="a linear solve on vec(Delta), "
+                             "cond (||w||^2 + lam) / lam")
+    return Verdict(
+        CLAIM, "AdaptRep shift cost lam ||v||^2 / (2 (||w||^2 + lam)) vs the inner objective "
+        "minimised over Delta, head held (relative)", 0.0, float(max(errs)), spread(errs), tol,
+        tol.below(errs), "check",
+        f"d={d}, k={k}, v out of col(B), lam in (0.01, 1, 100), ||w|| in "
+        f"{np.array2string(np.linalg.norm(W[:3], axis=1), precision=2)} and a batch of {T}")
+
+
+def closed_form_domains() -> Verdict:
+    """Stated domains of R6's closed forms: ``adaptrep_penalty`` (lam, gamma >= 0),
+    ``frozen_heads`` and ``adaptrep_gap_limit`` (B (d, k), k <= d; betas (T, d); gamma >= 0;
+    ``B^T B + gamma I`` invertible: full column rank or gamma > 0), ``adaptrep_shift_cost``
+    (lam > 0, any w)."""
+    th = theory
+    v = np.array([0.5, -1.0, 2.0])
+    pen, fh, gap, cost = (th.adaptrep_penalty, th.frozen_heads, th.adaptrep_gap_limit,
+                          th.adaptrep_shift_cost)
+    cases = [
+        DomainCase("penalty, lam = 0", lambda: pen(v, 0.0, 1.0)),
+        DomainCase("penalty, gamma = 0", lambda: pen(v, 1.0, 0.0)),
+        DomainCase("penalty, v a batch (2, d)", lambda: pen(np.stack([v, -v]), 1.0, 2.0)),
+        DomainCase("penalty, lam = -0.1", lambda: pen(v, -0.1, 1.0), ("lam", "[0.0, inf]")),
+        DomainCase("penalty, gamma = -0.1", lambda: pen(v, 1.0, -0.1), ("gamma", "[0.0, inf]")),
+        DomainCase("penalty, lam = inf", lambda: pen(v, np.inf, 1.0), ("lam", "finite")),
+    ]
+    d, k = 4, 2
+    B = np.eye(d)[:, :k] + 0.1
+    betas = np.arange(1.0, 3 * d + 1).reshape(3, d) / 10
+    for name, f in (("frozen heads", fh), ("gap limit", gap)):
+        cases += [
+            DomainCase(f"{name}, gamma = 0 (B of full column rank)",
+                       lambda f=f: f(B, betas, 0.0)),
+            DomainCase(f"{name}, B = 0 with gamma = 0.1", lambda f=f: f(np.zeros((d, k)), betas,
+                                                                         0.1)),
+            DomainCase(f"{name}, B (d, d)", lambda f=f: f(np.eye(d), betas)),
+            DomainCase(f"{name}, gamma = -0.1", lambda f=f: f(B, betas, -0.1),
+                       ("gamma", "[0.0, inf]")),
+            DomainCase(f"{name}, B (d, d + 1)", lambda f=f: f(np.ones((d, d + 1)), betas),
+                       ("B", "(d, k) with k <= d", "got (4, 5)")),
+            DomainCase(f"{name}, B (d,)", lambda f=f: f(np.ones(d), betas), ("B", "(d, k)")),
+            DomainCase(f"{name}, betas (d,)", lambda f=f: f(B, betas[0]), ("betas", "(T, d)")),
+            DomainCase(f"{name}, betas (1, T, d)", lambda f=f: f(B, betas[None]),
+                       ("betas", "(T, d)")),
+        ]
+    w = np.array([1.0, -2.0])
+    cases += [
+        DomainCase("shift cost, lam = 1e-300", lambda: cost(v, w, 1e-300)),
+        DomainCase("shift cost, w = 0", lambda: cost(v, np.zeros(2), 0.5)),
+        DomainCase("shift cost, lam = 0", lambda: cost(v, w, 0.0), ("lam", "(0.0, inf]")),
+        DomainCase("shift cost, lam = -1", lambda: cost(v, w, -1.0), ("lam", "(0.0, inf]")),
+        DomainCase("shift cost, lam = inf", lambda: cost(v, w, np.inf), ("lam", "finite")),
+    ]
+    return domain_row(CLAIM, "adaptrep_penalty, frozen_heads, adaptrep_gap_limit, "
+                      "adaptrep_shift_cost", cases)
 
 
 def plot(result: ClaimResult, out_dir) -> list:
