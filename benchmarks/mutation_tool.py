@@ -213,6 +213,7 @@ TESTS = {
     "linmeta/families/paper/theory.py": ["tests/test_paper.py", "tests/test_theory.py"],
     "linmeta/families/bilevel/theory.py": ["tests/test_bilevel.py"],
     "linmeta/families/representation/theory.py": ["tests/test_rep_core.py",
+                                                   "tests/test_mutants_representation.py",
                                                    "tests/test_rep_methods.py"],
     "linmeta/families/difference/theory.py": ["tests/test_difference_core.py"],
 }
@@ -396,7 +397,7 @@ def write_report(session: Path, name: str, meta: dict) -> Path:
              "since. *Verify* counts a failing row or a raising claim (verify red); *test*: no "
              "verify row, a test of the suite; *equivalent*: cannot change any result (reason "
              "given per mutant).", "",
-             "Mutants: run of generated (a module not run in full says so: a random sample).",
+             "Mutants: run of generated (a module not run in full says so).",
              "",
              "| module | mutants | killed by verify in the run | killed by verify on recheck | "
              "killed by a test only | equivalent | not killed | verify kills of the "
@@ -412,7 +413,7 @@ def write_report(session: Path, name: str, meta: dict) -> Path:
         denom = len(rs) - eqn
         share = f"{ver}/{denom} ({100 * ver / denom:.1f}%)" if denom else "-"
         n_made = made.get(mod, len(rs))
-        size = f"{len(rs)}" if n_made == len(rs) else f"{len(rs)} of {n_made} (sample)"
+        size = f"{len(rs)}" if n_made == len(rs) else f"{len(rs)} of {n_made} (not all run)"
         lines.append(f"| `{mod}` | {size} | {run_k} | {ver - run_k} | {tst} | {eqn} | {opn} | "
                      f"{share} |")
         for k, v in (("n", len(rs)), ("run", run_k), ("re", ver - run_k), ("test", tst),
