@@ -52,7 +52,7 @@ def test_optimality_measures_on_a_quadratic():
 
 
 # survivors of the cosmic-ray run on linmeta/core/theory.py (benchmarks/results/
-# mutation_tool_closed-forms-paper.md): argument checks that verify, which passes valid input only,
+# mutation_tool_closed-forms.md): argument checks that verify, which passes valid input only,
 # cannot see
 def test_lora_bias_accepts_large_square_residuals():
     """``!=`` on the shape, not ``is not`` (equal ints above 256 are distinct objects)."""
