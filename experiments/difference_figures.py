@@ -26,7 +26,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import linmeta
+from linmeta.core.data import matrix_tasks
 from linmeta.engine.claim_support import experiment_args, experiment_parser
+from linmeta.families.difference import methods, theory
+from linmeta.families.difference.claims._finetune import finetune_risks
+from linmeta.families.difference.truth import (difference_space, sample_difference_truth,
+                                               task_matrices, unseen_matrices)
 
 SETTINGS = {
     "tiny": dict(d=4, r=2, k=1, T=4, n_unseen=2, draws=40, ns=(8, 16, 64)),
@@ -37,13 +43,6 @@ SIGMA = 0.5
 
 def compute(setting: str = "full", seed: int = 0) -> dict:
     """Risks (mean over unseen tasks and draws) per (truth, method, fine-tuning, n)."""
-    import linmeta
-    from linmeta.core.data import matrix_tasks
-    from linmeta.families.difference import methods, theory
-    from linmeta.families.difference.claims._finetune import finetune_risks
-    from linmeta.families.difference.truth import (difference_space, sample_difference_truth,
-                                                   task_matrices, unseen_matrices)
-
     cfg = SETTINGS[setting]
     d, r, k, T, ns = cfg["d"], cfg["r"], cfg["k"], cfg["T"], tuple(cfg["ns"])
     root = jax.random.fold_in(jax.random.key(seed), 17)
