@@ -60,7 +60,7 @@ from linmeta.methods.meta_lora import _saddle_free_newton
 from linmeta.engine.claims import ClaimResult, Verdict
 from ._draws import draw, gaussian_truth, truth_shapes
 from ._program import in_one_program
-from linmeta.engine.claim_support import (figure_dpi, fit_meta_lora_and_sr, key_for,
+from linmeta.engine.claim_support import (DomainCase, domain_row, figure_dpi, fit_meta_lora_and_sr, key_for,
                                           optimality_measures, pyplot,
                                           save_figure, settings_value, spread)
 from linmeta.engine.verdict import Tolerance
@@ -403,6 +403,7 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
                                         T=aT))
     rows.append(recovery_metrics_check())
     rows.append(subspace_metrics_check())
+    rows.append(alternating_jacobian_domain())
     data_alt = dict(alt, leg=leg, shape=(ad, ak, aT))
     data = dict(setting=setting, seed=seed, configs=C, objective=m["objective"],
                 rel_error=m["rel_error"], iterations=m["iterations"], problems=P, starts=S,
@@ -444,6 +445,28 @@ def optimal_base_optimality(key, *, d, k, T, N=None, starts=3) -> Verdict:
         tol_foc, tol_foc.below(foc) and gain < tol_gain.value, "check",
         f"d={d}, k={k}, T={T}, cond(sum S_xx) {float(cond):.1f}; L-BFGS best - F(A(U)) = "
         f"{-gain:.1e} x (F(0) - F(A(U))) (must be > -{tol_gain.value:g})")
+
+
+def alternating_jacobian_domain(d: int = 2, k: int = 1, T: int = 1) -> Verdict:
+    """The stated domain of :func:`linmeta.core.theory.alternating_jacobian`: ``inner_steps`` an
+    integer >= 0 (0 inside: the outer step alone), the two step sizes positive (0 and a negative
+    one refused, a tiny positive one accepted). The smallest problem, so each call is cheap."""
+    truth = sample_truth(jax.random.PRNGKey(3), d, k, T)
+    A, U = truth.A_star, truth.U_star
+    aj = theory.alternating_jacobian
+    C = DomainCase
+    return domain_row(CLAIM, "alternating_jacobian (inner_steps >= 0, lr_adapter > 0, "
+                      "lr_base > 0)", [
+                          C("inner_steps 0", lambda: aj(A, U, inner_steps=0)),
+                          C("inner_steps -1", lambda: aj(A, U, inner_steps=-1),
+                            ("inner_steps", "[0, inf]")),
+                          C("lr_adapter 1e-12", lambda: aj(A, U, 1e-12, 0.03, 1)),
+                          C("lr_adapter 0", lambda: aj(A, U, 0.0, 0.03, 1), ("lr_adapter", "(0.0")),
+                          C("lr_adapter -0.5", lambda: aj(A, U, -0.5, 0.03, 1), ("lr_adapter",)),
+                          C("lr_base 1e-12", lambda: aj(A, U, 0.003, 1e-12, 1)),
+                          C("lr_base 0", lambda: aj(A, U, 0.003, 0.0, 1), ("lr_base", "(0.0")),
+                          C("lr_base -0.5", lambda: aj(A, U, 0.003, -0.5, 1), ("lr_base",)),
+                      ])
 
 
 def plot(result: ClaimResult, out_dir) -> list:
