@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from linmeta.core._validate import check_int, check_scalar
+from linmeta.core._validate import check_array, check_int, check_scalar
 
 __all__ = ["identifiability", "orthonormal_basis", "project_out", "base_gap",
            "coefficient_risk_orthonormal", "second_order_constant",
@@ -64,8 +64,12 @@ def identifiability(d: int, r: int, T: int, core: bool = False) -> dict:
 
 
 def orthonormal_basis(B):
-    """Orthonormal basis (q, d, d) of ``span{B_i}`` (Frobenius; QR of the vectorised ``B_i``)."""
+    """Orthonormal basis (q, d, d) of ``span{B_i}`` (Frobenius; QR of the vectorised ``B_i``).
+    ``B``: (q, d, d) with ``1 <= q <= d^2`` (q directions of the d x d matrices)."""
+    B = check_array("B", B, ndim=3)
     q, d = B.shape[0], B.shape[-1]
+    if B.shape[1] != d or not 1 <= q <= d * d:
+        raise ValueError(f"B must have shape (q, d, d) with 1 <= q <= d^2, got {tuple(B.shape)}")
     Q, _ = jnp.linalg.qr(B.reshape(q, d * d).T)
     return Q.T.reshape(q, d, d)
 

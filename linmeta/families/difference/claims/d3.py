@@ -214,14 +214,26 @@ def expected_bias_vs_quadrature(rng, d: int = 4, q: int = 2) -> Verdict:
 
 def expected_bias_domain() -> Verdict:
     """The stated domain of :func:`linmeta.families.difference.theory.expected_paper_bias`:
-    an integer ``k >= 1``."""
+    an integer ``k >= 1``; directions ``B`` of shape (q, d, d) with ``1 <= q <= d^2`` (checked
+    by :func:`~linmeta.families.difference.theory.orthonormal_basis`, which every projection of
+    the family goes through: q = d^2 inside, q = d^2 + 1, q = 0, a non-square or 4-D B refused)."""
     B, R = np.stack([np.eye(4), np.diag([1.0, 2.0, 3.0, 4.0])]), np.zeros((4, 4))
     f = theory.expected_paper_bias
-    return domain_row(CLAIM, "expected_paper_bias (integer k >= 1)", [
+    full = np.eye(16).reshape(16, 4, 4)           # q = d^2: every direction of R^{4 x 4}
+    shape_text = "(q, d, d) with 1 <= q <= d^2"
+    return domain_row(CLAIM, "expected_paper_bias (integer k >= 1; B of shape (q, d, d), "
+                      "1 <= q <= d^2)", [
         DomainCase("k = 1", lambda: f(B, R, 1)),
         DomainCase("k = 0", lambda: f(B, R, 0), ("k", "[1, inf]")),
         DomainCase("k = -1", lambda: f(B, R, -1), ("k", "[1, inf]")),
         DomainCase("k = 1.5", lambda: f(B, R, 1.5), ("k", "integer")),
+        DomainCase("q = d^2", lambda: f(full, R, 1)),
+        DomainCase("q = d^2 + 1", lambda: f(np.concatenate([full, B[:1]]), R, 1),
+                   ("B", shape_text)),
+        DomainCase("q = 0", lambda: f(B[:0], R, 1), ("B", shape_text)),
+        DomainCase("B (2, 4, 3)", lambda: f(B[:, :, :3], R, 1), ("B", shape_text)),
+        DomainCase("B (2, 3, 4)", lambda: f(B[:, :3], R, 1), ("B", shape_text)),
+        DomainCase("B (1, 2, 4, 4)", lambda: f(B[None], R, 1), ("B", "3 dimensions")),
     ])
 
 
