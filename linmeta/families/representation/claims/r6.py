@@ -204,7 +204,9 @@ def penalty_batch_row(seed: int, *, d: int = 4, k: int = 2, T: int = 3, lam: flo
 def heads_row(seed: int, *, d: int = 4, k: int = 2, T: int = 3, gamma: float = 0.3) -> Verdict:
     """:func:`~linmeta.families.representation.theory.frozen_heads` (default gamma = 0, and gamma
     > 0) for a B of full column rank that is not orthonormal, against NumPy's least squares
-    ``argmin_w ||B w - beta_t||^2 + gamma ||w||^2`` (``lstsq`` on ``[B; sqrt(gamma) I]``)."""
+    ``argmin_w ||B w - beta_t||^2 + gamma ||w||^2`` (``lstsq`` on ``[B; sqrt(gamma) I]``); and
+    :func:`~linmeta.families.representation.theory.adaptrep_gap_limit` (the same two gammas)
+    against ``1/2 mean_t ||B w_t - beta_t||^2 ||w_t||^2`` from those NumPy heads."""
     rng = np.random.default_rng([int(seed) % 2 ** 31, zlib.crc32(b"R6 heads")])
     B = rng.standard_normal((d, k)) @ np.array([[1.5, 0.4], [0.0, 0.6]])
     betas = rng.standard_normal((T, d))
@@ -216,11 +218,16 @@ def heads_row(seed: int, *, d: int = 4, k: int = 2, T: int = 3, gamma: float = 0
                          theory.frozen_heads(B, betas, g))
         errs.append(np.max(np.abs(got - want)) / np.max(np.abs(want)) if got.shape == want.shape
                     else np.inf)
+        res = want @ B.T - betas
+        gap_want = 0.5 * np.mean(np.sum(res * res, axis=1) * np.sum(want * want, axis=1))
+        gap = float(theory.adaptrep_gap_limit(B, betas) if g is None else
+                    theory.adaptrep_gap_limit(B, betas, g))
+        errs.append(abs(gap - gap_want) / gap_want)
     cond = float(np.linalg.cond(B))
     tol = Tolerance.rounding(100 * d, cond ** 2, what="normal equations, cond(B)^2")
     return Verdict(
-        CLAIM, "frozen_heads (default gamma = 0; gamma = 0.3) vs NumPy least squares, B not "
-        "orthonormal, max |diff| / max |w|", 0.0, float(max(errs)), spread(errs), tol,
+        CLAIM, "frozen_heads and adaptrep_gap_limit (default gamma = 0; gamma = 0.3) vs NumPy "
+        "least squares, B not orthonormal, max relative |diff|", 0.0, float(max(errs)), spread(errs), tol,
         tol.below(errs), "check", f"d={d}, k={k}, T={T}, cond(B) {cond:.2f}")
 
 
