@@ -216,7 +216,8 @@ def expected_bias_domain() -> Verdict:
     """The stated domain of :func:`linmeta.families.difference.theory.expected_paper_bias`:
     an integer ``k >= 1``; directions ``B`` of shape (q, d, d) with ``1 <= q <= d^2`` (checked
     by :func:`~linmeta.families.difference.theory.orthonormal_basis`, which every projection of
-    the family goes through: q = d^2 inside, q = d^2 + 1, q = 0, a non-square or 4-D B refused)."""
+    the family goes through: q = 1, q = d^2 and d = 257 inside, q = d^2 + 1, q = 0, a non-square
+    or 4-D B refused)."""
     B, R = np.stack([np.eye(4), np.diag([1.0, 2.0, 3.0, 4.0])]), np.zeros((4, 4))
     f = theory.expected_paper_bias
     full = np.eye(16).reshape(16, 4, 4)           # q = d^2: every direction of R^{4 x 4}
@@ -228,6 +229,9 @@ def expected_bias_domain() -> Verdict:
         DomainCase("k = -1", lambda: f(B, R, -1), ("k", "[1, inf]")),
         DomainCase("k = 1.5", lambda: f(B, R, 1.5), ("k", "integer")),
         DomainCase("q = d^2", lambda: f(full, R, 1)),
+        DomainCase("q = 1", lambda: f(B[:1], R, 1)),
+        # d = 257: the shape's entries are distinct int objects (CPython shares only <= 256)
+        DomainCase("q = 1, d = 257", lambda: f(np.eye(257)[None], np.zeros((257, 257)), 1)),
         DomainCase("q = d^2 + 1", lambda: f(np.concatenate([full, B[:1]]), R, 1),
                    ("B", shape_text)),
         DomainCase("q = 0", lambda: f(B[:0], R, 1), ("B", shape_text)),
