@@ -395,7 +395,8 @@ def run_session(session: Path, *, setting: str, seed: int, workers: int, files: 
                                                      else "")]
                 lines += [f"{MARK} FAIL {r}" for r in result["failing"]]
                 out, killed = "\n".join(lines), bool(result["failing"])
-                if killed:   # this claim first for the next mutants of the same function
+                if killed and result["ran"]:   # this claim first for the next mutants of
+                    # the same function (none ran: the mutant failed before the first claim)
                     k = killers.setdefault(where[job], {})
                     k[result["ran"][-1]] = k.get(result["ran"][-1], 0) + 1
             record(db, job, WorkResult(
