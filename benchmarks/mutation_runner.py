@@ -697,6 +697,10 @@ def warm_worker(jobs_dir: str, files: list[str], claims: list[str], setting: str
 RECYCLE = 300   # mutants per warm worker before a fresh one takes over
 
 
+WARM_START_TRIES = 3        # a warm worker's start is tried this often
+WARM_START_SECONDS = 600.0  # a warm-up past this is taken for hung (a quick warm-up: ~1-2 min)
+
+
 def warm_pool(tasks, workers: int, out_dir: Path, on_done, *, files, claims, setting, seed,
               mem_gib, log) -> list:
     """Run ``tasks`` (``(job, path, source, function, claims, timeout)``) on ``workers`` warm
@@ -712,14 +716,26 @@ def warm_pool(tasks, workers: int, out_dir: Path, on_done, *, files, claims, set
     def spawn():
         cmd = [sys.executable, "-m", "benchmarks.mutation_runner", "worker", str(out_dir),
                setting, str(seed), str(mem_gib), ",".join(claims), *files]
-        p = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                             stderr=open(log, "a"), text=True, start_new_session=True)
-        ready = out_dir / f"ready-{p.pid}.json"
-        t0 = time.monotonic()
-        while not ready.exists():
-            if p.poll() is not None or time.monotonic() - t0 > 1800:
-                raise SystemExit(f"a warm worker did not start (see {log})")
-            time.sleep(0.2)
+        for attempt in range(WARM_START_TRIES):
+            p = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                 stderr=open(log, "a"), text=True, start_new_session=True)
+            ready = out_dir / f"ready-{p.pid}.json"
+            t0 = time.monotonic()
+            while not ready.exists() and p.poll() is None and \
+                    time.monotonic() - t0 < WARM_START_SECONDS:
+                time.sleep(0.2)
+            if ready.exists():
+                break
+            # died, or hung in the warm-up (XLA's CPU runtime can deadlock): kill, start again
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait()
+            print(f"warm worker {p.pid} did not start (try {attempt + 1} of "
+                  f"{WARM_START_TRIES})", flush=True)
+        else:
+            raise SystemExit(f"no warm worker started in {WARM_START_TRIES} tries (see {log})")
         info = json.loads(ready.read_text())
         if info["failing"]:
             raise SystemExit(f"claims fail on the unmutated code: {info['failing']}")
