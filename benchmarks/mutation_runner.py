@@ -104,6 +104,10 @@ def _worker_setup(mutated: tuple[str, str] | None, mem_bytes: int | None) -> Non
     from linmeta.engine import compile_cache, program_cache
     compile_cache.enable()
     jax.config.update("jax_enable_x64", True)
+    # XLA's CPU client with asynchronous dispatch can wait forever for a result no thread computes
+    # (seen in C2 at --quick after other claims in the same process; jax-ml/jax#25861): the
+    # workers dispatch synchronously (before the backend starts, which happens after the fork).
+    jax.config.update("jax_cpu_enable_async_dispatch", False)
     # linmeta's store of compiled programs is keyed by the package's files ON DISK, which a mutant
     # served from memory does not change: it would hand back the unmutated program. Off here (JAX's
     # own cache, keyed by the lowered program, stays on).
@@ -698,7 +702,7 @@ RECYCLE = 300   # mutants per warm worker before a fresh one takes over
 
 
 WARM_START_TRIES = 3        # a warm worker's start is tried this often
-WARM_START_SECONDS = 600.0  # a warm-up past this is taken for hung (a quick warm-up: ~1-2 min)
+WARM_START_SECONDS = 360.0  # a warm-up past this is taken for hung (a quick warm-up: ~1-2 min)
 
 
 def warm_pool(tasks, workers: int, out_dir: Path, on_done, *, files, claims, setting, seed,
