@@ -134,6 +134,7 @@ from linmeta.methods.meta_lora import (_saddle_free_newton, alternating_step, me
                                        population_reduced_objective)
 
 from linmeta.engine.claims import ClaimResult, Verdict
+from linmeta.engine.verdict import Tolerance
 from ._draws import draw, gaussian_truth, truth_shapes
 from linmeta.engine.claim_support import key_for, pyplot, save_figure, settings_value
 
@@ -649,7 +650,46 @@ def run(setting: str = "quick", seed: int = 0, *, checkpoint=None, log=None) -> 
                                      min_eig=float(r["min_eig"][i]), n_flat=int(r["n_flat"][i]),
                                      U=r["U"][i]))
     data = dict(setting=setting, seed=seed, cfg=cfg, census=record, spurious=spurious)
-    return ClaimResult(CLAIM, verdicts(record), data, time.perf_counter() - t0)
+    return ClaimResult(CLAIM, verdicts(record) + [census_classes_row()], data,
+                       time.perf_counter() - t0)
+
+
+def census_classes_row() -> Verdict:
+    """The census classes on a hand-built batch of ten runs whose classes are known by
+    construction (:func:`linmeta.methods.landscape.escaped`, then
+    :func:`~linmeta.methods.landscape.census_counts`): NOT_CONVERGED runs that grew by
+    ``ESCAPE_GROWTH`` to at least ``ESCAPE_SIZE`` (escaped), that grew but stayed small, that are
+    large but did not grow (not escaped); a non-finite end point and a diverged run of other labels
+    (escaped); one global minimum, two spurious minima (one with flat directions), one saddle.
+    Measured: the classes that differ from the construction, and the escape flags that do."""
+    L = landscape
+    g, s = L.ESCAPE_GROWTH, L.ESCAPE_SIZE
+    #            label              size_mid   size           diverged n_flat escaped?
+    runs = [(L.NOT_CONVERGED, 2 * s, 2 * s * g, False, 0, True),
+            (L.NOT_CONVERGED, 1.0, 0.5 * s, False, 0, False),      # grew, below ESCAPE_SIZE
+            (L.NOT_CONVERGED, 4 * s, 4 * s * g * 0.99, False, 0, False),   # large, no growth
+            (L.NOT_CONVERGED, 1.0, 2.0, False, 0, False),
+            (L.GLOBAL_MIN, 1.0, 1.0, False, 0, False),
+            (L.GLOBAL_MIN, 1.0, np.inf, False, 0, True),           # end point not finite
+            (L.SPURIOUS_MIN, 1.0, 1.0, False, 0, False),
+            (L.SPURIOUS_MIN, 1.0, 1.0, False, 2, False),
+            (L.STRICT_SADDLE, 1.0, 1.0, True, 0, True),            # diverged
+            (L.STRICT_SADDLE, 1.0, 1.0, False, 0, False)]
+    label, mid, size, div, n_flat, esc_want = (np.array(c) for c in zip(*runs))
+    want = {"runs": 10, "global": 1, "strict spurious": 1, "degenerate spurious": 1, "saddle": 1,
+            "not converged": 3, "escaped to infinity": 3}
+    esc = np.asarray(L.escaped(label, mid, size, div), bool)
+    esc_jax = np.asarray(L.escaped(jnp.asarray(label), jnp.asarray(mid), jnp.asarray(size),
+                                   jnp.asarray(div)), bool)
+    got = L.census_counts(label, n_flat, esc)
+    wrong = [k for k in want if got.get(k) != want[k]] + \
+        [f"escaped[{i}]" for i in np.where((esc != esc_want) | (esc_jax != esc_want))[0]]
+    assert set(want) == set(L.CENSUS_KEYS)
+    return Verdict(CLAIM, "census classes (escaped, census_counts) on a hand-built batch of 10 "
+                   "runs: classes or escape flags that differ from the construction", 0,
+                   len(wrong), 0.0, Tolerance.exact(), not wrong, "check",
+                   "counts " + ", ".join(f"{k} {got.get(k)}" for k in want)
+                   + (f"; differ: {', '.join(wrong)}" if wrong else ""))
 
 
 # ----------------------------------------------------------------------------- figures
