@@ -220,19 +220,22 @@ TESTS = {
 
 
 def recheck(session: Path, *, setting: str, label: str, tests: bool, workers: int,
-            python: str, only=None, claims=None, every: bool = False) -> dict:
+            python: str, only=None, claims=None, every: bool = False, keys=None) -> dict:
     """Every survivor of ``session`` (not stated equivalent) again, on a scratch copy of the
     working tree as it is now (new rows, new tests), through :func:`benchmarks.mutation_runner.
     recheck` at ``setting`` (and, with ``tests``, the module's test files of :data:`TESTS` for
     those no row kills). Stored beside the session as ``recheck-<label>.json``, where
     :func:`write_report` finds it."""
     eq = _equivalent()
-    surv = [r for r in records(session) if r["outcome"] == "survived" and r["key"] not in eq
-            and (only is None or r["module"] in only)]
+    surv = [r for r in records(session) if r["outcome"] in ("survived", "timeout")
+            and r["key"] not in eq and (only is None or r["module"] in only)
+            and (keys is None or r["key"] in keys)]
     for old in ([] if every else sorted(session.parent.glob("recheck-*.json"))):
-        # killed on an earlier recheck: not again (``every``: all survivors, this tree only)
+        # killed on an earlier recheck: not again (``every``: all survivors, this tree only); a
+        # timeout decided nothing
         done = json.loads(old.read_text())
-        surv = [r for r in surv if not (done.get(r["key"], {}).get("verify")
+        surv = [r for r in surv if not ([v for v in done.get(r["key"], {}).get("verify", [])
+                                         if v != "timeout"]
                                         or done.get(r["key"], {}).get("tests"))]
     root = session.parent.parent
     work = root / f"recheck-{label}"
@@ -327,6 +330,10 @@ def records(session: Path) -> list[dict]:
                 how = "survived"
             elif checks:
                 how = "killed by verify"
+            elif "SyntaxError" in text:
+                how = "not valid Python"   # the operator made code that does not parse
+            elif f"{MARK} timeout" in text:
+                how = "timeout"            # undecided: a mutant's endless loop or XLA's CPU hang
             else:
                 how = "killed by crash or timeout"
             out.append(dict(job=item.job_id, module=str(m.module_path), line=m.start_pos[0],
@@ -351,9 +358,13 @@ def classify(recs: list[dict], rechecks, eq: dict) -> None:
         if r["outcome"] == "error":
             r["final"], r["how"] = "error", "the runner could not run it"
             continue
+        if r["outcome"] == "not valid Python":
+            r["final"], r["how"] = "invalid", "the mutant does not parse (SyntaxError)"
+            continue
         for label, got in rechecks:
             g = got.get(r["key"])
-            if g and g.get("verify"):
+            # a timeout alone decides nothing: XLA's CPU runtime can hang unmutated code too
+            if g and [v for v in g.get("verify", []) if v != "timeout"]:
                 r["final"], r["how"] = "verify", (f"verify --{g['setting']} ({label}): "
                                                   + "; ".join(g["verify"][:2]))
                 break
@@ -366,6 +377,9 @@ def classify(recs: list[dict], rechecks, eq: dict) -> None:
             else:
                 if r["key"] in eq:
                     r["final"], r["how"] = "equivalent", eq[r["key"]]
+                elif r["outcome"] == "timeout" or any(
+                        got.get(r["key"], {}).get("verify") == ["timeout"] for _, got in rechecks):
+                    r["how"] = "timed out (undecided), no row or test decided it"
 
 
 def generated(session: Path) -> dict:
@@ -396,37 +410,42 @@ def write_report(session: Path, name: str, meta: dict) -> Path:
              "benchmarks.mutation_tool recheck`): at `--quick`, with the rows and tests added "
              "since. *Verify* counts a failing row or a raising claim (verify red); *test*: no "
              "verify row, a test of the suite; *equivalent*: cannot change any result (reason "
-             "given per mutant).", "",
+             "given per mutant); a *timeout* alone decides nothing (XLA's CPU runtime can hang on unmutated "
+             "code too): such a mutant stays open unless a row or a test decides it.", "",
              "Mutants: run of generated (a module not run in full says so).",
              "",
              "| module | mutants | killed by verify in the run | killed by verify on recheck | "
-             "killed by a test only | equivalent | not killed | verify kills of the "
-             "non-equivalent |", "|---|---|---|---|---|---|---|---|"]
-    tot = dict(n=0, run=0, re=0, test=0, eq=0, open=0)
+             "killed by a test only | equivalent | not valid Python | not killed | verify kills "
+             "of the non-equivalent valid ones |", "|---|---|---|---|---|---|---|---|---|"]
+    tot = dict(n=0, run=0, re=0, test=0, eq=0, bad=0, open=0)
     for mod in sorted({r["module"] for r in recs}):
         rs = [r for r in recs if r["module"] == mod]
         run_k = sum(r["outcome"] in ("killed by verify", "killed by crash or timeout") for r in rs)
         ver = sum(r["final"] == "verify" for r in rs)
         tst = sum(r["final"] == "test" for r in rs)
         eqn = sum(r["final"] == "equivalent" for r in rs)
+        bad = sum(r["final"] == "invalid" for r in rs)
         opn = sum(r["final"] in ("open", "error") for r in rs)
-        denom = len(rs) - eqn
+        denom = len(rs) - eqn - bad
         share = f"{ver}/{denom} ({100 * ver / denom:.1f}%)" if denom else "-"
         n_made = made.get(mod, len(rs))
         size = f"{len(rs)}" if n_made == len(rs) else f"{len(rs)} of {n_made} (not all run)"
-        lines.append(f"| `{mod}` | {size} | {run_k} | {ver - run_k} | {tst} | {eqn} | {opn} | "
-                     f"{share} |")
+        lines.append(f"| `{mod}` | {size} | {run_k} | {ver - run_k} | {tst} | {eqn} | {bad} | "
+                     f"{opn} | {share} |")
         for k, v in (("n", len(rs)), ("run", run_k), ("re", ver - run_k), ("test", tst),
-                     ("eq", eqn), ("open", opn)):
+                     ("eq", eqn), ("bad", bad), ("open", opn)):
             tot[k] += v
-    denom = tot["n"] - tot["eq"]
+    denom = tot["n"] - tot["eq"] - tot["bad"]
     if denom:
         lines.append(f"| all | {tot['n']} | {tot['run']} | {tot['re']} | {tot['test']} | "
-                     f"{tot['eq']} | {tot['open']} | {tot['run'] + tot['re']}/{denom} "
+                     f"{tot['eq']} | {tot['bad']} | {tot['open']} | "
+                     f"{tot['run'] + tot['re']}/{denom} "
                      f"({100 * (tot['run'] + tot['re']) / denom:.1f}%) |")
     for title, keep in (("Not killed (no verify row, no test, not shown equivalent)",
                          ("open", "error")),
                         ("Killed by a test only", ("test",)),
+                        ("Not valid Python (cosmic-ray made code that does not parse)",
+                         ("invalid",)),
                         ("Equivalent", ("equivalent",)),
                         ("Killed by verify on recheck", ("recheck",))):
         sel = [r for r in recs if (r["final"] in keep if keep != ("recheck",) else
@@ -493,6 +512,8 @@ def main(argv=None) -> int:
     k.add_argument("--claims", action="append", default=None,
                    help="only these claims (ids or family names; default every claim)")
     k.add_argument("--python", default=sys.executable)
+    k.add_argument("--key", action="append", default=None,
+                   help="only this mutant (its key, as the report prints it; repeatable)")
     k.add_argument("--all", action="store_true", dest="every",
                    help="every survivor, also those an earlier recheck killed")
     e = sub.add_parser("exec-recheck", help="(internal) the recheck in its scratch copy")
@@ -548,7 +569,7 @@ def main(argv=None) -> int:
     if a.cmd == "recheck":
         recheck(a.session.resolve(), setting=a.setting, label=a.label or a.setting,
                 tests=a.tests, workers=a.workers, python=a.python, only=a.module,
-                claims=a.claims, every=a.every)
+                claims=a.claims, every=a.every, keys=a.key)
         return 0
     if a.cmd == "exec-recheck":
         from benchmarks import mutation_runner   # deferred: a worker must import linmeta itself
