@@ -35,12 +35,15 @@ plain ``linmeta verify`` command, every claim; the decisions must agree.
 """
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")   # before NumPy: see linmeta/__init__.py
+
 import ast
 import difflib
 import importlib.abc
 import importlib.util
 import json
-import os
 import resource
 import signal
 import sys
@@ -104,10 +107,6 @@ def _worker_setup(mutated: tuple[str, str] | None, mem_bytes: int | None) -> Non
     from linmeta.engine import compile_cache, program_cache
     compile_cache.enable()
     jax.config.update("jax_enable_x64", True)
-    # XLA's CPU client with asynchronous dispatch can wait forever for a result no thread computes
-    # (seen in C2 at --quick after other claims in the same process; jax-ml/jax#25861): the
-    # workers dispatch synchronously (before the backend starts, which happens after the fork).
-    jax.config.update("jax_cpu_enable_async_dispatch", False)
     # linmeta's store of compiled programs is keyed by the package's files ON DISK, which a mutant
     # served from memory does not change: it would hand back the unmutated program. Off here (JAX's
     # own cache, keyed by the lowered program, stays on).

@@ -333,7 +333,7 @@ def records(session: Path) -> list[dict]:
             elif "SyntaxError" in text:
                 how = "not valid Python"   # the operator made code that does not parse
             elif f"{MARK} timeout" in text:
-                how = "timeout"            # undecided: a mutant's endless loop or XLA's CPU hang
+                how = "timeout"            # undecided: a mutant's endless loop, or a hang
             else:
                 how = "killed by crash or timeout"
             out.append(dict(job=item.job_id, module=str(m.module_path), line=m.start_pos[0],
@@ -363,7 +363,7 @@ def classify(recs: list[dict], rechecks, eq: dict) -> None:
             continue
         for label, got in rechecks:
             g = got.get(r["key"])
-            # a timeout alone decides nothing: XLA's CPU runtime can hang unmutated code too
+            # a timeout alone decides nothing: unmutated code hung too (threaded OpenBLAS)
             if g and [v for v in g.get("verify", []) if v != "timeout"]:
                 r["final"], r["how"] = "verify", (f"verify --{g['setting']} ({label}): "
                                                   + "; ".join(g["verify"][:2]))
@@ -410,8 +410,8 @@ def write_report(session: Path, name: str, meta: dict) -> Path:
              "benchmarks.mutation_tool recheck`): at `--quick`, with the rows and tests added "
              "since. *Verify* counts a failing row or a raising claim (verify red); *test*: no "
              "verify row, a test of the suite; *equivalent*: cannot change any result (reason "
-             "given per mutant); a *timeout* alone decides nothing (XLA's CPU runtime can hang on unmutated "
-             "code too): such a mutant stays open unless a row or a test decides it.", "",
+             "given per mutant); a *timeout* alone decides nothing (unmutated code hung too, in C2, before "
+             "OpenBLAS was started single-threaded): such a mutant stays open unless a row or a test decides it.", "",
              "Mutants: run of generated (a module not run in full says so).",
              "",
              "| module | mutants | killed by verify in the run | killed by verify on recheck | "

@@ -29,7 +29,14 @@ Example::
 import importlib
 import importlib.abc
 import importlib.util
+import os
 import sys
+
+# OpenBLAS (NumPy's and SciPy's, and through SciPy the LAPACK kernels of jaxlib's CPU backend) with
+# worker threads hung `linmeta verify --quick` in C2 in about one run of four on 2 cores (every
+# thread idle, XLA waiting for a LAPACK call); started with one thread it did not. Set before NumPy
+# loads (a user's own OPENBLAS_NUM_THREADS wins; no effect when NumPy was imported first).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from .core import data, divergence, lora, losses, metrics, problem, theory
 from .core.data import (Samples, TaskStats, draw_samples, population, sample_tasks,

@@ -239,19 +239,17 @@ def test_a_partial_run_writes_its_own_report_and_leaves_the_full_one(tmp_path, f
         verify.__doc__ + _parser().format_help())
 
 
-def test_synchronous_cpu_dispatch_only_before_the_backend_starts():
-    """verify switches XLA's CPU client to synchronous dispatch (a hung CPU result, jax#25861)
-    when no backend has started, and leaves a started one alone (a fresh process: this one's
-    backend has started)."""
+
+def test_openblas_starts_single_threaded_unless_chosen():
+    """Importing linmeta before NumPy starts OpenBLAS with one thread (threaded OpenBLAS hung
+    verify's C2); a user's own OPENBLAS_NUM_THREADS is kept. Fresh processes: NumPy is loaded
+    here already."""
     import subprocess
     import sys
 
-    code = ("import jax, jax.numpy as jnp\n"
-            "from linmeta.front.verify import synchronous_cpu_dispatch\n"
-            "first = synchronous_cpu_dispatch()\n"
-            "flag = jax.config.values['jax_cpu_enable_async_dispatch']\n"
-            "float(jnp.ones(3).sum())\n"
-            "print(first, flag, synchronous_cpu_dispatch())\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=300, check=True).stdout.split()
-    assert out == ["True", "False", "False"]
+    code = "import os, linmeta; print(os.environ['OPENBLAS_NUM_THREADS'])"
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    got = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env=e, check=True).stdout.strip()
+           for e in (env, dict(env, OPENBLAS_NUM_THREADS="3"))]
+    assert got == ["1", "3"]

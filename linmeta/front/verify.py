@@ -69,23 +69,10 @@ from linmeta.engine.claims import (SETTINGS, ClaimResult, Verdict, all_claims, c
 from linmeta.engine.verdict import audited
 
 __all__ = ["add_arguments", "run_from_args", "run_verify", "format_table", "main",
-           "claim_summary", "report_files", "PARTIAL_RULE", "synchronous_cpu_dispatch"]
+           "claim_summary", "report_files", "PARTIAL_RULE"]
 
 _FAST_COMPILE_FLAG = "--xla_backend_optimization_level=0"
 DEFAULT_OUT = os.path.join("results", "verify")
-
-
-def synchronous_cpu_dispatch() -> bool:
-    """Switch XLA's CPU client to synchronous dispatch when no backend has started yet (returns
-    whether it did). With asynchronous dispatch a CPU result can wait forever for a computation
-    no thread runs (jax-ml/jax#25861; seen in C2 at --quick after other claims in one process).
-    The command line calls it before verify's first computation; it changes no value."""
-    from jax._src import xla_bridge
-
-    if xla_bridge.backends_are_initialized():
-        return False
-    jax.config.update("jax_cpu_enable_async_dispatch", False)
-    return True
 
 
 # ----------------------------------------------------------------------------- arguments
@@ -511,7 +498,6 @@ def run_from_args(args) -> int:
 
 
     check_writable_dir(out_dir)  # one clear line (OSError) before any work
-    synchronous_cpu_dispatch()
     if not as_json:
         head, rule = _table_header()
         print(f"linmeta verify --{setting} (seed {seed}, float64): {', '.join(claims)}",
