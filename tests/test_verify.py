@@ -97,7 +97,8 @@ def test_run_verify_tiny_writes_report_and_json(tmp_path):
 def test_failing_claim_gives_exit_code_1_and_report(tmp_path, fake_claims, capsys):
     fake_claims["C1"] = _fake_module("C1")
     fake_claims["C2"] = _fake_module("C2", passed=False)
-    args = _parser().parse_args(["--tiny", "--claims", "C1,C2", "--out", str(tmp_path)])
+    args = _parser().parse_args(["--tiny", "--claims", "C1,C2", "--out", str(tmp_path),
+                                 "--jobs", "1"])   # stand-ins live in this process only
     assert verify.run_from_args(args) == 1
     printed = capsys.readouterr().out
     assert "C2" in printed and "FAIL" in printed and "1/2 claims pass" in printed
@@ -113,7 +114,8 @@ def test_failing_claim_gives_exit_code_1_and_report(tmp_path, fake_claims, capsy
 def test_all_passing_gives_exit_code_0_and_json(tmp_path, fake_claims, capsys):
     fake_claims["C4"] = _fake_module("C4")
     fake_claims["C8"] = _fake_module("C8", kind="measured")
-    args = _parser().parse_args(["--claims", "C4,C8", "--out", str(tmp_path), "--json"])
+    args = _parser().parse_args(["--claims", "C4,C8", "--out", str(tmp_path), "--json",
+                                 "--jobs", "1"])
     assert verify.run_from_args(args) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["ok"] is True and [c["claim"] for c in data["claims"]] == ["C4", "C8"]
@@ -130,6 +132,30 @@ def test_missing_module_raising_run_and_raising_plot_are_failed_rows(tmp_path, f
     assert [v.quantity for v in by["C3"].verdicts if not v.passed] == ["figure"]
     report = (tmp_path / "REPORT-C8_C2_C3.md").read_text()
     assert "## Errors" in report and "boom" in report
+
+
+def test_parallel_run_gives_the_rows_of_a_serial_one(tmp_path, capsys):
+    """--jobs 2: two claims in two spawned processes; same rows (values included) as one after
+    another in this process, reported in claim order; bad --jobs is one clear error."""
+    claims = ["C5", "C8"]
+    seen = []
+    serial, ok1 = verify.run_verify("tiny", claims, tmp_path / "one", figures=False)
+    parallel, ok2 = verify.run_verify("tiny", claims, tmp_path / "two", figures=False, jobs=2,
+                                      progress=lambda r: seen.append(r.claim))
+    assert ok1 and ok2 and seen == claims
+    strip = lambda rs: [(v.claim, v.quantity, str(v.measured), v.passed)
+                        for r in rs for v in r.verdicts]
+    assert strip(parallel) == strip(serial) and len(strip(serial)) > 2
+    meta = json.loads((tmp_path / "two" / "verdicts-C5_C8.json").read_text())["meta"]
+    assert meta["jobs"] == 2
+    assert "2 claims at once" in (tmp_path / "two" / "REPORT-C5_C8.md").read_text()
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="jobs must be an integer >= 1"):
+            verify.run_verify("tiny", claims, tmp_path, jobs=bad)
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["--jobs", "0"])
+    assert "--jobs must be an integer >= 1, got 0" in capsys.readouterr().err
+    assert _parser().parse_args([]).jobs is None and verify.default_jobs() >= 1
 
 
 def test_main_rejects_bad_input(tmp_path, capsys):
@@ -220,7 +246,7 @@ def test_a_partial_run_writes_its_own_report_and_leaves_the_full_one(tmp_path, f
     full = {name: (tmp_path / name).read_bytes() for name in ("REPORT.md", "verdicts.json")}
     assert "Partial run" not in full["REPORT.md"].decode()
     args = _parser().parse_args(["--tiny", "--claims", "C3,C6", "--out", str(tmp_path),
-                                 "--no-figures"])
+                                 "--no-figures", "--jobs", "1"])
     assert verify.run_from_args(args) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert "REPORT-C3_C6.md" in last and "partial run" in last and "REPORT.md" in last

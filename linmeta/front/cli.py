@@ -9,7 +9,8 @@ Each command parses its arguments, calls one library function and prints what it
   one compiled program per chunk of configurations of one shape (:mod:`linmeta.engine.sweep`), a progress
   bar on stderr, results written as it goes; started again on the same folder it skips finished
   work.
-- ``verify``: the claim checks of docs/theory.md, docs/bilevel.md and docs/representation.md
+- ``verify``: the claim checks of every registered family (its theory document: docs/theory.md,
+  docs/bilevel.md, docs/representation.md, docs/difference.md, and a plugin's)
   (:mod:`linmeta.front.verify`).
 - ``plot``: :func:`linmeta.front.plotting.plot_results`, figures from a stored run or sweep folder,
   without recomputing.
@@ -31,7 +32,7 @@ import os
 import sys
 
 from linmeta.core.version import __version__
-from linmeta.engine import claims, compile_cache, protocols, runs
+from linmeta.engine import claims, compile_cache, families, protocols, runs
 from linmeta.engine.config import PARAMETERS, load_run_config, merge, parse_count_or_inf
 from linmeta.engine.results import MANIFEST, RESULTS_CSV, TRAJ_DIR, load_sweep, to_jsonable
 from linmeta.engine.runs import format_value
@@ -134,6 +135,11 @@ def _claims_text() -> str:
         if ids:
             parts.append(ids[0] if len(ids) == 1 else f"{ids[0]}-{ids[-1]}")
     return ", ".join(parts)
+
+
+def _family_docs_text() -> str:
+    """The registered families' theory documents, e.g. ``docs/theory.md, docs/bilevel.md``."""
+    return ", ".join(dict.fromkeys(f.doc for f in families.all_families()))
 
 
 def _one_line(text: str) -> str:
@@ -526,9 +532,9 @@ def build_parser(command: str | None = "verify") -> argparse.ArgumentParser:
     # verify
     claims_text = _claims_text()
     p = sub.add_parser("verify", help=f"check every claim of the theory ({claims_text})",
-                       description="Run the claim checks of docs/theory.md, docs/bilevel.md and "
-                                   "docs/representation.md and print one row per "
-                                   "claim; exit code 1 if a claim fails.",
+                       description="Run the claim checks of every registered family ("
+                                   f"{_family_docs_text()}) and print one row per claim; exit "
+                                   "code 1 if a claim fails.",
                        epilog=_VERIFY_EPILOG.format(claims=claims_text,
                                                     partial=_partial_report_rule()),
                        formatter_class=_FMT, allow_abbrev=False)

@@ -45,10 +45,13 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import datetime
 import json
 import math
+import multiprocessing
 import os
+import pickle
 import platform
 import sys
 import time
@@ -62,16 +65,18 @@ import numpy as np
 
 from linmeta.core.files import atomic_write_text, check_writable_dir
 from linmeta.core.version import __version__
-from linmeta.engine import compile_cache
+from linmeta.engine import compile_cache, families
 from linmeta.engine.claim_support import plot_claim, single_thread_blas, working_dtype
 from linmeta.engine.claims import (SETTINGS, ClaimResult, Verdict, all_claims, claim_doc,
                                    claim_ids, claim_module, family_claims, family_names, fmt)
 from linmeta.engine.verdict import audited
 
 __all__ = ["add_arguments", "run_from_args", "run_verify", "format_table", "main",
-           "claim_summary", "report_files", "PARTIAL_RULE"]
+           "claim_summary", "report_files", "PARTIAL_RULE", "default_jobs"]
 
 _FAST_COMPILE_FLAG = "--xla_backend_optimization_level=0"
+MAX_AUTO_JOBS = 4
+JOB_MEMORY_GIB = 3
 DEFAULT_OUT = os.path.join("results", "verify")
 
 
@@ -102,7 +107,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="print the verdict rows as JSON instead of the table")
     parser.add_argument("--no-figures", dest="figures", action="store_false",
                         help="skip the figures (REPORT.md then lists the rows only)")
+    parser.add_argument("--jobs", type=_jobs_arg, default=None, metavar="N",
+                        help="claims run at once, each in its own process (default: "
+                             f"{default_jobs()} here: the CPU cores, at most {MAX_AUTO_JOBS}, and "
+                             f"one per {JOB_MEMORY_GIB} GiB of memory; 1 runs them one after "
+                             "another in this process). The rows do not depend on it")
     return parser
+
+
+def _jobs_arg(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--jobs must be an integer >= 1, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"--jobs must be an integer >= 1, got {n}")
+    return n
+
+
+def default_jobs() -> int:
+    """Claims ``linmeta verify`` runs at once by default: the CPU cores this process may use, at
+    most :data:`MAX_AUTO_JOBS`, and at most one per :data:`JOB_MEMORY_GIB` GiB of physical memory
+    (a --quick claim peaks at about 2.4 GiB)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    try:
+        mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
+    except (ValueError, OSError, AttributeError):  # pragma: no cover
+        mem_gib = JOB_MEMORY_GIB
+    return max(1, min(cores, MAX_AUTO_JOBS, int(mem_gib // JOB_MEMORY_GIB)))
 
 
 def _claims_by_family() -> str:
@@ -241,21 +276,85 @@ def run_claim(claim: str, setting: str, seed: int, out_dir=None, figures: bool =
     return result, paths
 
 
+def _worker_start(cache_dir, registered) -> None:
+    """Set up a worker process of a parallel run as the parent is set up: float64, the same
+    compilation cache, single-threaded OpenBLAS, and the parent's families (one registered at
+    run time with :func:`linmeta.engine.families.register` included; the environment, XLA_FLAGS
+    and ``sys.path`` are the parent's)."""
+    jax.config.update("jax_enable_x64", True)
+    if cache_dir:
+        compile_cache.enable(cache_dir)
+    single_thread_blas()
+    known = families.names()
+    for family in registered:
+        if family.name not in known:
+            families.register(family)
+
+
+def _portable(result: ClaimResult) -> ClaimResult:
+    """The result as it crosses to the parent process: the figure data only if it pickles (the
+    parent needs just the rows and a traceback)."""
+    try:
+        pickle.dumps(result.data)
+    except Exception:  # noqa: BLE001 - any unpicklable leaf: keep what the report reads
+        result.data = {k: v for k, v in result.data.items() if k == "traceback"}
+    return result
+
+
+def _worker_claim(claim: str, setting: str, seed: int, out_dir, figures: bool):
+    res, paths = run_claim(claim, setting, seed, out_dir, figures)
+    return _portable(res), paths
+
+
+def _run_claims_parallel(claim_ids, setting, seed, out, figures, jobs, progress):
+    """Run the claims in ``jobs`` worker processes (spawned: JAX is not fork-safe); results come
+    back in claim order, and ``progress`` sees them in that order as soon as each is ready."""
+    ctx = multiprocessing.get_context("spawn")
+    results, figs, done = {}, {}, 0
+    with concurrent.futures.ProcessPoolExecutor(
+            max_workers=jobs, mp_context=ctx, initializer=_worker_start,
+            initargs=(compile_cache.enabled_dir(), families.all_families())) as pool:
+        futures = {pool.submit(_worker_claim, cid, setting, seed, out, figures): cid
+                   for cid in claim_ids}
+        try:
+            for fut in concurrent.futures.as_completed(futures):
+                cid = futures[fut]
+                try:
+                    results[cid], figs[cid] = fut.result()
+                except Exception as e:  # noqa: BLE001 - a worker died (e.g. killed for memory)
+                    results[cid] = _failed(cid, "run raised", f"worker process failed: "
+                                                             f"{type(e).__name__}: {e}")
+                    figs[cid] = []
+                while done < len(claim_ids) and claim_ids[done] in results:
+                    if progress is not None:
+                        progress(results[claim_ids[done]])
+                    done += 1
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+    return [results[c] for c in claim_ids], figs
+
+
 def run_verify(setting: str = "quick", claims=None, out_dir=DEFAULT_OUT, seed: int = 0,
-               figures: bool = True, *, progress=None):
+               figures: bool = True, *, progress=None, jobs: int = 1):
     """Run ``claims`` (ids, default all) at ``setting`` and write the report into ``out_dir``.
 
     Returns ``(results, ok)``: the list of :class:`~linmeta.engine.claims.ClaimResult` and whether every
     check row passed. ``progress`` (optional) is called with each finished result and its
     seconds. Writes the report and the verdicts (:func:`report_files`: ``out_dir/REPORT.md`` and
     ``out_dir/verdicts.json`` for every registered claim, ``REPORT-<claims>.md`` and
-    ``verdicts-<claims>.json`` for a partial run) atomically.
+    ``verdicts-<claims>.json`` for a partial run) atomically. ``jobs`` > 1 runs that many claims
+    at once, each in a spawned worker process with the same settings (float64, compilation
+    cache, XLA flags); the rows are the same as with ``jobs=1`` (each claim draws from its own
+    seed), only the claims' wall-clock seconds change.
     """
 
     if setting not in SETTINGS:
         raise ValueError(f"setting must be one of {', '.join(SETTINGS)}; got {setting!r}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an integer, got {seed!r}")
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
     claim_ids = _parse_claims(claims)
     fast = _prefer_fast_compile() if setting in ("tiny", "quick") else False
 
@@ -266,15 +365,21 @@ def run_verify(setting: str = "quick", claims=None, out_dir=DEFAULT_OUT, seed: i
     blas1 = single_thread_blas()
     t0 = time.perf_counter()
     results, figs = [], {}
-    for cid in claim_ids:
-        res, paths = run_claim(cid, setting, seed, out, figures)
-        results.append(res)
-        figs[cid] = paths
-        if progress is not None:
-            progress(res)
+    jobs = min(jobs, len(claim_ids))
+    if jobs > 1:
+        results, figs = _run_claims_parallel(claim_ids, setting, seed, out, figures, jobs,
+                                             progress)
+    else:
+        for cid in claim_ids:
+            res, paths = run_claim(cid, setting, seed, out, figures)
+            results.append(res)
+            figs[cid] = paths
+            if progress is not None:
+                progress(res)
     total = time.perf_counter() - t0
     ok = all(_row_ok(v) for r in results for v in r.verdicts)
     meta = _meta(setting, seed, claim_ids, total, fast)
+    meta["jobs"] = jobs
     meta["blas_single_thread"] = bool(blas1)
     report_name, verdicts_name = report_files(claim_ids)
     meta["report"], meta["verdicts"] = report_name, verdicts_name
@@ -417,10 +522,15 @@ def _partial_note(meta) -> list[str]:
             "written only by a run of every claim and is not changed by this one.", ""]
 
 
+def _jobs_note(meta) -> str:
+    jobs = meta.get("jobs", 1)
+    return "" if jobs == 1 else f" wall ({jobs} claims at once, each in its own process)"
+
+
 def _report(results, figs, meta, ok, out: Path) -> str:
     lines = ["# linmeta verify report", "",
              f"Setting **{meta['setting']}**, seed {meta['seed']}, dtype {meta['dtype']}, "
-             f"total {meta['total_seconds']:.1f} s. Overall: **{'PASS' if ok else 'FAIL'}**.", "",
+             f"total {meta['total_seconds']:.1f} s{_jobs_note(meta)}. Overall: **{'PASS' if ok else 'FAIL'}**.", "",
              *_partial_note(meta),
              "## Claims", "",
              "Each claim links to its section of the theory document.", "",
@@ -491,6 +601,8 @@ def run_from_args(args) -> int:
     seed = getattr(args, "seed", 0)
     seed = 0 if seed is None else seed
     figures = bool(getattr(args, "figures", True))
+    jobs = getattr(args, "jobs", None)
+    jobs = default_jobs() if jobs is None else jobs
 
     def progress(res):
         if not as_json:
@@ -498,13 +610,15 @@ def run_from_args(args) -> int:
 
 
     check_writable_dir(out_dir)  # one clear line (OSError) before any work
+    t_start = time.perf_counter()
     if not as_json:
         head, rule = _table_header()
         print(f"linmeta verify --{setting} (seed {seed}, float64): {', '.join(claims)}",
               flush=True)
         print(head)
         print(rule, flush=True)
-    results, ok = run_verify(setting, claims, out_dir, seed, figures, progress=progress)
+    results, ok = run_verify(setting, claims, out_dir, seed, figures, progress=progress,
+                             jobs=jobs)
     report_name, verdicts_name = report_files(claims)
     if as_json:
         report = json.loads((Path(out_dir) / verdicts_name).read_text(encoding="utf-8"))
@@ -512,11 +626,14 @@ def run_from_args(args) -> int:
     else:
         n_fail = sum(claim_summary(r)["result"] != "pass" for r in results)
         total = sum(r.seconds for r in results)
+        wall = time.perf_counter() - t_start
+        timing = (f"{total:.1f} s" if jobs == 1 else
+                  f"{wall:.1f} s wall ({total:.1f} s of claims, {jobs} at once)")
         partial = ("" if report_name == "REPORT.md" else
                    f" (a partial run: {Path(out_dir) / 'REPORT.md'}, the full report, is left "
                    "as it was)")
         print("-" * len(_table_header()[0]))
-        print(f"{len(results) - n_fail}/{len(results)} claims pass; {total:.1f} s. "
+        print(f"{len(results) - n_fail}/{len(results)} claims pass; {timing}. "
               f"Report: {Path(out_dir) / report_name}{partial}")
     return 0 if ok else 1
 
