@@ -20,6 +20,12 @@ steps ``beta (1-alpha)^(2K)``, ``beta (1-alpha)^K`` vanish). One row is a check 
 after j inner steps is exactly ``(1 - alpha)^(2j)`` times its start, so the inner loop is flagged
 diverged exactly when ``|1 - alpha|^(2K) > 1000`` (the blow-up factor of
 :mod:`linmeta.core.divergence`).
+
+A second check (every setting): the step scale ``lambda`` itself,
+:func:`linmeta.families.bilevel.methods.inner_step_scale` (what ``inner_lr="auto"`` divides by),
+against ``max_t`` of NumPy's spectral norm (``numpy.linalg.norm(ord=2)`` on the batch of task
+matrices ``S_yx,t S_xx,t^{-1}``) for population and finite-sample statistics; tolerance rounding,
+``10 d eps cond(S_xx)``.
 """
 from __future__ import annotations
 
@@ -28,7 +34,10 @@ import time
 import numpy as np
 
 from linmeta.engine.claims import ClaimResult, Verdict
-from ._grid import GRID, METHOD_COLOR, METHOD_LABEL, grid_cached, median, positive, select
+from linmeta.engine.verdict import Tolerance
+from linmeta.families.bilevel.methods import inner_step_scale
+from ._grid import (GRID, METHOD_COLOR, METHOD_LABEL, grid_cached, median, numpy_population,
+                    numpy_split, numpy_truths, positive, rng_for, select, task_matrices, to_jax)
 from linmeta.engine.claim_support import figure_dpi, pyplot, save_figure, settings_value
 from linmeta.core.divergence import BLOWUP_FACTOR
 
@@ -67,6 +76,32 @@ def _plain_limit_row(runs, cfg, lam, note):
         f"{predicted.size} (seed, a) cases per method")
 
 
+def inner_step_scale_row(rng, *, S: int = 3, T: int = 3, d: int = 4, N: int = 12) -> Verdict:
+    """:func:`linmeta.families.bilevel.methods.inner_step_scale` (the ``lambda`` of ``alpha = a /
+    lambda`` and of ``inner_lr="auto"``) against NumPy: ``max_t ||M_t||_2`` by
+    ``numpy.linalg.norm(ord=2)`` on the batch of task matrices ``M_t = S_yx,t S_xx,t^{-1}``
+    (``numpy.linalg.solve``), for the population statistics and the finite-sample statistics (N/2
+    samples) of S random problems."""
+    A, U, _ = numpy_truths(rng, S, d, 1, T)
+    M = task_matrices(A, U)
+    sup, _ = numpy_split(rng, M, N, 0.1)
+    errs, conds = [], []
+    for stats in (numpy_population(M), sup):
+        for s_ in range(S):
+            st = tuple(np.asarray(x)[s_] for x in stats)
+            B = np.swapaxes(np.linalg.solve(st[0], np.swapaxes(st[1], -1, -2)), -1, -2)
+            want = float(np.max(np.linalg.norm(B, ord=2, axis=(-2, -1))))
+            errs.append(abs(inner_step_scale(to_jax(st)) - want) / want)
+            conds.append(float(np.max(np.linalg.cond(st[0]))))
+    tol = Tolerance.rounding(10 * d, max(conds), what="a d x d solve and an SVD")
+    return Verdict(
+        CLAIM, "inner_step_scale vs max_t numpy.linalg.norm(S_yx S_xx^-1, ord=2) on a batch of "
+        "tasks (population and finite-sample statistics): max rel. difference", 0.0,
+        float(max(errs)), float("nan"), tol, tol.below(errs), "check",
+        f"{S} problems x 2 kinds of statistics, T={T}, d={d}, finite: N/2 = {N // 2} samples; "
+        f"max cond(S_xx) {max(conds):.3g}")
+
+
 def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
     """Measure M6 at ``setting`` (module docstring)."""
     cfg = settings_value(GRID, setting)
@@ -97,6 +132,7 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
                 f"{median(err[:, ok][:, -1]) if ok.any() else float('nan'):.3g}"))
     if cfg.get("alpha_full", True):
         rows.append(_plain_limit_row(runs, cfg, lam, note))
+    rows.append(inner_step_scale_row(rng_for(seed, CLAIM)))
     data = dict(setting=setting, seed=seed, cfg=cfg, curves=curves)
     return ClaimResult(CLAIM, rows, data, time.perf_counter() - t0)
 
