@@ -22,6 +22,12 @@ of steps (the other half allowed for the transient) is added to each run's toler
 Closed-form rows (issue 18): ``alternating_late_rate`` against the spectral radius of the
 iteration's Jacobian at the top-k eigenspace (central differences, NumPy); the stated domains of
 ``task_moment``, ``pca_subspace`` and ``alternating_late_rate`` (both sides of every bound).
+
+The public solver (one row): :func:`linmeta.families.representation.frozen_rep` with a ridge
+``gamma > 0`` and its default step, a few iterations on finite samples; at the B it returns, its
+reported objective, its heads and ``frozen_objective`` against NumPy (ridge heads by
+``numpy.linalg.solve``, the samples' mean squared error plus ``gamma/2 ||w||^2``); tolerance
+rounding, ``100 d eps cond(B^T S B + gamma I)``.
 """
 from __future__ import annotations
 
@@ -31,9 +37,11 @@ import zlib
 import jax.numpy as jnp
 import numpy as np
 
+from linmeta.core.data import Samples, task_statistics
 from linmeta.engine.claims import ClaimResult, Verdict
 from linmeta.engine.verdict import Tolerance
 from .. import theory
+from ..methods import frozen_objective, frozen_rep
 from ._population import KINDS, NOISE_STD, SETTINGS, population_runs
 from ._rates import FD_STEP, tangent_spectral_radius
 from linmeta.engine.claim_support import (DomainCase, domain_row, figure_dpi, float_tol, pyplot,
@@ -68,6 +76,7 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
                 bool(np.all(rel < tol_o)), "check", note),
     ]
     rows.append(alternating_rate_row(seed))
+    rows.append(frozen_rep_objective_row(seed))
     rows.append(closed_form_domains())
     data = dict(setting=setting, d=d, k=k, T=T, steps=steps, dist=dist, traj=traj, rate=rate,
                 tol=tol_d)
@@ -97,6 +106,61 @@ def alternating_rate_row(seed: int, *, d: int = 5) -> Verdict:
         "top-k eigenspace (central differences)", 0.0, float(max(errs)), spread(errs), tol,
         tol.below(errs), "check",
         f"d={d}, C's eigenvalues {lam.tolist()} (given scrambled); " + ", ".join(got))
+
+
+def finite_instance(rng, *, T: int, d: int, n: int, noise_std: float = 0.3):
+    """n samples per task of T random scalar-output tasks (NumPy: ``x ~ N(0, I_d)``,
+    ``y = <x, beta_t> + eps``). Returns ``(X (T, n, d), y (T, n), stats)``: the library's
+    :class:`~linmeta.TaskStats` of those samples (working dtype)."""
+    betas = rng.standard_normal((T, d))
+    X = rng.standard_normal((T, n, d))
+    y = np.einsum("tnd,td->tn", X, betas) + noise_std * rng.standard_normal((T, n))
+    dt = jnp.asarray(0.0).dtype
+    stats = task_statistics(Samples(jnp.asarray(X, dt), jnp.asarray(y[..., None], dt),
+                                    jnp.asarray(betas[:, None, :], dt),
+                                    jnp.full((T,), noise_std, dt)))
+    return X, y, stats
+
+
+def sample_loss(v, X, y):
+    """``L_t(v_t) = (1/n) sum_i 1/2 (y_ti - <x_ti, v_t>)^2`` per task, from the raw samples."""
+    r = y - np.einsum("tnd,td->tn", X, v)
+    return 0.5 * np.mean(r * r, axis=-1)
+
+
+def frozen_rep_objective_row(seed: int, *, T: int = 3, d: int = 4, k: int = 2, n: int = 8,
+                             gamma: float = 0.3, steps: int = 3) -> Verdict:
+    """The public solver :func:`~linmeta.families.representation.frozen_rep` (ridge ``gamma``,
+    default step, a few iterations) on finite samples: at the representation B it returns, its
+    reported objective, its heads and
+    :func:`~linmeta.families.representation.methods.frozen_objective` against NumPy: the ridge
+    heads ``w_t = (B^T S_t B + gamma I)^{-1} B^T s_t`` by ``numpy.linalg.solve`` and
+    ``mean_t [L_t(B w_t) + gamma/2 ||w_t||^2]`` with ``L_t`` the mean squared error over the raw
+    samples."""
+    rng = np.random.default_rng([int(seed) % 2 ** 31, zlib.crc32(b"R1 frozen_rep objective")])
+    X, y, stats = finite_instance(rng, T=T, d=d, n=n)
+    B0 = np.linalg.qr(rng.standard_normal((d, k)))[0]
+    res = frozen_rep(stats, k, B0=jnp.asarray(B0, stats.Sxx.dtype), steps=steps, gamma=gamma)
+    B = np.asarray(res.representation, float)
+    S = np.swapaxes(X, 1, 2) @ X / n
+    s = np.einsum("tnd,tn->td", X, y) / n
+    G = np.swapaxes(B, 0, 1)[None] @ S @ B + gamma * np.eye(k)
+    w = np.linalg.solve(G, (s @ B)[..., None])[..., 0]                     # (T, k)
+    want = float(np.mean(sample_loss(w @ B.T, X, y) + 0.5 * gamma * np.sum(w * w, axis=-1)))
+    got = dict(reported=abs(float(res.objective) - want) / want,
+               frozen_objective=abs(float(frozen_objective(jnp.asarray(B, stats.Sxx.dtype),
+                                                           stats, gamma)) - want) / want,
+               heads=float(np.max(np.abs(np.asarray(res.heads) - w)) / np.max(np.abs(w))))
+    cond = float(np.max(np.linalg.cond(G)))
+    tol = Tolerance.rounding(100 * d, cond, what="a k x k solve and sums over d, n")
+    moved = float(np.linalg.norm(B @ B.T - B0 @ B0.T))
+    return Verdict(
+        CLAIM, f"frozen_rep (gamma={gamma:g}, default step) on finite samples: reported objective, "
+        "heads and frozen_objective at the returned B vs NumPy (ridge heads by solve, the "
+        "samples' mean squared error + gamma/2 ||w||^2): max rel. difference", 0.0,
+        max(got.values()), float("nan"), tol, tol.below(list(got.values())), "check",
+        f"T={T}, d={d}, k={k}, n={n}, {steps} steps (||BB^T - B0B0^T||_F = {moved:.3g}); "
+        + ", ".join(f"{k_}: {v:.1e}" for k_, v in got.items()))
 
 
 def closed_form_domains() -> Verdict:

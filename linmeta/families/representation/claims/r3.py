@@ -35,6 +35,11 @@ Closed-form rows (issue 18): ``anil_scale_update`` against the linear part (cent
 of the library's ANIL and first-order ANIL steps, and ``anil_wrong_subspace_update`` against those
 steps at ``alpha = 0.8`` (the trajectories above run at alpha = 1); the stated domains of ANIL's
 closed forms and of ``maml_head_init_gradient``.
+
+The named objectives (one row): ``anil_objective``, ``maml_objective`` and
+``average_loss_objective`` on finite samples at a random B and a head ``w0 != 0`` against the one
+inner step written out in NumPy (ANIL: the head moves; MAML: head and representation; average
+loss: none) and the samples' mean squared error; tolerance rounding, ``100 d eps``.
 """
 from __future__ import annotations
 
@@ -55,6 +60,7 @@ from .. import theory as rep_theory
 from ..tasks import population_from_betas
 from ._population import ALPHA, BETA, BETA_EDGE, SETTINGS, population_runs
 from ._rates import RATE_WINDOW, late_rate
+from .r1 import finite_instance, sample_loss
 
 CLAIM = "R3"
 RATE_TOL = 1e-3  # fraction of alpha beta lambda_min
@@ -167,6 +173,7 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
         f"{np.array2string(gapg, precision=2)}; final sin theta MAML "
         f"{out['maml_gauss_dist'].max():.1e}, ANIL {out['anil_gauss_traj'][:, -1].max():.1e}"))
     rows += anil_rows(seed)
+    rows.append(objectives_row(seed))
     rows += closed_form_domains()
     data = dict(setting=setting, **{k: out[k] for k in (
         "anil_traj", "fo_traj", "avg_traj", "anil_gauss_traj", "lambda_min", "fo_closed_form_gap",
@@ -256,6 +263,43 @@ def anil_rows(seed: int, *, d: int = 4, k: int = 2, alpha: float = 0.8,
         float(wrong.max()), spread(wrong), tol_w, tol_w.below(wrong), "check",
         f"d={d}, k={k}, beta={beta}, a random B (stack of two: ANIL, first order)"))
     return rows
+
+
+def objectives_row(seed: int, *, T: int = 3, d: int = 4, k: int = 2, n: int = 6,
+                   alpha: float = 0.3) -> Verdict:
+    """The named objectives of :mod:`linmeta.families.representation.methods` on finite samples at
+    a random B and a non-zero head w0, against the one inner step written out in NumPy
+    (``g_t = S_t B w0 - s_t``): ANIL ``mean_t L_t(B (w0 - alpha B^T g_t))``
+    (:func:`~linmeta.families.representation.methods.anil_objective`), one-step MAML
+    ``mean_t L_t((B - alpha g_t w0^T)(w0 - alpha B^T g_t))`` (``maml_objective``) and the average
+    loss ``mean_t L_t(B w0)`` (``average_loss_objective``), ``L_t`` the mean squared error over
+    the raw samples."""
+    rng = _rng(seed, "R3 named objectives")
+    X, y, stats = finite_instance(rng, T=T, d=d, n=n)
+    B = rng.standard_normal((d, k)) / math.sqrt(d)
+    w0 = rng.standard_normal(k)
+    S = np.swapaxes(X, 1, 2) @ X / n
+    g = S @ (B @ w0) - np.einsum("tnd,tn->td", X, y) / n          # (T, d)
+    w1 = w0[None] - alpha * g @ B                                  # (T, k)
+    want = dict(anil=sample_loss(w1 @ B.T, X, y),
+                maml=sample_loss(np.einsum("tdk,tk->td", B[None] - alpha * g[:, :, None]
+                                           * w0[None, None, :], w1), X, y),
+                average=sample_loss(np.broadcast_to(B @ w0, (T, d)), X, y))
+    dt = stats.Sxx.dtype
+    Bj, wj = jnp.asarray(B, dt), jnp.asarray(w0, dt)
+    got = dict(anil=rep_methods.anil_objective(Bj, stats, alpha, wj),
+               maml=rep_methods.maml_objective(Bj, wj, stats, alpha),
+               average=rep_methods.average_loss_objective(Bj, wj, stats))
+    err = {m: abs(float(got[m]) - float(np.mean(want[m]))) / float(np.mean(want[m]))
+           for m in want}
+    tol = Tolerance.rounding(100 * d, what="one inner step and sums over d, n")
+    return Verdict(
+        CLAIM, "anil_objective, maml_objective, average_loss_objective (finite samples, random B, "
+        "w0 != 0) vs the inner step written out in NumPy and the samples' mean squared error: "
+        "max rel. difference", 0.0, max(err.values()), float("nan"), tol,
+        tol.below(list(err.values())), "check",
+        f"T={T}, d={d}, k={k}, n={n}, alpha={alpha}; " + ", ".join(
+            f"{m}: {float(np.mean(want[m])):.4g} (rel. {e:.1e})" for m, e in err.items()))
 
 
 def closed_form_domains() -> list:
