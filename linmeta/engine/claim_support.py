@@ -499,3 +499,52 @@ def domain_row(claim: str, what: str, cases) -> Verdict:
             f"{sum(c.refuses is not None for c in cases)} just outside")
     return Verdict(claim, f"stated domains: {what}", len(cases), len(cases) - len(wrong), 0.0,
                    Tolerance.exact(), not wrong, "check", note)
+
+
+__all__ += ["history_problems"]
+
+
+def history_problems(step, value, *, total: int | None = None, every: int | None = None,
+                     trace: bool = False, final=None, start=None, rel: float = 1e-12) -> list:
+    """What is wrong with a solver's :class:`~linmeta.methods._common.History` (empty: nothing).
+
+    Properties, not a recomputation: ``step`` starts at 0, rises strictly and has one entry per
+    recorded ``value`` (leading axis; ``value`` may be a pytree); with ``total`` and ``every``
+    (a gradient method's ``steps`` and ``record_every``) it ends at ``total`` and its gaps are
+    ``every`` except the last, which is at most ``every``. ``trace=True`` (a second-order solver's
+    objective per iteration, NaN after its stop): the finite entries are a prefix that does not
+    rise, its last entry is ``final`` (the reported objective) and its first ``start`` (the
+    objective at the start), both to ``rel`` relative to ``max(|start|, |final|)``."""
+    step = np.asarray(step)
+    leaves = [np.asarray(v) for v in jax.tree.leaves(value)]
+    out = []
+    if step.ndim != 1 or step.size == 0:
+        return [f"step has shape {step.shape}, not (n_rec,) with n_rec >= 1"]
+    if any(v.shape[:1] != step.shape for v in leaves):
+        out.append(f"{step.size} steps but values of {[v.shape[:1] for v in leaves]} records")
+    if step[0] != 0 or np.any(np.diff(step) <= 0):
+        out.append(f"steps do not start at 0 and rise strictly: {step[:3]}...{step[-3:]}")
+    if total is not None and step[-1] != total:
+        out.append(f"last step {step[-1]} != {total}")
+    if every is not None and step.size > 1:
+        gaps = np.diff(step)
+        if np.any(gaps[:-1] != every) or not 0 < gaps[-1] <= every:
+            out.append(f"gaps {sorted(set(gaps.tolist()))} are not {every} (the last <= {every})")
+    if trace and leaves:
+        v = leaves[0]
+        fin = np.isfinite(v)
+        n = int(np.sum(fin))
+        if n == 0 or not np.all(fin[:n]):
+            out.append("finite values are not a prefix of the trace")
+        else:
+            head = v[:n]
+            scale = max(abs(float(head[0])), abs(float(head[-1])), np.finfo(float).tiny)
+            if np.any(np.diff(head) > rel * scale):
+                out.append(f"the trace rises by {np.max(np.diff(head)) / scale:.1e} (relative)")
+            if final is not None and abs(float(head[-1]) - float(final)) > rel * scale:
+                out.append(f"last trace value {head[-1]:.6g} != reported objective "
+                           f"{float(final):.6g}")
+            if start is not None and abs(float(head[0]) - float(start)) > rel * scale:
+                out.append(f"first trace value {head[0]:.6g} != objective at the start "
+                           f"{float(start):.6g}")
+    return out

@@ -58,6 +58,8 @@ from linmeta.core.data import population, sample_tasks
 from linmeta.core.problem import sample_truth
 from linmeta.methods import meta_lora
 from linmeta.methods._matrix_free import default_rtol
+from linmeta.methods.meta_lora import (AUTO_NEWTON_MAX_UNKNOWNS, default_solver, memory_budget,
+                                       solver_memory)
 from linmeta.methods.meta_lora import (lbfgs_run, meta_lora_excess, meta_lora_objective,
                                        optimal_base)
 from linmeta.core import metrics, theory
@@ -67,7 +69,7 @@ from linmeta.engine.claims import ClaimResult, Verdict
 from ._draws import draw, gaussian_truth, truth_shapes
 from ._program import in_one_program
 from linmeta.engine.claim_support import (DomainCase, domain_row, figure_dpi, fit_meta_lora_and_sr, key_for,
-                                          optimality_measures, pyplot,
+                                          history_problems, optimality_measures, pyplot,
                                           save_figure, settings_value, spread)
 from linmeta.engine.verdict import Tolerance
 
@@ -410,6 +412,7 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
     rows.append(recovery_metrics_check())
     rows.append(subspace_metrics_check())
     rows.append(alternating_jacobian_domain())
+    rows.append(auto_solver_rule())
     rows.append(matrix_free_optimality(jax.random.fold_in(key_for(seed, CLAIM), 6)))
     data_alt = dict(alt, leg=leg, shape=(ad, ak, aT))
     data = dict(setting=setting, seed=seed, configs=C, objective=m["objective"],
@@ -465,7 +468,12 @@ def matrix_free_optimality(key, *, k: int = 1, T: int = 2, N_mult: int = 3,
     the same starts. Every result is scored by the excess objective recomputed at the returned
     (base, adapters) (:func:`linmeta.methods.meta_lora.meta_lora_excess`, not the solvers'
     reports); measured: ``|F_lbfgs - F_min| / F(0)`` (F_min: 0, or Newton's), and each solver's
-    reported objective against the recomputation."""
+    reported objective against the recomputation. A second row audits the
+    :class:`~linmeta.methods._common.History` of every run
+    (:func:`linmeta.engine.claim_support.history_problems`): steps 0, 1, ... one per recorded
+    value, the objective trace a non-rising finite prefix that starts at the best start's
+    recomputed objective (but on the compressed path, which starts from its projection) and ends
+    at the reported one."""
     d_big, d_small = 2 * (T * k + 16), 6
     k_pop, k_small, k_fin, k_u = jax.random.split(key, 4)
     fin = sample_tasks(k_fin, sample_truth(k_small, d_small, k, T), N_mult * d_small, NOISE_STD)
@@ -477,6 +485,18 @@ def matrix_free_optimality(key, *, k: int = 1, T: int = 2, N_mult: int = 3,
     U0_fin = 0.1 * jax.random.normal(jax.random.fold_in(k_u, d_small), (starts, T, d_small, k),
                                      fin.Syx.dtype)
     ref = meta_lora(fin, k, U0=U0_fin, method="newton")   # the finite-N minimum, both forms
+    hist_notes = []
+
+    def audit_history(name, res, stats, U0s):
+        b = int(np.argmin(np.asarray(res.start_objectives)))
+        f_start = (None if U0s is None else  # (the compressed path starts from U0's projection)
+                   float(meta_lora_excess(optimal_base(U0s[b], stats), U0s[b], stats)))
+        bad = history_problems(res.history.step, res.history.value, trace=True,
+                               final=res.objective, start=f_start, rel=1e-9)
+        hist_notes.extend(f"{name}: {p}" for p in bad)
+        return len(res.history.step)
+
+    n_newton = audit_history("Newton", ref, fin, U0_fin)
     f_newton = float(meta_lora_excess(ref.base, ref.adapters, fin))
     f0_fin = float(meta_lora_excess(jnp.zeros((d_small, d_small), fin.Syx.dtype),
                                     jnp.zeros((T, d_small, k), fin.Syx.dtype), fin))
@@ -499,12 +519,13 @@ def matrix_free_optimality(key, *, k: int = 1, T: int = 2, N_mult: int = 3,
             got, m = run.result, run.span_dim
             f_min, ref_note = f_newton, f"Newton {f_newton:.3g}"
         f_got = float(meta_lora_excess(got.base, got.adapters, stats))
+        audit_history(f"L-BFGS {how}", got, stats, None if how.endswith("compressed") else U0)
         devs.append(abs(f_got - f_min) / f0)
         reports.append(abs(float(got.objective) - f_got) / f0)
         notes.append(f"{how} (d={d}, m={m}): F {f_got:.3g} vs {ref_note}")
     tol = Tolerance.stated(1e-10, "L-BFGS's stopping rules (excess 1e-26, gradient 1e-14) and "
                            "rounding, relative to F(0)")
-    return Verdict(
+    row = Verdict(
         CLAIM, "matrix-free L-BFGS (4 paths: population compressed / full space, finite N low-rank "
         "/ pseudo-inverse form) vs the minimum (0 in the population, dense Newton at finite N): "
         "|F_lbfgs - F_min| / F(0), F recomputed at the returned point; reported objectives "
@@ -512,6 +533,38 @@ def matrix_free_optimality(key, *, k: int = 1, T: int = 2, N_mult: int = 3,
         tol.below(devs) and tol.below(reports) and span_ok, "check",
         f"k={k}, T={T}, {starts} starts, N = {N_mult} d; " + "; ".join(notes)
         + f"; max report mismatch {max(reports):.1e}")
+    history_row = Verdict(
+        CLAIM, "solver histories (Newton and the 4 L-BFGS runs above): steps 0, 1, ... one per "
+        "value; objective trace a non-rising finite prefix from the best start's recomputed "
+        "objective to the reported one (rel. 1e-9): problems found", 0, len(hist_notes),
+        float("nan"), Tolerance.exact("problems counted"), len(hist_notes) == 0, "check",
+        f"Newton history of {n_newton} records (max_iter + 1); "
+        + ("; ".join(hist_notes[:3]) if hist_notes else "no problem in 5 histories"))
+    return [row, history_row]
+
+
+def auto_solver_rule() -> Verdict:
+    """``meta_lora(method="auto")``'s choice, :func:`linmeta.methods.meta_lora.default_solver`,
+    against its documented rule on shapes at the edge of it: Newton when the unknowns
+    ``T d rank`` are at most ``AUTO_NEWTON_MAX_UNKNOWNS`` (and its memory estimate fits the
+    budget), L-BFGS one unknown-count above; shapes that put the edge on T, d and rank in turn."""
+    edge = AUTO_NEWTON_MAX_UNKNOWNS
+    shapes = [(4, 8, 8), (5, 8, 7), (1, 16, 16), (1, 17, 16), (2, 4, 1), (9, 8, 4),
+              (8, 8, 4), (3, 5, 17)]
+    wrong = []
+    for T, d, r in shapes:
+        n = T * d * r
+        fits = solver_memory("newton", T, d, r) <= memory_budget()
+        want = "newton" if (n <= edge and fits) else "lbfgs"
+        got = default_solver(T, d, r)
+        if got != want:
+            wrong.append(f"(T, d, rank) = ({T}, {d}, {r}), {n} unknowns: {got}, not {want}")
+    return Verdict(
+        CLAIM, f"method='auto' (default_solver): Newton iff T d rank <= {edge} and its memory "
+        "estimate fits, else L-BFGS, on shapes at the edge: choices that break the rule", 0,
+        len(wrong), float("nan"), Tolerance.exact("choices counted"), not wrong, "check",
+        f"{len(shapes)} shapes (unknowns {sorted({T * d * r for T, d, r in shapes})}); "
+        + ("; ".join(wrong) if wrong else "every choice follows the rule"))
 
 
 def alternating_jacobian_domain(d: int = 2, k: int = 1, T: int = 1) -> Verdict:

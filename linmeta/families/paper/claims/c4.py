@@ -73,7 +73,8 @@ from linmeta.methods import optimal_base, population_reduced_objective
 
 from linmeta.engine.claims import ClaimResult, Verdict
 from ._draws import draw, gaussian_truth, truth_shapes
-from linmeta.engine.claim_support import key_for, pyplot, save_figure, settings_value, spread
+from linmeta.engine.claim_support import (history_problems, key_for, pyplot, save_figure,
+                                          settings_value, spread)
 from linmeta.engine.verdict import Tolerance
 
 CLAIM = "C4"
@@ -324,6 +325,19 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
                     note + f"; every seed above the tolerance; median {np.median(g['bias_k']):.3g}, "
                     f"median ||resid||^2 {np.median(g['resid_norm2']):.3g}"),
         ]
+        if "gd_step" in g:  # finetune's record of its gradient descent (record_every = rec)
+            steps_total = cfg["ft_steps"]
+            rec = max(steps_total // 100, 1)
+            bad = [p for i in range(g["gd_step"].shape[0]) for name in ("gd_k", "gd_3k")
+                   for p in history_problems(g["gd_step"][i], g[name][i], total=steps_total,
+                                             every=rec)]
+            rows.append(Verdict(
+                CLAIM, f"fine-tuning gradient descent history (finetune, steps={steps_total}, "
+                f"record_every={rec}), d={d}, k={k}: steps 0, rec, 2 rec, ..., steps, one per "
+                "recorded loss: problems found", 0, len(bad), float("nan"),
+                Tolerance.exact("problems counted"), not bad, "check",
+                note + f"; {g['gd_step'].shape[1]} records per run"
+                + (f"; {bad[0]}" if bad else "")))
 
     cps = {}
     spurious = []
