@@ -28,6 +28,13 @@ trajectory (rounding, amplified by the cancellation ``(1 - lr)^(-2n)``), the per
 against -1/2 and ``N ||error||^2 / C`` against 1 (Student-t band over seeds plus the
 O(d / (T N)) correction), the sampler's noise (chi-square band, p = 1e-6) and the population
 noise level (rounding times the cancellation ``||M*||^2 / (d sigma^2)``).
+
+The update rules every gradient method is built from (:func:`step_functions_check`): the methods
+layer's steps (:func:`linmeta.methods.sr_gradient_step`, :func:`linmeta.methods.joint_gd_step`,
+:func:`linmeta.methods.alternating_step`, :func:`linmeta.methods.finetune.finetune_gd_step`)
+against steps along ``jax.grad`` of the objectives they descend, and the paper protocol's fused
+stages (:mod:`linmeta.families.paper.methods`: ``sr_retraining``, ``meta_lora_alternating``,
+``finetune_both``) against those steps repeated (rounding).
 """
 from __future__ import annotations
 
@@ -41,7 +48,11 @@ import numpy as np
 
 from linmeta.core.data import Samples, draw_samples, population, sample_tasks, task_statistics
 from linmeta.core.problem import Truth, sample_truth
-from linmeta.methods import standard_retraining
+from linmeta.families.paper import methods as paper_methods
+from linmeta.methods import (alternating_step, joint_gd_step, sr_gradient_step,
+                             standard_retraining)
+from linmeta.methods.finetune import finetune_gd_step
+from linmeta.methods.meta_lora import meta_lora_objective
 from linmeta.core import losses, metrics, theory
 
 from linmeta.engine.claims import ClaimResult, Verdict
@@ -172,6 +183,7 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
                                                 d=d, k=k, T=T))
     rows.append(sample_error_constant_monte_carlo(seed=seed))
     rows.append(losses_check())
+    rows.append(step_functions_check(jax.random.fold_in(key_for(seed, CLAIM), 2)))
     data = dict(setting=setting, seed=seed, d=d, k=k, T=T, noise_std=NOISE_STD, Ns=Narr,
                 err=out["err"], const=out["const"], pop_exact=out["pop_exact"],
                 pop_gd=out["pop_gd"], slope=slope_mean, tol_pop=tol_pop.value)
@@ -285,6 +297,95 @@ def _losses_of(Ms, stats):
             losses.excess_loss(Ms, stats), losses.excess_loss(Ms, stats, B),
             losses.mean_loss(Ms, stats), losses.excess_risk(Ms, stats),
             losses.paper_test_loss(Ms, stats), B]
+
+
+def step_functions_check(key, *, d: int = 4, k: int = 1, T: int = 3, N: int = 12,
+                         steps: int = 4, inner: int = 3) -> Verdict:
+    """The gradient steps against ``jax.grad`` and the fused protocol stages against the steps.
+
+    On one finite-sample problem (``S_xx,t != I``): ``sr_gradient_step`` is
+    ``A - lr grad_A F_SR``, ``joint_gd_step`` is ``(A, U) - (lr_b grad_A F, lr_a grad_U F)``,
+    ``alternating_step`` is ``inner`` steps ``U_t - lr_a grad_{U_t} L_t`` then
+    ``A - lr_b grad_A F`` at the new U, ``finetune_gd_step`` is ``(U_t, V_t) - lr grad L_t``
+    (F: :func:`linmeta.methods.meta_lora.meta_lora_objective`, L_t: the task losses, their
+    gradients by ``jax.grad``); then ``steps`` iterations of the fused stages of
+    :mod:`linmeta.families.paper.methods` against the steps repeated. Largest difference
+    relative to the size of the iterate. One compiled program."""
+    pairs = _step_pairs(key, d=d, k=k, T=T, N=N, steps=steps, inner=inner)
+    dev = {}
+    for name, (got, want) in pairs.items():
+        got, want = np.asarray(got), np.asarray(want)
+        dev[name] = (float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-300))
+                     if got.shape == want.shape else float("inf"))
+    worst = max(dev, key=dev.get)
+    tol = Tolerance.rounding(100 * d * steps * inner, what="steps of d x d products, relative to "
+                             "the iterate")
+    return Verdict(
+        CLAIM, "gradient steps (sr_gradient_step, joint_gd_step, alternating_step, "
+        "finetune_gd_step) vs steps along jax.grad; the paper protocol's fused stages "
+        "(sr_retraining, meta_lora_alternating, finetune_both) vs the steps repeated: max rel. "
+        "difference", 0.0, dev[worst], float("nan"), tol, tol.below(dev[worst]), "check",
+        f"d={d}, k={k}, T={T}, N={N} (finite sample), {steps} steps of {inner} inner steps; "
+        f"largest: {worst} {dev[worst]:.1e}")
+
+
+@functools.partial(jax.jit, static_argnames=("d", "k", "T", "N", "steps", "inner"))
+def _step_pairs(key, *, d, k, T, N, steps, inner):
+    """(library value, reference) pairs of :func:`step_functions_check`."""
+    k_t, k_s, k_u, k_v, k_b = jax.random.split(key, 5)
+    stats = sample_tasks(k_s, sample_truth(k_t, d, k, T), N, 0.1)
+    dt = stats.Sxx.dtype
+    A = 0.1 * jax.random.normal(k_b, (d, d), dt)
+    U = 0.1 * jax.random.normal(k_u, (T, d, k), dt)
+    V = 0.1 * jax.random.normal(k_v, (T, d, k), dt)
+    lr_a, lr_b, lr = 0.003, 0.03, 0.005
+
+    def F(A, U):
+        return meta_lora_objective(A, U, stats)
+
+    def task_losses(A, U, V):
+        return jnp.sum(losses.task_loss(A + U @ jnp.swapaxes(V, -1, -2), stats))
+
+    out = {}
+    g_sr = jax.grad(lambda A: jnp.mean(losses.task_loss(A, stats)))(A)
+    out["sr_gradient_step"] = (sr_gradient_step(A, stats, lr_b), A - lr_b * g_sr)
+    gA, gU = jax.grad(F, argnums=(0, 1))(A, U)
+    A1, U1 = joint_gd_step(A, U, stats, lr_a, lr_b)
+    out["joint_gd_step A"] = (A1, A - lr_b * gA)
+    out["joint_gd_step U"] = (U1, U - lr_a * gU)
+    U_ref = U
+    for _ in range(inner):  # per task: grad of L_t in U_t is T times grad_U F's slice
+        U_ref = U_ref - lr_a * T * jax.grad(F, argnums=1)(A, U_ref)
+    A_ref = A - lr_b * jax.grad(F, argnums=0)(A, U_ref)
+    A2, U2 = alternating_step(A, U, stats, lr_a, lr_b, inner)
+    out["alternating_step A"] = (A2, A_ref)
+    out["alternating_step U"] = (U2, U_ref)
+    gU_f, gV_f = jax.grad(task_losses, argnums=(1, 2))(A, U, V)
+    U3, V3 = finetune_gd_step(U, V, A, stats, lr)
+    out["finetune_gd_step U"] = (U3, U - lr * gU_f)
+    out["finetune_gd_step V"] = (V3, V - lr * gV_f)
+
+    a = jnp.zeros((d, d), dt)
+    for _ in range(steps):
+        a = sr_gradient_step(a, stats, lr_b)
+    out["sr_retraining"] = (paper_methods.sr_retraining(stats, lr_b, steps=steps,
+                                                        record_every=steps)[0], a)
+    a, u = jnp.zeros((d, d), dt), U
+    for _ in range(steps):
+        a, u = alternating_step(a, u, stats, lr_a, lr_b, inner)
+    A_alt, U_alt, _ = paper_methods.meta_lora_alternating(stats, U, lr_a, lr_b,
+                                                          outer_steps=steps, inner_steps=inner,
+                                                          record_every=steps)
+    out["meta_lora_alternating A"] = (A_alt, a)
+    out["meta_lora_alternating U"] = (U_alt, u)
+    u, v = U, V
+    for _ in range(steps):
+        u, v = finetune_gd_step(u, v, A, stats, lr)
+    (U_fb, V_fb), _ = paper_methods.finetune_both(A[None, None], stats, U[None], V[None], lr,
+                                                  steps=steps, record_every=steps)
+    out["finetune_both U"] = (U_fb[0], u)
+    out["finetune_both V"] = (V_fb[0], v)
+    return out
 
 
 def losses_check(d: int = 3, T: int = 2) -> Verdict:
