@@ -230,16 +230,56 @@ def _critical_points(cfg, key, d, k):
         scale = jnp.linalg.norm(H_auto, axis=(-2, -1)) + cp.info.scale[:m]
         dH = jnp.max(jnp.linalg.norm(H_lm - H_auto, axis=(-2, -1)) / scale)
         dg = jnp.max(jnp.linalg.norm(g_lm - g_auto, axis=-1) / (scale * jnp.sqrt(cp.info.scale[:m])))
-        return cp, jnp.maximum(dH, dg)
+        G0 = G(jnp.zeros(T * d * k, R.dtype))  # the library's objective at U = 0
+        return cp, jnp.maximum(dH, dg), G0
 
-    cp, deriv = jax.jit(lambda kk: jax.lax.map(one, draw(kk, shapes)))(key)
+    cp, deriv, G0 = jax.jit(lambda kk: jax.lax.map(one, draw(kk, shapes)))(key)
     info = jax.tree.map(lambda a: np.asarray(a).reshape(-1, *np.shape(a)[2:]), cp.info)
+    evidence = dict(G0=np.repeat(np.asarray(G0), S), scale=info.scale,
+                    n_finite_eigs=np.sum(np.isfinite(info.eigenvalues), axis=-1),
+                    grad_abs=info.grad_norm, objective_abs=info.objective)
     return dict(label=info.label, objective=info.objective / info.scale ** 2,
                 grad_norm=info.grad_norm / info.scale ** 1.5, min_eig=info.min_eig / info.scale,
                 n_orbit=info.n_orbit, n_flat=info.n_flat, size=info.size,
                 iterations=np.asarray(cp.iterations).reshape(-1),
                 U=np.asarray(cp.U).reshape(-1, T, d, k), deriv_gap=float(np.max(deriv)),
-                truth_index=np.repeat(np.arange(cfg["cp_truths"]), cfg["cp_starts"]))
+                truth_index=np.repeat(np.arange(cfg["cp_truths"]), cfg["cp_starts"]),
+                evidence=evidence)
+
+
+def critical_point_evidence_row(c: dict, *, d: int, k: int, max_iter: int) -> Verdict:
+    """The evidence :func:`linmeta.methods.landscape.find_critical_points` reports, against its
+    documented meaning (:class:`~linmeta.methods.landscape.PointInfo`): the scale ``c`` is
+    ``sqrt(2 G(0))`` with ``G(0)`` from the library's own objective
+    (:func:`~linmeta.methods.meta_lora.population_reduced_objective`); the restricted spectrum has
+    ``n - n_orbit`` finite entries (n = T d k); the iterations are in [1, max_iter] (no start is
+    a critical point); a point labelled global has ``G <= tol.objective c^2``, and a point
+    labelled a minimum or saddle has ``||grad G|| <= tol.gradient c^{3/2}`` (default
+    tolerances). Counts the points that break one of these."""
+    ev = c["evidence"]
+    tol = landscape.default_tolerances()
+    n = T * d * k
+    scale_dev = np.abs(ev["scale"] - np.sqrt(2 * ev["G0"])) / np.sqrt(2 * ev["G0"])
+    lab = c["label"]
+    bad = {
+        "scale": int(np.sum(scale_dev > 1e-12)),
+        "spectrum length": int(np.sum(ev["n_finite_eigs"] != n - c["n_orbit"])),
+        "iterations": int(np.sum((c["iterations"] < 1) | (c["iterations"] > max_iter))),
+        "global label": int(np.sum((lab == landscape.GLOBAL_MIN)
+                                   != (ev["objective_abs"] <= tol.objective * ev["scale"] ** 2))),
+        "converged label": int(np.sum((lab != landscape.NOT_CONVERGED)
+                                      & (ev["grad_abs"] > tol.gradient * ev["scale"] ** 1.5))),
+    }
+    total = sum(bad.values())
+    return Verdict(
+        CLAIM, f"find_critical_points' evidence vs its documented meaning, d={d}, k={k}: c = "
+        "sqrt(2 G(0)) (library objective, rel. 1e-12), n - n_orbit finite restricted eigenvalues, "
+        "1 <= iterations <= max_iter, global label iff G <= tol.objective c^2, labelled points "
+        "have ||grad|| <= tol.gradient c^1.5: points breaking one", 0, total, float("nan"),
+        Tolerance.exact("points counted"), total == 0, "check",
+        f"{len(lab)} points; c {np.min(ev['scale']):.3g}..{np.max(ev['scale']):.3g}; max "
+        f"rel. scale deviation {np.max(scale_dev):.1e}; "
+        + ", ".join(f"{k_}: {v}" for k_, v in bad.items()))
 
 
 # ----------------------------------------------------------------------------- run / plot
@@ -368,6 +408,7 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
                     bool(np.isfinite(worst) and worst < -1e-6), "measured",
                     note + f"; {int(nonglobal.sum())} non-global critical points"),
         ]
+        rows.append(critical_point_evidence_row(c, d=d, k=k, max_iter=cfg["cp_iter"]))
         n_pts = cfg["cp_truths"] * min(N_DERIV, cfg["cp_starts"])
         tol_der = Tolerance.rounding(10 * T * d * k, what="closed form vs automatic derivative, "
                                      "relative to ||H||_F + c")
