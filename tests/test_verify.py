@@ -158,6 +158,19 @@ def test_parallel_run_gives_the_rows_of_a_serial_one(tmp_path, capsys):
     assert _parser().parse_args([]).jobs is None and verify.default_jobs() >= 1
 
 
+def test_a_malformed_row_is_a_failed_claim_not_a_crash(tmp_path, fake_claims):
+    """A claim whose rows are not Verdicts (here a list inside the list) fails its claim with a
+    traceback in the report; the runner and the other claims go on."""
+    good = _fake_module("C1")
+    bad = _fake_module("C2")
+    bad.run = lambda setting="quick", seed=0: ClaimResult("C2", [good.run().verdicts], {}, 0.0)
+    fake_claims.update(C1=good, C2=bad)
+    results, ok = verify.run_verify("tiny", "C1,C2", tmp_path, figures=False)
+    assert not ok and results[0].verdicts[0].passed
+    assert results[1].verdicts[0].quantity == "run raised"
+    assert "AttributeError" in results[1].verdicts[0].note and results[1].data["traceback"]
+
+
 def test_main_rejects_bad_input(tmp_path, capsys):
     assert verify.main(["--claims", "C0", "--out", str(tmp_path)]) == 2
     assert "--claims" in capsys.readouterr().err

@@ -255,14 +255,13 @@ def run_claim(claim: str, setting: str, seed: int, out_dir=None, figures: bool =
         raise
     try:
         result = mod.run(setting=setting, seed=seed)
+        result.verdicts = audited(result.verdicts, float64=working_dtype() == jnp.float64)
     except Exception as e:  # noqa: BLE001 - reported as a failed claim, the others still run
         res = _failed(claim, "run raised", f"{type(e).__name__}: {e}")
         res.data["traceback"] = traceback.format_exc()
         res.seconds = time.perf_counter() - t0
         return res, []
 
-
-    result.verdicts = audited(result.verdicts, float64=working_dtype() == jnp.float64)
     paths = []
     if figures and out_dir is not None:
         try:

@@ -413,7 +413,7 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
     rows.append(subspace_metrics_check())
     rows.append(alternating_jacobian_domain())
     rows.append(auto_solver_rule())
-    rows.append(matrix_free_optimality(jax.random.fold_in(key_for(seed, CLAIM), 6)))
+    rows.extend(matrix_free_optimality(jax.random.fold_in(key_for(seed, CLAIM), 6)))
     data_alt = dict(alt, leg=leg, shape=(ad, ak, aT))
     data = dict(setting=setting, seed=seed, configs=C, objective=m["objective"],
                 rel_error=m["rel_error"], iterations=m["iterations"], problems=P, starts=S,

@@ -115,6 +115,7 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import math
 import textwrap
 import time
 from pathlib import Path
@@ -123,8 +124,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from scipy.stats import chi2
 
 from linmeta.core.data import population
+from linmeta.core.problem import sample_truth
 from linmeta.methods import landscape
 from linmeta.core.divergence import divergence_index
 from linmeta.core.losses import ols_solution
@@ -650,7 +653,8 @@ def run(setting: str = "quick", seed: int = 0, *, checkpoint=None, log=None) -> 
                                      min_eig=float(r["min_eig"][i]), n_flat=int(r["n_flat"][i]),
                                      U=r["U"][i]))
     data = dict(setting=setting, seed=seed, cfg=cfg, census=record, spurious=spurious)
-    return ClaimResult(CLAIM, verdicts(record) + [census_classes_row()], data,
+    return ClaimResult(CLAIM, verdicts(record) + [census_classes_row(), classifier_levels_row(),
+                                                  random_starts_row(key_for(seed, CLAIM))], data,
                        time.perf_counter() - t0)
 
 
@@ -690,6 +694,65 @@ def census_classes_row() -> Verdict:
                    len(wrong), 0.0, Tolerance.exact(), not wrong, "check",
                    "counts " + ", ".join(f"{k} {got.get(k)}" for k in want)
                    + (f"; differ: {', '.join(wrong)}" if wrong else ""))
+
+
+def classifier_levels_row(d: int = 4, k: int = 1, T: int = 3) -> Verdict:
+    """The classifier's levels (:func:`linmeta.methods.landscape.analyse_point`, default
+    tolerances) on two points built next to a global minimum ``U*`` of a population problem
+    (``c = sqrt(2 G(0))`` well above 1): ``U* + eps z`` along the flattest restricted Hessian
+    direction z (:func:`~linmeta.methods.landscape.hessian`, eigenvalue lambda), eps set so that
+    ``G = lambda eps^2 / 2`` is ``0.1 tol.objective c^2`` (label global) and
+    ``3 tol.objective c^2`` with ``||grad G|| <= tol.gradient c^{3/2}`` (converged, not global:
+    the local quadratic model reaches the global level, ``G - ||g||^2 / (2 lambda) ~ 0``, so it
+    is not certified spurious: label not converged). Counts the labels that differ."""
+    truth = sample_truth(jax.random.PRNGKey(3), d, k, T)
+    R, U = truth.R_star, truth.U_star
+    tol = landscape.default_tolerances()
+    c = float(landscape.objective_scale(R))
+    w, V = np.linalg.eigh(np.asarray(landscape.hessian(U, R)))
+    j = int(np.argmax(w > 10 * tol.hessian * c))     # the flattest direction off the orbit
+    lam, z = float(w[j]), V[:, j].reshape(U.shape)
+    cases = [(0.1, landscape.GLOBAL_MIN), (3.0, landscape.NOT_CONVERGED)]
+    wrong, notes = [], []
+    for mult, want in cases:
+        eps = math.sqrt(2 * mult * tol.objective * c ** 2 / lam)
+        info = landscape.analyse_point(U + eps * jnp.asarray(z, U.dtype), R)
+        g_rel = float(info.grad_norm) / (tol.gradient * c ** 1.5)
+        G_rel = float(info.objective) / (tol.objective * c ** 2)
+        notes.append(f"G = {G_rel:.2f} tol c^2, ||g|| = {g_rel:.2f} tol_g c^1.5: label "
+                     f"{int(info.label)} (want {want})")
+        if int(info.label) != want or g_rel > 1:
+            wrong.append(mult)
+    return Verdict(
+        CLAIM, "classifier levels on hand-built points next to a global minimum (c >> 1): "
+        "G = 0.1 tol c^2 labelled global; G = 3 tol c^2 with a converged gradient not certified "
+        "spurious (not converged): labels that differ", 0, len(wrong), float("nan"),
+        Tolerance.exact("labels counted"), not wrong, "check",
+        f"d={d}, k={k}, T={T}, c = {c:.3g}, lambda/c = {lam / c:.3g}; " + "; ".join(notes))
+
+
+def random_starts_row(key, n_starts: int = 24, T: int = 3, d: int = 4, k: int = 2) -> Verdict:
+    """:func:`linmeta.methods.landscape.random_starts` against its statement: start i is
+    Gaussian with standard deviation ``scales[i % len(scales)]`` (default (0.1, 0.3, 1.0)):
+    the sum of squares of each scale's starts over its variance is chi-square with (starts of
+    that scale) T d k degrees of freedom (two-sided band, p = 1e-6 per scale, Bonferroni)."""
+    scales = (0.1, 0.3, 1.0)
+    Z = np.asarray(landscape.random_starts(key, n_starts, T, d, k))
+    p = 1e-6 / len(scales)
+    bad, notes = [], []
+    for j, s in enumerate(scales):
+        x = Z[j::len(scales)]
+        dof = x.size
+        q = float(np.sum(x * x) / s ** 2)
+        lo, hi = chi2.ppf(p / 2, dof), chi2.ppf(1 - p / 2, dof)
+        notes.append(f"scale {s}: {q:.0f} in [{lo:.0f}, {hi:.0f}]")
+        if not lo <= q <= hi or Z.shape != (n_starts, T, d, k):
+            bad.append(s)
+    return Verdict(
+        CLAIM, f"random_starts: start i ~ N(0, scales[i % 3]^2), {n_starts} starts (T, d, k) = "
+        f"({T}, {d}, {k}): scales whose chi-square statistic is outside its band", 0, len(bad),
+        float("nan"), Tolerance.exact("scales counted; band p = 1e-6 (Bonferroni over scales)"),
+        not bad, "check", "; ".join(notes))
 
 
 # ----------------------------------------------------------------------------- figures
