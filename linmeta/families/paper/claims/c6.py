@@ -57,7 +57,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from linmeta.core.data import TaskStats, draw_samples, sample_tasks
+from linmeta.core.data import TaskStats, draw_samples, population, sample_tasks
 from linmeta.core.losses import task_loss
 from linmeta.core.problem import Truth, sample_truth
 from linmeta.methods.finetune import finetune
@@ -324,6 +324,7 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
     rows.append(reduced_rank_optimality(jax.random.fold_in(key, 99), d=d0, rank=k0))
     rows.append(adapter_dof_rows(d0))
     rows.append(large_d_reduced_rank_check(jax.random.fold_in(key, 98)))
+    rows.append(finetune_call_forms_check(jax.random.fold_in(key, 97)))
     rows.extend(unseen_task_risk_check())
     rows.append(adapters_check())
     data = dict(setting=setting, seed=seed, cfg=cfg, noise_std=NOISE_STD, T_sr=T_SR, ns=ns, cn=cn,
@@ -409,6 +410,41 @@ def large_d_reduced_rank_check(key, *, rank: int = 2, m: int = 2) -> Verdict:
         tol.below(dev), "check",
         f"{m} unseen tasks, n = 2d = {n}, base A*, sigma={NOISE_STD}; cond(S_xx) up to "
         f"{max(conds):.1f}")
+
+
+def finetune_call_forms_check(key, *, d: int = 3, m: int = 2, rank: int = 1,
+                              steps: int = 5) -> Verdict:
+    """:func:`linmeta.finetune` called as a user would: ``method`` given as a string built at run
+    time (e.g. read from a file or the command line) gives the result of the literal
+    ``"exact"`` and ``"gd"``, and gradient descent with the documented default step (the paper's
+    lr 0.005) gives the result of ``lr=0.005`` given explicitly. Largest difference (exactly 0:
+    the same computation)."""
+    k_t, k_u, k_v = jax.random.split(key, 3)
+    truth = sample_truth(k_t, d, 1, 1, n_unseen=m)
+    stats = population(truth, tasks="unseen")
+    base = truth.A_star
+    U0 = 0.1 * jax.random.normal(k_u, (m, d, rank), base.dtype)
+    V0 = 0.1 * jax.random.normal(k_v, (m, d, rank), base.dtype)
+    exact, gd = "".join(["ex", "act"]), "".join(["g", "d"])   # not the interned literals
+    pairs = {
+        "method exact": (finetune(base, stats, rank, method=exact).task_matrix,
+                         finetune(base, stats, rank, method="exact").task_matrix),
+        "method gd": (finetune(base, stats, rank, method=gd, U0=U0, V0=V0, steps=steps,
+                               lr=FT_LR).task_matrix,
+                      finetune(base, stats, rank, method="gd", U0=U0, V0=V0, steps=steps,
+                               lr=FT_LR).task_matrix),
+        "default lr": (finetune(base, stats, rank, U0=U0, V0=V0, steps=steps).task_matrix,
+                       finetune(base, stats, rank, U0=U0, V0=V0, steps=steps,
+                                lr=FT_LR).task_matrix),
+    }
+    dev = {n: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for n, (a, b) in pairs.items()}
+    worst = max(dev, key=dev.get)
+    return Verdict(
+        CLAIM, f"finetune call forms: method names built at run time vs the literals; default "
+        f"step vs lr={FT_LR} (the paper's) given explicitly: max |difference|", 0.0, dev[worst],
+        float("nan"), Tolerance.exact("the same computation"), dev[worst] == 0.0, "check",
+        f"d={d}, {m} unseen tasks (population), rank {rank}, {steps} steps; "
+        + ", ".join(f"{n} {v:.1e}" for n, v in dev.items()))
 
 
 def adapter_dof_rows(d: int) -> Verdict:
