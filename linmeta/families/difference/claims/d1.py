@@ -25,7 +25,17 @@ the true difference space over their zero-loss starts, and the largest relative 
 error ``||P_perp*(A - A*)|| / ||A*||``, below the recovery threshold 1e-6 (1e-2 in float32);
 non-identified cells: a zero-loss start at least 1e-3 away from ``L*``; the principal-component
 baseline against ``T - 1 >= r``; the boundary: cells whose outcome differs from the statement
-(exact, 0).
+(exact, 0). Closed forms: ``identifiability`` against the tangent space of the zero-loss fits, its
+stated domain, ``base_gap`` against NumPy least squares.
+
+Rows on the solvers (small instances, d = 2..3): the finite-sample elimination
+(:func:`~linmeta.families.difference.methods.inner_solution`, unused by the population grid) --
+its first-order condition by jax.grad of the plainly written loss, and (A, s) against NumPy's
+least squares on the explicit design in the same gauge; the principal-component baseline with
+more directions than components (the documented orthonormal completion); ``is_population`` on
+population, sampled and ``n = inf, S_xx = 2I`` statistics; ``joint_fit``'s stated domain (rank,
+starts, iterations, a plan above the memory budget refused before any computation); and
+``joint_fit_memory`` against the arrays it says it counts (shapes by ``jax.eval_shape``).
 """
 from __future__ import annotations
 
@@ -40,7 +50,7 @@ from linmeta.engine.claims import ClaimResult, Verdict
 from linmeta.engine.claim_support import (DomainCase, domain_row, figure_dpi, float_tol, key_for,
                                           pyplot, save_figure, settings_value, working_dtype)
 from linmeta.engine.verdict import Tolerance
-from linmeta.core.data import matrix_tasks
+from linmeta.core.data import TaskStats, matrix_tasks
 from linmeta.families.difference import methods, theory
 from linmeta.families.difference.truth import (difference_space, sample_difference_truth,
                                                task_matrices)
@@ -160,6 +170,9 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0xD1]))
     rows += [identifiability_vs_tangent_space(rng), identifiability_domain(),
              base_gap_vs_least_squares(rng)]
+    rows += inner_solution_optimality(rng)
+    rows += [pca_completion(rng), population_detection(rng), joint_fit_domain(),
+             joint_fit_memory_plan()]
     data = dict(setting=setting, d=d, ranks=np.asarray(cfg["ranks"]), T_max=T_max,
                 cells=[{k: (v.tolist() if isinstance(v, np.ndarray) else v)
                         for k, v in c.items()} for c in cells], recovery=recovery)
@@ -326,6 +339,204 @@ def base_gap_vs_least_squares(rng, d: int = 4) -> Verdict:
                    "span{B*_i}: max rel. difference (one base and a batch of 3)", 0.0, worst,
                    float("nan"), tol, tol.below(worst), "check",
                    f"d={d}, q in (3, 6) random matrices, {n} comparisons")
+
+
+# ----------------------------------------------------------------------------- the solvers
+def _sampled_stats(rng, d: int, T: int, n: int):
+    """Statistics of n samples per task (``x ~ N(0, I)``, noise 0.5) of T random task matrices,
+    drawn with NumPy in float64 and cast to the working dtype."""
+    X = rng.standard_normal((T, n, d))
+    M = rng.standard_normal((T, d, d))
+    Y = X @ np.swapaxes(M, -1, -2) + 0.5 * rng.standard_normal((T, n, d))
+    dt = working_dtype()
+    return TaskStats(jnp.asarray(np.swapaxes(X, -1, -2) @ X / n, dt),
+                     jnp.asarray(np.swapaxes(Y, -1, -2) @ X / n, dt),
+                     jnp.asarray(np.sum(Y * Y, axis=(-2, -1)) / n, dt), jnp.full((T,), n * 1.0, dt),
+                     jnp.asarray(M, dt), jnp.full((T,), 0.5, dt))
+
+
+def _plain_mean_loss(A, s, B, st):
+    """``(1/T) sum_t [tr(M_t S_xx,t M_t^T)/2 - tr(S_yx,t M_t^T)]``, ``M_t = A + sum_i s_ti B_i``."""
+    M = A + jnp.einsum("ti,iab->tab", s, B)
+    quad = jnp.einsum("tab,tbc,tac->t", M, st.Sxx, M)
+    return jnp.mean(0.5 * quad - jnp.sum(st.Syx * M, axis=(-2, -1)))
+
+
+@jax.jit
+def _inner_and_gradients(B, st):
+    """The finite-sample ``inner_solution`` and the plain loss's gradient there and at 0."""
+    A, s = methods.inner_solution(B, st, False)
+    grad = jax.grad(_plain_mean_loss, argnums=(0, 1))
+    return A, s, grad(A, s, B, st), grad(jnp.zeros_like(A), jnp.zeros_like(s), B, st)
+
+
+def inner_solution_optimality(rng, d: int = 3, r: int = 2, T: int = 3, n: int = 12) -> list:
+    """:func:`~linmeta.families.difference.methods.inner_solution` at finite samples (block
+    elimination of the d^2 + T r normal equations, what the joint fit minimises over for fixed
+    directions) on a random basis B (r, d, d) and sampled statistics, against the problem written
+    plainly: ``f(A, s) = (1/T) sum_t [tr(M_t S_xx,t M_t^T)/2 - tr(S_yx,t M_t^T)]``,
+    ``M_t = A + sum_i s_ti B_i``. Two rows: the first-order condition ``||grad f(A, s)|| /
+    ||grad f(0)||`` (jax.grad); and (A, s) against NumPy's least squares on the explicit design
+    (rows ``(M_t - S_yx,t S_xx,t^{-1}) C_t``, ``S_xx,t = C_t C_t^T``), moved to the solver's gauge
+    (A orthogonal to span{B_i}, the shift subtracted from every s_t): the largest relative
+    difference."""
+    st = _sampled_stats(rng, d, T, n)
+    B = jnp.asarray(rng.standard_normal((r, d, d)), st.Sxx.dtype)
+    A, s, g_hat, g_0 = _inner_and_gradients(B, st)
+    gnorm = lambda g: float(np.sqrt(sum(np.sum(np.asarray(x, float) ** 2) for x in g)))  # noqa
+    foc = gnorm(g_hat) / gnorm(g_0)
+    # the explicit design, float64
+    S, Syx, Bn = (np.asarray(x, float) for x in (st.Sxx, st.Syx, B))
+    nx = d * d + T * r
+    rows, rhs = [], []
+    for t in range(T):
+        C = np.linalg.cholesky(S[t])
+        blk = np.zeros((d * d, nx))
+        blk[:, :d * d] = np.kron(np.eye(d), C.T)                  # vec(A C) (row-major vec)
+        for i in range(r):
+            blk[:, d * d + t * r + i] = (Bn[i] @ C).ravel()
+        rows.append(blk)
+        rhs.append(np.linalg.solve(C, Syx[t].T).T.ravel())        # S_yx C^{-T}
+    X = np.concatenate(rows)
+    x = np.linalg.lstsq(X, np.concatenate(rhs), rcond=None)[0]
+    sv = np.linalg.svd(X, compute_uv=False)
+    cond = float(sv[0] / sv[nx - r - 1])                           # r gauge directions: rank nx - r
+    Bm = Bn.reshape(r, d * d).T
+    A_ls = x[:d * d]
+    c = np.linalg.lstsq(Bm, A_ls, rcond=None)[0]                   # the part of A in span{B_i}
+    A_ref = (A_ls - Bm @ c).reshape(d, d)
+    s_ref = x[d * d:].reshape(T, r) + c
+    A_hat, s_hat = np.asarray(A, float), np.asarray(s, float)
+    if A_hat.shape != A_ref.shape or s_hat.shape != s_ref.shape:
+        diff = float("inf")
+    else:
+        diff = max(float(np.linalg.norm(A_hat - A_ref) / np.linalg.norm(A_ref)),
+                   float(np.linalg.norm(s_hat - s_ref) / np.linalg.norm(s_ref)))
+    diff = diff if np.isfinite(diff) else float("inf")
+    foc = foc if np.isfinite(foc) else float("inf")
+    why = "the elimination solves normal equations, whose errors grow with cond^2 of the design"
+    tol = Tolerance.rounding(10 * nx, cond ** 2, what=f"normal equations of {nx} unknowns",
+                             why=why)
+    note = (f"d={d}, r={r}, T={T}, n={n} samples per task, random Gaussian B; design "
+            f"cond {cond:.3g} (on its rank nx - r: the base's freedom along span{{B_i}})")
+    return [Verdict(CLAIM, "inner_solution at finite samples: ||grad f(A, s)|| / ||grad f(0)|| "
+                    "(jax.grad of the plainly written mean loss)", 0.0, foc, float("nan"), tol,
+                    tol.below(foc), "check", note),
+            Verdict(CLAIM, "inner_solution at finite samples vs NumPy least squares on the "
+                    "explicit design, in the gauge A _|_ span{B_i}: max rel. difference of A, s",
+                    0.0, diff, float("nan"), tol, tol.below(diff), "check", note)]
+
+
+def pca_completion(rng, d: int = 3, T: int = 2) -> Verdict:
+    """:func:`~linmeta.families.difference.methods.difference_svd` (``kind="pca"``) with more
+    directions than principal components (rank d > T - 1, population tasks): the docstring's
+    orthonormal completion. Measured: the largest of ``|<B_i, B_j> - delta_ij|`` and of the
+    relative residual of each centred task ``M_t - mean M`` off span{B_i} (NumPy least
+    squares)."""
+    M = rng.standard_normal((T, d, d))
+    fit = methods.difference_svd(matrix_tasks(jnp.asarray(M, working_dtype())), d, kind="pca")
+    B = np.asarray(fit.basis, float)
+    if B.shape != (d, d, d):
+        return Verdict(CLAIM, "difference_svd pca completion: basis shape", str((d, d, d)),
+                       str(B.shape), float("nan"), Tolerance.exact(), False, "check", "")
+    Bm = B.reshape(d, d * d).T
+    D = (M - M.mean(axis=0)).reshape(T, d * d).T
+    res = D - Bm @ np.linalg.lstsq(Bm, D, rcond=None)[0]
+    err = max(float(np.abs(Bm.T @ Bm - np.eye(d)).max()),
+              float(np.max(np.linalg.norm(res, axis=0) / np.linalg.norm(D, axis=0))))
+    err = err if np.isfinite(err) else float("inf")
+    tol = Tolerance.rounding(20 * d * d, what=f"SVD of d^2 x T and least squares of d^2 x {d}")
+    return Verdict(CLAIM, f"difference_svd pca with rank {d} > T - 1 = {T - 1} principal "
+                   "components: max of |<B_i, B_j> - delta_ij| and of the centred tasks' "
+                   "relative residual off span{B_i}", 0.0, err, float("nan"), tol,
+                   tol.below(err), "check", f"d={d}, T={T} random population tasks (one "
+                   "nonzero component; the rest is the orthonormal completion)")
+
+
+def population_detection(rng, d: int = 3, T: int = 2) -> Verdict:
+    """:func:`~linmeta.families.difference.methods.is_population` (how ``joint_fit`` picks its
+    closed form when ``population`` is not given) on population statistics (True), sampled ones
+    (False) and statistics with infinite n but ``S_xx = 2 I`` (False): cases that disagree."""
+    M = jnp.asarray(rng.standard_normal((T, d, d)), working_dtype())
+    pop = matrix_tasks(M)
+    cases = [("population", pop, True),
+             ("n = 12 samples", _sampled_stats(rng, d, T, 12), False),
+             ("n = inf, S_xx = 2 I", pop._replace(Sxx=2 * pop.Sxx), False)]
+    wrong = [lab for lab, st, want in cases if methods.is_population(st) is not want]
+    return Verdict(CLAIM, "is_population on population, sampled and n = inf, S_xx = 2 I "
+                   "statistics: cases that disagree", 0, len(wrong), 0.0, Tolerance.exact(),
+                   not wrong, "check", ", ".join(wrong) if wrong else
+                   f"{len(cases)} cases agree")
+
+
+def joint_fit_domain() -> Verdict:
+    """The stated domain of :func:`~linmeta.families.difference.methods.joint_fit`: ``1 <= rank
+    <= d``, ``n_starts >= 1``, ``max_iter >= 1``, and a plan within the memory budget (a plan of
+    10^12 starts is refused before any computation, population and finite samples). Every call
+    runs under ``jax.eval_shape``: a call that is not refused is traced, never run."""
+    M = jnp.asarray(np.arange(8.0).reshape(2, 2, 2) / 8, working_dtype())
+    pop = matrix_tasks(M)
+    key = jax.random.PRNGKey(0)
+
+    def call(st, rank=1, population=True, **kw):
+        return lambda: jax.eval_shape(lambda: methods.joint_fit(st, rank, key=key,
+                                                                population=population, **kw))
+    big = 10 ** 12
+    return domain_row(CLAIM, "joint_fit (1 <= rank <= d, n_starts >= 1, max_iter >= 1, the plan "
+                      "within the memory budget)", [
+        DomainCase("rank = 0", call(pop, 0), ("rank", "[1, d=2]")),
+        DomainCase("rank = d + 1", call(pop, 3), ("rank", "[1, d=2]")),
+        DomainCase("n_starts = 0", call(pop, n_starts=0), ("n_starts", "[1, inf]")),
+        DomainCase("max_iter = 0", call(pop, max_iter=0), ("max_iter", "[1, inf]")),
+        DomainCase("10^12 starts (population)", call(pop, n_starts=big),
+                   ("joint_fit", "GiB", "budget")),
+        DomainCase("10^12 starts (finite samples)", call(pop, population=False, n_starts=big),
+                   ("joint_fit", "GiB", "budget")),
+    ])
+
+
+def joint_fit_memory_plan() -> Verdict:
+    """:func:`~linmeta.families.difference.methods.joint_fit_memory` (what ``joint_fit``
+    refuses by) against the arrays its docstring says it counts, their shapes taken from the
+    fit's own functions by ``jax.eval_shape`` (float64: 8 bytes an entry): in the population the
+    plan is exactly ``n_starts`` Jacobians of :func:`~linmeta.families.difference.methods.profile_residual`
+    in the 2 d r unknowns (``jax.jacfwd``; on the first and the third shape); at finite samples it adds at least one d^2 x d^2
+    normal-equation matrix and one (T, q, d^2) product per start (q: the number of basis matrices
+    :func:`~linmeta.families.difference.methods.direction_basis` gives, r or r^2 for a core); the
+    default is the diagonal model (``core=False``). Cases that disagree (exact). Shapes: (d, T, r)
+    = (3, 3, 2), (2, 20, 1) (the (T, q, d^2) term above the d^4 one), (2, 2, 2), 3 starts. Not
+    compared here: XLA's own memory analysis of the compiled fit (a compile per shape)."""
+    wrong, S = [], 3
+    for d, T, r in ((3, 3, 2), (2, 20, 1), (2, 2, 2)):
+        dt = working_dtype()
+        st = matrix_tasks(jnp.zeros((T, d, d), dt))
+        x = jax.ShapeDtypeStruct((2 * d * r,), dt)
+        uv = jax.ShapeDtypeStruct((d, r), dt)
+        ols = jnp.zeros((T, d, d), dt)
+
+        def res(x, core=False):
+            return methods.profile_residual(x[:d * r].reshape(d, r), x[d * r:].reshape(d, r),
+                                            st, ols, None, True, core).ravel()
+        pop = methods.joint_fit_memory(d, T, r, S, True)
+        if T < 20:                  # (the Jacobian's shape by tracing: two shapes suffice)
+            J = jax.eval_shape(jax.jacfwd(res), x)
+            if pop != S * 8 * int(np.prod(J.shape)):
+                wrong.append(f"(d={d}, T={T}, r={r}) population: {pop} vs {S} x 8 x {J.shape}")
+        for core in (False, True):
+            q = jax.eval_shape(lambda u, v: methods.direction_basis(u, v, core), uv, uv).shape[0]
+            fin = methods.joint_fit_memory(d, T, r, S, False, core=core)
+            low = (methods.joint_fit_memory(d, T, r, S, True, core=core)
+                   + S * 8 * (d ** 4 + T * q * d * d))
+            if fin < low:
+                wrong.append(f"(d={d}, T={T}, r={r}, core={core}) finite: {fin} < {low}")
+        default = methods.joint_fit_memory(d, T, r, S, False)
+        if default != methods.joint_fit_memory(d, T, r, S, False, core=False):
+            wrong.append(f"(d={d}, T={T}, r={r}) default core differs from core=False")
+    return Verdict(CLAIM, "joint_fit_memory vs the arrays it counts (eval_shape of the fit's "
+                   "Jacobian and basis): cases that disagree", 0, len(wrong), 0.0,
+                   Tolerance.exact(), not wrong, "check",
+                   "; ".join(wrong) if wrong else "3 shapes x (population, finite, core, "
+                   "default) agree")
 
 
 def plot(result: ClaimResult, out_dir) -> list:

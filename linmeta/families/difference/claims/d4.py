@@ -12,7 +12,11 @@ directions to ``alpha G = I``), and only in the limit K -> infinity otherwise.
 Rows: check: on orthonormal truths, the second-order meta-fit reaches zero loss with
 ``sin angle(L, L*)`` below the recovery threshold at every K (1e-6; 1e-2 in float32); measured:
 on Gaussian truths, ``sin angle(L, L*)`` and the meta-objective against K (second order), and, in
-the full setting, first-order MAML (Adam on the gradient at the adapted coefficients).
+the full setting, first-order MAML (Adam on the gradient at the adapted coefficients). On the
+public :func:`~linmeta.families.difference.methods.coefficient_maml` (sampled statistics of
+random tasks, d = 3): check: called with its defaults it equals the call with the documented
+``inner_steps=1, alpha=0.5`` spelled out (exact); check: the objective it reports against the
+mean excess loss recomputed with NumPy at the model it returns (rounding).
 """
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ from linmeta.engine.claims import ClaimResult, Verdict
 from linmeta.engine.claim_support import (figure_dpi, float_tol, key_for, pyplot, save_figure,
                                      settings_value, working_dtype)
 from linmeta.engine.verdict import Tolerance
-from linmeta.core.data import matrix_tasks
+from linmeta.core.data import TaskStats, matrix_tasks
 from linmeta.families.difference import methods
 from linmeta.families.difference.truth import (difference_space, sample_difference_truth,
                                                task_matrices)
@@ -105,10 +109,58 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
                                 f"K={k}: {m:.2g}" for k, m in zip(Ks, med))
                             + "; median relative meta-objective by K: " + ", ".join(
                                 f"{m:.2g}" for m in np.median(o, axis=0))))
+    rows += maml_defaults_and_objective(np.random.default_rng(np.random.SeedSequence([seed, 0xD4])))
     data = dict(setting=setting, d=d, r=r, T=T, Ks=np.asarray(Ks, float),
                 runs={f"{k}|{'FO' if fo else 'SO'}": dict(gap=v[0], obj=v[1])
                       for (k, fo), v in out.items()}, recovery=recovery)
     return ClaimResult(CLAIM, rows, data, time.perf_counter() - t0)
+
+
+def maml_defaults_and_objective(rng, d: int = 3, r: int = 1, T: int = 3, n: int = 12) -> list:
+    """The public :func:`~linmeta.families.difference.methods.coefficient_maml` on sampled
+    statistics of T random tasks (no difference model fits them: the meta-objective is far from
+    0), 2 starts, 10 Levenberg-Marquardt iterations. Two rows: called with its defaults, it equals
+    the call that spells out the documented ``inner_steps=1, alpha=0.5`` (the same compiled
+    program: bitwise, exact); and the ``objective`` it reports against the mean excess loss
+    ``(1/T) sum_t tr((M_t - O_t) S_xx,t (M_t - O_t)^T) / 2`` recomputed with NumPy at the model
+    it returns (``M_t = base + sum_i coefficients_ti basis_i``, ``O_t = S_yx,t S_xx,t^{-1}``)."""
+    X = rng.standard_normal((T, n, d))
+    Y = X @ np.swapaxes(rng.standard_normal((T, d, d)), -1, -2) + 0.5 * rng.standard_normal((T, n, d))
+    dt = working_dtype()
+    st = TaskStats(jnp.asarray(np.swapaxes(X, -1, -2) @ X / n, dt),
+                   jnp.asarray(np.swapaxes(Y, -1, -2) @ X / n, dt),
+                   jnp.asarray(np.sum(Y * Y, axis=(-2, -1)) / n, dt), jnp.full((T,), n * 1.0, dt),
+                   jnp.full((T, d, d), jnp.nan, dt), jnp.full((T,), 0.5, dt))
+    key = jax.random.PRNGKey(int(rng.integers(2 ** 31)))
+    kw = dict(n_starts=2, max_iter=10)
+    default = methods.coefficient_maml(st, r, key=key, **kw)
+    spelled = methods.coefficient_maml(st, r, key=key, inner_steps=1, alpha=0.5, **kw)
+    diff = max(float(np.max(np.abs(np.asarray(a, float) - np.asarray(b, float))))
+               for a, b in zip(default[:4], spelled[:4]))
+    S, Syx = np.asarray(st.Sxx, float), np.asarray(st.Syx, float)
+    O = np.swapaxes(np.linalg.solve(S, np.swapaxes(Syx, -1, -2)), -1, -2)
+    M = np.asarray(spelled.base, float) + np.einsum("ti,iab->tab",
+                                                    np.asarray(spelled.coefficients, float),
+                                                    np.asarray(spelled.basis, float))
+    E = M - O
+    ref = float(np.mean(0.5 * np.einsum("tab,tbc,tac->t", E, S, E)))
+    got = float(spelled.objective)
+    rel = abs(got - ref) / ref if ref > 0 else float("inf")
+    rel = rel if np.isfinite(rel) else float("inf")
+    size = float(np.mean(0.5 * np.einsum("tab,tbc,tac->t", O, S, O)))
+    tol = Tolerance.rounding(100 * d * d, max(1.0, size / ref),
+                             what="sums of squares of d x d residuals",
+                             why="cond: the tasks' size over the objective (the residuals are "
+                                 "differences of matrices of the tasks' size)")
+    note = f"d={d}, r={r}, T={T}, n={n} samples per task, 2 starts, 10 iterations, {dt}"
+    return [Verdict(CLAIM, "coefficient_maml with its defaults vs with inner_steps=1, alpha=0.5 "
+                    "spelled out: max |difference| of base, basis, coefficients, objective", 0.0,
+                    diff, 0.0, Tolerance.exact("the same program on the same inputs"),
+                    diff == 0.0, "check", note),
+            Verdict(CLAIM, "coefficient_maml: reported objective vs the mean excess loss "
+                    "recomputed (NumPy) at the returned base + coefficients x basis: rel. "
+                    "difference", 0.0, rel, 0.0, tol, tol.below(rel), "check",
+                    note + f"; objective {ref:.3g}")]
 
 
 def plot(result: ClaimResult, out_dir) -> list:

@@ -7,8 +7,18 @@ candidate unit rank-one directions with per-task coefficients and the group pena
 Data: T tasks of a structured truth with r directions, n samples per task at noise levels sigma
 (sigma = 0: the population), ``lam = lam0 sigma (sqrt(T) + sqrt(2d)) / sqrt(n)`` (the size of the
 largest coefficient-gradient group that noise alone produces, up to lam0; ``lam_pop`` in the
-population). No theory predicts the count at a finite penalty: every row is measured (the count
+population). No theory predicts the count at a finite penalty: those rows are measured (the count
 per noise level, median and range over truths, and how many runs found exactly r).
+
+Rows that check the solver (on the same runs): the base it returns is the least-squares base for
+its directions and coefficients (first-order condition, jax.grad of the plainly written loss);
+the coefficients satisfy the group soft-threshold's optimality conditions for the returned
+directions and base (``g_i + lam s_i/||s_i|| = 0`` on a kept group, ``||g_i|| <= lam`` on a pruned
+one, ``g`` the loss gradient in the coefficients), up to 1e-2 of ``||g||`` at s = 0; one more run
+per rank on T tasks that are all zero with ``lam = 0`` (nothing to explain) keeps no direction,
+every group exactly 0; and :func:`~linmeta.families.difference.methods.distinct_directions` on
+hand-made direction sets against their counts by construction (copies, a sign flip, an inactive
+copy, a near-parallel pair below the merge threshold).
 """
 from __future__ import annotations
 
@@ -24,6 +34,7 @@ from linmeta.engine.claims import ClaimResult, Verdict
 from linmeta.engine.claim_support import (figure_dpi, key_for, pyplot, save_figure, settings_value,
                                      working_dtype)
 from linmeta.core.data import matrix_tasks
+from linmeta.engine.verdict import Tolerance
 from linmeta.families.difference import methods
 from linmeta.families.difference.truth import sample_difference_truth, task_matrices
 
@@ -31,6 +42,7 @@ CLAIM = "D5"
 LAM0 = 1.0
 LAM_POP = 0.01
 EXTRA = 3
+STATIONARY = 1e-2    # soft-threshold optimality residual, relative (module docstring)
 
 SETTINGS = {
     "tiny": dict(d=4, ranks=(2,), T=6, n=50, sigmas=(0.0, 0.3), truths=1, steps=500),
@@ -43,9 +55,33 @@ SETTINGS = {
 
 @functools.partial(jax.jit, static_argnames=("R", "steps"))
 def _learn(stats, keys, lams, *, R, steps):
-    res = jax.vmap(lambda st, k, lam: methods._structure_kernel(st, k, lam, R=R, steps=steps))(
+    """Every run's fit and its optimality measures (:func:`_optimality`), one program."""
+    fits = jax.vmap(lambda st, k, lam: methods._structure_kernel(st, k, lam, R=R, steps=steps))(
         stats, keys, lams)
-    return res.kept, res.group_norms
+    return fits, jax.vmap(_optimality)(fits, stats, lams)
+
+
+def _loss(A, U, V, s, st):
+    """``sum_t [tr(M_t S_xx,t M_t^T)/2 - tr(S_yx,t M_t^T)]``, ``M_t = A + U diag(s_t) V^T``:
+    the structure learner's smooth part up to a constant, written plainly."""
+    M = A + jnp.einsum("ai,ti,bi->tab", U, s, V)
+    return jnp.sum(0.5 * jnp.einsum("tab,tbc,tac->t", M, st.Sxx, M)
+                   - jnp.sum(st.Syx * M, axis=(-2, -1)))
+
+
+def _optimality(fit, st, lam):
+    """Of one fit: ``||dL/dA|| / ||dL/dA at A = 0||`` (the base's first-order condition) and the
+    largest group residual of the soft-threshold conditions over ``||dL/ds at s = 0||``."""
+    A, U, V, s = fit.base, fit.U, fit.V, fit.coefficients
+    gA = jax.grad(_loss)(A, U, V, s, st)
+    gA0 = jax.grad(_loss)(jnp.zeros_like(A), U, V, s, st)
+    g = jax.grad(_loss, argnums=3)(A, U, V, s, st)
+    g0 = jax.grad(_loss, argnums=3)(A, U, V, jnp.zeros_like(s), st)
+    n = jnp.linalg.norm(s, axis=0)
+    kept = jnp.linalg.norm(g + lam * s / jnp.where(n > 0, n, 1.0), axis=0)
+    pruned = jnp.maximum(jnp.linalg.norm(g, axis=0) - lam, 0.0)
+    return (jnp.linalg.norm(gA) / jnp.linalg.norm(gA0),
+            jnp.max(jnp.where(n > 0, kept, pruned)) / jnp.linalg.norm(g0))
 
 
 def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
@@ -54,7 +90,7 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
     t0 = time.perf_counter()
     d, T, n, sigmas, S = cfg["d"], cfg["T"], cfg["n"], tuple(cfg["sigmas"]), cfg["truths"]
     root = key_for(seed, CLAIM)
-    rows, table = [], {}
+    rows, table, checks = [], {}, []
     for r in cfg["ranks"]:
         stats, keys, lams, meta = [], [], [], []
         for i in range(S):
@@ -69,10 +105,21 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
                 lams.append(LAM_POP if sig == 0 else
                             LAM0 * sig * (math.sqrt(T) + math.sqrt(2 * d)) / math.sqrt(n))
                 meta.append((i, j))
+        # one more run: T tasks that are all zero, no penalty (nothing to explain)
+        stats.append(matrix_tasks(jnp.zeros((T, d, d), working_dtype())))
+        keys.append(jax.random.fold_in(root, 7 + r))
+        lams.append(0.0)
         batch = jax.tree.map(lambda *x: jnp.stack(x), *stats)
-        kept, norms = _learn(batch, jnp.stack(keys), jnp.asarray(lams, working_dtype()),
-                             R=r + EXTRA, steps=cfg["steps"])
-        kept = np.asarray(kept).reshape(S, len(sigmas))
+        fits, (foc, kkt) = _learn(batch, jnp.stack(keys), jnp.asarray(lams, working_dtype()),
+                                  R=r + EXTRA, steps=cfg["steps"])
+        kept = np.asarray(fits.kept[:-1]).reshape(S, len(sigmas))
+        zero = jax.tree.map(lambda x: np.asarray(x[-1]), fits)
+        zero_ok = bool(int(zero.kept) == 0 and np.all(zero.coefficients == 0)
+                       and np.all(np.isfinite(zero.base)))
+        foc, kkt = np.asarray(foc[:-1]), np.asarray(kkt[:-1])   # the zero run has no scale
+        cond = max(float(np.linalg.cond(np.sum(np.asarray(st.Sxx, float), axis=0)))
+                   for st in stats[:-1])
+        checks.append((r, foc, kkt, cond, zero_ok, zero))
         table[r] = kept
         for j, sig in enumerate(sigmas):
             kj = kept[:, j]
@@ -83,9 +130,60 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
                 "no prediction at a finite penalty", True, "measured",
                 f"d={d}, T={T}, lam={lams[j]:.3g}, {S} truths: kept {kj.tolist()}; exactly r in "
                 f"{int(np.sum(kj == r))}/{S}"))
+    note = f"d={d}, T={T}, {S} truths x {len(sigmas)} noise levels per rank, {working_dtype()}"
+    for r, foc, kkt, cond, zero_ok, zero in checks:
+        m = float(np.max(foc)) if np.all(np.isfinite(foc)) else float("inf")
+        tol = Tolerance.rounding(20 * d * d, cond, what="the pooled d x d solve of the base",
+                                 why="cond: of the pooled S_xx")
+        rows.append(Verdict(CLAIM, f"structure learner, r={r}: base's first-order condition "
+                            "||dL/dA|| / ||dL/dA at A=0|| (jax.grad of the plain loss), max over "
+                            "runs", 0.0, m, float("nan"), tol, tol.below(m), "check", note))
+        k = float(np.max(kkt)) if np.all(np.isfinite(kkt)) else float("inf")
+        tol = Tolerance.stated(STATIONARY, "D5 counts the directions of a near-stationary "
+                               "point: the claim's step counts must bring the coefficients this "
+                               "close (relative to the gradient at s = 0) to the group "
+                               "soft-threshold's optimality conditions, which decide what is kept")
+        rows.append(Verdict(CLAIM, f"structure learner, r={r}: coefficients' soft-threshold "
+                            "optimality residual / ||dL/ds at s=0||, max over runs", 0.0, k,
+                            float("nan"), tol, k < STATIONARY, "check", note))
+        rows.append(Verdict(CLAIM, f"structure learner, r={r}, T tasks all zero, lam = 0: "
+                            "directions kept (every group exactly 0, finite base)", 0,
+                            int(zero.kept), 0.0, Tolerance.exact(), zero_ok, "check",
+                            f"group norms {np.asarray(zero.group_norms).tolist()}"))
+    rows.append(distinct_directions_cases())
     data = dict(setting=setting, d=d, T=T, n=n, sigmas=np.asarray(sigmas, float),
                 ranks=list(cfg["ranks"]), kept={str(r): v for r, v in table.items()})
     return ClaimResult(CLAIM, rows, data, time.perf_counter() - t0)
+
+
+_distinct = jax.jit(methods.distinct_directions)      # one program per number of directions
+
+
+def distinct_directions_cases() -> Verdict:
+    """:func:`~linmeta.families.difference.methods.distinct_directions` on hand-made unit
+    directions in R^3 (``e_i``: the standard basis) against their counts by construction."""
+    e = np.eye(3)
+    c = 0.99                                # |<B_1, B_2>| = 0.99 < 0.999: two directions
+    near = c * e[0] + np.sqrt(1 - c * c) * e[1]
+    cases = [  # (label, U columns, V columns, active, count)
+        ("three distinct", [e[0], e[1], e[2]], [e[0], e[0], e[1]], [1, 1, 1], 3),
+        ("a copy", [e[0], e[0], e[1]], [e[2], e[2], e[2]], [1, 1, 1], 2),
+        ("a sign flip", [e[0], -e[0]], [e[1], e[1]], [1, 1], 1),
+        ("an inactive later copy", [e[0], e[0], e[1]], [e[2], e[2], e[2]], [1, 0, 1], 2),
+        ("an inactive earlier copy", [e[0], e[0]], [e[2], e[2]], [0, 1], 1),
+        ("near-parallel, 0.99", [e[0], near], [e[2], e[2]], [1, 1], 2),
+        ("none active", [e[0], e[1]], [e[2], e[2]], [0, 0], 0),
+    ]
+    dt = working_dtype()
+    wrong = []
+    for label, U, V, active, want in cases:
+        got = int(_distinct(jnp.asarray(np.stack(U, 1), dt), jnp.asarray(np.stack(V, 1), dt),
+                            jnp.asarray(active, bool)))
+        if got != want:
+            wrong.append(f"{label}: {got} (want {want})")
+    return Verdict(CLAIM, "distinct_directions on hand-made direction sets vs their counts by "
+                   "construction: cases that differ", 0, len(wrong), 0.0, Tolerance.exact(),
+                   not wrong, "check", "; ".join(wrong) if wrong else f"{len(cases)} cases agree")
 
 
 def plot(result: ClaimResult, out_dir) -> list:
