@@ -23,13 +23,17 @@ statistics carry, ``2 L_t(M*_t) / d`` (:func:`linmeta.core.losses.task_loss`) ag
 from __future__ import annotations
 
 import functools
+import math
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from linmeta.core.data import sample_tasks
+from linmeta.core.data import matrix_tasks, sample_tasks
+from linmeta.methods._matrix_free import finite_parts
+from linmeta.methods.meta_lora import (_lbfgs_finite_kernel, _lbfgs_kernel, _newton_kernel,
+                                       finite_memory, solver_memory)
 from linmeta.core.problem import sample_truth
 from linmeta.core import losses, metrics, theory
 
@@ -161,7 +165,60 @@ def run(setting: str = "quick", seed: int = 0) -> ClaimResult:
                 ml_sig=ml_sig, sigmas=np.asarray(sigmas), sigma_N=cfg["sigma_N"],
                 ml_0=ml_0 * a_norm, rbar=rbar_n, a_norm=a_norm, slope=slope_mean,
                 sig_slope=sig_mean, noise_std=NOISE_STD)
+    rows.append(solver_memory_row())
     return ClaimResult(CLAIM, rows, data, time.perf_counter() - t0)
+
+
+MEMORY_FACTOR = 2.5   # an estimate within this factor either way of XLA's accounting passes
+
+
+def solver_memory_row(T: int = 3, d: int = 6, rank: int = 6, n_starts: int = 8,
+                      max_iter: int = 10) -> Verdict:
+    """The memory estimates that decide refusals and ``method="auto"``
+    (:func:`linmeta.methods.meta_lora.solver_memory` for ``"newton"`` and ``"lbfgs"``,
+    :func:`~linmeta.methods.meta_lora.finite_memory` for the finite-N low-rank path) against
+    XLA's own accounting of the compiled solver (``memory_analysis()``: arguments + outputs +
+    temporaries, aliases once) for ``n_starts`` starts, on a shape where the starts, the
+    ``(T, d, d)`` temporaries and the per-start vectors all count. The estimates are models
+    (docstrings: within a factor ~2 of peak RSS) that leave out the ``max_iter + 1`` trace per
+    start, so ``max_iter`` is small here; each must be within a factor :data:`MEMORY_FACTOR`
+    either way."""
+    dt = jnp.asarray(0.0).dtype
+    rng = np.random.default_rng(7)
+    pop = matrix_tasks(jnp.asarray(rng.normal(size=(T, d, d)), dt))
+    fin = matrix_tasks(jnp.asarray(rng.normal(size=(T, d, d)), dt), N=3 * d,
+                       key=jax.random.PRNGKey(7), noise_std=0.1)
+    U0 = jnp.zeros((n_starts, T, d, rank), dt)
+    tols = [jnp.asarray(x, dt) for x in (1e-26, 1e-14, 0.0)]
+    item = jnp.dtype(dt).itemsize
+
+    def measured(compiled):
+        m = compiled.memory_analysis()
+        return (m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes
+                - m.alias_size_in_bytes)
+
+    cases = {
+        "newton": (solver_memory("newton", T, d, rank, n_starts, item),
+                   _newton_kernel.lower(pop, U0, *tols[:2], max_iter=max_iter)),
+        "lbfgs": (solver_memory("lbfgs", T, d, rank, n_starts, item),
+                  _lbfgs_kernel.lower(pop, U0, *tols, max_iter=max_iter, population=True,
+                                      start_batch=n_starts)),
+        "finite low-rank": (finite_memory(T, d, rank, n_starts, item),
+                            _lbfgs_finite_kernel.lower(finite_parts(fin.Sxx, fin.Syx), U0, *tols,
+                                                       max_iter=max_iter, start_batch=n_starts)),
+    }
+    ratio = {name: est / measured(lowered.compile()) for name, (est, lowered) in cases.items()}
+    worst = max(ratio.values(), key=lambda x: abs(math.log(x)))
+    ok = all(1 / MEMORY_FACTOR <= x <= MEMORY_FACTOR for x in ratio.values())
+    return Verdict(
+        CLAIM, f"memory estimates (solver_memory newton / lbfgs, finite_memory) / XLA's memory "
+        f"analysis of the compiled solver, {n_starts} starts: the ratio farthest from 1", 1.0,
+        float(worst), float("nan"),
+        Tolerance.stated(MEMORY_FACTOR, "the estimates are models, within a factor ~2 of peak "
+                         "RSS (docstrings); allowed a factor 2.5 either way of XLA's accounting"),
+        ok, "check",
+        f"T={T}, d={d}, rank={rank}, max_iter={max_iter}; "
+        + ", ".join(f"{n} {x:.2f}" for n, x in ratio.items()))
 
 
 def plot(result: ClaimResult, out_dir) -> list:
