@@ -474,12 +474,14 @@ def _tests_job(path: str, source: str, tests: list[str], log: str) -> dict:
 
 def recheck(survivors: list[dict], *, setting: str, seed: int, workers: int, files: list[str],
             cache: Path, mem_gib: float, tests: dict | None = None, only=None,
-            save: Path | None = None) -> dict:
+            save: Path | None = None, warm: bool = True) -> dict:
     """Each survivor (records with ``key``, ``module``, ``diff``) on the tree as it is now (this
     module's repository root): the claims that now execute the mutated statement at ``setting``,
     stopping at the first failing row; with ``tests`` (``{module: [test files]}``) and no failing
     row, those tests too. Returns ``{key: {"verify": rows, "ran": claims, "tests": ids,
-    "setting": setting}}``; ``"stale"`` when the mutant no longer applies."""
+    "setting": setting}}``; ``"stale"`` when the mutant no longer applies. ``warm=False``: every
+    mutant in a fresh forked worker (the warm workers' code swap missed a mutant inside a jitted
+    function that the fresh worker kills: use it for a final recheck)."""
     cov = claim_coverage(files, setting, seed, workers, cache, only)
     order = sorted(cov, key=lambda c: cov[c]["seconds"])
     out: dict = {}
@@ -504,7 +506,8 @@ def recheck(survivors: list[dict], *, setting: str, seed: int, workers: int, fil
         tasks.append((r["key"], _mutant_job,
                       (f, mutated, claims, setting, seed, int(mem_gib * 2 ** 30)), budget))
         fn_of = enclosing_function(source)
-        if fn_of.get(lines.start, "") and fn_of.get(lines.stop - 1, "") == fn_of[lines.start]:
+        if warm and fn_of.get(lines.start, "") and \
+                fn_of.get(lines.stop - 1, "") == fn_of[lines.start]:
             warm_tasks.append((r["key"], f, mutated, fn_of[lines.start], claims, budget))
     prepare_parent()
 

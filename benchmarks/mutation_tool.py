@@ -220,7 +220,8 @@ TESTS = {
 
 
 def recheck(session: Path, *, setting: str, label: str, tests: bool, workers: int,
-            python: str, only=None, claims=None, every: bool = False, keys=None) -> dict:
+            python: str, only=None, claims=None, every: bool = False, keys=None,
+            warm: bool = True) -> dict:
     """Every survivor of ``session`` (not stated equivalent) again, on a scratch copy of the
     working tree as it is now (new rows, new tests), through :func:`benchmarks.mutation_runner.
     recheck` at ``setting`` (and, with ``tests``, the module's test files of :data:`TESTS` for
@@ -249,7 +250,7 @@ def recheck(session: Path, *, setting: str, label: str, tests: bool, workers: in
     subprocess.run([python, "-m", "benchmarks.mutation_tool", "exec-recheck", "survivors.json",
                     "--setting", setting, "--workers", str(workers), "--out", str(out),
                     "--coverage", str(root / f"coverage-{label}-{setting}.json"),
-                    *(["--tests"] if tests else []),
+                    *(["--tests"] if tests else []), *([] if warm else ["--no-warm"]),
                     *[a for c in claims or () for a in ("--claims", c)],
                     *[a for m in all_modules() for a in ("--file", m)]],
                    cwd=work, env=env, check=True)
@@ -512,6 +513,8 @@ def main(argv=None) -> int:
     k.add_argument("--claims", action="append", default=None,
                    help="only these claims (ids or family names; default every claim)")
     k.add_argument("--python", default=sys.executable)
+    k.add_argument("--no-warm", action="store_true",
+                   help="every mutant in a fresh forked worker (no warm workers' code swap)")
     k.add_argument("--key", action="append", default=None,
                    help="only this mutant (its key, as the report prints it; repeatable)")
     k.add_argument("--all", action="store_true", dest="every",
@@ -524,6 +527,7 @@ def main(argv=None) -> int:
     e.add_argument("--coverage", type=Path, required=True)
     e.add_argument("--file", action="append", required=True)
     e.add_argument("--tests", action="store_true")
+    e.add_argument("--no-warm", action="store_true")
     e.add_argument("--claims", action="append", default=None)
     q = sub.add_parser("confirm", help="the runner's decisions against cosmic-ray apply + the "
                        "plain verify command, on a random sample")
@@ -569,7 +573,7 @@ def main(argv=None) -> int:
     if a.cmd == "recheck":
         recheck(a.session.resolve(), setting=a.setting, label=a.label or a.setting,
                 tests=a.tests, workers=a.workers, python=a.python, only=a.module,
-                claims=a.claims, every=a.every, keys=a.key)
+                claims=a.claims, every=a.every, keys=a.key, warm=not a.no_warm)
         return 0
     if a.cmd == "exec-recheck":
         from benchmarks import mutation_runner   # deferred: a worker must import linmeta itself
@@ -577,7 +581,7 @@ def main(argv=None) -> int:
         got = mutation_runner.recheck(
             json.loads(a.survivors.read_text()), setting=a.setting, seed=0, workers=a.workers,
             files=a.file, cache=a.coverage, mem_gib=6.0, tests=TESTS if a.tests else None,
-            only=a.claims, save=a.out)
+            only=a.claims, save=a.out, warm=not a.no_warm)
         a.out.write_text(json.dumps(got, indent=1) + "\n")
         return 0
     if a.cmd == "confirm":

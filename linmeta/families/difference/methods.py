@@ -345,12 +345,18 @@ def joint_fit(source: TaskStats, rank, *, key, n_starts: int = 8, max_iter: int 
 
 def joint_fit_memory(d: int, T: int, rank: int, n_starts: int, population: bool,
                      core: bool = False) -> int:
-    """Bytes the joint fit plans to hold (float64): per start the Jacobian of the T d^2 residuals
-    in the 2 d r unknowns and, at finite samples, the d^2 x d^2 normal equations (a few copies)
-    and the (T, q, d^2) products of the basis with the statistics (q = r, or r^2 for a core)."""
+    """Bytes the joint fit plans to hold (float64), per start: the Jacobian of the T d^2
+    residuals in the 2 d r unknowns (``jax.jacfwd``) and about four arrays of its size (the
+    tangents of the residuals, the step's products); at finite samples also the d^2 x d^2 normal
+    equations and the (T, q, d^2) products of the basis with the statistics (q = r, or r^2 for a
+    core), each carried with its 2 d r forward-mode tangents (about six copies). Measured against
+    XLA's memory analysis of the compiled fit (tests/test_difference_memory.py): an upper bound,
+    at most 4 times XLA's count at small shapes (it was 20-40 times too small at finite samples,
+    4 times in the population, before the tangents and copies were counted)."""
     q = rank * rank if core else rank
-    per_start = T * d * d * 2 * d * rank + (0 if population else 4 * d ** 4 + 3 * T * q * d * d)
-    return 8 * n_starts * per_start
+    jac = T * d * d * 2 * d * rank
+    finite = (d ** 4 + T * q * d * d) * (4 + 6 * 2 * d * rank)
+    return 8 * n_starts * (5 * jac + (0 if population else finite))
 
 
 def difference_svd(source: TaskStats, rank, *, kind: str = "pca") -> DifferenceFit:

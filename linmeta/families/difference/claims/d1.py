@@ -499,9 +499,11 @@ def joint_fit_memory_plan() -> Verdict:
     """:func:`~linmeta.families.difference.methods.joint_fit_memory` (what ``joint_fit``
     refuses by) against the arrays its docstring says it counts, their shapes taken from the
     fit's own functions by ``jax.eval_shape`` (float64: 8 bytes an entry): in the population the
-    plan is exactly ``n_starts`` Jacobians of :func:`~linmeta.families.difference.methods.profile_residual`
-    in the 2 d r unknowns (``jax.jacfwd``; on the first and the third shape); at finite samples it adds at least one d^2 x d^2
-    normal-equation matrix and one (T, q, d^2) product per start (q: the number of basis matrices
+    plan is exactly ``5 n_starts`` Jacobians of :func:`~linmeta.families.difference.methods.profile_residual`
+    in the 2 d r unknowns (``jax.jacfwd``; the Jacobian and about four arrays of its size; on
+    the first and the third shape); at finite samples it adds at least one d^2 x d^2
+    normal-equation matrix and one (T, q, d^2) product per start, each with its 2 d r
+    forward-mode tangents (q: the number of basis matrices
     :func:`~linmeta.families.difference.methods.direction_basis` gives, r or r^2 for a core); the
     default is the diagonal model (``core=False``). Cases that disagree (exact). Shapes: (d, T, r)
     = (3, 3, 2), (2, 20, 1) (the (T, q, d^2) term above the d^4 one), (2, 2, 2), 3 starts. Not
@@ -520,13 +522,14 @@ def joint_fit_memory_plan() -> Verdict:
         pop = methods.joint_fit_memory(d, T, r, S, True)
         if T < 20:                  # (the Jacobian's shape by tracing: two shapes suffice)
             J = jax.eval_shape(jax.jacfwd(res), x)
-            if pop != S * 8 * int(np.prod(J.shape)):
-                wrong.append(f"(d={d}, T={T}, r={r}) population: {pop} vs {S} x 8 x {J.shape}")
+            if pop != 5 * S * 8 * int(np.prod(J.shape)):
+                wrong.append(f"(d={d}, T={T}, r={r}) population: {pop} vs 5 x {S} x 8 x "
+                             f"{J.shape}")
         for core in (False, True):
             q = jax.eval_shape(lambda u, v: methods.direction_basis(u, v, core), uv, uv).shape[0]
             fin = methods.joint_fit_memory(d, T, r, S, False, core=core)
             low = (methods.joint_fit_memory(d, T, r, S, True, core=core)
-                   + S * 8 * (d ** 4 + T * q * d * d))
+                   + S * 8 * (d ** 4 + T * q * d * d) * (1 + 2 * d * r))
             if fin < low:
                 wrong.append(f"(d={d}, T={T}, r={r}, core={core}) finite: {fin} < {low}")
         default = methods.joint_fit_memory(d, T, r, S, False)
