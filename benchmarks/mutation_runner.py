@@ -61,7 +61,9 @@ def prepare_parent() -> None:
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_backend_optimization_level" not in flags:
-        os.environ["XLA_FLAGS"] = (flags + " " + FAST_FLAG).strip()
+        flags = os.environ["XLA_FLAGS"] = (flags + " " + FAST_FLAG).strip()
+    if "xla_cpu_multi_thread_eigen" not in flags:   # as linmeta.front.verify: one Eigen thread
+        os.environ["XLA_FLAGS"] = (flags + " --xla_cpu_multi_thread_eigen=false").strip()
     import jax  # noqa: F401  (imported for the children)
     import jax.numpy  # noqa: F401
     import numpy  # noqa: F401

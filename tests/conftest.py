@@ -14,9 +14,11 @@ collection time (so it overlaps the rest of the suite).
 import os
 
 # XLA's cheap backend optimisation level: the tests are compile-bound (programs that linmeta
-# compiles with explicit options, the sweep's, keep theirs)
+# compiles with explicit options, the sweep's, keep theirs); one Eigen thread in XLA's CPU runtime
+# (multi-threaded, a run occasionally never returned: linmeta.front.verify._single_thread_eigen)
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2 "
-                                   "--xla_backend_optimization_level=0")
+                                   "--xla_backend_optimization_level=0 "
+                                   "--xla_cpu_multi_thread_eigen=false")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # the suite counts compilations: no persistent compilation cache in the test processes (the
 # cache's own tests set up their children explicitly)

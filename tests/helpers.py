@@ -150,7 +150,9 @@ def tiny_claim_runs(experiments: dict, tag: str, *, body: str | None = None, nam
 
 def _run_chain(jobs: list) -> None:
     env = dict(os.environ)
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
+                        + ("" if "xla_cpu_multi_thread_eigen" in env.get("XLA_FLAGS", "")
+                           else " --xla_cpu_multi_thread_eigen=false")).strip()
     env["JAX_PLATFORMS"] = env.get("JAX_PLATFORMS", "cpu")
     for job in jobs:
         try:

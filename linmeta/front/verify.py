@@ -33,7 +33,10 @@ dominated by XLA compilation, so when JAX's backend has not started yet they ask
 backend optimisation level (``--xla_backend_optimization_level=0`` appended to ``XLA_FLAGS``);
 a ``XLA_FLAGS`` that already sets that option is left alone. OpenBLAS (used by NumPy, SciPy and
 jaxlib's CPU LAPACK kernels) is asked for one thread unless ``OPENBLAS_NUM_THREADS`` is set: the
-runs make many small eigendecompositions, where threads only contend.
+runs make many small eigendecompositions, where threads only contend. XLA's CPU Eigen runs on one
+thread (``--xla_cpu_multi_thread_eigen=false`` appended to ``XLA_FLAGS`` before the backend
+starts, unless set): multi-threaded, a run occasionally never returned (every XLA thread parked).
+``--jobs N`` runs N claims at once, each in a spawned process with the same flags.
 
 Usage::
 
@@ -75,6 +78,7 @@ __all__ = ["add_arguments", "run_from_args", "run_verify", "format_table", "main
            "claim_summary", "report_files", "PARTIAL_RULE", "default_jobs"]
 
 _FAST_COMPILE_FLAG = "--xla_backend_optimization_level=0"
+_SINGLE_THREAD_EIGEN = "--xla_cpu_multi_thread_eigen=false"
 MAX_AUTO_JOBS = 4
 JOB_MEMORY_GIB = 3
 DEFAULT_OUT = os.path.join("results", "verify")
@@ -209,6 +213,31 @@ def _parse_claims(text):
 
 
 # ----------------------------------------------------------------------------- running
+def _backend_started() -> bool:
+    try:
+        from jax._src import xla_bridge
+
+        return bool(xla_bridge.backends_are_initialized())
+    except Exception:  # noqa: BLE001 - private API moved: count it as started, flags untouched
+        return True
+
+
+def _single_thread_eigen() -> bool:
+    """Append ``--xla_cpu_multi_thread_eigen=false`` to ``XLA_FLAGS`` when the backend has not
+    started and the flag is not set; True when it is in effect. With XLA's multi-threaded Eigen,
+    a CPU run occasionally never returns: every XLA thread parked, the caller waiting on a
+    result (seen in C2, about one --quick run in four or five on 2 cores, native stacks in
+    the closing notes); the verification's matrices are small, so one Eigen thread costs
+    little, and --jobs runs claims side by side instead."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_cpu_multi_thread_eigen" in flags:
+        return "xla_cpu_multi_thread_eigen=false" in flags
+    if _backend_started():
+        return False
+    os.environ["XLA_FLAGS"] = (flags + " " + _SINGLE_THREAD_EIGEN).strip()
+    return True
+
+
 def _prefer_fast_compile() -> bool:
     """Append the cheap-compile XLA flag when the backend has not started; True if it applies."""
     flags = os.environ.get("XLA_FLAGS", "")
@@ -356,6 +385,7 @@ def run_verify(setting: str = "quick", claims=None, out_dir=DEFAULT_OUT, seed: i
         raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
     claim_ids = _parse_claims(claims)
     fast = _prefer_fast_compile() if setting in ("tiny", "quick") else False
+    eigen1 = _single_thread_eigen()
 
 
 
@@ -379,6 +409,7 @@ def run_verify(setting: str = "quick", claims=None, out_dir=DEFAULT_OUT, seed: i
     ok = all(_row_ok(v) for r in results for v in r.verdicts)
     meta = _meta(setting, seed, claim_ids, total, fast)
     meta["jobs"] = jobs
+    meta["xla_single_thread_eigen"] = bool(eigen1)
     meta["blas_single_thread"] = bool(blas1)
     report_name, verdicts_name = report_files(claim_ids)
     meta["report"], meta["verdicts"] = report_name, verdicts_name
