@@ -158,6 +158,48 @@ def test_parallel_run_gives_the_rows_of_a_serial_one(tmp_path, capsys):
     assert _parser().parse_args([]).jobs is None and verify.default_jobs() >= 1
 
 
+STALL_CLAIM = """
+import os, pathlib, time
+from linmeta.engine.claims import ClaimResult, Verdict
+
+def run(setting="quick", seed=0):
+    mark = pathlib.Path(os.environ["LINMETA_TEST_STALL_MARK"])
+    if not mark.exists():          # the first run stalls without using CPU, as XLA's did
+        mark.write_text("stalled once")
+        time.sleep(3600)
+    return ClaimResult(CLAIM, [Verdict(CLAIM, "q", 0.0, 0.0, 0.0, "exact", True, "check")], {})
+"""
+
+
+def test_a_stalled_claim_is_rerun_in_a_fresh_worker(tmp_path, monkeypatch):
+    """--jobs: a worker that uses no CPU while its claim is pending (XLA's runtime stalled) is
+    killed after STALL_SECONDS and the claim runs again in a fresh worker; the report says so."""
+    from linmeta.engine import families
+
+    pkg = tmp_path / "stallpkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    for cid in ("Z1", "Z2"):
+        (pkg / f"{cid.lower()}.py").write_text(f"CLAIM = {cid!r}\n" + STALL_CLAIM)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("LINMETA_TEST_STALL_MARK", str(tmp_path / "z1.mark"))
+    (tmp_path / "z2.mark").write_text("never stalls")
+    monkeypatch.setattr(verify, "STALL_SECONDS", 4.0)
+    fam = families.Family(name="stalltest", title="t", doc="docs/x.md",
+                          claims={"Z1": "stallpkg.z1"})
+    families.register(fam, replace=True)
+    try:
+        results, ok = verify.run_verify("tiny", ["Z1", "C5"], tmp_path / "out", figures=False,
+                                        jobs=2)
+        report, verdicts = verify.report_files(["Z1", "C5"])
+    finally:
+        families._REGISTRY.pop("stalltest", None)
+    assert ok and [r.claim for r in results] == ["Z1", "C5"]
+    meta = json.loads((tmp_path / "out" / verdicts).read_text())["meta"]
+    assert meta["reruns"] == ["Z1 (run 2: XLA's runtime had stalled)"]
+    assert "rerun in fresh processes: Z1" in (tmp_path / "out" / report).read_text()
+
+
 def test_a_malformed_row_is_a_failed_claim_not_a_crash(tmp_path, fake_claims):
     """A claim whose rows are not Verdicts (here a list inside the list) fails its claim with a
     traceback in the report; the runner and the other claims go on."""

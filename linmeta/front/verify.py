@@ -36,7 +36,10 @@ jaxlib's CPU LAPACK kernels) is asked for one thread unless ``OPENBLAS_NUM_THREA
 runs make many small eigendecompositions, where threads only contend. XLA's CPU Eigen runs on one
 thread (``--xla_cpu_multi_thread_eigen=false`` appended to ``XLA_FLAGS`` before the backend
 starts, unless set): multi-threaded, a run occasionally never returned (every XLA thread parked).
-``--jobs N`` runs N claims at once, each in a spawned process with the same flags.
+``--jobs N`` runs N claims at once, each in a spawned process with the same flags; where
+``/proc`` shows the workers' CPU time, a pool that used no CPU for ``STALL_SECONDS`` while claims
+were pending (a stalled XLA run) is stopped and the unfinished claims run again in fresh workers,
+at most ``MAX_ATTEMPTS`` times each; the report and the last line name every rerun.
 
 Usage::
 
@@ -334,33 +337,108 @@ def _worker_claim(claim: str, setting: str, seed: int, out_dir, figures: bool):
     return _portable(res), paths
 
 
-def _run_claims_parallel(claim_ids, setting, seed, out, figures, jobs, progress):
+STALL_SECONDS = 90.0   # a pool whose workers used no CPU for this long, claims pending: stalled
+MAX_ATTEMPTS = 3       # runs of a claim (the first and the reruns after stalls)
+
+
+def _cpu_seconds(pid: int):
+    """CPU time (user + system) of process ``pid`` from /proc, or None where there is no /proc."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _pool_cpu(pool):
+    """Total CPU seconds of the pool's worker processes (None when unknown)."""
+    total = 0.0
+    for proc in list(getattr(pool, "_processes", {}).values()):
+        t = _cpu_seconds(proc.pid)
+        if t is None:
+            return None
+        total += t
+    return total
+
+
+def _run_claims_parallel(claim_ids, setting, seed, out, figures, jobs, progress, reruns):
     """Run the claims in ``jobs`` worker processes (spawned: JAX is not fork-safe); results come
-    back in claim order, and ``progress`` sees them in that order as soon as each is ready."""
+    back in claim order, and ``progress`` sees them in that order as soon as each is ready.
+
+    A watchdog (where /proc gives the workers' CPU time): when claims are pending and no worker
+    has used CPU for :data:`STALL_SECONDS`, XLA's runtime has stalled (a run that never returns,
+    every thread parked); the pool is stopped and the unfinished claims run again in fresh
+    workers, at most :data:`MAX_ATTEMPTS` times each (then a failed row says so). Each rerun is
+    appended to ``reruns`` as ``(claim, attempt)``."""
     ctx = multiprocessing.get_context("spawn")
     results, figs, done = {}, {}, 0
-    with concurrent.futures.ProcessPoolExecutor(
-            max_workers=jobs, mp_context=ctx, initializer=_worker_start,
-            initargs=(compile_cache.enabled_dir(), families.all_families())) as pool:
-        futures = {pool.submit(_worker_claim, cid, setting, seed, out, figures): cid
-                   for cid in claim_ids}
+    attempts = dict.fromkeys(claim_ids, 0)
+    pending = list(claim_ids)
+    while pending:
+        pool = concurrent.futures.ProcessPoolExecutor(
+            max_workers=min(jobs, len(pending)), mp_context=ctx, initializer=_worker_start,
+            initargs=(compile_cache.enabled_dir(), families.all_families()))
+        stalled = False
         try:
-            for fut in concurrent.futures.as_completed(futures):
-                cid = futures[fut]
-                try:
-                    results[cid], figs[cid] = fut.result()
-                except Exception as e:  # noqa: BLE001 - a worker died (e.g. killed for memory)
-                    results[cid] = _failed(cid, "run raised", f"worker process failed: "
-                                                             f"{type(e).__name__}: {e}")
-                    figs[cid] = []
+            futures = {pool.submit(_worker_claim, cid, setting, seed, out, figures): cid
+                       for cid in pending}
+            for cid in pending:
+                attempts[cid] += 1
+            waiting = set(futures)
+            last_cpu, last_change = None, time.monotonic()
+            while waiting:
+                finished, waiting = concurrent.futures.wait(
+                    waiting, timeout=5.0, return_when=concurrent.futures.FIRST_COMPLETED)
+                for fut in finished:
+                    cid = futures[fut]
+                    try:
+                        results[cid], figs[cid] = fut.result()
+                    except Exception as e:  # noqa: BLE001 - a worker died (e.g. out of memory)
+                        results[cid] = _failed(cid, "run raised", f"worker process failed: "
+                                                                 f"{type(e).__name__}: {e}")
+                        figs[cid] = []
                 while done < len(claim_ids) and claim_ids[done] in results:
                     if progress is not None:
                         progress(results[claim_ids[done]])
                     done += 1
+                cpu = _pool_cpu(pool)
+                if finished or cpu is None or last_cpu is None or cpu > last_cpu + 0.05:
+                    last_cpu, last_change = cpu, time.monotonic()
+                elif time.monotonic() - last_change > STALL_SECONDS:
+                    stalled = True
+                    break
         except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
+            _stop_pool(pool)
             raise
+        if stalled:
+            _stop_pool(pool)
+        else:
+            pool.shutdown(wait=True)
+        pending = [c for c in claim_ids if c not in results]
+        for cid in pending:
+            if attempts[cid] >= MAX_ATTEMPTS:
+                results[cid] = _failed(cid, "run stalled", f"XLA's runtime stalled (no CPU for "
+                                       f"{STALL_SECONDS:.0f} s) in {attempts[cid]} runs")
+                figs[cid] = []
+            else:
+                reruns.append((cid, attempts[cid] + 1))
+        pending = [c for c in claim_ids if c not in results]
+        while done < len(claim_ids) and claim_ids[done] in results:
+            if progress is not None:
+                progress(results[claim_ids[done]])
+            done += 1
     return [results[c] for c in claim_ids], figs
+
+
+def _stop_pool(pool) -> None:
+    """Kill the pool's workers (a stalled XLA run ignores everything else) and drop the pool."""
+    for proc in list(getattr(pool, "_processes", {}).values()):
+        try:
+            proc.kill()
+        except OSError:  # already gone
+            pass
+    pool.shutdown(wait=False, cancel_futures=True)
 
 
 def run_verify(setting: str = "quick", claims=None, out_dir=DEFAULT_OUT, seed: int = 0,
@@ -393,11 +471,11 @@ def run_verify(setting: str = "quick", claims=None, out_dir=DEFAULT_OUT, seed: i
     jax.config.update("jax_enable_x64", True)
     blas1 = single_thread_blas()
     t0 = time.perf_counter()
-    results, figs = [], {}
+    results, figs, reruns = [], {}, []
     jobs = min(jobs, len(claim_ids))
     if jobs > 1:
         results, figs = _run_claims_parallel(claim_ids, setting, seed, out, figures, jobs,
-                                             progress)
+                                             progress, reruns)
     else:
         for cid in claim_ids:
             res, paths = run_claim(cid, setting, seed, out, figures)
@@ -410,6 +488,7 @@ def run_verify(setting: str = "quick", claims=None, out_dir=DEFAULT_OUT, seed: i
     meta = _meta(setting, seed, claim_ids, total, fast)
     meta["jobs"] = jobs
     meta["xla_single_thread_eigen"] = bool(eigen1)
+    meta["reruns"] = [f"{c} (run {n}: XLA's runtime had stalled)" for c, n in reruns]
     meta["blas_single_thread"] = bool(blas1)
     report_name, verdicts_name = report_files(claim_ids)
     meta["report"], meta["verdicts"] = report_name, verdicts_name
@@ -554,7 +633,10 @@ def _partial_note(meta) -> list[str]:
 
 def _jobs_note(meta) -> str:
     jobs = meta.get("jobs", 1)
-    return "" if jobs == 1 else f" wall ({jobs} claims at once, each in its own process)"
+    note = "" if jobs == 1 else f" wall ({jobs} claims at once, each in its own process)"
+    if meta.get("reruns"):
+        note += "; rerun in fresh processes: " + ", ".join(meta["reruns"])
+    return note
 
 
 def _report(results, figs, meta, ok, out: Path) -> str:
@@ -657,12 +739,16 @@ def run_from_args(args) -> int:
         n_fail = sum(claim_summary(r)["result"] != "pass" for r in results)
         total = sum(r.seconds for r in results)
         wall = time.perf_counter() - t_start
-        timing = (f"{total:.1f} s" if jobs == 1 else
-                  f"{wall:.1f} s wall ({total:.1f} s of claims, {jobs} at once)")
+        at_once = min(jobs, len(claims))
+        timing = (f"{total:.1f} s" if at_once == 1 else
+                  f"{wall:.1f} s wall ({total:.1f} s of claims, {at_once} at once)")
         partial = ("" if report_name == "REPORT.md" else
                    f" (a partial run: {Path(out_dir) / 'REPORT.md'}, the full report, is left "
                    "as it was)")
         print("-" * len(_table_header()[0]))
+        meta = json.loads((Path(out_dir) / verdicts_name).read_text(encoding="utf-8"))["meta"]
+        for line in meta.get("reruns", []):
+            print(f"note: {line}")
         print(f"{len(results) - n_fail}/{len(results)} claims pass; {timing}. "
               f"Report: {Path(out_dir) / report_name}{partial}")
     return 0 if ok else 1
