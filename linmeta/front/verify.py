@@ -35,7 +35,7 @@ a ``XLA_FLAGS`` that already sets that option is left alone. OpenBLAS (used by N
 jaxlib's CPU LAPACK kernels) is asked for one thread unless ``OPENBLAS_NUM_THREADS`` is set: the
 runs make many small eigendecompositions, where threads only contend. XLA's CPU Eigen runs on one
 thread (``--xla_cpu_multi_thread_eigen=false`` appended to ``XLA_FLAGS`` before the backend
-starts, unless set): multi-threaded, a run occasionally never returned (every XLA thread parked).
+starts, unless set).
 ``--jobs N`` runs N claims at once, each in a spawned process with the same flags; where
 ``/proc`` shows the workers' CPU time, a pool that used no CPU for ``STALL_SECONDS`` while claims
 were pending (a stalled XLA run) is stopped and the unfinished claims run again in fresh workers,
@@ -227,11 +227,11 @@ def _backend_started() -> bool:
 
 def _single_thread_eigen() -> bool:
     """Append ``--xla_cpu_multi_thread_eigen=false`` to ``XLA_FLAGS`` when the backend has not
-    started and the flag is not set; True when it is in effect. With XLA's multi-threaded Eigen,
-    a CPU run occasionally never returns: every XLA thread parked, the caller waiting on a
-    result (seen in C2, about one --quick run in four or five on 2 cores, native stacks in
-    the closing notes); the verification's matrices are small, so one Eigen thread costs
-    little, and --jobs runs claims side by side instead."""
+    started and the flag is not set; True when it is in effect. The verification's matrices are
+    small, so one Eigen thread costs little, and ``--jobs`` runs claims side by side instead.
+    (XLA's CPU runtime occasionally stalls, every thread parked and the caller waiting on a
+    result; seen in C2 with multi-threaded Eigen and, less often, with this flag too: the
+    ``--jobs`` watchdog reruns such a claim.)"""
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_cpu_multi_thread_eigen" in flags:
         return "xla_cpu_multi_thread_eigen=false" in flags
