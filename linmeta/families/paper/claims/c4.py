@@ -41,7 +41,12 @@ Rows:
 
 (d) The landscape module's closed-form gradient and Hessian of G (:mod:`linmeta.methods.landscape`,
     used by the critical-point finder and the classifier) against automatic differentiation of
-    :func:`linmeta.methods.population_reduced_objective` at critical points found.
+    :func:`linmeta.methods.population_reduced_objective` at critical points found; the finder's
+    evidence against its documented meaning (:func:`critical_point_evidence_row`: the scale from
+    the library objective at U = 0, the restricted spectrum's length, the iteration range, the
+    label thresholds).
+(e) The record of ``finetune``'s gradient descent in (b): steps 0, rec, ..., steps, one per
+    recorded loss (:func:`linmeta.engine.claim_support.history_problems`).
 
 Tolerances (:class:`~linmeta.engine.verdict.Tolerance`): objectives that vanish in exact arithmetic
 to squared rounding (``(10 d eps scale)^2``, the scale being the size of the matrices that cancel),

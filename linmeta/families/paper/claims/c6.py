@@ -38,7 +38,10 @@ the smallest singular value of the rank-k shift); full fine-tuning's in-sample e
 the Eckart-Young bias within ``4 (d/n + sigma^2 dof / (n floor))`` (the variance term, and
 ``S_xx = I + O(sqrt(d/n))`` weighting the fit, which moves its Frobenius error at second order);
 the masked estimator equals ``finetune(method="exact")`` and the masked Eckart-Young floor equals
-``theory.lora_bias`` (rounding). Measured (no closed form): the slope of the population error
+``theory.lora_bias`` (rounding); exact fine-tuning above ``DENSE_MAX_D`` (its Cholesky and
+subspace-iteration path, :func:`large_d_reduced_rank_check`) against NumPy's reduced-rank
+regression (rounding); ``finetune``'s call forms (method names built at run time, the default
+step) against the literal forms (exact, :func:`finetune_call_forms_check`). Measured (no closed form): the slope of the population error
 (finite-n inflation) and of the SR error.
 
 The data come from :func:`linmeta.draw_samples` (one draw of n_max rows per seed; the statistics of

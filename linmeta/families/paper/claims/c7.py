@@ -18,7 +18,9 @@ second-order noise term ``sigma_max d / (sqrt(N) min_t ||U*_t||^2)``); the noise
 statistics carry, ``2 L_t(M*_t) / d`` (:func:`linmeta.core.losses.task_loss`) against ``noise_std^2``
 (chi-square band); SR's relative error (:func:`linmeta.core.metrics.base_error`) at the largest N against
 ``||Rbar||_F / ||A*||_F`` within 4 C1 standard deviations ``sqrt(C/N)``
-(:func:`linmeta.core.theory.sr_sample_error_constant`).
+(:func:`linmeta.core.theory.sr_sample_error_constant`); the solvers' memory estimates against XLA's
+memory analysis of the compiled solvers, within a factor 2.5 either way
+(:func:`solver_memory_row`).
 """
 from __future__ import annotations
 

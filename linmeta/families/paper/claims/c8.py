@@ -73,7 +73,10 @@ Everything else is ``"measured"`` (no theory predicts it): per method, the share
 spurious minima over all cells, at k = 1, at 3k > d and at T = 4, 5 (a subset row only where it
 differs from all cells; the note gives the census, the degenerate spurious minima and how many lie
 far out, and the cells with spurious minima with their counts); where identifiability fails
-(3k > d). The first row is Newton's share over all cells.
+(3k > d). The first row is Newton's share over all cells. Checks on hand-built input: the census
+classes (:func:`census_classes_row`), the classifier's levels next to a global minimum
+(:func:`classifier_levels_row`) and :func:`~linmeta.methods.landscape.random_starts`' scales
+(:func:`random_starts_row`, chi-square band).
 
 **Found** (full setting, seed 0: ``figures/c8_census.json``, map ``figures/c8_census_map.png``;
 69 cells x 128 runs per method):
