@@ -89,10 +89,10 @@ FT_LR = 0.005  # the paper's fine-tuning step
 SETTINGS = {
     "tiny": dict(n_theta=41, theta_max=2.0, d_family=4,
                  groups=((4, 1),), seeds=3, newton_starts=4, ft_steps=0,
-                 cp_groups=((4, 1),), cp_truths=2, cp_starts=16, cp_iter=100),
+                 cp_groups=((4, 1),), cp_truths=2, cp_starts=16, cp_iter=102),
     "quick": dict(n_theta=81, theta_max=2.0, d_family=6,
                   groups=((8, 2),), seeds=8, newton_starts=4, ft_steps=2000,
-                  cp_groups=((8, 2),), cp_truths=4, cp_starts=32, cp_iter=200),
+                  cp_groups=((8, 2),), cp_truths=4, cp_starts=32, cp_iter=202),
     "full": dict(n_theta=161, theta_max=2.5, d_family=8,
                  groups=((10, 1), (10, 2), (10, 3)), seeds=32, newton_starts=8, ft_steps=10000,
                  cp_groups=((4, 1), (6, 1), (6, 2), (8, 2), (9, 3)), cp_truths=16, cp_starts=64,
@@ -236,13 +236,18 @@ def _critical_points(cfg, key, d, k):
         dH = jnp.max(jnp.linalg.norm(H_lm - H_auto, axis=(-2, -1)) / scale)
         dg = jnp.max(jnp.linalg.norm(g_lm - g_auto, axis=-1) / (scale * jnp.sqrt(cp.info.scale[:m])))
         G0 = G(jnp.zeros(T * d * k, R.dtype))  # the library's objective at U = 0
-        return cp, jnp.maximum(dH, dg), G0
+        # the same starts with half the iterations: their end points are the iterates size_mid
+        # describes (after max_iter // 2 iterations, or the end point when stopped earlier)
+        half = landscape.find_critical_points(R, U0, max_iter=cfg["cp_iter"] // 2, boosts=True)
+        return cp, jnp.maximum(dH, dg), G0, half.info.size
 
-    cp, deriv, G0 = jax.jit(lambda kk: jax.lax.map(one, draw(kk, shapes)))(key)
+    cp, deriv, G0, size_half = jax.jit(lambda kk: jax.lax.map(one, draw(kk, shapes)))(key)
     info = jax.tree.map(lambda a: np.asarray(a).reshape(-1, *np.shape(a)[2:]), cp.info)
     evidence = dict(G0=np.repeat(np.asarray(G0), S), scale=info.scale,
                     n_finite_eigs=np.sum(np.isfinite(info.eigenvalues), axis=-1),
-                    grad_abs=info.grad_norm, objective_abs=info.objective)
+                    grad_abs=info.grad_norm, objective_abs=info.objective,
+                    size_mid=np.asarray(cp.size_mid).reshape(-1),
+                    size_half=np.asarray(size_half).reshape(-1))
     return dict(label=info.label, objective=info.objective / info.scale ** 2,
                 grad_norm=info.grad_norm / info.scale ** 1.5, min_eig=info.min_eig / info.scale,
                 n_orbit=info.n_orbit, n_flat=info.n_flat, size=info.size,
@@ -260,7 +265,8 @@ def critical_point_evidence_row(c: dict, *, d: int, k: int, max_iter: int) -> Ve
     ``n - n_orbit`` finite entries (n = T d k); the iterations are in [1, max_iter] (no start is
     a critical point); a point labelled global has ``G <= tol.objective c^2``, and a point
     labelled a minimum or saddle has ``||grad G|| <= tol.gradient c^{3/2}`` (default
-    tolerances). Counts the points that break one of these."""
+    tolerances); ``size_mid`` is the size of the end point of the same start run for
+    ``max_iter // 2`` iterations (rel. 1e-9). Counts the points that break one of these."""
     ev = c["evidence"]
     tol = landscape.default_tolerances()
     n = T * d * k
@@ -274,13 +280,16 @@ def critical_point_evidence_row(c: dict, *, d: int, k: int, max_iter: int) -> Ve
                                    != (ev["objective_abs"] <= tol.objective * ev["scale"] ** 2))),
         "converged label": int(np.sum((lab != landscape.NOT_CONVERGED)
                                       & (ev["grad_abs"] > tol.gradient * ev["scale"] ** 1.5))),
+        "size_mid": int(np.sum(np.abs(ev["size_mid"] - ev["size_half"])
+                               > 1e-9 * np.maximum(np.abs(ev["size_half"]), 1e-300))),
     }
     total = sum(bad.values())
     return Verdict(
         CLAIM, f"find_critical_points' evidence vs its documented meaning, d={d}, k={k}: c = "
         "sqrt(2 G(0)) (library objective, rel. 1e-12), n - n_orbit finite restricted eigenvalues, "
         "1 <= iterations <= max_iter, global label iff G <= tol.objective c^2, labelled points "
-        "have ||grad|| <= tol.gradient c^1.5: points breaking one", 0, total, float("nan"),
+        "have ||grad|| <= tol.gradient c^1.5, size_mid = size after max_iter // 2 iterations: "
+        "points breaking one", 0, total, float("nan"),
         Tolerance.exact("points counted"), total == 0, "check",
         f"{len(lab)} points; c {np.min(ev['scale']):.3g}..{np.max(ev['scale']):.3g}; max "
         f"rel. scale deviation {np.max(scale_dev):.1e}; "

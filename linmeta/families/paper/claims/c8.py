@@ -142,7 +142,8 @@ from linmeta.methods.meta_lora import (_saddle_free_newton, alternating_step, me
 from linmeta.engine.claims import ClaimResult, Verdict
 from linmeta.engine.verdict import Tolerance
 from ._draws import draw, gaussian_truth, truth_shapes
-from linmeta.engine.claim_support import key_for, pyplot, save_figure, settings_value
+from linmeta.engine.claim_support import (history_problems, key_for, pyplot, save_figure,
+                                          settings_value)
 
 CLAIM = "C8"
 SCHEMA = "linmeta.c8_census/1"
@@ -657,7 +658,8 @@ def run(setting: str = "quick", seed: int = 0, *, checkpoint=None, log=None) -> 
                                      U=r["U"][i]))
     data = dict(setting=setting, seed=seed, cfg=cfg, census=record, spurious=spurious)
     return ClaimResult(CLAIM, verdicts(record) + [census_classes_row(), classifier_levels_row(),
-                                                  random_starts_row(key_for(seed, CLAIM))], data,
+                                                  random_starts_row(key_for(seed, CLAIM)),
+                                                  rosenbrock_newton_row()], data,
                        time.perf_counter() - t0)
 
 
@@ -732,6 +734,42 @@ def classifier_levels_row(d: int = 4, k: int = 1, T: int = 3) -> Verdict:
         "spurious (not converged): labels that differ", 0, len(wrong), float("nan"),
         Tolerance.exact("labels counted"), not wrong, "check",
         f"d={d}, k={k}, T={T}, c = {c:.3g}, lambda/c = {lam / c:.3g}; " + "; ".join(notes))
+
+
+def rosenbrock_newton_row(max_iter: int = 200, ftol: float = 1e-26, gtol: float = 1e-14) -> Verdict:
+    """The census's Newton solver (:func:`linmeta.methods.meta_lora._saddle_free_newton`, the one
+    of ``meta_lora(method="newton")``) on Rosenbrock's function from (-1.2, 1), where full
+    Newton steps overshoot and the line search must cut them: it reaches the minimiser (1, 1)
+    (``||x - x*|| <= 1e-8``), reports ``f`` at the point it returns, its trace (objective per
+    iteration, NaN after the stop) starts at ``f(x0)``, never rises and holds one value per
+    iteration, and it stops at the first iteration whose objective is at most ``ftol``.
+    Counts the statements that fail."""
+    def f(x):
+        return (1 - x[0]) ** 2 + 100 * (x[1] - x[0] ** 2) ** 2
+
+    x0 = jnp.asarray([-1.2, 1.0])
+    x, fx, info = jax.jit(lambda z: _saddle_free_newton(f, z, max_iter, ftol, gtol))(x0)
+    x, fx, trace = np.asarray(x), float(fx), np.asarray(info.trace)
+    its = int(info.iterations)
+    fin = np.isfinite(trace)
+    n_fin = int(np.sum(fin))
+    low = np.flatnonzero(trace[:n_fin] <= ftol)
+    bad = history_problems(np.arange(n_fin), trace[:n_fin], trace=True, final=fx,
+                           start=float(f(x0)), rel=1e-12)
+    if np.linalg.norm(x - 1.0) > 1e-8:
+        bad.append(f"ends at {x}, not (1, 1)")
+    if abs(fx - float(f(jnp.asarray(x)))) > 1e-12 * max(abs(fx), 1e-300) + 1e-300:
+        bad.append(f"reports f = {fx:.3g} at a point where f = {float(f(jnp.asarray(x))):.3g}")
+    if n_fin != its + 1 or not np.all(fin[:n_fin]):
+        bad.append(f"{its} iterations, {n_fin} trace values")
+    if low.size and low[0] != n_fin - 1:
+        bad.append(f"objective <= ftol first at iteration {low[0]}, stopped at {n_fin - 1}")
+    return Verdict(
+        CLAIM, "saddle-free Newton (the census's and meta_lora's) on Rosenbrock from (-1.2, 1): "
+        "reaches (1, 1), reports f at its point, trace from f(x0) never rising, one value per "
+        "iteration, stops at the first objective <= ftol: statements that fail", 0, len(bad),
+        float("nan"), Tolerance.exact("statements counted"), not bad, "check",
+        f"{its} iterations, final f {fx:.2g}; " + ("; ".join(bad) if bad else "all hold"))
 
 
 def random_starts_row(key, n_starts: int = 24, T: int = 3, d: int = 4, k: int = 2) -> Verdict:
