@@ -337,7 +337,7 @@ def _worker_claim(claim: str, setting: str, seed: int, out_dir, figures: bool):
     return _portable(res), paths
 
 
-STALL_SECONDS = 90.0   # a pool whose workers used no CPU for this long, claims pending: stalled
+STALL_SECONDS = 60.0   # a pool whose workers used no CPU for this long, claims pending: stalled
 MAX_ATTEMPTS = 3       # runs of a claim (the first and the reruns after stalls)
 
 
