@@ -32,10 +32,12 @@ import importlib.util
 import os
 import sys
 
-# OpenBLAS (NumPy's and SciPy's, and through SciPy the LAPACK kernels of jaxlib's CPU backend) with
-# worker threads hung `linmeta verify --quick` in C2 in about one run of four on 2 cores (every
-# thread idle, XLA waiting for a LAPACK call); started with one thread it did not. Set before NumPy
-# loads (a user's own OPENBLAS_NUM_THREADS wins; no effect when NumPy was imported first).
+# OpenBLAS (NumPy's and SciPy's, and through SciPy the LAPACK kernels of jaxlib's CPU backend) on
+# one thread: the many small eigendecompositions gain nothing from its worker threads on 2 cores.
+# (It was first set against a stall of `linmeta verify --quick` in C2; the stall recurred with one
+# thread, less often: it is in XLA's CPU runtime, and verify's --jobs watchdog reruns such a claim,
+# linmeta.front.verify.) Set before NumPy loads (a user's own OPENBLAS_NUM_THREADS wins; no effect
+# when NumPy was imported first).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from .core import data, divergence, lora, losses, metrics, problem, theory
@@ -89,7 +91,9 @@ class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
     def find_spec(self, fullname, path=None, target=None):
         if fullname in _MOVED:
-            return importlib.util.spec_from_loader(fullname, self)
+            new = importlib.util.find_spec(_MOVED[fullname])
+            return importlib.util.spec_from_loader(fullname, self,
+                                                   origin=new.origin if new else None)
         return None
 
     def create_module(self, spec):
@@ -97,6 +101,11 @@ class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
     def exec_module(self, module):
         pass
+
+    def get_code(self, fullname):
+        """The new module's code, so that ``python -m <old path>`` runs it as a script."""
+        spec = importlib.util.find_spec(_MOVED[fullname])
+        return spec.loader.get_code(spec.name)
 
 
 if not any(isinstance(f, _MovedModules) for f in sys.meta_path):

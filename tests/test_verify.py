@@ -1,7 +1,8 @@
 """``linmeta verify``: the runner, its report files and its exit code.
 
-One real claim runs at its tiny setting (C1, no figures); the failure paths use stand-in claim
-modules so that they cost no computation.
+One real claim runs at its tiny setting (C1, no figures), and C5 in worker processes beside a
+stand-in that stalls (compared with C5 run in a fresh process); the failure paths use stand-in
+claim modules so that they cost no computation.
 """
 import argparse
 import json
@@ -184,9 +185,20 @@ def test_parallel_run_reruns_a_stalled_claim_and_keeps_the_serial_rows(tmp_path,
     finally:
         families._REGISTRY.pop("stalltest", None)
     assert ok and [r.claim for r in results] == seen == ["Z1", "C5"]
-    serial, _ = verify.run_verify("tiny", ["C5"], tmp_path / "one", figures=False)
-    strip = lambda r: [(v.quantity, str(v.measured), v.passed) for v in r.verdicts]  # noqa: E731
-    assert strip(results[1]) == strip(serial[0]) and len(strip(serial[0])) > 2
+    # the serial reference in a fresh process: this one may have re-imported modules (other
+    # tests do), which a spawned worker never sees
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-m", "linmeta.verify", "--tiny", "--claims", "C5", "--jobs",
+                    "1", "--no-figures", "--out", str(tmp_path / "one")], check=True,
+                   capture_output=True, timeout=300)
+    serial = json.loads((tmp_path / "one" / "verdicts-C5.json").read_text())["verdicts"]
+    got = [(v.quantity, float(v.measured) if isinstance(v.measured, (int, float)) else
+            str(v.measured), bool(v.passed)) for v in results[1].verdicts]
+    want = [(v["quantity"], v["measured"] if isinstance(v["measured"], (int, float)) else
+             str(v["measured"]), v["passed"]) for v in serial]
+    assert got == want and len(want) > 2
     meta = json.loads((tmp_path / "out" / verdicts).read_text())["meta"]
     assert meta["reruns"] == ["Z1 (run 2: XLA's runtime had stalled)"] and meta["jobs"] == 2
     text = (tmp_path / "out" / report).read_text()
@@ -315,9 +327,8 @@ def test_a_partial_run_writes_its_own_report_and_leaves_the_full_one(tmp_path, f
 
 
 def test_openblas_starts_single_threaded_unless_chosen():
-    """Importing linmeta before NumPy starts OpenBLAS with one thread (threaded OpenBLAS hung
-    verify's C2); a user's own OPENBLAS_NUM_THREADS is kept. Fresh processes: NumPy is loaded
-    here already."""
+    """Importing linmeta before NumPy starts OpenBLAS with one thread; a user's own
+    OPENBLAS_NUM_THREADS is kept. Fresh processes: NumPy is loaded here already."""
     import subprocess
     import sys
 
