@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from linmeta.core.data import matrix_tasks
+from linmeta.engine.claim_support import compiled_bytes
 from linmeta.families.difference import methods
 
 
@@ -16,8 +17,7 @@ def _xla_bytes(stats, rank, n_starts, population):
     lowered = methods._joint_kernel.lower(stats, jax.random.PRNGKey(0), rank=rank,
                                           n_starts=n_starts, max_iter=2,
                                           population=population, core=False)
-    m = lowered.compile().memory_analysis()
-    return m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes
+    return compiled_bytes(lowered.compile())
 
 
 @pytest.mark.parametrize("d, T, rank, n_starts, population",

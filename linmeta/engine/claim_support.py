@@ -548,3 +548,14 @@ def history_problems(step, value, *, total: int | None = None, every: int | None
                 out.append(f"first trace value {head[0]:.6g} != objective at the start "
                            f"{float(start):.6g}")
     return out
+
+
+__all__ += ["compiled_bytes"]
+
+
+def compiled_bytes(compiled) -> int:
+    """XLA's own count of the memory a compiled program holds (``memory_analysis()``):
+    arguments + outputs + temporaries, an output that aliases an argument counted once."""
+    m = compiled.memory_analysis()
+    return int(m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes
+               - m.alias_size_in_bytes)

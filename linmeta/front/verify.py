@@ -372,36 +372,41 @@ def _run_claims_parallel(claim_ids, setting, seed, out, figures, jobs, progress,
     workers, at most :data:`MAX_ATTEMPTS` times each (then a failed row says so). Each rerun is
     appended to ``reruns`` as ``(claim, attempt)``."""
     ctx = multiprocessing.get_context("spawn")
-    results, figs, done = {}, {}, 0
+    results, figs = {}, {}
     attempts = dict.fromkeys(claim_ids, 0)
+    shown = [0]
+
+    def show_ready():  # progress in claim order, as soon as the next claim's result is in
+        while shown[0] < len(claim_ids) and claim_ids[shown[0]] in results:
+            if progress is not None:
+                progress(results[claim_ids[shown[0]]])
+            shown[0] += 1
+
     pending = list(claim_ids)
     while pending:
+        workers = min(jobs, len(pending))
         pool = concurrent.futures.ProcessPoolExecutor(
-            max_workers=min(jobs, len(pending)), mp_context=ctx, initializer=_worker_start,
+            max_workers=workers, mp_context=ctx, initializer=_worker_start,
             initargs=(compile_cache.enabled_dir(), families.all_families()))
-        stalled = False
+        queue, running, stalled = list(pending), {}, False
         try:
-            futures = {pool.submit(_worker_claim, cid, setting, seed, out, figures): cid
-                       for cid in pending}
-            for cid in pending:
-                attempts[cid] += 1
-            waiting = set(futures)
-            last_cpu, last_change = None, time.monotonic()
-            while waiting:
-                finished, waiting = concurrent.futures.wait(
-                    waiting, timeout=5.0, return_when=concurrent.futures.FIRST_COMPLETED)
+            while queue or running:
+                while queue and len(running) < workers:   # in flight = running: no queue
+                    cid = queue.pop(0)                    # inside the pool, so a stall names
+                    attempts[cid] += 1                    # only the claims that ran
+                    running[pool.submit(_worker_claim, cid, setting, seed, out, figures)] = cid
+                    last_cpu, last_change = None, time.monotonic()
+                finished, _ = concurrent.futures.wait(
+                    running, timeout=5.0, return_when=concurrent.futures.FIRST_COMPLETED)
                 for fut in finished:
-                    cid = futures[fut]
+                    cid = running.pop(fut)
                     try:
                         results[cid], figs[cid] = fut.result()
                     except Exception as e:  # noqa: BLE001 - a worker died (e.g. out of memory)
                         results[cid] = _failed(cid, "run raised", f"worker process failed: "
                                                                  f"{type(e).__name__}: {e}")
                         figs[cid] = []
-                while done < len(claim_ids) and claim_ids[done] in results:
-                    if progress is not None:
-                        progress(results[claim_ids[done]])
-                    done += 1
+                show_ready()
                 cpu = _pool_cpu(pool)
                 if finished or cpu is None or last_cpu is None or cpu > last_cpu + 0.05:
                     last_cpu, last_change = cpu, time.monotonic()
@@ -413,21 +418,17 @@ def _run_claims_parallel(claim_ids, setting, seed, out, figures, jobs, progress,
             raise
         if stalled:
             _stop_pool(pool)
+            for cid in running.values():
+                if attempts[cid] >= MAX_ATTEMPTS:
+                    results[cid] = _failed(cid, "run stalled", f"XLA's runtime stalled (no CPU "
+                                           f"for {STALL_SECONDS:.0f} s) in {attempts[cid]} runs")
+                    figs[cid] = []
+                else:
+                    reruns.append((cid, attempts[cid] + 1))
         else:
             pool.shutdown(wait=True)
         pending = [c for c in claim_ids if c not in results]
-        for cid in pending:
-            if attempts[cid] >= MAX_ATTEMPTS:
-                results[cid] = _failed(cid, "run stalled", f"XLA's runtime stalled (no CPU for "
-                                       f"{STALL_SECONDS:.0f} s) in {attempts[cid]} runs")
-                figs[cid] = []
-            else:
-                reruns.append((cid, attempts[cid] + 1))
-        pending = [c for c in claim_ids if c not in results]
-        while done < len(claim_ids) and claim_ids[done] in results:
-            if progress is not None:
-                progress(results[claim_ids[done]])
-            done += 1
+        show_ready()
     return [results[c] for c in claim_ids], figs
 
 

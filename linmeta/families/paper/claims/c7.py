@@ -40,7 +40,8 @@ from linmeta.core.problem import sample_truth
 from linmeta.core import losses, metrics, theory
 
 from linmeta.engine.claims import ClaimResult, Verdict
-from linmeta.engine.claim_support import (band, figure_dpi, fit_meta_lora_and_sr, key_for,
+from linmeta.engine.claim_support import (band, compiled_bytes, figure_dpi, fit_meta_lora_and_sr,
+                                          key_for,
                                           per_seed_slopes, pyplot, save_figure, settings_value,
                                           spread)
 from linmeta.engine.verdict import Tolerance
@@ -194,11 +195,6 @@ def solver_memory_row(T: int = 3, d: int = 6, rank: int = 6, n_starts: int = 8,
     tols = [jnp.asarray(x, dt) for x in (1e-26, 1e-14, 0.0)]
     item = jnp.dtype(dt).itemsize
 
-    def measured(compiled):
-        m = compiled.memory_analysis()
-        return (m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes
-                - m.alias_size_in_bytes)
-
     cases = {
         "newton": (solver_memory("newton", T, d, rank, n_starts, item),
                    _newton_kernel.lower(pop, U0, *tols[:2], max_iter=max_iter)),
@@ -209,7 +205,7 @@ def solver_memory_row(T: int = 3, d: int = 6, rank: int = 6, n_starts: int = 8,
                             _lbfgs_finite_kernel.lower(finite_parts(fin.Sxx, fin.Syx), U0, *tols,
                                                        max_iter=max_iter, start_batch=n_starts)),
     }
-    ratio = {name: est / measured(lowered.compile()) for name, (est, lowered) in cases.items()}
+    ratio = {name: est / compiled_bytes(lowered.compile()) for name, (est, lowered) in cases.items()}
     worst = max(ratio.values(), key=lambda x: abs(math.log(x)))
     ok = all(1 / MEMORY_FACTOR <= x <= MEMORY_FACTOR for x in ratio.values())
     return Verdict(
