@@ -158,6 +158,8 @@ def run(setting="quick", seed=0):
 """
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"),
+                    reason="the watchdog reads the workers' CPU time from /proc")
 def test_parallel_run_reruns_a_stalled_claim_and_keeps_the_serial_rows(tmp_path, monkeypatch):
     """--jobs 2: claims in spawned workers, reported in claim order; a worker that uses no CPU
     while its claim is pending (XLA's runtime stalled) is killed after STALL_SECONDS and the claim
