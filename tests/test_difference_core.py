@@ -10,6 +10,9 @@ from hypothesis import given, settings, strategies as st
 from linmeta.core.data import matrix_tasks
 from linmeta.families.difference import methods, theory, truth as tr
 from linmeta.core.losses import ols_solution
+from linmeta.methods.standard import pooled_least_squares
+
+from helpers import count_compiles
 
 E = np.eye(3)
 
@@ -198,3 +201,27 @@ def test_joint_fit_refuses_a_problem_past_the_memory_budget(monkeypatch):
     with pytest.raises(ValueError, match="GiB budget"):
         m.joint_fit(src, 2, key=jax.random.key(1))
     assert m.joint_fit_memory(8, 2, 2, 8, True) < m.joint_fit_memory(8, 2, 2, 8, False)
+
+
+def test_structure_learner_penalty_is_traced_one_program():
+    t = tr.sample_difference_truth(jax.random.key(3), 4, 2, 5, n_unseen=0)
+    st_ = matrix_tasks(tr.task_matrices(t))
+    methods.structure_learner(st_, 3, lam=0.1, key=jax.random.key(0), steps=5)
+    before = methods._structure_kernel._cache_size()
+    with count_compiles() as n:
+        for lam in (0.0, 0.3, 2.0):
+            methods.structure_learner(st_, 3, lam=lam, key=jax.random.key(1), steps=5)
+    assert methods._structure_kernel._cache_size() == before
+    assert n() == 0
+
+
+def test_coefficient_maml_starts_are_independent_draws():
+    # one first-order step of rate 1e-12 leaves every start where it began: the base is the
+    # pooled least-squares fit, and U and V are independent Gaussian draws (unit-norm columns)
+    t = tr.sample_difference_truth(jax.random.key(4), 5, 2, 6, n_unseen=0)
+    st_ = matrix_tasks(tr.task_matrices(t))
+    fit = methods.coefficient_maml(st_, 2, key=jax.random.key(2), first_order=True, steps=1,
+                                   lr=1e-12, n_starts=1)
+    np.testing.assert_allclose(fit.base, pooled_least_squares(st_), atol=1e-9)
+    cos = np.abs(np.sum(np.asarray(fit.U) * np.asarray(fit.V), axis=0))
+    assert np.all(cos < 0.99), cos

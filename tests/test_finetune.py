@@ -133,3 +133,39 @@ def test_large_d_reduced_rank_path_is_the_dense_one(dtype=jnp.float64, tol=1e-11
     s_dense = jnp.linalg.svd(W, compute_uv=False)[:3]
     np.testing.assert_allclose(s, s_dense, rtol=tol)
     np.testing.assert_allclose(P * s @ V.T, W @ V @ V.T, atol=tol * float(s_dense[0]))
+
+
+def test_reduced_rank_fit_routes_by_dense_max_d():
+    # d <= DENSE_MAX_D: the dense eigh + SVD fit (no Cholesky); above: Cholesky + subspace
+    # iteration (traced only: no array of that size is built)
+    ft = importlib.import_module("linmeta.methods.finetune")
+    from linmeta.methods._common import DENSE_MAX_D
+
+    def primitives(d):
+        sds = jax.ShapeDtypeStruct
+        stats = linmeta.TaskStats(sds((1, d, d), jnp.float64), sds((1, d, d), jnp.float64),
+                                  sds((1,), jnp.float64), sds((1,), jnp.float64),
+                                  sds((1, d, d), jnp.float64), sds((1,), jnp.float64))
+        jaxpr = jax.make_jaxpr(lambda b, s: ft.reduced_rank_fit(b, s, 1))(
+            sds((d, d), jnp.float64), stats)
+        return str(jaxpr)
+
+    at, above = primitives(DENSE_MAX_D), primitives(DENSE_MAX_D + 1)
+    assert "eigh" in at and "cholesky" not in at
+    assert "cholesky" in above
+
+
+def test_top_singular_triplets_stops_after_max_iter():
+    # a slowly decaying spectrum (s_i = 0.99^i): about a hundred iterations to converge, so
+    # max_iter = 2 must stop short of it, and the default budget must reach it
+    ft = importlib.import_module("linmeta.methods.finetune")
+    Q1, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(64, 64)))
+    Q2, _ = np.linalg.qr(np.random.default_rng(1).normal(size=(64, 64)))
+    W = jnp.asarray(Q1 @ np.diag(0.99 ** np.arange(64)) @ Q2.T)
+
+    def residual(max_iter):
+        P, s, V = jax.jit(ft.top_singular_triplets, static_argnums=(1, 2))(W, 1, max_iter)
+        return float(jnp.linalg.norm(W @ V - P * s)) / float(s[0])
+
+    assert residual(2) > 1e-6
+    assert residual(200) <= 8 * np.finfo(np.float64).eps * np.sqrt(64)

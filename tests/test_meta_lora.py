@@ -480,3 +480,20 @@ def test_finite_N_low_rank_form_is_the_reduced_objective():
     # N < d: S_xx singular, the pieces are refused (the pseudo-inverse form runs instead)
     few = linmeta.sample_tasks(jax.random.key(60), truth, 5, 0.1)
     assert not bool(mf_mod.finite_parts(few.Sxx, few.Syx)[-1])
+
+
+def test_lbfgs_keeps_the_smallest_gradient_among_rounding_equal_values():
+    # f = 1 + a quadratic: near its minimiser the values stop resolving (1 + delta^2 rounds to
+    # 1 once delta^2 < eps), and among the iterates with equal values the one with the smallest
+    # gradient is kept, not the first that reached the rounding floor
+    mf = importlib.import_module("linmeta.methods._matrix_free")
+    c = jnp.asarray(np.random.default_rng(0).normal(size=6))
+    A = jnp.asarray(np.diag(np.geomspace(1, 100, 6)))
+
+    def f(x):
+        return 1.0 + (x - c) @ A @ (x - c)
+
+    x, fx, it, _, gn, _ = jax.jit(lambda x0: mf.lbfgs_minimise(f, x0, 500, -1.0, 0.0))(
+        jnp.zeros(6))
+    assert float(fx) == 1.0 and int(it) < 500
+    assert float(gn) <= 1e-10, float(gn)

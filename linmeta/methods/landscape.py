@@ -491,8 +491,15 @@ def find_critical_points(source, U0, *, max_iter: int = 200, tol: Tolerances = N
     """Critical points of G from the starts U0 (S, T, d, k), of any index, and their labels.
 
     Runs Levenberg-Marquardt on ``1/2 ||grad G||^2`` from every start (vmapped), stopping when
-    ``||grad G|| <= tol.gradient c^{3/2} / 100`` or after ``max_iter`` iterations, then classifies
-    each end point with :func:`analyse_point`. Starts whose merit decreases only along a path to
+    ``||grad G|| <= tol.gradient c^{3/2} / 100``, after ``max_iter`` iterations, or when the
+    damping factor reaches 1e14, then classifies each end point with :func:`analyse_point`. An
+    iteration: ``H`` the Hessian and ``g`` the gradient of G, the step ``p`` solves
+    ``(H^2 + mu I) p = -H g`` with ``mu = max(theta sqrt(c) ||g||, 100 eps ||H||_F^2)``
+    (``theta`` starts at 1e-2); with the predicted decrease ``(||g||^2 - ||g + H p||^2) / 2`` and
+    the actual one ``(||g||^2 - ||g_new||^2) / 2``, the step is kept when the actual decrease is
+    positive, finite, and more than 1e-4 of the predicted one; ``theta`` is divided by 3 when that
+    ratio exceeds 0.75 (step kept), kept when it exceeds 0.25 (step kept), and doubled otherwise
+    (never below 1e-30). Starts whose merit decreases only along a path to
     infinity (G has asymptotically flat directions, e.g. a column shared by every U_t when T >= 3)
     end as ``NOT_CONVERGED`` with a large ``info.size``.
     """

@@ -148,7 +148,14 @@ class NewtonInfo(NamedTuple):
 
 
 def _saddle_free_newton(f, x0, max_iter: int, ftol, gtol):
-    """Minimise ``f`` from ``x0`` by saddle-free damped Newton inside ``lax.while_loop``."""
+    """Minimise ``f`` from ``x0`` by saddle-free damped Newton inside ``lax.while_loop``.
+
+    An iteration: ``g`` the gradient, ``V diag(w) V^T`` the Hessian, the step
+    ``p = -V (V^T g) / (|w| + ||g||)`` (so ``||p|| <= 1``), an Armijo backtracking line search
+    (``f(x + t p) <= f(x) + 1e-4 t g.p``, t = 1, 1/2, ..., at most 60 halvings); the step is kept
+    only if it lowers f, else the run stops. Stops also when ``f <= ftol``, when the gradient at
+    the start of the last step was at most ``gtol``, or after ``max_iter`` iterations. Returns
+    ``(x, f(x), NewtonInfo)``; the trace holds f after each iteration (NaN after the stop)."""
     grad = jax.grad(f)
     hess = jax.hessian(f)
     dt = x0.dtype

@@ -553,7 +553,12 @@ def distinct_directions(U, V, active, cos_merge=0.999):
 def structure_learner(source: TaskStats, n_directions, *, lam, key, steps: int = 3000) -> StructureFit:
     """Method (e): ``n_directions`` R candidate unit rank-one directions, group penalty ``lam``
     (>= 0) on each direction's coefficients over the tasks, ``steps`` proximal-gradient steps
-    (step sizes from the largest eigenvalue of ``S_xx``; module docstring)."""
+    (module docstring). A step: the base eliminated (least squares given the directions and
+    coefficients), gradients of the tasks' summed loss in U, V and s at that base, step sizes
+    ``eta_s = 1 / (R lambda_max)`` and ``eta_uv = 1 / (2 lambda_max max_i sum_t s_ti^2)``
+    (``lambda_max``: the largest eigenvalue of any ``S_xx,t``); U and V take a gradient step and
+    their columns are rescaled to unit norm, s takes a gradient step and the group soft-threshold
+    at ``eta_s lam``."""
     _check_stats(source)
     R = check_int("n_directions", n_directions, 1)
     check_scalar("lam", lam, 0.0)

@@ -475,7 +475,8 @@ def matrix_free_optimality(key, *, k: int = 2, T: int = 2, N_mult: int = 3,
     value, the objective trace a non-rising finite prefix that starts at the best start's
     recomputed objective (but on the compressed path, which starts from its projection) and ends
     at the reported one; an L-BFGS run's reported iterations are in [1, max_iter] and its trace
-    holds one value per iteration (:class:`~linmeta.methods.meta_lora.LbfgsInfo`)."""
+    holds one value per iteration (:class:`~linmeta.methods.meta_lora.LbfgsInfo`), and a gradient
+    or objective tolerance the start already meets stops it before its first iteration."""
     d_big, d_small = 2 * (T * k + 16), 6
     k_pop, k_small, k_fin, k_u = jax.random.split(key, 4)
     fin = sample_tasks(k_fin, sample_truth(k_small, d_small, k, T), N_mult * d_small, NOISE_STD)
@@ -532,6 +533,15 @@ def matrix_free_optimality(key, *, k: int = 2, T: int = 2, N_mult: int = 3,
         devs.append(abs(f_got - f_min) / f0)
         reports.append(abs(float(got.objective) - f_got) / f0)
         notes.append(f"{how} (d={d}, m={m}): F {f_got:.3g} vs {ref_note}")
+        # the stopping rules hold at the start: a gradient or objective tolerance the start
+        # already meets stops every start before its first iteration (they are traced: no compile)
+        for what, tols in (("gtol", (1e-26, 1e300)), ("ftol", (1e300, 1e-14))):
+            still = lbfgs_run(stats, U0, *tols, default_rtol(U0.dtype), max_iter=5000,
+                              **({} if lowrank is None else {"finite_lowrank": lowrank}))
+            its = np.asarray(still.info.iterations)
+            if np.any(its != 0):
+                hist_notes.append(f"L-BFGS {how}: {what} met at the start, yet iterations "
+                                  f"{its.tolist()}")
         if lowrank is False:   # meta_lora's defaults run this path: the same computation
             auto = meta_lora(stats, k, U0=U0, method="lbfgs")
             if len(auto.history.step) != DEFAULT_LBFGS_ITER + 1 or \
@@ -557,7 +567,8 @@ def matrix_free_optimality(key, *, k: int = 2, T: int = 2, N_mult: int = 3,
         "value; objective trace a non-rising finite prefix from the best start's recomputed "
         "objective to the reported one (rel. 1e-9), L-BFGS: iterations in [1, max_iter], one "
         "trace value per iteration; meta_lora's default iteration budgets (Newton 200, "
-        "L-BFGS 5000, as documented): problems found", 0, len(hist_notes),
+        "L-BFGS 5000, as documented); a gtol or ftol the start meets stops L-BFGS before its "
+        "first iteration: problems found", 0, len(hist_notes),
         float("nan"), Tolerance.exact("problems counted"), len(hist_notes) == 0, "check",
         f"Newton history of {n_newton} records (max_iter + 1); "
         + ("; ".join(hist_notes[:3]) if hist_notes else "no problem in 5 histories"))

@@ -33,7 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from linmeta.core.data import matrix_tasks, sample_tasks
-from linmeta.methods._matrix_free import finite_parts
+from linmeta.methods._matrix_free import (compress_population, compression_memory, finite_parts,
+                                          population_span, sketch_width)
 from linmeta.methods.meta_lora import (_lbfgs_finite_kernel, _lbfgs_kernel, _newton_kernel,
                                        finite_memory, solver_memory)
 from linmeta.core.problem import sample_truth
@@ -185,7 +186,12 @@ def solver_memory_row(T: int = 3, d: int = 6, rank: int = 6, n_starts: int = 8,
     ``(T, d, d)`` temporaries and the per-start vectors all count. The estimates are models
     (docstrings: within a factor ~2 of peak RSS) that leave out the ``max_iter + 1`` trace per
     start, so ``max_iter`` is small here; each must be within a factor :data:`MEMORY_FACTOR`
-    either way."""
+    either way. Two more shapes where other terms lead: the finite-N path at ``T = 1``, rank 1,
+    one start and ``d = 128`` (the ``d x d`` pieces of ``finite_parts`` dominate), and
+    :func:`~linmeta.methods._matrix_free.compression_memory` at ``T = 2``, ``d = 128`` against the
+    larger of its two programs (:func:`~linmeta.methods._matrix_free.population_span` and
+    :func:`~linmeta.methods._matrix_free.compress_population`), temporaries + outputs (the
+    estimate is "beyond the statistics", which are the arguments)."""
     dt = jnp.asarray(0.0).dtype
     rng = np.random.default_rng(7)
     pop = matrix_tasks(jnp.asarray(rng.normal(size=(T, d, d)), dt))
@@ -206,11 +212,32 @@ def solver_memory_row(T: int = 3, d: int = 6, rank: int = 6, n_starts: int = 8,
                                                        max_iter=max_iter, start_batch=n_starts)),
     }
     ratio = {name: est / compiled_bytes(lowered.compile()) for name, (est, lowered) in cases.items()}
+    d1 = 128   # the finite-N path where its d x d terms lead: T = 1, rank 1, one start
+    fin1 = matrix_tasks(jnp.asarray(rng.normal(size=(1, d1, d1)), dt), N=3 * d1,
+                        key=jax.random.PRNGKey(8), noise_std=0.1)
+    low1 = _lbfgs_finite_kernel.lower(finite_parts(fin1.Sxx, fin1.Syx),
+                                      jnp.zeros((1, 1, d1, 1), dt), *tols, max_iter=max_iter,
+                                      start_batch=1)
+    ratio[f"finite low-rank T=1 d={d1}"] = finite_memory(1, d1, 1, 1, item) / compiled_bytes(
+        low1.compile())
+    Tc, dc = 2, 128   # the population compression (span and compressed blocks) beyond its input
+    width = sketch_width(Tc, dc, 1)
+    S = jnp.zeros((Tc, dc, dc), dt)
+
+    def beyond_arguments(compiled):
+        m = compiled.memory_analysis()
+        return int(m.temp_size_in_bytes + m.output_size_in_bytes)
+
+    held = max(beyond_arguments(population_span.lower(S, width=width).compile()),
+               beyond_arguments(jax.jit(compress_population).lower(
+                   S, jnp.zeros((dc, width), dt)).compile()))
+    ratio[f"compression T={Tc} d={dc}"] = compression_memory(Tc, dc, width, item) / held
     worst = max(ratio.values(), key=lambda x: abs(math.log(x)))
     ok = all(1 / MEMORY_FACTOR <= x <= MEMORY_FACTOR for x in ratio.values())
     return Verdict(
-        CLAIM, f"memory estimates (solver_memory newton / lbfgs, finite_memory) / XLA's memory "
-        f"analysis of the compiled solver, {n_starts} starts: the ratio farthest from 1", 1.0,
+        CLAIM, f"memory estimates (solver_memory newton / lbfgs, finite_memory, "
+        f"compression_memory) / XLA's memory analysis of the compiled program, {n_starts} starts "
+        "(finite_memory also at T=1, d=128, one start): the ratio farthest from 1", 1.0,
         float(worst), float("nan"),
         Tolerance.stated(MEMORY_FACTOR, "the estimates are models, within a factor ~2 of peak "
                          "RSS (docstrings); allowed a factor 2.5 either way of XLA's accounting"),

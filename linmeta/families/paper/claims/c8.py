@@ -736,13 +736,53 @@ def classifier_levels_row(d: int = 4, k: int = 1, T: int = 3) -> Verdict:
         f"d={d}, k={k}, T={T}, c = {c:.3g}, lambda/c = {lam / c:.3g}; " + "; ".join(notes))
 
 
+def _newton_transcription_problems(name, trace, fns, x0, max_iter, ftol, gtol) -> list:
+    """Where the trace of :func:`linmeta.methods.meta_lora._saddle_free_newton` departs from a
+    NumPy transcription of its documented iteration (:func:`rosenbrock_newton_row`) on
+    ``fns = (f, grad, hess)`` (NumPy) from ``x0``."""
+    f_np, grad_np, hess_np = fns
+    z, gn_last, stalled = np.asarray(x0, float), np.inf, False
+    fz = f_np(z)
+    ref = [fz]
+    while len(ref) - 1 < max_iter and fz > ftol and gn_last > gtol and not stalled:
+        g = grad_np(z)
+        gn_last = np.linalg.norm(g)
+        w, V = np.linalg.eigh(hess_np(z))
+        p = -V @ ((V.T @ g) / (np.abs(w) + gn_last))
+        t, ft, n = 1.0, f_np(z + p), 0
+        while ft > fz + 1e-4 * t * (g @ p) and n < 60:
+            t, n = 0.5 * t, n + 1
+            ft = f_np(z + t * p)
+        stalled = not ft < fz
+        if not stalled:
+            z, fz = z + t * p, ft
+        ref.append(fz)
+    ref = np.asarray(ref)
+    if len(ref) != len(trace):
+        return [f"{name}: {len(trace) - 1} iterations, the transcription {len(ref) - 1}"]
+    off = np.abs(trace - ref) > 1e-9 * np.abs(ref) + 1e-12 * abs(ref[0])
+    if np.any(off):
+        i = int(np.argmax(off))
+        return [f"{name}: trace departs from the transcription at iteration {i}: "
+                f"{trace[i]:.6g} vs {ref[i]:.6g}"]
+    return []
+
+
 def rosenbrock_newton_row(max_iter: int = 200, ftol: float = 1e-26, gtol: float = 1e-14) -> Verdict:
     """The census's Newton solver (:func:`linmeta.methods.meta_lora._saddle_free_newton`, the one
     of ``meta_lora(method="newton")``) on Rosenbrock's function from (-1.2, 1), where full
     Newton steps overshoot and the line search must cut them: it reaches the minimiser (1, 1)
     (``||x - x*|| <= 1e-8``), reports ``f`` at the point it returns, its trace (objective per
     iteration, NaN after the stop) starts at ``f(x0)``, never rises and holds one value per
-    iteration, and it stops at the first iteration whose objective is at most ``ftol``.
+    iteration, and it stops at the first iteration whose objective is at most ``ftol``; and its
+    trace is the one of a NumPy transcription of the documented iteration (the step
+    ``-V (V^T g) / (|w| + ||g||)`` on the eigendecomposition ``V diag(w) V^T`` of the Hessian, an
+    Armijo backtracking line search with constant 1e-4 that halves the step at most 60 times, a
+    step kept only if it lowers f, a stop on ``f <= ftol``, on ``||g|| <= gtol`` at the last
+    step's start, or on a step not kept) with Rosenbrock's exact gradient and Hessian: the same
+    number of iterations, values within 1e-9 relative (or 1e-12 of ``f(x0)``); the same on a
+    steep rippled bowl ``100 (x^2/2 + 0.3 sin(5 x) + y^2/2)`` from (2, 1/2) (gtol 1e-8), where
+    full steps cross ripples and the line search must halve them several times.
     Counts the statements that fail."""
     def f(x):
         return (1 - x[0]) ** 2 + 100 * (x[1] - x[0] ** 2) ** 2
@@ -764,10 +804,45 @@ def rosenbrock_newton_row(max_iter: int = 200, ftol: float = 1e-26, gtol: float 
         bad.append(f"{its} iterations, {n_fin} trace values")
     if low.size and low[0] != n_fin - 1:
         bad.append(f"objective <= ftol first at iteration {low[0]}, stopped at {n_fin - 1}")
+
+    def rosen_np(z):
+        return (1 - z[0]) ** 2 + 100 * (z[1] - z[0] ** 2) ** 2
+
+    def rosen_grad(z):
+        return np.array([-2 * (1 - z[0]) - 400 * z[0] * (z[1] - z[0] ** 2),
+                         200 * (z[1] - z[0] ** 2)])
+
+    def rosen_hess(z):
+        return np.array([[2 - 400 * z[1] + 1200 * z[0] ** 2, -400 * z[0]], [-400 * z[0], 200.0]])
+
+    bad += _newton_transcription_problems("Rosenbrock", trace[:n_fin], (rosen_np, rosen_grad,
+                                          rosen_hess), [-1.2, 1.0], max_iter, ftol, gtol)
+
+    # a steep rippled bowl: full steps cross ripples, the line search halves them several times
+    def ripple(z):
+        return 100 * (0.5 * z[0] ** 2 + 0.3 * jnp.sin(5 * z[0]) + 0.5 * z[1] ** 2)
+
+    def ripple_np(z):
+        return 100 * (0.5 * z[0] ** 2 + 0.3 * np.sin(5 * z[0]) + 0.5 * z[1] ** 2)
+
+    def ripple_grad(z):
+        return 100 * np.array([z[0] + 1.5 * np.cos(5 * z[0]), z[1]])
+
+    def ripple_hess(z):
+        return 100 * np.array([[1 - 7.5 * np.sin(5 * z[0]), 0.0], [0.0, 1.0]])
+
+    r0, r_gtol = jnp.asarray([2.0, 0.5]), 1e-8   # (stops before the rounding floor of f)
+    _, _, r_info = jax.jit(lambda z: _saddle_free_newton(ripple, z, max_iter, ftol, r_gtol))(r0)
+    r_trace = np.asarray(r_info.trace)
+    bad += _newton_transcription_problems("rippled bowl", r_trace[np.isfinite(r_trace)],
+                                          (ripple_np, ripple_grad, ripple_hess), [2.0, 0.5],
+                                          max_iter, ftol, r_gtol)
     return Verdict(
         CLAIM, "saddle-free Newton (the census's and meta_lora's) on Rosenbrock from (-1.2, 1): "
         "reaches (1, 1), reports f at its point, trace from f(x0) never rising, one value per "
-        "iteration, stops at the first objective <= ftol: statements that fail", 0, len(bad),
+        "iteration, stops at the first objective <= ftol, trace = a NumPy transcription's (and "
+        "on a rippled bowl): "
+        "statements that fail", 0, len(bad),
         float("nan"), Tolerance.exact("statements counted"), not bad, "check",
         f"{its} iterations, final f {fx:.2g}; " + ("; ".join(bad) if bad else "all hold"))
 
