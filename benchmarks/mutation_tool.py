@@ -216,6 +216,13 @@ TESTS = {
                                                    "tests/test_mutants_representation.py",
                                                    "tests/test_rep_methods.py"],
     "linmeta/families/difference/theory.py": ["tests/test_difference_core.py"],
+    # the solver sample's modules
+    "linmeta/methods/meta_lora.py": ["tests/test_meta_lora.py"],
+    "linmeta/methods/_matrix_free.py": ["tests/test_meta_lora.py"],
+    "linmeta/methods/finetune.py": ["tests/test_finetune.py"],
+    "linmeta/methods/landscape.py": ["tests/test_landscape.py"],
+    "linmeta/families/difference/methods.py": ["tests/test_difference_core.py",
+                                               "tests/test_difference_memory.py"],
 }
 
 
