@@ -57,6 +57,18 @@ def core_files() -> list:
     return files
 
 
+def pytest_collection_modifyitems(session, config, items):
+    """Run order: the modules that read the background chain's tiny runs after every other module
+    (in the chain's order), and the float32 test, which waits for its subprocess, last
+    (``helpers.chain_modules_last``): the main process keeps its core busy while the background
+    runs compute."""
+    import helpers
+
+    items[:] = helpers.chain_modules_last(
+        items, last_ids={it.nodeid for it in items
+                         if it.nodeid.endswith(FLOAT32_TEST.split("/", 1)[1])})
+
+
 def pytest_collection_finish(session):
     """Start the claims' tiny runs of the selected modules in one background chain
     (``helpers.tiny_claim_runs``), and the float32 run of the core tests when its test is selected

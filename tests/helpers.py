@@ -177,6 +177,23 @@ def start_jobs(jobs: list) -> None:
         threading.Thread(target=_run_chain, args=(list(jobs),), daemon=True).start()
 
 
+def chain_modules_last(items: list, last_ids=()) -> list:
+    """``items`` reordered for the background chain: the test modules that read a registered
+    job's runs move (whole, in collection order, which is the chain's order) behind every other
+    module, and the tests named in ``last_ids`` behind those. The main process then runs the
+    independent modules while the chain computes, instead of waiting for the first job at the
+    third module."""
+    with_job = {job.module_file for job in _JOBS}
+
+    def key(pair):
+        i, item = pair
+        if item.nodeid in last_ids:
+            return (2, i)
+        return (1 if os.path.abspath(str(item.fspath)) in with_job else 0, i)
+
+    return [item for _, item in sorted(enumerate(items), key=key)]
+
+
 def start_tiny_runs(session) -> None:
     """conftest's hook: start the registered tiny runs wanted by the session's selected tests."""
     wanted = [job for job in _JOBS
