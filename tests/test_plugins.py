@@ -100,3 +100,16 @@ def test_family_values_are_validated():
     with pytest.raises(ValueError, match="already registered"):
         families.register(families.get("paper"))
     assert "clash" not in families.names()
+
+
+def test_quick_seconds_hints_order_the_parallel_work_longest_first():
+    from linmeta.engine.claims import longest_first
+
+    order = longest_first(["M6", "C5", "C3", "R5", "C2"])
+    assert order == ["C3", "C2", "C5", "M6", "R5"]   # hints 35, 21, 6, 1, 1 (ties keep the order)
+    with pytest.raises(ValueError, match="quick_seconds"):
+        families.Family(name="hinted", title="t", doc="d", claims={"X1": "m"},
+                        quick_seconds={"X2": 1.0})
+    with pytest.raises(ValueError, match="quick_seconds"):
+        families.Family(name="hinted", title="t", doc="d", claims={"X1": "m"},
+                        quick_seconds={"X1": -1.0})

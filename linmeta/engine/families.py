@@ -59,7 +59,10 @@ class Family:
     the order ``linmeta verify`` runs them. ``protocols``: names of the sweep protocols the family
     registers. ``settings``: the settings its claims accept (``tiny`` for the tests, ``quick`` for
     ``linmeta verify --quick``, ``full`` for the documented runs). ``source``: where it came from
-    (``"builtin"`` or ``"entry point <name>"``), filled in by the loader.
+    (``"builtin"`` or ``"entry point <name>"``), filled in by the loader. ``quick_seconds``:
+    optional claim id -> rough seconds of the claim at ``quick`` (compile included), a scheduling
+    hint only: ``linmeta verify --jobs N`` starts the longest claims first (longest processing
+    time first keeps N workers evenly loaded); the report keeps the claims' order.
     """
 
     name: str
@@ -69,6 +72,7 @@ class Family:
     protocols: tuple[str, ...] = ()
     settings: tuple[str, ...] = ("tiny", "quick", "full")
     source: str = "builtin"
+    quick_seconds: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not _NAME.match(self.name):
@@ -81,6 +85,12 @@ class Family:
                                  f"number (e.g. 'C3'), got {cid!r}")
             if not isinstance(module, str) or not module:
                 raise ValueError(f"family {self.name!r}: claim {cid} needs a module name")
+        if not isinstance(self.quick_seconds, Mapping) or not all(
+                cid in self.claims and isinstance(v, (int, float)) and not isinstance(v, bool)
+                and v >= 0 for cid, v in self.quick_seconds.items()):
+            raise ValueError(f"family {self.name!r}: quick_seconds must map some of its claim ids "
+                             "to seconds >= 0")
+        object.__setattr__(self, "quick_seconds", dict(self.quick_seconds))
         object.__setattr__(self, "claims", dict(self.claims))
         object.__setattr__(self, "protocols", tuple(self.protocols))
         object.__setattr__(self, "settings", tuple(self.settings))

@@ -74,7 +74,8 @@ from linmeta.core.version import __version__
 from linmeta.engine import compile_cache, families
 from linmeta.engine.claim_support import plot_claim, single_thread_blas, working_dtype
 from linmeta.engine.claims import (SETTINGS, ClaimResult, Verdict, all_claims, claim_doc,
-                                   claim_ids, claim_module, family_claims, family_names, fmt)
+                                   claim_ids, claim_module, family_claims, family_names, fmt,
+                                   longest_first)
 from linmeta.engine.verdict import audited
 
 __all__ = ["add_arguments", "run_from_args", "run_verify", "format_table", "main",
@@ -388,7 +389,7 @@ def _run_claims_parallel(claim_ids, setting, seed, out, figures, jobs, progress,
         pool = concurrent.futures.ProcessPoolExecutor(
             max_workers=workers, mp_context=ctx, initializer=_worker_start,
             initargs=(compile_cache.enabled_dir(), families.all_families()))
-        queue, running, stalled = list(pending), {}, False
+        queue, running, stalled = longest_first(pending), {}, False
         try:
             while queue or running:
                 while queue and len(running) < workers:   # in flight = running: no queue

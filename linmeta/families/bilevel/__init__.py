@@ -55,6 +55,7 @@ FAMILY = _register_family(Family(
     doc="docs/bilevel.md",
     claims={f"M{i}": f"linmeta.families.bilevel.claims.m{i}" for i in range(1, 7)},
     protocols=("bilevel",),
+    quick_seconds=dict(M1=2, M2=6, M3=5, M4=4, M5=3, M6=1),   # a scheduling hint
 ), replace=True)
 
 __all__ = ["maml", "ADAPTERS", "METHODS", "STARTS", "Factors", "BilevelState", "BilevelHyper",

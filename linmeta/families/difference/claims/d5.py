@@ -184,7 +184,7 @@ def proximal_step_row(d: int = 4, r: int = 2, T: int = 5, lam: float = 5.0,
     delta = np.einsum("ai,ti,bi->tab", np.asarray(U), np.asarray(s), np.asarray(V))
     A = np.linalg.solve(np.sum(Sxx, 0).T,
                         np.sum(Syx - np.einsum("tab,tbc->tac", delta, Sxx), 0).T).T
-    gU, gV, gs = jax.grad(_loss, argnums=(1, 2, 3))(jnp.asarray(A, dt), U, V, s, st)
+    gU, gV, gs = jax.jit(jax.grad(_loss, argnums=(1, 2, 3)))(jnp.asarray(A, dt), U, V, s, st)
     lmax = float(np.max(np.linalg.eigvalsh(Sxx)))
     eta_s = 1.0 / (R * lmax)
     eta_uv = 0.5 / (lmax * float(np.max(np.sum(np.asarray(s) ** 2, axis=0))))
