@@ -553,9 +553,12 @@ def history_problems(step, value, *, total: int | None = None, every: int | None
 __all__ += ["compiled_bytes"]
 
 
-def compiled_bytes(compiled) -> int:
+def compiled_bytes(compiled, arguments: bool = True) -> int:
     """XLA's own count of the memory a compiled program holds (``memory_analysis()``):
-    arguments + outputs + temporaries, an output that aliases an argument counted once."""
+    arguments + outputs + temporaries, an output that aliases an argument counted once;
+    ``arguments=False``: outputs + temporaries only (what it holds beyond its inputs)."""
     m = compiled.memory_analysis()
+    if not arguments:
+        return int(m.temp_size_in_bytes + m.output_size_in_bytes)
     return int(m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes
                - m.alias_size_in_bytes)

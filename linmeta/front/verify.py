@@ -247,12 +247,7 @@ def _prefer_fast_compile() -> bool:
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_backend_optimization_level" in flags:
         return "xla_backend_optimization_level=0" in flags
-    try:
-        from jax._src import xla_bridge
-
-        if xla_bridge.backends_are_initialized():
-            return False
-    except Exception:  # noqa: BLE001 - private API moved: leave the flags alone
+    if _backend_started():
         return False
     os.environ["XLA_FLAGS"] = (flags + " " + _FAST_COMPILE_FLAG).strip()
     return True

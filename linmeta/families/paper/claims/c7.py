@@ -42,9 +42,8 @@ from linmeta.core import losses, metrics, theory
 
 from linmeta.engine.claims import ClaimResult, Verdict
 from linmeta.engine.claim_support import (band, compiled_bytes, figure_dpi, fit_meta_lora_and_sr,
-                                          key_for,
-                                          per_seed_slopes, pyplot, save_figure, settings_value,
-                                          spread)
+                                          key_for, per_seed_slopes, pyplot, save_figure,
+                                          settings_value, spread)
 from linmeta.engine.verdict import Tolerance
 
 CLAIM = "C7"
@@ -223,14 +222,9 @@ def solver_memory_row(T: int = 3, d: int = 6, rank: int = 6, n_starts: int = 8,
     Tc, dc = 2, 128   # the population compression (span and compressed blocks) beyond its input
     width = sketch_width(Tc, dc, 1)
     S = jnp.zeros((Tc, dc, dc), dt)
-
-    def beyond_arguments(compiled):
-        m = compiled.memory_analysis()
-        return int(m.temp_size_in_bytes + m.output_size_in_bytes)
-
-    held = max(beyond_arguments(population_span.lower(S, width=width).compile()),
-               beyond_arguments(jax.jit(compress_population).lower(
-                   S, jnp.zeros((dc, width), dt)).compile()))
+    held = max(compiled_bytes(population_span.lower(S, width=width).compile(), arguments=False),
+               compiled_bytes(jax.jit(compress_population).lower(
+                   S, jnp.zeros((dc, width), dt)).compile(), arguments=False))
     ratio[f"compression T={Tc} d={dc}"] = compression_memory(Tc, dc, width, item) / held
     worst = max(ratio.values(), key=lambda x: abs(math.log(x)))
     ok = all(1 / MEMORY_FACTOR <= x <= MEMORY_FACTOR for x in ratio.values())

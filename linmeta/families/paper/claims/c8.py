@@ -805,9 +805,6 @@ def rosenbrock_newton_row(max_iter: int = 200, ftol: float = 1e-26, gtol: float 
     if low.size and low[0] != n_fin - 1:
         bad.append(f"objective <= ftol first at iteration {low[0]}, stopped at {n_fin - 1}")
 
-    def rosen_np(z):
-        return (1 - z[0]) ** 2 + 100 * (z[1] - z[0] ** 2) ** 2
-
     def rosen_grad(z):
         return np.array([-2 * (1 - z[0]) - 400 * z[0] * (z[1] - z[0] ** 2),
                          200 * (z[1] - z[0] ** 2)])
@@ -815,15 +812,12 @@ def rosenbrock_newton_row(max_iter: int = 200, ftol: float = 1e-26, gtol: float 
     def rosen_hess(z):
         return np.array([[2 - 400 * z[1] + 1200 * z[0] ** 2, -400 * z[0]], [-400 * z[0], 200.0]])
 
-    bad += _newton_transcription_problems("Rosenbrock", trace[:n_fin], (rosen_np, rosen_grad,
-                                          rosen_hess), [-1.2, 1.0], max_iter, ftol, gtol)
+    bad += _newton_transcription_problems("Rosenbrock", trace[:n_fin], (f, rosen_grad, rosen_hess),
+                                          [-1.2, 1.0], max_iter, ftol, gtol)   # (f: NumPy too)
 
     # a steep rippled bowl: full steps cross ripples, the line search halves them several times
-    def ripple(z):
-        return 100 * (0.5 * z[0] ** 2 + 0.3 * jnp.sin(5 * z[0]) + 0.5 * z[1] ** 2)
-
-    def ripple_np(z):
-        return 100 * (0.5 * z[0] ** 2 + 0.3 * np.sin(5 * z[0]) + 0.5 * z[1] ** 2)
+    def ripple(z, xp=jnp):
+        return 100 * (0.5 * z[0] ** 2 + 0.3 * xp.sin(5 * z[0]) + 0.5 * z[1] ** 2)
 
     def ripple_grad(z):
         return 100 * np.array([z[0] + 1.5 * np.cos(5 * z[0]), z[1]])
@@ -835,7 +829,8 @@ def rosenbrock_newton_row(max_iter: int = 200, ftol: float = 1e-26, gtol: float 
     _, _, r_info = jax.jit(lambda z: _saddle_free_newton(ripple, z, max_iter, ftol, r_gtol))(r0)
     r_trace = np.asarray(r_info.trace)
     bad += _newton_transcription_problems("rippled bowl", r_trace[np.isfinite(r_trace)],
-                                          (ripple_np, ripple_grad, ripple_hess), [2.0, 0.5],
+                                          (lambda z: ripple(z, np), ripple_grad, ripple_hess),
+                                          [2.0, 0.5],
                                           max_iter, ftol, r_gtol)
     return Verdict(
         CLAIM, "saddle-free Newton (the census's and meta_lora's) on Rosenbrock from (-1.2, 1): "
